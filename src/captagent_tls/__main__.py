@@ -1,0 +1,5 @@
+import sys
+
+from captagent_tls.cli import main
+
+sys.exit(main())

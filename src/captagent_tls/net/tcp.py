@@ -1,0 +1,324 @@
+"""TCP reassembly: turn segments into an ordered byte stream per flow and direction.
+
+Sans-IO: ``TcpReassembler.segment()`` takes a decoded segment and its capture time and returns
+events.  It copes with segments out of order, retransmissions and overlaps, sequence-number
+wraparound, FIN/RST, idle flows, and a byte cap on what one direction may hold back.  It never
+looks at port numbers: which side is the client is decided by the SYN when there is one, and
+otherwise by the stage above (the TLS handshake says who sent the ClientHello).
+
+Bytes the capture missed are reported as a ``StreamGap`` and the stream goes on after them.  A
+hole is declared missing when the receiver has acknowledged it (so it crossed the wire but not
+the capture), when a direction holds more than its cap, or when the flow ends.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from captagent_tls.net.addresses import format_endpoint
+from captagent_tls.net.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Segment
+
+SEQ_MASK = 0xFFFFFFFF
+SEQ_HALF = 0x80000000
+FAR_AHEAD = 1 << 30  # a segment this far beyond the stream is garbage, not a hole
+
+Endpoint = tuple[bytes, int]  # packed IP address, port
+
+
+def seq_delta(a: int, b: int) -> int:
+    """Signed distance from sequence number b to a, modulo 2**32."""
+    d = (a - b) & SEQ_MASK
+    return d - 0x100000000 if d >= SEQ_HALF else d
+
+
+@dataclass(eq=False)
+class Flow:
+    """One TCP connection.  ``endpoints[d]`` is the sender of direction ``d``.
+
+    Direction 0 is the side that sent the SYN, or the first packet seen when the SYN was not
+    captured.  ``context`` belongs to the stage above (its per-connection state).
+    """
+
+    endpoints: tuple[Endpoint, Endpoint]
+    syn_seen: bool
+    first_ts: int
+    last_ts: int = 0
+    context: Any = None
+    ident: int = 0
+    closed: bool = False
+    halves: list[_Half] = field(default_factory=list, repr=False)
+
+    def describe(self, direction: int = 0) -> str:
+        return f"{format_endpoint(self.endpoints[direction])} -> " + format_endpoint(
+            self.endpoints[1 - direction]
+        )
+
+
+class StreamData(NamedTuple):
+    flow: Flow
+    direction: int
+    data: bytes
+    ts_ns: int
+
+
+class StreamGap(NamedTuple):
+    flow: Flow
+    direction: int
+    size: int  # bytes missing from the stream (0 when unknown)
+    ts_ns: int
+
+
+class FlowClosed(NamedTuple):
+    flow: Flow
+    reason: str  # "fin", "rst", "timeout", "evicted", "end"
+    ts_ns: int
+
+
+Event = StreamData | StreamGap | FlowClosed
+
+
+class _Half:
+    """One direction of a flow."""
+
+    __slots__ = ("flow", "direction", "peer", "next_seq", "pending", "pending_bytes", "fin_seq",
+                 "finished")
+
+    def __init__(self, flow: Flow, direction: int):
+        self.flow = flow
+        self.direction = direction
+        self.peer: _Half = self
+        self.next_seq: int | None = None
+        self.pending: dict[int, bytes] = {}
+        self.pending_bytes = 0
+        self.fin_seq: int | None = None
+        self.finished = False
+
+
+@dataclass
+class TcpStats:
+    segments: int = 0
+    flows: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    gaps: int = 0
+    gap_bytes: int = 0
+    buffer_overflows: int = 0
+    timeouts: int = 0
+    evictions: int = 0
+
+
+class TcpReassembler:
+    def __init__(
+        self,
+        flow_timeout_s: float = 180.0,
+        max_direction_bytes: int = 4 << 20,
+        max_flows: int = 200_000,
+    ):
+        self.flow_timeout_ns = int(flow_timeout_s * 1e9)
+        self.max_direction_bytes = max_direction_bytes
+        self.max_flows = max_flows
+        self.stats = TcpStats()
+        self._halves: dict[tuple[bytes, int, bytes, int], _Half] = {}
+        self._flows: OrderedDict[int, Flow] = OrderedDict()  # least recently active first
+        self._clock = 0
+        self._next_sweep = 0
+
+    @property
+    def active_flows(self) -> int:
+        return len(self._flows)
+
+    def segment(self, seg: Segment, ts_ns: int) -> list[Event]:
+        events: list[Event] = []
+        self.stats.segments += 1
+        if ts_ns > self._clock:
+            self._clock = ts_ns
+            if ts_ns >= self._next_sweep:
+                self._next_sweep = ts_ns + 1_000_000_000
+                self._expire(events)
+        flags = seg.flags
+        half = self._halves.get((seg.src, seg.sport, seg.dst, seg.dport))
+        if half is not None and flags & TCP_SYN and self._is_new_connection(half, seg):
+            self._close(half.flow, "fin", ts_ns, events)
+            half = None
+        if half is None:
+            if flags & TCP_RST or not (seg.payload or flags & (TCP_SYN | TCP_FIN)):
+                return events
+            half = self._new_flow(seg, ts_ns, events)
+        flow = half.flow
+        flow.last_ts = ts_ns
+        self._flows.move_to_end(flow.ident)
+
+        seq = seg.seq
+        if flags & TCP_SYN:
+            seq = (seq + 1) & SEQ_MASK
+            if half.next_seq is None:
+                half.next_seq = seq
+            if flags & TCP_ACK and half.direction == 0 and not flow.syn_seen:
+                pass
+        if seg.payload:
+            self._data(half, seq, seg.payload, ts_ns, events)
+        peer = half.peer
+        if flags & TCP_ACK and peer.pending and peer.next_seq is not None:
+            first_pending = min(peer.pending, key=lambda s: seq_delta(s, peer.next_seq or 0))
+            if seq_delta(seg.ack, first_pending) >= 0:
+                # the receiver has the bytes in the hole, so they crossed the wire unseen
+                self._skip_hole(peer, ts_ns, events)
+        if flags & TCP_RST:
+            self._close(flow, "rst", ts_ns, events)
+        elif flags & TCP_FIN:
+            half.fin_seq = (seq + len(seg.payload)) & SEQ_MASK
+            self._check_finished(half, ts_ns, events)
+        return events
+
+    def flush(self, ts_ns: int | None = None) -> list[Event]:
+        """End of input: deliver what is held back (across holes) and close every flow."""
+        events: list[Event] = []
+        for flow in list(self._flows.values()):
+            self._close(flow, "end", ts_ns if ts_ns is not None else flow.last_ts, events)
+        return events
+
+    def expire(self, now_ns: int) -> list[Event]:
+        """Close flows idle for longer than the flow timeout (live capture calls this)."""
+        events: list[Event] = []
+        self._clock = max(self._clock, now_ns)
+        self._expire(events)
+        return events
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _is_new_connection(self, half: _Half, seg: Segment) -> bool:
+        if half.flow.closed or half.finished:
+            return True
+        expected = half.next_seq
+        # a SYN whose sequence number does not fit the current stream reuses the port pair
+        return (
+            expected is not None
+            and not (seg.flags & TCP_ACK and half.direction == 1)
+            and abs(seq_delta((seg.seq + 1) & SEQ_MASK, expected)) > 0
+            and half.flow.syn_seen
+        )
+
+    def _new_flow(self, seg: Segment, ts_ns: int, events: list[Event]) -> _Half:
+        a: Endpoint = (seg.src, seg.sport)
+        b: Endpoint = (seg.dst, seg.dport)
+        syn = bool(seg.flags & TCP_SYN)
+        if syn and seg.flags & TCP_ACK:
+            a, b = b, a  # a SYN-ACK comes from the server: direction 0 stays the client
+        self.stats.flows += 1
+        flow = Flow((a, b), syn_seen=syn, first_ts=ts_ns, last_ts=ts_ns, ident=self.stats.flows)
+        forward, backward = _Half(flow, 0), _Half(flow, 1)
+        forward.peer, backward.peer = backward, forward
+        flow.halves = [forward, backward]
+        self._halves[(a[0], a[1], b[0], b[1])] = forward
+        self._halves[(b[0], b[1], a[0], a[1])] = backward
+        self._flows[flow.ident] = flow
+        if len(self._flows) > self.max_flows:
+            oldest = next(iter(self._flows.values()))
+            self.stats.evictions += 1
+            self._close(oldest, "evicted", ts_ns, events)
+        return forward if (seg.src, seg.sport) == a else backward
+
+    def _data(self, half: _Half, seq: int, payload: bytes | memoryview, ts_ns: int,
+              events: list[Event]) -> None:
+        if half.next_seq is None:
+            half.next_seq = seq
+        delta = seq_delta(seq, half.next_seq)
+        if delta == 0 and not half.pending:
+            data = bytes(payload)
+            half.next_seq = (seq + len(data)) & SEQ_MASK
+            events.append(StreamData(half.flow, half.direction, data, ts_ns))
+            return
+        if delta < 0:
+            if -delta >= len(payload):
+                self.stats.duplicates += 1
+                return
+            payload = payload[-delta:]  # a retransmission that overlaps what we have
+            delta = 0
+        if delta == 0:
+            data = bytes(payload)
+            half.next_seq = (half.next_seq + len(data)) & SEQ_MASK
+            events.append(StreamData(half.flow, half.direction, data, ts_ns))
+            self._drain(half, ts_ns, events)
+            return
+        if delta > FAR_AHEAD:
+            return
+        self.stats.out_of_order += 1
+        held = half.pending.get(seq)
+        if held is None or len(held) < len(payload):
+            half.pending[seq] = bytes(payload)
+            half.pending_bytes += len(payload) - (len(held) if held else 0)
+        if half.pending_bytes > self.max_direction_bytes:
+            self.stats.buffer_overflows += 1
+            self._skip_hole(half, ts_ns, events)
+
+    def _drain(self, half: _Half, ts_ns: int, events: list[Event]) -> None:
+        """Deliver held segments that the stream has now reached."""
+        pending = half.pending
+        while pending:
+            assert half.next_seq is not None
+            start = half.next_seq
+            data = pending.pop(start, None)
+            if data is None:
+                # a held segment that starts before the stream position overlaps it
+                for held_seq in list(pending):
+                    behind = -seq_delta(held_seq, start)
+                    if behind > 0:
+                        held = pending.pop(held_seq)
+                        half.pending_bytes -= len(held)
+                        if len(held) > behind:
+                            data = held[behind:]
+                            half.pending_bytes += len(data)
+                            break
+                if data is None:
+                    return
+            half.pending_bytes -= len(data)
+            half.next_seq = (start + len(data)) & SEQ_MASK
+            events.append(StreamData(half.flow, half.direction, data, ts_ns))
+        self._check_finished(half, ts_ns, events)
+
+    def _skip_hole(self, half: _Half, ts_ns: int, events: list[Event]) -> None:
+        """Give up on the bytes before the first held segment and go on after them."""
+        if not half.pending or half.next_seq is None:
+            return
+        start = half.next_seq
+        first = min(half.pending, key=lambda s: seq_delta(s, start))
+        size = seq_delta(first, start)
+        if size <= 0:
+            self._drain(half, ts_ns, events)
+            return
+        self.stats.gaps += 1
+        self.stats.gap_bytes += size
+        events.append(StreamGap(half.flow, half.direction, size, ts_ns))
+        half.next_seq = first
+        self._drain(half, ts_ns, events)
+
+    def _check_finished(self, half: _Half, ts_ns: int, events: list[Event]) -> None:
+        if half.fin_seq is not None and half.next_seq == half.fin_seq and not half.pending:
+            half.finished = True
+            if half.peer.finished:
+                self._close(half.flow, "fin", ts_ns, events)
+
+    def _close(self, flow: Flow, reason: str, ts_ns: int, events: list[Event]) -> None:
+        if flow.closed:
+            return
+        for half in flow.halves:
+            while half.pending:
+                self._skip_hole(half, ts_ns, events)
+        flow.closed = True
+        (a, b) = flow.endpoints
+        for key in ((a[0], a[1], b[0], b[1]), (b[0], b[1], a[0], a[1])):
+            if self._halves.get(key) in flow.halves:
+                del self._halves[key]
+        self._flows.pop(flow.ident, None)
+        events.append(FlowClosed(flow, reason, ts_ns))
+
+    def _expire(self, events: list[Event]) -> None:
+        horizon = self._clock - self.flow_timeout_ns
+        while self._flows:
+            oldest = next(iter(self._flows.values()))
+            if oldest.last_ts >= horizon:
+                break
+            self.stats.timeouts += 1
+            self._close(oldest, "timeout", oldest.last_ts + self.flow_timeout_ns, events)

@@ -1,0 +1,128 @@
+"""Wire the stages together: frames -> TCP -> TLS -> SIP -> sinks.
+
+The same pipeline serves capture files and live capture; only the frame source differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from captagent_tls.capture import Frame
+from captagent_tls.net.packet import Skip, decode_tcp
+from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
+from captagent_tls.net.tcp import Event as NetEvent
+from captagent_tls.sinks import Sink
+from captagent_tls.sip import Message
+from captagent_tls.sip.framing import SipFramer, Unit
+from captagent_tls.tls.events import AppData, AppGap, TlsProblem
+from captagent_tls.tls.events import Event as TlsEvent
+from captagent_tls.tls.keys import KeyStore
+from captagent_tls.tls.tracker import TlsTracker
+
+
+@dataclass
+class PipelineOptions:
+    flow_timeout_s: float = 180.0
+    max_direction_bytes: int = 4 << 20
+    max_flows: int = 200_000
+    session_cache_size: int = 20_000
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    sip_messages: int = 0
+    raw_chunks: int = 0
+    raw_bytes: int = 0
+
+
+class Pipeline:
+    def __init__(self, keys: KeyStore, sinks: list[Sink],
+                 on_problem: Callable[[TlsProblem], None] | None = None,
+                 options: PipelineOptions | None = None):
+        options = options or PipelineOptions()
+        self.tcp = TcpReassembler(options.flow_timeout_s, options.max_direction_bytes,
+                                  options.max_flows)
+        self.tls = TlsTracker(keys, options.session_cache_size)
+        self.sinks = sinks
+        self.on_problem = on_problem
+        self.stats = PipelineStats()
+        self._framers: dict[tuple[Flow, int], SipFramer] = {}
+        self._last_ts = 0
+
+    def frame(self, frame: Frame) -> None:
+        self.stats.frames += 1
+        segment = decode_tcp(frame.linktype, frame.data)
+        if isinstance(segment, Skip):
+            skipped = self.stats.skipped
+            skipped[segment.reason] = skipped.get(segment.reason, 0) + 1
+            return
+        self._last_ts = frame.ts_ns
+        for event in self.tcp.segment(segment, frame.ts_ns):
+            self._net_event(event)
+
+    def finish(self) -> None:
+        """End of input: flush held-back bytes, close every flow, deliver what is complete."""
+        for event in self.tcp.flush(self._last_ts):
+            self._net_event(event)
+
+    def expire(self, now_ns: int) -> None:
+        for event in self.tcp.expire(now_ns):
+            self._net_event(event)
+
+    def _net_event(self, event: NetEvent) -> None:
+        tls = self.tls
+        if type(event) is StreamData:
+            self._tls_events(tls.data(event.flow, event.direction, event.data, event.ts_ns))
+        elif type(event) is StreamGap:
+            self._tls_events(tls.gap(event.flow, event.direction, event.ts_ns))
+        elif type(event) is FlowClosed:
+            flow = event.flow
+            for direction in (0, 1):
+                framer = self._framers.pop((flow, direction), None)
+                if framer is not None:
+                    self._deliver(flow, direction, framer.flush(), event.ts_ns, None)
+            self._tls_events(tls.closed(flow, event.ts_ns))
+
+    def _tls_events(self, events: list[TlsEvent]) -> None:
+        for event in events:
+            if type(event) is AppData:
+                key = (event.flow, event.direction)
+                framer = self._framers.get(key)
+                if framer is None:
+                    framer = self._framers[key] = SipFramer()
+                units = framer.feed(event.data)
+                if units:
+                    self._deliver(event.flow, event.direction, units, event.ts_ns, event)
+            elif type(event) is AppGap:
+                framer = self._framers.get((event.flow, event.direction))
+                if framer is not None:
+                    self._deliver(event.flow, event.direction, framer.gap(), event.ts_ns, None)
+            elif type(event) is TlsProblem and self.on_problem is not None:
+                self.on_problem(event)
+
+    def _deliver(self, flow: Flow, direction: int, units: list[Unit], ts: int,
+                 app: AppData | None) -> None:
+        if not units:
+            return
+        conn = flow.context
+        client_dir = getattr(conn, "client_dir", None)
+        if client_dir is None:
+            client_dir = 0
+        info = app.info if app is not None else getattr(conn, "info", None)
+        version = info.version if info else ""
+        suite = info.cipher_suite if info else ""
+        src, dst = flow.endpoints[direction], flow.endpoints[1 - direction]
+        stats = self.stats
+        for unit in units:
+            if unit.is_sip:
+                stats.sip_messages += 1
+            else:
+                stats.raw_chunks += 1
+                stats.raw_bytes += len(unit.data)
+            message = Message(ts, src, dst, "tls" if version else "tcp", unit.data, unit.call_id,
+                              unit.is_sip, direction == client_dir, version, suite)
+            for sink in self.sinks:
+                sink.emit(message)

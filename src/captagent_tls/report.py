@@ -1,0 +1,60 @@
+"""What the user reads on stderr: problems (once each) and the final stats summary."""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from captagent_tls.pipeline import Pipeline
+from captagent_tls.sinks import Sink
+from captagent_tls.sinks.hep import HepUdpSink
+from captagent_tls.tls.events import TlsProblem
+
+
+class ProblemReporter:
+    """Prints each distinct problem once (per kind and server), however many flows hit it."""
+
+    def __init__(self, out: TextIO):
+        self.out = out
+        self._seen: set[tuple[str, str]] = set()
+
+    def report(self, problem: TlsProblem) -> None:
+        conn = problem.flow.context
+        server = conn.server_endpoint() if conn is not None else problem.flow.describe()
+        key = (problem.kind, server)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        print(f"captagent-tls: {problem.message}", file=self.out)
+
+
+def format_stats(pipeline: Pipeline, sinks: list[Sink]) -> str:
+    tcp = pipeline.tcp.stats
+    tls = pipeline.tls.stats
+    stats = pipeline.stats
+    skipped = sum(stats.skipped.values())
+    undecryptable = ", ".join(f"{reason.replace('_', ' ')} {count}"
+                              for reason, count in sorted(tls.undecryptable.items())) or "0"
+    lines = [
+        "--- captagent-tls stats ---",
+        f"packets: {stats.frames} read, {tcp.segments} TCP, {skipped} skipped"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.skipped.items()))})"
+           if skipped else ""),
+        f"flows: {tcp.flows} TCP, {tls.connections} TLS; out of order {tcp.out_of_order}, "
+        f"duplicates {tcp.duplicates}, gaps {tcp.gaps} ({tcp.gap_bytes} bytes)",
+        f"TLS sessions: {tls.sessions_full} full, {tls.sessions_resumed} resumed, "
+        f"undecryptable: {undecryptable}",
+        f"TLS records: {tls.records_decrypted} decrypted, {tls.records_failed} failed "
+        f"authentication (dropped), {tls.records_undecrypted} without keys; Finished verified "
+        f"{tls.finished_verified}, failed {tls.finished_failed}",
+        f"SIP messages: {stats.sip_messages}; other application data: {stats.raw_chunks} "
+        f"chunks, {stats.raw_bytes} bytes",
+    ]
+    for sink in sinks:
+        if isinstance(sink, HepUdpSink):
+            hep = sink.stats
+            lines.append(
+                f"HEP {sink.address}: {hep.sent} sent, {hep.send_errors} send errors; not sent: "
+                f"{hep.skipped_not_sip} not SIP, {hep.skipped_short} too short, "
+                f"{hep.skipped_too_large} too large"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,22 @@
+"""SIP stage: frame decrypted byte streams into messages (sans-IO)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+Endpoint = tuple[bytes, int]  # packed IP address, port
+
+
+class Message(NamedTuple):
+    """One unit for the sinks: a SIP message, or raw application bytes that are not SIP."""
+
+    ts_ns: int  # capture time of the packet that completed it
+    src: Endpoint
+    dst: Endpoint
+    transport: str  # "tls" or "tcp"
+    payload: bytes
+    call_id: str | None
+    is_sip: bool
+    from_client: bool
+    tls_version: str
+    cipher_suite: str

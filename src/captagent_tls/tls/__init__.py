@@ -1,0 +1,1 @@
+"""TLS stage: records, handshakes, key schedules and record decryption (sans-IO)."""

@@ -1,0 +1,222 @@
+"""Record protection: open (decrypt and authenticate) one TLS record with the keys of one
+direction.  Every decryptor checks the tag or MAC before anything is returned; a failure raises
+``RecordAuthError`` and the caller drops the record.
+
+Cipher objects are built once per direction; each decryptor counts its own sequence number.
+"""
+
+from __future__ import annotations
+
+import struct
+from hmac import compare_digest
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
+from cryptography.hazmat.primitives import hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
+
+from captagent_tls.tls.keyschedule import SSL3, TLS11, TLS13, digest, hash_algorithm
+from captagent_tls.tls.suites import CipherSuite
+
+CONTENT_APPLICATION_DATA = 23
+MAX_PLAINTEXT = 1 << 14
+
+_aad = struct.Struct("!QBHH").pack
+_seq = struct.Struct("!Q").pack
+
+
+class RecordAuthError(Exception):
+    """A record failed its tag, MAC or padding check."""
+
+
+def _block_cipher(algorithm: str, key: bytes) -> algorithms.BlockCipherAlgorithm:
+    if algorithm == "AES":
+        return algorithms.AES(key)
+    if algorithm == "CAMELLIA":
+        return decrepit.Camellia(key)
+    if algorithm == "3DES":
+        return decrepit.TripleDES(key)
+    if algorithm == "DES":
+        return decrepit.TripleDES(key * 3)  # EDE with K1 = K2 = K3 is single DES
+    if algorithm == "SEED":
+        return decrepit.SEED(key)
+    if algorithm == "IDEA":
+        return decrepit.IDEA(key)
+    raise ValueError(f"no block cipher {algorithm}")
+
+
+class Decryptor:
+    """Opens the records of one direction, in order."""
+
+    seq: int
+
+    def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
+        raise NotImplementedError
+
+
+class AeadDecryptor(Decryptor):
+    """AES-GCM, AES-CCM and ChaCha20-Poly1305, in TLS 1.2 (RFC 5288, 6655, 7905) and 1.3."""
+
+    def __init__(self, suite: CipherSuite, key: bytes, iv: bytes, version: int):
+        self.seq = 0
+        self.tls13 = version == TLS13 or version >= 0x7F00
+        self.tag_len = suite.tag_len
+        self.explicit = 0 if self.tls13 else suite.explicit_nonce_len
+        self.iv = iv
+        self.iv_int = int.from_bytes(iv, "big")
+        if suite.algorithm == "AESGCM":
+            self.aead: AESGCM | AESCCM | ChaCha20Poly1305 = AESGCM(key)
+        elif suite.algorithm == "AESCCM":
+            self.aead = AESCCM(key, tag_length=suite.tag_len)
+        else:
+            self.aead = ChaCha20Poly1305(key)
+
+    def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
+        seq = self.seq
+        explicit = self.explicit
+        if explicit:
+            nonce = self.iv + fragment[:explicit]
+            ciphertext = fragment[explicit:]
+        else:
+            nonce = (self.iv_int ^ seq).to_bytes(12, "big")
+            ciphertext = fragment
+        if self.tls13:
+            aad = struct.pack("!BHH", content_type, version, len(fragment))
+        else:
+            size = len(ciphertext) - self.tag_len
+            if size < 0:
+                raise RecordAuthError("record shorter than its tag")
+            aad = _aad(seq, content_type, version, size)
+        try:
+            plaintext = self.aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            raise RecordAuthError("authentication tag mismatch") from None
+        self.seq = seq + 1
+        if self.tls13:
+            inner = plaintext.rstrip(b"\x00")
+            if not inner:
+                raise RecordAuthError("TLS 1.3 record without a content type")
+            return inner[-1], inner[:-1]
+        return content_type, plaintext
+
+
+class _MacCheck:
+    """HMAC (or the SSLv3 MAC) over the record, keyed once per direction."""
+
+    def __init__(self, suite: CipherSuite, mac_key: bytes, version: int):
+        self.size = suite.mac_len
+        self.ssl3 = version == SSL3
+        self.hash_name = suite.mac_hash
+        self.mac_key = mac_key
+        if not self.ssl3:
+            self.keyed = hmac.HMAC(mac_key, hash_algorithm(suite.mac_hash))
+        pad = 48 if suite.mac_hash == "md5" else 40
+        self.pad1, self.pad2 = b"\x36" * pad, b"\x5c" * pad
+
+    def compute(self, seq: int, content_type: int, version: int, data: bytes) -> bytes:
+        if self.ssl3:
+            inner = digest(self.hash_name, self.mac_key, self.pad1, _seq(seq),
+                           struct.pack("!BH", content_type, len(data)), data)
+            return digest(self.hash_name, self.mac_key, self.pad2, inner)
+        mac = self.keyed.copy()
+        mac.update(_aad(seq, content_type, version, len(data)))
+        mac.update(data)
+        return mac.finalize()
+
+    def verify(self, seq: int, content_type: int, version: int, data: bytes, tag: bytes) -> None:
+        if not compare_digest(self.compute(seq, content_type, version, data), tag):
+            raise RecordAuthError("MAC mismatch")
+
+
+class CbcDecryptor(Decryptor):
+    """CBC suites: MAC-then-encrypt (with the padding check) or Encrypt-then-MAC (RFC 7366).
+
+    TLS 1.1+ carries an explicit IV per record; SSLv3 and TLS 1.0 chain the IV from the
+    previous record, which one long-lived CBC context does naturally.
+    """
+
+    def __init__(self, suite: CipherSuite, key: bytes, mac_key: bytes, iv: bytes, version: int,
+                 encrypt_then_mac: bool):
+        self.seq = 0
+        self.block = suite.iv_len
+        self.explicit_iv = version >= TLS11
+        self.etm = encrypt_then_mac
+        self.ssl3 = version == SSL3
+        self.mac = _MacCheck(suite, mac_key, version)
+        self.algorithm = _block_cipher(suite.algorithm, key)
+        self.chained: CipherContext | None = None
+        if not self.explicit_iv:
+            self.chained = Cipher(self.algorithm, modes.CBC(iv)).decryptor()
+
+    def _decrypt(self, data: bytes) -> bytes:
+        if self.chained is not None:
+            return self.chained.update(data)
+        iv, body = data[: self.block], data[self.block :]
+        return Cipher(self.algorithm, modes.CBC(iv)).decryptor().update(body)
+
+    def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
+        seq = self.seq
+        mac_len = self.mac.size
+        if self.etm:
+            body, tag = fragment[:-mac_len], fragment[-mac_len:]
+            if len(body) % self.block or len(tag) != mac_len or not body:
+                raise RecordAuthError("bad CBC record length")
+            self.mac.verify(seq, content_type, version, body, tag)
+            plaintext = self._decrypt(body)
+            plaintext = self._strip_padding(plaintext)
+            self.seq = seq + 1
+            return content_type, plaintext
+        if len(fragment) % self.block or len(fragment) < mac_len + 1:
+            raise RecordAuthError("bad CBC record length")
+        plaintext = self._decrypt(fragment)
+        content = self._strip_padding(plaintext)
+        if len(content) < mac_len:
+            raise RecordAuthError("record shorter than its MAC")
+        data, tag = content[: len(content) - mac_len], content[len(content) - mac_len :]
+        self.mac.verify(seq, content_type, version, data, tag)
+        self.seq = seq + 1
+        return content_type, data
+
+    def _strip_padding(self, plaintext: bytes) -> bytes:
+        if not plaintext:
+            raise RecordAuthError("empty CBC record")
+        pad = plaintext[-1]
+        if pad + 1 > len(plaintext):
+            raise RecordAuthError("bad CBC padding")
+        if self.ssl3:
+            if pad >= self.block:
+                raise RecordAuthError("bad CBC padding")
+        elif plaintext[-pad - 1 :] != bytes([pad]) * (pad + 1):
+            raise RecordAuthError("bad CBC padding")
+        return plaintext[: -pad - 1]
+
+
+class StreamDecryptor(Decryptor):
+    """RC4 and the NULL cipher: the MAC follows the content."""
+
+    def __init__(self, suite: CipherSuite, key: bytes, mac_key: bytes, version: int):
+        self.seq = 0
+        self.mac = _MacCheck(suite, mac_key, version)
+        self.stream: CipherContext | None = None
+        if suite.kind == "stream":
+            self.stream = Cipher(decrepit.ARC4(key), mode=None).decryptor()
+
+    def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
+        plaintext = self.stream.update(fragment) if self.stream is not None else fragment
+        mac_len = self.mac.size
+        if len(plaintext) < mac_len:
+            raise RecordAuthError("record shorter than its MAC")
+        data, tag = plaintext[: len(plaintext) - mac_len], plaintext[len(plaintext) - mac_len :]
+        self.mac.verify(self.seq, content_type, version, data, tag)
+        self.seq += 1
+        return content_type, data
+
+
+def make_decryptor(suite: CipherSuite, version: int, key: bytes, iv: bytes, mac_key: bytes,
+                   encrypt_then_mac: bool = False) -> Decryptor:
+    if suite.kind == "aead":
+        return AeadDecryptor(suite, key, iv, version)
+    if suite.kind == "cbc":
+        return CbcDecryptor(suite, key, mac_key, iv, version, encrypt_then_mac)
+    return StreamDecryptor(suite, key, mac_key, version)

@@ -1,0 +1,182 @@
+"""Cross-check the product's decrypted bytes against tshark's, byte for byte.
+
+For each capture with an RSA server key, the product runs as ``-r CAPTURE -k KEY --json``
+and tshark (Debian's, an independent TLS implementation) decrypts the same file with the
+same key. Per TCP connection and per direction, the product's payloads (kinds "sip" and
+"raw", in output order) concatenated must equal tshark's ``follow,tls,raw`` bytes.
+
+Captures: tests/fixtures/captures/NAME.pcap with NAME.json (keys in tests/fixtures/keys/),
+and ../shared/corpus/sip/ scenarios whose suite is RSA AES-GCM (skipped without the corpus).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from support.cli import check_contract, key_args, payload_bytes, run_json
+from support.groundtruth import GroundTruth, load_groundtruth, pcap_time_range, scenario_files
+from support.oracle import Stream, endpoint, tshark_decrypt
+from support.paths import CORPUS, FIXTURES
+
+RSA_GCM = {"AES128-GCM-SHA256", "AES256-GCM-SHA384"}
+
+# tshark 4.0 drops everything after an out-of-order TCP segment unless this is on (see
+# corpus/public/INDEX.md, the -seg500-ooo capture). It is only used when tshark's default
+# output disagrees with the ground truth, so that the oracle stays tshark's plain default
+# wherever that is good enough.
+OUT_OF_ORDER = ("-o", "tcp.reassemble_out_of_order:TRUE")
+
+Direction = tuple[str, str]  # (src endpoint, dst endpoint)
+
+
+def _fixture_cases() -> list:
+    cases = []
+    for cap, js in scenario_files(FIXTURES):
+        try:
+            gt = load_groundtruth(js)
+        except (ValueError, KeyError):
+            continue  # not a scenario file
+        if gt.keys and all(k.exists() for k in gt.keys) and not gt.needs_keylog:
+            cases.append(pytest.param(cap, js, id=cap.stem))
+    return cases
+
+
+def _corpus_cases() -> list:
+    cases = []
+    for cap, js in scenario_files(CORPUS / "sip"):
+        gt = load_groundtruth(js)
+        if gt.settings.get("cipher") in RSA_GCM and gt.keylog is None and not gt.needs_keylog:
+            cases.append(pytest.param(cap, js, id=cap.stem))
+    return cases
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def product_by_direction(objs: list[dict]) -> dict[Direction, bytes]:
+    """Concatenate the product's payload bytes per (src, dst), in output order."""
+    parts: dict[Direction, list[bytes]] = defaultdict(list)
+    for obj in objs:
+        key = (endpoint(obj["src_ip"], obj["src_port"]), endpoint(obj["dst_ip"], obj["dst_port"]))
+        parts[key].append(payload_bytes(obj))
+    return {k: b"".join(v) for k, v in parts.items()}
+
+
+def groundtruth_by_direction(gt: GroundTruth) -> dict[Direction, bytes]:
+    """Plaintext per direction (messages and keep-alives) of the decryptable connections."""
+    out: dict[Direction, bytes] = {}
+    for conn in gt.connections:
+        if not conn.expect_decrypt:
+            continue  # its server key is not given: tshark and the product must show nothing
+        assert conn.client_ip and conn.server_ip and conn.server_port, (
+            f"{gt.name}: incomplete connection"
+        )
+        client = endpoint(conn.client_ip, conn.client_port)
+        server = endpoint(conn.server_ip, conn.server_port)
+        out[(client, server)] = conn.stream("c2s")
+        out[(server, client)] = conn.stream("s2c")
+    return out
+
+
+def tshark_by_direction(streams: list[Stream]) -> dict[Direction, bytes]:
+    out: dict[Direction, bytes] = {}
+    for s in streams:
+        for key, data in s.by_direction().items():
+            assert key not in out, f"4-tuple {key} appears in two TCP streams"
+            out[key] = data
+    return out
+
+
+def oracle(pcap: Path, gt: GroundTruth) -> tuple[list[Stream], dict[Direction, bytes]]:
+    """tshark's decrypted bytes per direction; retried with out-of-order reassembly if needed."""
+    truth = groundtruth_by_direction(gt)
+
+    def decrypt(extra: tuple[str, ...]) -> tuple[list[Stream], dict[Direction, bytes]]:
+        streams = tshark_decrypt(
+            pcap, rsa_keys=gt.keys, tls_ports=gt.server_ports, extra_opts=extra
+        )
+        return streams, tshark_by_direction(streams)
+
+    streams, got = decrypt(())
+    if any(got.get(k, b"") != v for k, v in truth.items()):
+        streams, got = decrypt(OUT_OF_ORDER)
+    return streams, got
+
+
+def crosscheck(pcap: Path, js: Path) -> None:
+    gt = load_groundtruth(js)
+    objs = run_json(["-r", pcap, *key_args(gt.keys)])
+    for obj in objs:
+        check_contract(obj)
+    assert objs, "the product emitted nothing"
+
+    streams, theirs = oracle(pcap, gt)
+    ours = product_by_direction(objs)
+    truth = groundtruth_by_direction(gt)
+
+    # Nothing decrypted where tshark decrypted nothing, and the reverse.
+    ours_nonempty = {k for k, v in ours.items() if v}
+    theirs_nonempty = {k for k, v in theirs.items() if v}
+    assert ours_nonempty == theirs_nonempty, (
+        f"directions with data differ: only product {sorted(ours_nonempty - theirs_nonempty)}, "
+        f"only tshark {sorted(theirs_nonempty - ours_nonempty)}"
+    )
+
+    for key in sorted(theirs_nonempty):
+        mine, tshark = ours[key], theirs[key]
+        if key in truth and tshark != truth[key]:
+            # tshark lost data here (a gap in the capture): what it did decrypt must be a
+            # prefix of the truth, and the product must agree with it up to the gap.
+            assert truth[key].startswith(tshark), (
+                f"{key}: tshark's output is not a prefix of the ground truth"
+            )
+            assert mine.startswith(tshark), (
+                f"{key}: product differs from tshark before tshark's gap"
+            )
+            continue
+        if mine != tshark:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(mine, tshark, strict=False)) if a != b),
+                min(len(mine), len(tshark)),
+            )
+            lo, hi = max(0, at - 20), at + 40
+            pytest.fail(
+                f"{key}: product {len(mine)} bytes, tshark {len(tshark)} bytes, "
+                f"first difference at {at}: product {mine[lo:hi]!r} vs tshark {tshark[lo:hi]!r}"
+            )
+
+    # direction labels: c2s iff the source is the TCP client (the SYN sender, per tshark)
+    clients = {s.client for s in streams if s.client}
+    for obj in objs:
+        src = endpoint(obj["src_ip"], obj["src_port"])
+        want = "c2s" if src in clients else "s2c"
+        assert obj["direction"] == want, (
+            f"{src} -> {obj['dst_ip']}:{obj['dst_port']} labelled {obj['direction']}"
+        )
+
+    # message times lie within the capture
+    first, last = pcap_time_range(pcap)
+    for obj in objs:
+        assert first - 1e-6 <= obj["ts"] <= last + 1e-6, f"ts {obj['ts']} outside [{first}, {last}]"
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize(("pcap", "js"), _fixture_cases())
+def test_fixture_matches_tshark(pcap: Path, js: Path, tshark: str) -> None:
+    crosscheck(pcap, js)
+
+
+@pytest.mark.parametrize(("pcap", "js"), _corpus_cases())
+def test_corpus_matches_tshark(pcap: Path, js: Path, tshark: str, corpus: Path) -> None:
+    crosscheck(pcap, js)
+
+
+def test_cases_were_found() -> None:
+    """Guard against an empty parametrization silently testing nothing."""
+    if not _fixture_cases() and not CORPUS.is_dir():
+        pytest.skip("no fixture captures yet and no shared corpus")
+    assert _fixture_cases() or _corpus_cases()
