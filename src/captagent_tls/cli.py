@@ -23,6 +23,8 @@ from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
 from captagent_tls.sinks.hep import CollectorAddressError, HepOptions, HepUdpSink
 from captagent_tls.sinks.jsonl import JsonLinesSink
+from captagent_tls.tls.events import SessionSecret
+from captagent_tls.tls.keylog import KeyLogResult, load_key_log
 from captagent_tls.tls.keys import KeyStore
 
 EXIT_USAGE = 2
@@ -48,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "is matched to servers by their certificate")
     parser.add_argument("--key-password", metavar="PASSWORD",
                         help="password of encrypted key files")
+    parser.add_argument("--keylog", metavar="FILE", action="append", default=[],
+                        help="NSS key log (SSLKEYLOGFILE format); repeatable. Decrypts ECDHE, "
+                             "DHE and TLS 1.3 sessions")
+    parser.add_argument("--export-keylog", metavar="FILE",
+                        help="write a CLIENT_RANDOM line for every session decrypted with an "
+                             "RSA key, so Wireshark can open the capture without the key")
     parser.add_argument("-f", "--filter", metavar="BPF",
                         help='BPF filter, tcpdump syntax, e.g. "tcp port 5061"')
     out = parser.add_argument_group("outputs (default: the console)")
@@ -103,7 +111,37 @@ def load_keys(args: argparse.Namespace) -> KeyStore:
     for path in args.key:
         for private_key in load_rsa_keys(path, password):
             keys.add_rsa_key(private_key, path)
+    for path in args.keylog:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                text = fh.read()
+        except OSError as exc:
+            raise UserError(f"cannot read key log {path}: {exc.strerror or exc}") from None
+        report_key_log(path, load_key_log(text, keys))
     return keys
+
+
+def report_key_log(source: str, result: KeyLogResult) -> None:
+    if result.malformed_lines:
+        shown = ", ".join(str(n) for n in result.malformed_lines[:10])
+        more = " ..." if len(result.malformed_lines) > 10 else ""
+        print(f"captagent-tls: warning: {source}: {len(result.malformed_lines)} malformed key "
+              f"log line(s) ignored (line {shown}{more})", file=sys.stderr)
+
+
+def embedded_secrets(path: str, keys: KeyStore) -> None:
+    """Secrets in pcapng Decryption Secrets Blocks, read before decryption starts."""
+    if path == "-":
+        return  # standard input cannot be read twice: blocks apply where they appear
+
+    def add(text: bytes) -> None:
+        report_key_log(f"{path} (embedded secrets)",
+                       load_key_log(text.decode("utf-8", "replace"), keys))
+
+    with CaptureReader(path, on_secrets=add) as reader:
+        if reader.is_pcapng:
+            for _ in reader:
+                pass
 
 
 def build_sinks(args: argparse.Namespace) -> list[Sink]:
@@ -123,6 +161,28 @@ def build_sinks(args: argparse.Namespace) -> list[Sink]:
     return sinks
 
 
+class KeyLogExporter:
+    """Writes CLIENT_RANDOM lines for sessions whose secret did not come from a key log."""
+
+    def __init__(self, path: str):
+        try:
+            self.out = open(path, "a", encoding="ascii")  # noqa: SIM115 - closed in close()
+        except OSError as exc:
+            raise UserError(f"cannot write key log {path}: {exc.strerror or exc}") from None
+        self._written: set[bytes] = set()
+
+    def write(self, secret: SessionSecret) -> None:
+        if secret.source == "key log" or secret.client_random in self._written:
+            return
+        self._written.add(secret.client_random)
+        self.out.write(f"CLIENT_RANDOM {secret.client_random.hex()} "
+                       f"{secret.master_secret.hex()}\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.close()
+
+
 def run_offline(args: argparse.Namespace) -> int:
     keys = load_keys(args)
     frame_filter = FrameFilter(args.filter) if args.filter else None
@@ -130,8 +190,16 @@ def run_offline(args: argparse.Namespace) -> int:
     reporter = ProblemReporter(sys.stderr)
     options = PipelineOptions(flow_timeout_s=args.flow_timeout,
                               max_direction_bytes=args.max_flow_buffer)
-    pipeline = Pipeline(keys, sinks, reporter.report, options)
-    reader = CaptureReader(args.read, on_secrets=None)
+    exporter = KeyLogExporter(args.export_keylog) if args.export_keylog else None
+    embedded_secrets(args.read, keys)
+    pipeline = Pipeline(keys, sinks, reporter.report, options,
+                        on_secret=exporter.write if exporter else None)
+
+    def secrets_in_stream(text: bytes) -> None:
+        if load_key_log(text.decode("utf-8", "replace"), keys).added:
+            pipeline.keys_added()
+
+    reader = CaptureReader(args.read, on_secrets=secrets_in_stream)
     try:
         with reader:
             feed = pipeline.frame
@@ -148,6 +216,8 @@ def run_offline(args: argparse.Namespace) -> int:
         pipeline.finish()
         for sink in sinks:
             sink.close()
+        if exporter is not None:
+            exporter.close()
     if reader.truncated:
         print(f"captagent-tls: warning: {args.read} is truncated; everything before the cut "
               "was processed", file=sys.stderr)

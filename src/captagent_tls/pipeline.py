@@ -15,10 +15,10 @@ from captagent_tls.net.tcp import Event as NetEvent
 from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 from captagent_tls.sip.framing import SipFramer, Unit
-from captagent_tls.tls.events import AppData, AppGap, TlsProblem
+from captagent_tls.tls.events import AppData, AppGap, SessionSecret, TlsProblem
 from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
-from captagent_tls.tls.tracker import TlsTracker
+from captagent_tls.tls.tracker import HoldLimits, TlsTracker
 
 
 @dataclass
@@ -27,6 +27,8 @@ class PipelineOptions:
     max_direction_bytes: int = 4 << 20
     max_flows: int = 200_000
     session_cache_size: int = 20_000
+    keys_may_arrive: bool = False  # key logs still being written: hold records for keys
+    hold: HoldLimits = field(default_factory=HoldLimits)
 
 
 @dataclass
@@ -41,16 +43,20 @@ class PipelineStats:
 class Pipeline:
     def __init__(self, keys: KeyStore, sinks: list[Sink],
                  on_problem: Callable[[TlsProblem], None] | None = None,
-                 options: PipelineOptions | None = None):
+                 options: PipelineOptions | None = None,
+                 on_secret: Callable[[SessionSecret], None] | None = None):
         options = options or PipelineOptions()
         self.tcp = TcpReassembler(options.flow_timeout_s, options.max_direction_bytes,
                                   options.max_flows)
-        self.tls = TlsTracker(keys, options.session_cache_size)
+        self.tls = TlsTracker(keys, options.session_cache_size, options.keys_may_arrive,
+                              options.hold)
+        self.on_secret = on_secret
         self.sinks = sinks
         self.on_problem = on_problem
         self.stats = PipelineStats()
         self._framers: dict[tuple[Flow, int], SipFramer] = {}
         self._last_ts = 0
+        self._next_tick = 0
 
     def frame(self, frame: Frame) -> None:
         self.stats.frames += 1
@@ -59,8 +65,13 @@ class Pipeline:
             skipped = self.stats.skipped
             skipped[segment.reason] = skipped.get(segment.reason, 0) + 1
             return
-        self._last_ts = frame.ts_ns
-        for event in self.tcp.segment(segment, frame.ts_ns):
+        ts = frame.ts_ns
+        if ts > self._last_ts:
+            self._last_ts = ts
+            if ts >= self._next_tick:
+                self._next_tick = ts + 1_000_000_000
+                self._tls_events(self.tls.expire(ts))
+        for event in self.tcp.segment(segment, ts):
             self._net_event(event)
 
     def finish(self) -> None:
@@ -69,8 +80,14 @@ class Pipeline:
             self._net_event(event)
 
     def expire(self, now_ns: int) -> None:
+        """Time passes without packets (live capture): idle flows and held records expire."""
         for event in self.tcp.expire(now_ns):
             self._net_event(event)
+        self._tls_events(self.tls.expire(now_ns))
+
+    def keys_added(self, ts_ns: int | None = None) -> None:
+        """Secrets were added to the key store: decrypt what was waiting for them."""
+        self._tls_events(self.tls.keys_changed(self._last_ts if ts_ns is None else ts_ns))
 
     def _net_event(self, event: NetEvent) -> None:
         tls = self.tls
@@ -100,8 +117,11 @@ class Pipeline:
                 framer = self._framers.get((event.flow, event.direction))
                 if framer is not None:
                     self._deliver(event.flow, event.direction, framer.gap(), event.ts_ns, None)
-            elif type(event) is TlsProblem and self.on_problem is not None:
-                self.on_problem(event)
+            elif type(event) is TlsProblem:
+                if self.on_problem is not None:
+                    self.on_problem(event)
+            elif type(event) is SessionSecret and self.on_secret is not None:
+                self.on_secret(event)
 
     def _deliver(self, flow: Flow, direction: int, units: list[Unit], ts: int,
                  app: AppData | None) -> None:

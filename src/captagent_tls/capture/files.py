@@ -115,6 +115,11 @@ class CaptureReader:
         self._closers.insert(0, release)
         return window
 
+    @property
+    def is_pcapng(self) -> bool:
+        _, ok = self._window.fetch(0, 4)
+        return ok and bytes(self._window.buf[:4]) == b"\x0a\x0d\x0d\x0a"
+
     def close(self) -> None:
         for closer in self._closers:
             try:

@@ -43,14 +43,18 @@ def call_id_of(headers: bytes) -> str | None:
 class SipFramer:
     """Framing state for one direction of one connection."""
 
-    __slots__ = ("buf", "hunting")
+    __slots__ = ("buf", "hunting", "started", "raw")
 
     def __init__(self) -> None:
         self.buf = bytearray()
-        # out of step (after lost bytes or bytes that are not SIP): look for a start line
+        # out of step (after lost bytes or a broken message): look for a start line
         self.hunting = False
+        self.started = False  # a first SIP message has been framed
+        self.raw = False  # the stream did not begin with SIP: pass it on as it comes
 
     def feed(self, data: bytes) -> list[Unit]:
+        if self.raw:
+            return [Unit(data, None, False)]
         units: list[Unit] = []
         buf = self.buf
         if buf:
@@ -68,7 +72,8 @@ class SipFramer:
     def gap(self) -> list[Unit]:
         """Bytes before what comes next are missing: hand over the fragment held so far."""
         units = self.flush()
-        self.hunting = True
+        self.hunting = self.started
+        self.raw = False
         return units
 
     def flush(self) -> list[Unit]:
@@ -99,6 +104,10 @@ class SipFramer:
                     units.append(Unit(bytes(data[pos : found.start()]), None, False))
                 pos = found.start()
                 self.hunting = False
+            if not self.started and not _maybe_start_line(data, pos):
+                self.raw = True
+                units.append(Unit(bytes(data[pos:]), None, False))
+                return end
             header_end = data.find(b"\r\n\r\n", pos)
             if header_end < 0:
                 if end - pos > MAX_HEADER_BYTES or not _maybe_start_line(data, pos):
@@ -121,6 +130,7 @@ class SipFramer:
             if total_end > end:
                 break
             units.append(Unit(bytes(data[pos:total_end]), call_id_of(headers), True))
+            self.started = True
             pos = total_end
         return pos
 

@@ -3,11 +3,17 @@
 The record layer lives here, in one place: records spanning segments, several records per
 segment, handshake messages spanning records.  Handshakes (including renegotiations inside the
 encrypted session) are followed to learn the randoms, the suite, the certificate and the key
-exchange; keys come from the ``KeyStore`` (RSA private keys, key logs) or the session cache.
+exchange.  Keys come from the ``KeyStore`` (RSA private keys, key logs) or the session cache.
+
+Each direction ("side") moves through phases: plaintext, then protected (TLS 1.0-1.2, after
+its ChangeCipherSpec), or early / handshake / application (TLS 1.3).  A protected record that
+arrives before its keys are known is held, in order, when keys may still come (a live key log),
+and decrypted as soon as they do.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from hmac import compare_digest
 from typing import TYPE_CHECKING
@@ -20,6 +26,7 @@ from captagent_tls.tls.events import (
     AppGap,
     Event,
     HandshakeDone,
+    SessionSecret,
     TlsAlert,
     TlsInfo,
     TlsProblem,
@@ -28,13 +35,18 @@ from captagent_tls.tls.keyschedule import (
     SSL3,
     TLS12,
     TLS13,
+    digest,
     finished_verify_data,
     handshake_hash,
+    hash_algorithm,
     key_block,
     master_secret,
+    next_traffic_secret,
+    tls13_finished,
+    traffic_key_iv,
     version_name,
 )
-from captagent_tls.tls.protection import Decryptor, RecordAuthError, make_decryptor
+from captagent_tls.tls.protection import AeadDecryptor, Decryptor, RecordAuthError, make_decryptor
 from captagent_tls.tls.suites import CipherSuite, lookup, suite_name
 
 if TYPE_CHECKING:
@@ -52,6 +64,9 @@ RESYNC_MAX_SKIPPED_RECORDS = 256
 
 CLIENT, SERVER = 0, 1  # roles, as opposed to flow directions
 
+# side phases
+PLAIN, PROTECTED, EARLY, HANDSHAKE_KEYS, APPLICATION_KEYS = range(5)
+
 # why a session cannot be decrypted (stats keys)
 NO_KEY = "no_key"
 KEY_MISMATCH = "key_mismatch"
@@ -59,6 +74,23 @@ UNSUPPORTED_SUITE = "unsupported_suite"
 NO_HANDSHAKE = "no_handshake"
 SESSION_UNKNOWN = "session_unknown"
 NEEDS_KEY_LOG = "needs_key_log"
+KEYS_LATE = "keys_late"
+
+TLS13_SECRET_LABELS = {
+    (CLIENT, EARLY): "CLIENT_EARLY_TRAFFIC_SECRET",
+    (CLIENT, HANDSHAKE_KEYS): "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+    (SERVER, HANDSHAKE_KEYS): "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    (CLIENT, APPLICATION_KEYS): "CLIENT_TRAFFIC_SECRET_0",
+    (SERVER, APPLICATION_KEYS): "SERVER_TRAFFIC_SECRET_0",
+}
+
+END_OF_EARLY_DATA_MESSAGE = bytes([hsk.END_OF_EARLY_DATA, 0, 0, 0])
+
+Record = tuple[int, int, bytes, int]  # content type, record version, fragment, capture time
+
+
+def is_tls13(version: int) -> bool:
+    return version >= TLS13  # includes the 0x7fXX drafts
 
 
 @dataclass
@@ -73,32 +105,49 @@ class _Handshake:
     ems: bool = False
     etm: bool = False
     abbreviated: bool = False
+    hello_retry: bool = False
+    early_data_accepted: bool = False
+    end_of_early_data_seen: bool = False
     certificate: bytes | None = None
     key_exchange_seen: bool = False
+    key_exchange: bytes = b""  # the ClientKeyExchange body
+    session_hash: bytes | None = None  # RFC 7627, when EMS was negotiated
     master: bytes | None = None
+    master_source: str = ""
     candidates: list[bytes] = field(default_factory=list)  # masters still to be proven
     pending: list[Decryptor | None] = field(default_factory=lambda: [None, None])
     finished: list[bool] = field(default_factory=lambda: [False, False])
     ticket: bytes = b""
+    missing: str = ""  # why no keys, if none turn up
     failed: str = ""
     counted: bool = False
+
+    @property
+    def offers_early_data(self) -> bool:
+        return hsk.EXT_EARLY_DATA in self.client_hello.extensions
 
 
 class _Side:
     """One direction's record stream."""
 
-    __slots__ = ("buf", "handshake_buf", "decryptor", "encrypted", "trials", "resync",
-                 "skipped", "gap_pending", "dead")
+    __slots__ = ("buf", "handshake_buf", "decryptor", "fallback", "encrypted", "phase",
+                 "traffic_secret", "trials", "resync", "gap_pending", "held", "held_bytes",
+                 "held_since", "dead")
 
     def __init__(self) -> None:
         self.buf = bytearray()
         self.handshake_buf = bytearray()
         self.decryptor: Decryptor | None = None
-        self.encrypted = False  # a ChangeCipherSpec has been seen: records are protected
+        self.fallback: Decryptor | None = None  # TLS 1.3 handshake keys, while early data runs
+        self.encrypted = False
+        self.phase = PLAIN
+        self.traffic_secret = b""  # TLS 1.3 application secret, for KeyUpdate
         self.trials: list[tuple[bytes, Decryptor, Decryptor]] = []  # (master, mine, peer's)
         self.resync = False
-        self.skipped = 0  # records we could not open since keys were expected
         self.gap_pending = False
+        self.held: deque[Record] = deque()
+        self.held_bytes = 0
+        self.held_since = 0
         self.dead = False
 
 
@@ -115,8 +164,8 @@ class TlsConnection:
         self.record_version = 0
         self.info: TlsInfo | None = None
         self.failed = ""  # why the current session cannot be decrypted
-        self.master: bytes | None = None  # of the established session
         self.handshakes = 0
+        self._replaying = False
 
     # -- input from the TCP stage ----------------------------------------------------------
 
@@ -163,8 +212,6 @@ class TlsConnection:
             fragment = bytes(data[pos + 5 : pos + 5 + length])
             pos += 5 + length
             self._record(direction, content_type, version, fragment, ts, events)
-            if side.dead:
-                return events
         self._keep(side, data, pos)
         return events
 
@@ -179,8 +226,37 @@ class TlsConnection:
 
     def close(self, ts: int) -> list[Event]:
         events: list[Event] = []
-        if self.is_tls and self.failed == "" and self.handshake is None and self.master is None:
-            self._fail(NO_HANDSHAKE, ts, events)
+        for direction, side in enumerate(self.sides):
+            if side.held:
+                self._drop_held(direction, ts, events, "the connection closed first")
+        return events
+
+    def retry(self, ts: int) -> list[Event]:
+        """New secrets have arrived: install keys where they were missing, replay held records."""
+        events: list[Event] = []
+        hs = self.handshake
+        if hs is not None and hs.master is None and hs.server_hello is not None:
+            if not is_tls13(hs.version):
+                self._find_master(hs, ts, events)
+        for direction, side in enumerate(self.sides):
+            if side.encrypted and side.decryptor is None and not side.trials:
+                self._install(direction)
+        for direction, side in enumerate(self.sides):
+            if side.held:
+                self._replay(direction, events)
+        return events
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self.sides[0].held or self.sides[1].held)
+
+    def expire_held(self, now: int, max_wait_ns: int, why: str = "") -> list[Event]:
+        """Drop held records that waited longer than ``max_wait_ns`` (all of them if < 0)."""
+        events: list[Event] = []
+        for direction, side in enumerate(self.sides):
+            if side.held and (max_wait_ns < 0 or now - side.held_since > max_wait_ns):
+                self._drop_held(direction, now, events,
+                                why or f"no keys within {max_wait_ns / 1e9:g} s")
         return events
 
     # -- record layer -----------------------------------------------------------------------
@@ -195,8 +271,8 @@ class TlsConnection:
     def _detect(self, direction: int, head: bytes, ts: int, events: list[Event]) -> bool:
         """Decide from the first bytes whether this flow carries TLS at all.
 
-        Returns True when ``head`` is to be parsed as records; False when it was consumed or
-        more bytes are needed (``is_tls`` stays None) or the flow is not TLS.
+        Returns True when ``head`` is to be parsed as records; False when it was consumed, or
+        more bytes are needed (``is_tls`` stays None), or the flow is not TLS.
         """
         if len(head) < 3:
             return False
@@ -267,17 +343,28 @@ class TlsConnection:
     def _record(self, direction: int, content_type: int, version: int, fragment: bytes,
                 ts: int, events: list[Event]) -> None:
         side = self.sides[direction]
-        if side.encrypted and not (content_type == CHANGE_CIPHER_SPEC and self.version >= TLS13):
+        if side.held and not self._replaying:
+            self._hold(direction, (content_type, version, fragment, ts), events)
+            return
+        if content_type == CHANGE_CIPHER_SPEC and self._tls13_possible():
+            return  # middlebox-compatibility CCS (RFC 8446 D.4)
+        if side.encrypted:
+            if side.decryptor is None and not side.trials and side.fallback is None:
+                self._no_keys(direction, (content_type, version, fragment, ts), events)
+                return
             opened = self._open(direction, content_type, version, fragment, ts, events)
             if opened is None:
                 return
             content_type, fragment = opened
-        elif content_type == APPLICATION_DATA and self.version < TLS13:
-            # application data before any ChangeCipherSpec: the handshake was not captured
-            side.encrypted = True
-            if not self.failed:
-                self._fail(NO_HANDSHAKE, ts, events)
-            self.stats.records_undecrypted += 1
+        elif content_type == APPLICATION_DATA:
+            hs = self.handshake
+            if (hs is not None and hs.server_hello is None and direction == self.client_dir
+                    and hs.offers_early_data):
+                # 0-RTT data: its keys depend on the suite the ServerHello will name
+                self._hold(direction, (content_type, version, fragment, ts), events)
+                return
+            side.encrypted = True  # application data before any key change: joined too late
+            self._no_keys(direction, (content_type, version, fragment, ts), events)
             return
         elif side.resync:
             side.resync = False
@@ -296,17 +383,21 @@ class TlsConnection:
             self.stats.alerts += 1
             events.append(TlsAlert(self.flow, direction, fragment[0], fragment[1], ts))
 
+    def _tls13_possible(self) -> bool:
+        if is_tls13(self.version):
+            return True
+        hs = self.handshake
+        return hs is not None and hs.server_hello is None and hs.client_hello.offers_tls13
+
     def _open(self, direction: int, content_type: int, version: int, fragment: bytes, ts: int,
               events: list[Event]) -> tuple[int, bytes] | None:
         side = self.sides[direction]
         if side.trials:
             return self._open_trial(direction, content_type, version, fragment, ts, events)
+        if side.phase == EARLY:
+            return self._open_early(side, content_type, version, fragment)
         decryptor = side.decryptor
-        if decryptor is None:
-            self.stats.records_undecrypted += 1
-            side.skipped += 1
-            side.gap_pending = True
-            return None
+        assert decryptor is not None
         if side.resync:
             return self._open_after_gap(side, decryptor, content_type, version, fragment)
         try:
@@ -318,6 +409,39 @@ class TlsConnection:
             return None
         self.stats.records_decrypted += 1
         return opened
+
+    def _open_early(self, side: _Side, content_type: int, version: int, fragment: bytes
+                    ) -> tuple[int, bytes] | None:
+        """TLS 1.3 client records after a ClientHello offering 0-RTT: early data while the
+        early keys open them, then (or if the server refused it) the handshake keys."""
+        if side.decryptor is not None:
+            try:
+                opened = side.decryptor.open(content_type, version, fragment)
+            except RecordAuthError:
+                pass
+            else:
+                self.stats.records_decrypted += 1
+                self.stats.early_data_records += 1
+                return opened
+        if side.fallback is not None:
+            try:
+                opened = side.fallback.open(content_type, version, fragment)
+            except RecordAuthError:
+                pass
+            else:
+                self.stats.records_decrypted += 1
+                side.decryptor, side.fallback, side.phase = side.fallback, None, HANDSHAKE_KEYS
+                hs = self.handshake
+                if hs is not None and hs.early_data_accepted and not hs.end_of_early_data_seen:
+                    # it was sent under the early keys we lack; its bytes are fixed, and the
+                    # client's Finished covers them
+                    hs.transcript.append(END_OF_EARLY_DATA_MESSAGE)
+                    hs.end_of_early_data_seen = True
+                return opened
+        # early data whose keys we lack; the server may have refused it too
+        self.stats.early_data_skipped += 1
+        side.gap_pending = True
+        return None
 
     def _open_after_gap(self, side: _Side, decryptor: Decryptor, content_type: int,
                         version: int, fragment: bytes) -> tuple[int, bytes] | None:
@@ -360,16 +484,96 @@ class TlsConnection:
             if hs is not None:
                 hs.master = master
                 hs.candidates = []
-                hs.pending[self._role(1 - direction)] = peers
+                peer = self.sides[1 - direction]
+                if peer.encrypted and peer.decryptor is None:
+                    peer.decryptor = peers
+                else:
+                    hs.pending[self._role(1 - direction)] = peers
             return opened
         self.stats.records_failed += 1
         self._fail(KEY_MISMATCH, ts, events)
         return None
 
+    # -- records without keys ---------------------------------------------------------------
+
+    def _no_keys(self, direction: int, record: Record, events: list[Event]) -> None:
+        if self.tracker.keys_may_arrive and not self.failed_for_good:
+            self._hold(direction, record, events)
+            return
+        side = self.sides[direction]
+        self.stats.records_undecrypted += 1
+        side.gap_pending = True
+        if not self.failed:
+            hs = self.handshake
+            self._fail(hs.missing if hs is not None and hs.missing else self._why_no_keys(),
+                       record[3], events)
+
+    @property
+    def failed_for_good(self) -> bool:
+        return self.failed in (UNSUPPORTED_SUITE, NO_HANDSHAKE, KEYS_LATE)
+
+    def _why_no_keys(self) -> str:
+        hs = self.handshake
+        if hs is None or hs.server_hello is None:
+            return NO_HANDSHAKE
+        if hs.abbreviated:
+            return SESSION_UNKNOWN
+        if is_tls13(hs.version) or (hs.suite is not None and not hs.suite.rsa_key_exchange):
+            return NEEDS_KEY_LOG
+        return NO_KEY
+
+    def _hold(self, direction: int, record: Record, events: list[Event]) -> None:
+        side = self.sides[direction]
+        if not side.held:
+            side.held_since = record[3]
+        side.held.append(record)
+        side.held_bytes += len(record[2])
+        self.tracker.note_waiting(self, len(record[2]))
+        if side.held_bytes > self.tracker.max_held_bytes_per_flow:
+            self._drop_held(direction, record[3], events, "too many bytes waiting for keys")
+
+    def _drop_held(self, direction: int, ts: int, events: list[Event], why: str) -> None:
+        side = self.sides[direction]
+        count = len(side.held)
+        self.tracker.note_released(self, side.held_bytes)
+        self.stats.records_expired += count
+        side.held.clear()
+        side.held_bytes = 0
+        side.gap_pending = True
+        events.append(TlsProblem(self.flow, KEYS_LATE,
+                                 f"dropped {count} records of {self.flow.describe(direction)}: "
+                                 f"{why}", ts))
+        if not self.failed:
+            self.failed = KEYS_LATE
+            self.stats.undecryptable[KEYS_LATE] = self.stats.undecryptable.get(KEYS_LATE, 0) + 1
+
+    def _replay(self, direction: int, events: list[Event]) -> None:
+        side = self.sides[direction]
+        held = side.held
+        side.held = deque()
+        self.tracker.note_released(self, side.held_bytes)
+        side.held_bytes = 0
+        self._replaying = True
+        try:
+            while held:
+                if side.held:  # a record was held again: keep the rest behind it
+                    for record in held:
+                        side.held_bytes += len(record[2])
+                    self.tracker.note_waiting(self, sum(len(r[2]) for r in held))
+                    side.held.extend(held)
+                    return
+                self._record(direction, *held.popleft(), events)
+        finally:
+            self._replaying = False
+
     # -- handshake --------------------------------------------------------------------------
 
     def _role(self, direction: int) -> int:
         return CLIENT if direction == self.client_dir else SERVER
+
+    def _direction(self, role: int) -> int:
+        assert self.client_dir is not None
+        return self.client_dir if role == CLIENT else 1 - self.client_dir
 
     def _handshake_bytes(self, direction: int, data: bytes, ts: int, events: list[Event]) -> None:
         buf = self.sides[direction].handshake_buf
@@ -396,74 +600,146 @@ class TlsConnection:
         msg_type = message[0]
         body = message[4:]
         if msg_type == hsk.CLIENT_HELLO:
-            if self.client_dir is None:
-                self.client_dir = direction
-            elif direction != self.client_dir:
-                return
-            self.handshake = _Handshake(hsk.parse_client_hello(body), [message])
-            self.handshakes += 1
+            self._client_hello(direction, message, body)
             return
         hs = self.handshake
-        if hs is None or msg_type == hsk.HELLO_REQUEST:
+        if hs is None or msg_type == hsk.HELLO_REQUEST or self.client_dir is None:
             return
         from_client = direction == self.client_dir
         if msg_type == hsk.FINISHED:
             self._finished(direction, hs, message, ts, events)
             return
+        tls13 = is_tls13(hs.version)
+        if tls13 and msg_type in (hsk.NEW_SESSION_TICKET, hsk.KEY_UPDATE):
+            # post-handshake messages: not part of the transcript
+            if msg_type == hsk.KEY_UPDATE:
+                self._key_update(direction)
+            return
+        if all(hs.finished):
+            if msg_type == hsk.NEW_SESSION_TICKET:
+                hs.ticket = hsk.session_ticket(body, tls13=False)
+            return
         hs.transcript.append(message)
         if msg_type == hsk.SERVER_HELLO and not from_client:
-            self._server_hello(hs, body, ts, events)
+            self._server_hello(hs, message, ts, events)
         elif msg_type == hsk.CERTIFICATE and not from_client:
-            hs.certificate = hsk.first_certificate(body)
+            hs.certificate = hsk.first_certificate(body, tls13=is_tls13(hs.version))
         elif msg_type == hsk.CLIENT_KEY_EXCHANGE and from_client:
             self._client_key_exchange(hs, body, ts, events)
         elif msg_type == hsk.NEW_SESSION_TICKET and not from_client:
             hs.ticket = hsk.session_ticket(body, tls13=False)
+        elif msg_type == hsk.ENCRYPTED_EXTENSIONS and not from_client:
+            hs.early_data_accepted = hsk.EXT_EARLY_DATA in hsk.parse_extensions(body)
+        elif msg_type == hsk.END_OF_EARLY_DATA and from_client:
+            hs.end_of_early_data_seen = True
+            side = self.sides[direction]
+            side.phase = HANDSHAKE_KEYS
+            side.decryptor, side.fallback = side.fallback, None
+            if side.decryptor is None:
+                self._install(direction)
 
-    def _server_hello(self, hs: _Handshake, body: bytes, ts: int, events: list[Event]) -> None:
-        hello = hsk.parse_server_hello(body)
+    def _client_hello(self, direction: int, message: bytes, body: bytes) -> None:
+        if self.client_dir is None:
+            self.client_dir = direction
+        elif direction != self.client_dir:
+            return
+        hello = hsk.parse_client_hello(body)
+        hs = self.handshake
+        if hs is not None and hs.hello_retry and hs.server_hello is not None:
+            # the second ClientHello after a HelloRetryRequest continues the same transcript
+            hs.client_hello = hello
+            hs.server_hello = None
+            hs.transcript.append(message)
+            return
+        self.handshake = _Handshake(hello, [message])
+        self.handshakes += 1
+
+    def _server_hello(self, hs: _Handshake, message: bytes, ts: int, events: list[Event]) -> None:
+        body = message[4:]
+        version = int.from_bytes(body[:2], "big")
+        hello = (hsk.parse_server_hello_tls13_draft(body) if 0x7F00 <= version <= 0x7F15
+                 else hsk.parse_server_hello(body))
         hs.server_hello = hello
-        hs.version = hello.version
-        self.version = hello.version
-        suite = lookup(hello.cipher_suite)
-        hs.suite = suite
+        hs.version = self.version = hello.version
+        suite = hs.suite = lookup(hello.cipher_suite)
         self.info = TlsInfo(version_name(hello.version), suite_name(hello.cipher_suite))
-        if hello.version >= TLS13:
-            for side in self.sides:  # everything after the ServerHello is protected
-                side.encrypted = True
-            self._fail(NEEDS_KEY_LOG, ts, events, "TLS 1.3 is not supported yet")
+        if suite is None or not suite.supported:
+            self._fail(UNSUPPORTED_SUITE, ts, events)
+            if is_tls13(hello.version):
+                for side in self.sides:
+                    side.encrypted = True
+            return
+        if is_tls13(hello.version):
+            self._server_hello_tls13(hs, hello, suite, ts, events)
             return
         client_ext = hs.client_hello.extensions
         hs.ems = (hsk.EXT_EXTENDED_MASTER_SECRET in client_ext
                   and hsk.EXT_EXTENDED_MASTER_SECRET in hello.extensions)
-        hs.etm = (suite is not None and suite.kind == "cbc"
-                  and hsk.EXT_ENCRYPT_THEN_MAC in client_ext
+        hs.etm = (suite.kind == "cbc" and hsk.EXT_ENCRYPT_THEN_MAC in client_ext
                   and hsk.EXT_ENCRYPT_THEN_MAC in hello.extensions)
-        if suite is None or not suite.supported:
-            self._fail(UNSUPPORTED_SUITE, ts, events)
-            return
         session_id = hs.client_hello.session_id
-        if session_id and hello.session_id == session_id:
-            hs.abbreviated = True
-            self._resume(hs, ts, events)
+        hs.abbreviated = bool(session_id) and hello.session_id == session_id
+        self._find_master(hs, ts, events)
 
-    def _resume(self, hs: _Handshake, ts: int, events: list[Event]) -> None:
-        master = self.tracker.sessions.lookup(hs.client_hello.session_id,
-                                              hs.client_hello.ticket or b"")
-        if master is None:
-            self._fail(SESSION_UNKNOWN, ts, events)
+    def _find_master(self, hs: _Handshake, ts: int, events: list[Event]) -> None:
+        """Master secret from a key log or, when resuming, the session cache (TLS 1.0-1.2)."""
+        hello = hs.server_hello
+        assert hello is not None
+        keys = self.tracker.keys
+        logged = keys.secrets_for(hs.client_hello.random)
+        if logged is not None and logged.master_secret is not None:
+            self._set_master(hs, logged.master_secret, "key log")
             return
-        self._set_master(hs, master)
+        by_session = keys.master_by_session_id.get(hello.session_id) if hello.session_id else None
+        if by_session is not None:
+            self._set_master(hs, by_session, "key log")
+            return
+        if hs.abbreviated:
+            cached = self.tracker.sessions.lookup(hs.client_hello.session_id,
+                                                  hs.client_hello.ticket or b"")
+            if cached is not None:
+                self._set_master(hs, cached, "session cache")
+            else:
+                hs.missing = SESSION_UNKNOWN
+        elif hs.key_exchange_seen:
+            self._pre_master_from_key_log(hs)
 
     def _client_key_exchange(self, hs: _Handshake, body: bytes, ts: int,
                              events: list[Event]) -> None:
         hs.key_exchange_seen = True
+        hs.key_exchange = body
         suite = hs.suite
-        if suite is None or hs.failed or not suite.supported:
+        if suite is None or hs.failed or hs.master is not None:
+            return
+        if hs.ems:
+            hs.session_hash = handshake_hash(hs.version, suite.prf_hash, hs.transcript)
+        if self._pre_master_from_key_log(hs):
             return
         if not suite.rsa_key_exchange:
-            self._fail(NEEDS_KEY_LOG, ts, events)
+            hs.missing = NEEDS_KEY_LOG
             return
+        self._rsa_pre_master(hs, body)
+
+    def _pre_master_from_key_log(self, hs: _Handshake) -> bool:
+        keys = self.tracker.keys
+        logged = keys.secrets_for(hs.client_hello.random)
+        pre_master = logged.pre_master if logged is not None else None
+        if pre_master is None and hs.key_exchange and hs.suite is not None \
+                and hs.suite.rsa_key_exchange:
+            encrypted = hsk.rsa_encrypted_pre_master(hs.key_exchange, ssl3=hs.version == SSL3)
+            pre_master = keys.pms_by_encrypted_prefix.get(encrypted[:8])
+        if pre_master is None:
+            return False
+        self._set_master(hs, self._master_from_pre_master(hs, pre_master), "key log")
+        return True
+
+    def _master_from_pre_master(self, hs: _Handshake, pre_master: bytes) -> bytes:
+        suite, hello = hs.suite, hs.server_hello
+        assert suite is not None and hello is not None
+        return master_secret(hs.version, suite.prf_hash, pre_master, hs.client_hello.random,
+                             hello.random, hs.session_hash)
+
+    def _rsa_pre_master(self, hs: _Handshake, body: bytes) -> None:
         encrypted = hsk.rsa_encrypted_pre_master(body, ssl3=hs.version == SSL3)
         keys = self.tracker.keys
         candidates = keys.rsa_keys
@@ -471,36 +747,39 @@ class TlsConnection:
             modulus = keys.certificate_modulus(hs.certificate)
             key = keys.rsa_key_for_modulus(modulus) if modulus is not None else None
             if key is None:
-                self._fail(NO_KEY, ts, events)
+                hs.missing = NO_KEY
                 return
             candidates = [key]
         elif not candidates:
-            self._fail(NO_KEY, ts, events)
+            hs.missing = NO_KEY
             return
         versions = (hs.client_hello.version, hs.version)
-        session_hash = None
-        if hs.ems:
-            session_hash = handshake_hash(hs.version, suite.prf_hash, hs.transcript)
         masters = []
         for key in candidates:
             pre_master = key.decrypt_pre_master(encrypted)
-            if pre_master is None or int.from_bytes(pre_master[:2], "big") not in versions:
-                continue
-            hello = hs.server_hello
-            assert hello is not None
-            masters.append(master_secret(hs.version, suite.prf_hash, pre_master,
-                                         hs.client_hello.random, hello.random, session_hash))
+            if pre_master is not None and int.from_bytes(pre_master[:2], "big") in versions:
+                masters.append(self._master_from_pre_master(hs, pre_master))
         if not masters:
-            self._fail(NO_KEY if hs.certificate is not None else KEY_MISMATCH, ts, events)
-        elif len(masters) == 1 and hs.certificate is not None:
-            self._set_master(hs, masters[0])
+            hs.missing = NO_KEY if hs.certificate is not None else KEY_MISMATCH
+        elif hs.certificate is not None:
+            self._set_master(hs, masters[0], "rsa")
         else:
             hs.candidates = masters
+            hs.master_source = "rsa"
+            hs.missing = KEY_MISMATCH
 
-    def _set_master(self, hs: _Handshake, master: bytes) -> None:
+    def _set_master(self, hs: _Handshake, master: bytes, source: str) -> None:
         hs.master = master
+        hs.master_source = source
+        hs.missing = ""
         client_write, server_write = self._derive(hs, master)
         hs.pending = [client_write, server_write]
+        if self.client_dir is None:
+            return
+        for role in (CLIENT, SERVER):  # a side already past its ChangeCipherSpec
+            side = self.sides[self._direction(role)]
+            if side.encrypted and side.decryptor is None and hs.pending[role] is not None:
+                side.decryptor, hs.pending[role] = hs.pending[role], None
 
     def _derive(self, hs: _Handshake, master: bytes) -> tuple[Decryptor, Decryptor]:
         suite = hs.suite
@@ -521,71 +800,148 @@ class TlsConnection:
         )
 
     def _change_cipher_spec(self, direction: int, ts: int, events: list[Event]) -> None:
-        if self.version >= TLS13:
-            return  # middlebox-compatibility CCS (RFC 8446 D.4)
         side = self.sides[direction]
         side.encrypted = True
+        side.phase = PROTECTED
         side.decryptor = None
         hs = self.handshake
-        if hs is None or self.client_dir is None:
-            if not self.failed:
-                self._fail(NO_HANDSHAKE, ts, events)
+        if hs is None or self.client_dir is None or hs.server_hello is None:
             return
         role = self._role(direction)
         if (role == SERVER and not hs.key_exchange_seen and not hs.abbreviated
-                and hs.master is None and not hs.failed):
+                and hs.master is None):
             # the server resumed a ticket without echoing a session ID (RFC 5077 §3.4)
             hs.abbreviated = True
-            self._resume(hs, ts, events)
+            self._find_master(hs, ts, events)
         if hs.candidates and role == CLIENT:
-            hello = hs.server_hello
-            assert hello is not None
             for master in hs.candidates:
                 client_write, server_write = self._derive(hs, master)
                 side.trials.append((master, client_write, server_write))
             return
-        side.decryptor = hs.pending[role]
-        hs.pending[role] = None
-        if side.decryptor is not None:
-            self.sides[direction].skipped = 0
+        side.decryptor, hs.pending[role] = hs.pending[role], None
 
     def _finished(self, direction: int, hs: _Handshake, message: bytes, ts: int,
                   events: list[Event]) -> None:
         role = self._role(direction)
         suite = hs.suite
-        if hs.master is not None and suite is not None:
+        expected = None
+        if suite is not None and is_tls13(hs.version):
+            secret = self._tls13_secret(role, HANDSHAKE_KEYS)
+            if secret is not None:
+                expected = tls13_finished(suite.prf_hash, secret, hs.transcript)
+        elif hs.master is not None and suite is not None:
             expected = finished_verify_data(hs.version, suite.prf_hash, hs.master,
                                             role == CLIENT, hs.transcript)
+        if expected is not None:
             if compare_digest(expected, message[4:]):
                 self.stats.finished_verified += 1
-                self._proven(hs)
+                self._proven(hs, events)
             else:
                 self.stats.finished_failed += 1
-                if not hs.failed:
-                    self._fail(KEY_MISMATCH, ts, events, "Finished message does not verify")
+                self._fail(KEY_MISMATCH, ts, events, "Finished message does not verify")
         hs.transcript.append(message)
         hs.finished[role] = True
-        if all(hs.finished) and hs.master is not None and not hs.failed:
-            self._established(hs, ts, events)
+        if is_tls13(hs.version):
+            side = self.sides[direction]
+            side.phase = APPLICATION_KEYS
+            side.decryptor = side.fallback = None
+            self._install(direction)
+        if all(hs.finished) and not hs.failed and self.info is not None:
+            events.append(HandshakeDone(self.flow, self.info.version, self.info.cipher_suite,
+                                        hs.abbreviated, ts))
+            if not is_tls13(hs.version):
+                hs.transcript = []
 
-    def _proven(self, hs: _Handshake) -> None:
-        """A Finished verified: the master secret is right.  Count and cache the session."""
-        assert hs.master is not None
+    def _proven(self, hs: _Handshake, events: list[Event]) -> None:
+        """A Finished verified: the keys are right.  Count and cache the session."""
         if not hs.counted:
             hs.counted = True
             if hs.abbreviated:
                 self.stats.sessions_resumed += 1
             else:
                 self.stats.sessions_full += 1
-        hello = hs.server_hello
-        self.tracker.sessions.store(hs.master, hello.session_id if hello else b"", hs.ticket)
+            if hs.master is not None:
+                events.append(SessionSecret(self.flow, hs.client_hello.random, hs.master,
+                                            hs.master_source))
+        if hs.master is not None:
+            hello = hs.server_hello
+            self.tracker.sessions.store(hs.master, hello.session_id if hello else b"",
+                                        hs.ticket)
 
-    def _established(self, hs: _Handshake, ts: int, events: list[Event]) -> None:
-        assert hs.master is not None and self.info is not None
-        self.master = hs.master
-        events.append(HandshakeDone(self.flow, self.info.version, self.info.cipher_suite,
-                                    hs.abbreviated, ts))
-        hs.transcript = []
+    # -- TLS 1.3 ----------------------------------------------------------------------------
+
+    def _server_hello_tls13(self, hs: _Handshake, hello: hsk.ServerHello, suite: CipherSuite,
+                            ts: int, events: list[Event]) -> None:
+        if hello.is_hello_retry:
+            hs.hello_retry = True
+            first_hello = hs.transcript[0]
+            hashed = digest(suite.prf_hash, first_hello)
+            hs.transcript = [bytes([hsk.MESSAGE_HASH, 0, 0, len(hashed)]) + hashed,
+                             hs.transcript[-1]]
+            return
+        hs.abbreviated = hsk.EXT_PRE_SHARED_KEY in hello.extensions
+        assert self.client_dir is not None
+        client, server = self.sides[self.client_dir], self.sides[1 - self.client_dir]
+        server.encrypted = client.encrypted = True
+        server.phase = HANDSHAKE_KEYS
+        self._install(1 - self.client_dir)
+        client.phase = EARLY if hs.offers_early_data and not hs.hello_retry else HANDSHAKE_KEYS
+        self._install(self.client_dir)
+        if client.held:
+            self._replay(self.client_dir, events)
+
+    def _tls13_secret(self, role: int, phase: int) -> bytes | None:
+        hs = self.handshake
+        if hs is None:
+            return None
+        logged = self.tracker.keys.secrets_for(hs.client_hello.random)
+        if logged is None:
+            return None
+        return logged.tls13.get(TLS13_SECRET_LABELS[(role, phase)])
+
+    def _tls13_decryptor(self, secret: bytes) -> Decryptor | None:
+        hs = self.handshake
+        assert hs is not None and hs.suite is not None
+        key, iv = traffic_key_iv(hs.suite.prf_hash, secret, hs.suite.key_len)
+        return AeadDecryptor(hs.suite, key, iv, hs.version)
+
+    def _install(self, direction: int) -> None:
+        """Give a side the keys of its phase, if they are known by now."""
+        side = self.sides[direction]
+        hs = self.handshake
+        if hs is None or hs.suite is None or not hs.suite.supported:
+            return
+        if not is_tls13(hs.version):
+            if side.phase == PROTECTED and hs.pending[self._role(direction)] is not None:
+                role = self._role(direction)
+                side.decryptor, hs.pending[role] = hs.pending[role], None
+            return
+        role = self._role(direction)
+        if side.phase == EARLY:
+            early = self._tls13_secret(CLIENT, EARLY)
+            handshake_secret = self._tls13_secret(CLIENT, HANDSHAKE_KEYS)
+            side.decryptor = self._tls13_decryptor(early) if early else None
+            side.fallback = (self._tls13_decryptor(handshake_secret) if handshake_secret
+                             else None)
+            return
+        if side.phase == APPLICATION_KEYS and side.traffic_secret:
+            secret: bytes | None = side.traffic_secret
+        else:
+            secret = self._tls13_secret(role, side.phase)
+        if secret is not None:
+            if side.phase == APPLICATION_KEYS:
+                side.traffic_secret = secret
+            side.decryptor = self._tls13_decryptor(secret)
+
+    def _key_update(self, direction: int) -> None:
+        side = self.sides[direction]
+        hs = self.handshake
+        if not side.traffic_secret or hs is None or hs.suite is None:
+            side.decryptor = None
+            return
+        side.traffic_secret = next_traffic_secret(hs.suite.prf_hash, side.traffic_secret)
+        side.decryptor = self._tls13_decryptor(side.traffic_secret)
+        self.stats.key_updates += 1
 
     # -- failures ----------------------------------------------------------------------------
 
@@ -606,17 +962,21 @@ class TlsConnection:
         self.stats.undecryptable[reason] = self.stats.undecryptable.get(reason, 0) + 1
         server = self.server_endpoint()
         suite = self.info.cipher_suite if self.info else ""
+        cert_seen = hs is not None and hs.certificate is not None
+        suite_code = hs.server_hello.cipher_suite if hs and hs.server_hello else 0
         messages = {
-            NO_KEY: f"no key for server {server}: none of the given keys matches its "
-                    "certificate" if hs is not None and hs.certificate is not None else
+            NO_KEY: (f"no key for server {server}: none of the given keys matches its "
+                     "certificate") if cert_seen and self.tracker.keys.rsa_keys else
                     f"no key for server {server}: no RSA key given",
             KEY_MISMATCH: f"key mismatch for server {server}: no given key decrypts its session",
-            UNSUPPORTED_SUITE: f"unsupported cipher suite {suite} on server {server}",
+            UNSUPPORTED_SUITE: f"unsupported cipher suite {suite} (0x{suite_code:04X}) on "
+                               f"server {server}",
             NO_HANDSHAKE: f"no handshake seen for {self.flow.describe()}: it started before "
                           "the capture",
             SESSION_UNKNOWN: f"resumed session on server {server} whose full handshake is not "
-                             "in the capture",
-            NEEDS_KEY_LOG: f"server {server} uses {suite}: only a key log can decrypt it",
+                             "in the capture (a key log would decrypt it)",
+            NEEDS_KEY_LOG: f"server {server} uses {suite}: only a key log can decrypt it, and "
+                           "it has no entry for this session",
         }
         message = messages.get(reason, reason)
         if detail:

@@ -60,4 +60,13 @@ class TlsProblem(NamedTuple):
     ts_ns: int
 
 
-Event = AppData | AppGap | HandshakeDone | TlsAlert | TlsProblem
+class SessionSecret(NamedTuple):
+    """A master secret proven by a Finished message, for key-log export."""
+
+    flow: Flow
+    client_random: bytes
+    master_secret: bytes
+    source: str  # "rsa", "session cache" or "key log"
+
+
+Event = AppData | AppGap | HandshakeDone | TlsAlert | TlsProblem | SessionSecret

@@ -66,6 +66,11 @@ class _Reader:
         return len(self.data) - self.pos
 
 
+def parse_extensions(body: bytes) -> dict[int, bytes]:
+    """An extensions block on its own, as in EncryptedExtensions."""
+    return _extensions(_Reader(body))
+
+
 def _extensions(reader: _Reader) -> dict[int, bytes]:
     if not reader.remaining:
         return {}
@@ -89,6 +94,12 @@ class ClientHello:
     def ticket(self) -> bytes | None:
         """The session ticket offered for resumption (RFC 5077), if any."""
         return self.extensions.get(EXT_SESSION_TICKET) or None
+
+    @property
+    def offers_tls13(self) -> bool:
+        versions = self.extensions.get(EXT_SUPPORTED_VERSIONS, b"")[1:]
+        return any(versions[i] == 3 and versions[i + 1] >= 4 or versions[i] == 0x7F
+                   for i in range(0, len(versions) - 1, 2))
 
     @property
     def server_name(self) -> str | None:

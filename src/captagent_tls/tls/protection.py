@@ -60,7 +60,9 @@ class AeadDecryptor(Decryptor):
 
     def __init__(self, suite: CipherSuite, key: bytes, iv: bytes, version: int):
         self.seq = 0
-        self.tls13 = version == TLS13 or version >= 0x7F00
+        self.tls13 = version >= TLS13
+        # drafts before 25 authenticated no additional data
+        self.header_aad = not 0x7F00 <= version < 0x7F19
         self.tag_len = suite.tag_len
         self.explicit = 0 if self.tls13 else suite.explicit_nonce_len
         self.iv = iv
@@ -82,7 +84,8 @@ class AeadDecryptor(Decryptor):
             nonce = (self.iv_int ^ seq).to_bytes(12, "big")
             ciphertext = fragment
         if self.tls13:
-            aad = struct.pack("!BHH", content_type, version, len(fragment))
+            aad = struct.pack("!BHH", content_type, version, len(fragment)) if self.header_aad \
+                else b""
         else:
             size = len(ciphertext) - self.tag_len
             if size < 0:

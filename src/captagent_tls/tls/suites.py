@@ -336,7 +336,7 @@ def lookup(code: int) -> CipherSuite | None:
 
 def suite_name(code: int) -> str:
     name = _NAMES.get(code)
-    return name if name else f"unknown cipher suite 0x{code:04X}"
+    return name if name else f"0x{code:04X}"
 
 
 def all_suites() -> list[CipherSuite]:
