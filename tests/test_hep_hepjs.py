@@ -87,6 +87,15 @@ def expected_packets(gt: GroundTruth) -> Counter:
     return out
 
 
+def _describe(items: Counter, limit: int = 4) -> list[str]:
+    out = []
+    for key in list(items)[:limit]:
+        *addr, payload = key
+        text = payload if isinstance(payload, str) else repr(payload)
+        out.append(f"{addr} {len(text)} chars {text[:30]!r}...{text[-30:]!r}")
+    return out
+
+
 def send_hep(cap: Path, gt: GroundTruth, *extra: str) -> tuple[list[bytes], list[dict]]:
     """Run the product on ``cap`` with a HEP sink; return (raw packets, hep-js records)."""
     with UdpCollector() as col:
@@ -112,10 +121,7 @@ def check_common(cap: Path, gt: GroundTruth, packets: list[bytes], decoded: list
         for d in decoded
     )
     want = expected_packets(gt)
-    assert got == want, (
-        f"unexpected: {[k[:4] + (k[4][:40],) for k in (got - want)][:5]}; "
-        f"missing: {[k[:4] + (k[4][:40],) for k in (want - got)][:5]}"
-    )
+    assert got == want, f"unexpected: {_describe(got - want)}; missing: {_describe(want - got)}"
 
     first, last = pcap_time_range(cap)
     for d in decoded:

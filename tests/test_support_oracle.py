@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from support.groundtruth import load_groundtruth, pcap_time_range, scenario_files, split_sip_stream
+from support.groundtruth import (
+    Connection,
+    load_groundtruth,
+    pcap_time_range,
+    scenario_files,
+    split_sip_stream,
+    split_sip_stream_with_gaps,
+)
 from support.oracle import (
     Stream,
     endpoint,
@@ -94,6 +101,18 @@ def test_split_sip_stream() -> None:
     assert split_sip_stream(a + b"\r\n\r\n" + b + c) == [a, b, c]
     with pytest.raises(ValueError):
         split_sip_stream(b[:-1])
+
+
+def test_keepalives_are_kept_in_the_stream() -> None:
+    a = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n"
+    data = b"\r\n" + a + b"\r\n\r\n" + a + b"\r\n"
+    messages, gaps = split_sip_stream_with_gaps(data)
+    assert messages == [a, a]
+    assert gaps == [(0, b"\r\n"), (len(a) + 2, b"\r\n\r\n"), (2 * len(a) + 6, b"\r\n")]
+    conn = Connection(index=0, client_ip=None, client_port=1, server_ip=None, server_port=2)
+    conn.c2s.extend(messages)
+    conn.extras["c2s"].extend(gaps)
+    assert conn.stream("c2s") == data
 
 
 # --------------------------------------------------------------------------- corpus

@@ -6,8 +6,14 @@ Two formats are read and normalized to :class:`GroundTruth`:
 
         {"scenario": ..., "settings": {...}, "key": "server-rsa2048.key", "keys": [...],
          "keylog": null | "NAME.keys", "server_ip": "127.0.0.1",
-         "connections": [{"index", "client_port", "server_port", "cipher", "version", "reused"}],
+         "connections": [{"index", "client_port", "server_port", "cipher", "version", "reused",
+                          optional: "client_ip", "server_ip", "expect_decrypt", "server_key"}],
          "messages": [{"conn", "dir": "c2s"|"s2c", "text"}]}   # texts are latin-1
+
+    The project fixtures add ``settings.keepalives`` ([{"conn", "dir", "offset", "data"}]:
+    CRLF keep-alives sent between messages, at that byte offset of the direction's
+    stream) and ``settings.needs_keylog``. Without ``client_ip`` the client is taken to
+    be on ``server_ip`` (all captures are made on loopback).
 
 (b) ``../shared/corpus/public/sip-synthetic/NAME.expected.json``::
 
@@ -157,12 +163,22 @@ def split_sip_stream(data: bytes) -> list[bytes]:
     body (0 when the header is missing). CRLF keep-alives between messages are dropped.
     Raises ValueError on a truncated message.
     """
+    return split_sip_stream_with_gaps(data)[0]
+
+
+def split_sip_stream_with_gaps(data: bytes) -> tuple[list[bytes], list[tuple[int, bytes]]]:
+    """Like :func:`split_sip_stream`, also returning the CRLF runs between messages as
+    (offset in ``data``, bytes)."""
     out: list[bytes] = []
+    gaps: list[tuple[int, bytes]] = []
     pos = 0
     n = len(data)
     while pos < n:
+        start = pos
         while data.startswith(b"\r\n", pos):
             pos += 2
+        if pos > start:
+            gaps.append((start, data[start:pos]))
         if pos >= n:
             break
         end = data.find(_HEADER_END, pos)
@@ -176,7 +192,7 @@ def split_sip_stream(data: bytes) -> list[bytes]:
             raise ValueError(f"truncated SIP body at offset {pos} (need {body_len} bytes)")
         out.append(data[pos:stop])
         pos = stop
-    return out
+    return out, gaps
 
 
 # --------------------------------------------------------------------------- loaders
@@ -257,7 +273,9 @@ def _load_expected(path: Path, doc: list[dict[str, Any]]) -> GroundTruth:
             reused=c.get("session_reused"),
         )
         for direction in ("c2s", "s2c"):
-            for payload in split_sip_stream(_to_bytes(c.get(direction, ""))):
+            payloads, gaps = split_sip_stream_with_gaps(_to_bytes(c.get(direction, "")))
+            conn.extras[direction].extend(gaps)
+            for payload in payloads:
                 conn.messages(direction).append(payload)
                 messages.append(Message(conn.index, direction, payload))
         conns.append(conn)

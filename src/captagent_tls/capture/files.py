@@ -45,6 +45,7 @@ class _Window:
         self._stream = stream
         self.buf = memoryview(data if data is not None else b"")
         self.base = 0  # file offset of buf[0]
+        self.damaged = ""
 
     def fetch(self, pos: int, size: int) -> tuple[int, bool]:
         """Make ``size`` bytes at ``pos`` available.
@@ -56,9 +57,17 @@ class _Window:
             return pos, pos + size <= len(self.buf)
         parts = [bytes(self.buf[pos:])]
         have = len(parts[0])
+        read = getattr(self._stream, "read1", self._stream.read)
         while have < size:
-            chunk = self._stream.read(max(CHUNK, size - have))
+            try:
+                chunk = read(max(CHUNK, size - have))
+            except (EOFError, zlib.error, OSError) as exc:
+                # a cut or damaged gzip stream: keep what was decompressed before the damage
+                self.damaged = str(exc) or type(exc).__name__
+                self._stream = None
+                break
             if not chunk:
+                self._stream = None
                 break
             parts.append(chunk)
             have += len(chunk)
@@ -154,7 +163,10 @@ class CaptureReader:
         except (OSError, EOFError, zlib.error) as exc:
             if not self.format:
                 raise CaptureError(f"{self.path}: cannot read: {exc}") from None
-            # a damaged gzip stream or a read error: what came before has been yielded
+            self.truncated = True
+        if window.damaged:
+            if not self.format:
+                raise CaptureError(f"{self.path}: cannot read: {window.damaged}")
             self.truncated = True
 
     def _pcap(self, w: _Window) -> Iterator[Frame]:
