@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 from captagent_tls.capture import Frame
 from captagent_tls.net.packet import Skip, decode_tcp
-from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
 from captagent_tls.net.tcp import Event as NetEvent
+from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
 from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 from captagent_tls.sip.framing import SipFramer, Unit

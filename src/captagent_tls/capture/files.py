@@ -7,6 +7,7 @@ types, and dpkt applies the first interface's link type to every packet.  Parsin
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import mmap
 import os
@@ -131,10 +132,8 @@ class CaptureReader:
 
     def close(self) -> None:
         for closer in self._closers:
-            try:
+            with contextlib.suppress(OSError, BufferError):
                 closer()
-            except (OSError, BufferError):
-                pass
         self._closers.clear()
 
     def __enter__(self) -> CaptureReader:
@@ -173,7 +172,8 @@ class CaptureReader:
         pos, ok = w.fetch(0, 24)
         if not ok:
             raise CaptureError(f"{self.path}: pcap header is truncated")
-        endian = "<" if struct.unpack_from("<I", w.buf)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS) else ">"
+        little = struct.unpack_from("<I", w.buf)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS)
+        endian = "<" if little else ">"
         frac_ns = 1 if struct.unpack_from(endian + "I", w.buf)[0] == PCAP_MAGIC_NS else 1000
         linktype = struct.unpack_from(endian + "I", w.buf, 20)[0] & 0x0FFFFFFF
         unpack = struct.Struct(endian + "IIII").unpack_from
@@ -193,7 +193,8 @@ class CaptureReader:
                 self.truncated = True
                 return
             start = pos + 16
-            yield Frame(sec * 1_000_000_000 + frac * frac_ns, linktype, w.buf[start : start + caplen])
+            ts = sec * 1_000_000_000 + frac * frac_ns
+            yield Frame(ts, linktype, w.buf[start : start + caplen])
             pos = start + caplen
 
     def _pcapng(self, w: _Window) -> Iterator[Frame]:
@@ -227,7 +228,7 @@ class CaptureReader:
             body = pos + 8
             end = pos + blen - 4
             buf = w.buf
-            if btype == BLOCK_EPB or btype == BLOCK_OPB:
+            if btype in (BLOCK_EPB, BLOCK_OPB):
                 if btype == BLOCK_EPB:
                     iface, ts_hi, ts_lo, caplen = struct.unpack_from(endian + "IIII", buf, body)
                 else:
@@ -250,7 +251,8 @@ class CaptureReader:
             pos += blen
 
     @staticmethod
-    def _interface(buf: bytes | memoryview, body: int, end: int, endian: str) -> tuple[int, int, int, int]:
+    def _interface(buf: bytes | memoryview, body: int, end: int, endian: str
+                   ) -> tuple[int, int, int, int]:
         linktype = struct.unpack_from(endian + "H", buf, body)[0]
         mult, div, offset = 1000, 1, 0  # default resolution: microseconds
         opt = body + 8

@@ -56,6 +56,8 @@ class HepTooLarge(ValueError):
 
 
 def encode_hep3(message: Message, options: HepOptions) -> bytes:
+    if len(message.payload) > MAX_HEP_PACKET:
+        raise HepTooLarge(f"payload of {len(message.payload)} bytes does not fit in HEPv3")
     src_addr, src_port = message.src
     dst_addr, dst_port = message.dst
     ipv6 = len(src_addr) == 16

@@ -38,7 +38,6 @@ from captagent_tls.tls.keyschedule import (
     digest,
     finished_verify_data,
     handshake_hash,
-    hash_algorithm,
     key_block,
     master_secret,
     next_traffic_secret,
@@ -235,9 +234,9 @@ class TlsConnection:
         """New secrets have arrived: install keys where they were missing, replay held records."""
         events: list[Event] = []
         hs = self.handshake
-        if hs is not None and hs.master is None and hs.server_hello is not None:
-            if not is_tls13(hs.version):
-                self._find_master(hs, ts, events)
+        if (hs is not None and hs.master is None and hs.server_hello is not None
+                and not is_tls13(hs.version)):
+            self._find_master(hs, ts, events)
         for direction, side in enumerate(self.sides):
             if side.encrypted and side.decryptor is None and not side.trials:
                 self._install(direction)

@@ -1,0 +1,229 @@
+"""The network stage with bytes alone: link layers, IP, and TCP reassembly corners."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from captagent_tls.net.packet import (
+    FRAGMENT,
+    NOT_IP,
+    NOT_TCP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    TRUNCATED,
+    Segment,
+    decode_tcp,
+)
+from captagent_tls.net.tcp import FlowClosed, StreamData, StreamGap, TcpReassembler
+
+CLIENT = bytes([10, 0, 0, 1])
+SERVER = bytes([10, 0, 0, 2])
+CLIENT6 = bytes(15) + b"\x01"
+SERVER6 = bytes(15) + b"\x02"
+
+
+def tcp_header(sport=40000, dport=5061, seq=1000, ack=0, flags=TCP_ACK) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+
+
+def ipv4(payload: bytes, proto=6, frag=0, src=CLIENT, dst=SERVER) -> bytes:
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, frag, 64, proto, 0,
+                       src, dst) + payload
+
+
+def ipv6(payload: bytes, next_header=6, extensions=b"") -> bytes:
+    return struct.pack("!IHBB16s16s", 6 << 28, len(extensions) + len(payload), next_header, 64,
+                       CLIENT6, SERVER6) + extensions + payload
+
+
+SEGMENT = tcp_header() + b"hello"
+ETH_V4 = b"\x00" * 12 + b"\x08\x00"
+
+
+@pytest.mark.parametrize(
+    ("linktype", "frame"),
+    [
+        (1, ETH_V4 + ipv4(SEGMENT)),
+        (1, b"\x00" * 12 + b"\x81\x00\x00\x05\x08\x00" + ipv4(SEGMENT)),  # 802.1Q
+        (1, b"\x00" * 12 + b"\x88\xa8\x00\x05\x81\x00\x00\x06\x08\x00" + ipv4(SEGMENT)),  # QinQ
+        (1, ETH_V4 + ipv4(SEGMENT) + b"\x00" * 10),  # Ethernet padding after the IP packet
+        (113, b"\x00" * 14 + b"\x08\x00" + ipv4(SEGMENT)),  # Linux SLL
+        (276, b"\x08\x00" + b"\x00" * 18 + ipv4(SEGMENT)),  # Linux SLL2
+        (101, ipv4(SEGMENT)),  # raw
+        (228, ipv4(SEGMENT)),  # raw IPv4
+        (0, struct.pack("<I", 2) + ipv4(SEGMENT)),  # BSD loopback, little-endian host
+        (0, struct.pack(">I", 2) + ipv4(SEGMENT)),  # BSD loopback, big-endian host
+        (108, struct.pack(">I", 2) + ipv4(SEGMENT)),  # OpenBSD loopback
+    ],
+)
+def test_decode_ipv4_on_every_link_type(linktype, frame):
+    seg = decode_tcp(linktype, frame)
+    assert isinstance(seg, Segment)
+    assert (seg.src, seg.dst, seg.sport, seg.dport, seg.seq) == (CLIENT, SERVER, 40000, 5061, 1000)
+    assert bytes(seg.payload) == b"hello"
+
+
+def test_decode_ipv6_with_extension_headers():
+    hop_by_hop = bytes([60, 0]) + bytes(6)  # next: destination options
+    dest_opts = bytes([6, 0]) + bytes(6)  # next: TCP
+    for linktype, frame in [
+        (1, b"\x00" * 12 + b"\x86\xdd" + ipv6(SEGMENT, 0, hop_by_hop + dest_opts)),
+        (229, ipv6(SEGMENT)),
+        (0, struct.pack("<I", 30) + ipv6(SEGMENT)),
+    ]:
+        seg = decode_tcp(linktype, frame)
+        assert isinstance(seg, Segment), linktype
+        assert (seg.src, seg.dst) == (CLIENT6, SERVER6)
+        assert bytes(seg.payload) == b"hello"
+
+
+def test_decode_skips_with_reasons():
+    assert decode_tcp(1, b"\x00" * 12 + b"\x08\x06" + bytes(28)) is NOT_IP  # ARP
+    assert decode_tcp(101, ipv4(b"\x00" * 8, proto=17)) is NOT_TCP
+    assert decode_tcp(101, ipv4(SEGMENT, frag=0x2000)) is FRAGMENT
+    assert decode_tcp(101, ipv4(SEGMENT)[:30]) is TRUNCATED  # cut by the snap length
+    assert decode_tcp(147, b"whatever").reason == "unsupported link type"
+
+
+# -- TCP reassembly ------------------------------------------------------------------------
+
+def seg(seq, data=b"", flags=TCP_ACK, ack=0, src=CLIENT, sport=40000, dst=SERVER, dport=5061):
+    return Segment(src, dst, sport, dport, seq & 0xFFFFFFFF, ack, flags, data)
+
+
+def reply(seq, data=b"", flags=TCP_ACK, ack=0):
+    return seg(seq, data, flags, ack, src=SERVER, sport=5061, dst=CLIENT, dport=40000)
+
+
+def run(segments, **options):
+    tcp = TcpReassembler(**options)
+    events = []
+    for i, s in enumerate(segments):
+        events += tcp.segment(s, 1_000_000_000 + i)
+    return tcp, events
+
+
+def stream(events, direction=0):
+    return b"".join(e.data for e in events
+                    if isinstance(e, StreamData) and e.direction == direction)
+
+
+def handshake(isn=1000, server_isn=5000):
+    return [seg(isn, flags=TCP_SYN), reply(server_isn, flags=TCP_SYN | TCP_ACK, ack=isn + 1),
+            seg(isn + 1, ack=server_isn + 1)]
+
+
+def test_in_order_stream_and_fin_close():
+    _, events = run(handshake() + [
+        seg(1001, b"abc"), seg(1004, b"def"), reply(5001, b"xyz"),
+        seg(1007, flags=TCP_FIN | TCP_ACK), reply(5004, flags=TCP_FIN | TCP_ACK),
+    ])
+    assert stream(events, 0) == b"abcdef" and stream(events, 1) == b"xyz"
+    assert isinstance(events[-1], FlowClosed) and events[-1].reason == "fin"
+
+
+def test_out_of_order_retransmission_and_overlap():
+    tcp, events = run(handshake() + [
+        seg(1007, b"ghi"),       # ahead of the stream: held
+        seg(1001, b"abc"),
+        seg(1001, b"abc"),       # duplicate
+        seg(1002, b"bcdef"),     # overlaps what we have and fills the hole
+        seg(1004, b"de"),        # old news
+    ])
+    assert stream(events) == b"abcdefghi"
+    assert tcp.stats.duplicates == 2 and tcp.stats.out_of_order == 1
+
+
+def test_held_segment_that_overlaps_the_stream_position():
+    _, events = run(handshake() + [seg(1003, b"cdef"), seg(1001, b"abcd")])
+    assert stream(events) == b"abcdef"
+
+
+def test_sequence_number_wraparound():
+    isn = 0xFFFFFFFD
+    _, events = run(handshake(isn) + [
+        seg(isn + 1, b"ab"), seg(isn + 5, b"ef"), seg(isn + 3, b"cd"), seg(isn + 7, b"gh"),
+    ])
+    assert stream(events) == b"abcdefgh"
+
+
+def test_rst_closes_and_flushes_held_data_after_a_gap():
+    _, events = run(handshake() + [seg(1001, b"ab"), seg(1010, b"late"),
+                                   reply(5001, flags=TCP_RST)])
+    gaps = [e for e in events if isinstance(e, StreamGap)]
+    assert [g.size for g in gaps] == [7]
+    assert stream(events) == b"ablate"
+    assert isinstance(events[-1], FlowClosed) and events[-1].reason == "rst"
+
+
+def test_ack_proves_a_hole_was_lost_by_the_capture():
+    _, events = run(handshake() + [
+        seg(1001, b"one"),
+        seg(1010, b"three"),               # bytes 1004..1009 never captured
+        reply(5001, ack=1015),             # but the server acknowledged them
+        seg(1015, b"four"),
+    ])
+    kinds = [type(e).__name__ for e in events if not isinstance(e, FlowClosed)]
+    assert kinds == ["StreamData", "StreamGap", "StreamData", "StreamData"]
+    assert stream(events) == b"onethreefour"
+
+
+def test_partial_ack_does_not_declare_the_hole():
+    _, events = run(handshake() + [seg(1001, b"one"), seg(1010, b"three"),
+                                   reply(5001, ack=1006)])
+    assert not any(isinstance(e, StreamGap) for e in events)
+    assert stream(events) == b"one"
+
+
+def test_byte_cap_forces_a_gap():
+    tcp, events = run(handshake() + [seg(1001, b"a")] + [
+        seg(2000 + 100 * i, b"x" * 100) for i in range(12)
+    ], max_direction_bytes=1000)
+    assert tcp.stats.buffer_overflows == 1
+    assert any(isinstance(e, StreamGap) for e in events)
+    assert stream(events).startswith(b"a" + b"x" * 100)
+
+
+def test_flow_without_syn_is_followed_from_its_first_data():
+    _, events = run([seg(777, b"hello "), reply(9, b"hi"), seg(783, b"world")])
+    assert stream(events, 0) == b"hello world"
+    assert stream(events, 1) == b"hi"
+    flow = events[0].flow
+    assert not flow.syn_seen and flow.endpoints[0] == (CLIENT, 40000)
+
+
+def test_syn_ack_seen_first_keeps_the_client_as_direction_zero():
+    _, events = run([reply(5000, flags=TCP_SYN | TCP_ACK, ack=1001), seg(1001, b"hi")])
+    flow = events[0].flow
+    assert flow.endpoints[0] == (CLIENT, 40000)
+    assert events[0].direction == 0
+
+
+def test_idle_timeout_closes_flows_in_capture_time():
+    tcp = TcpReassembler(flow_timeout_s=10)
+    tcp.segment(seg(1, b"a"), 0)
+    later = tcp.segment(seg(1, b"b", sport=40001), 11_500_000_000)
+    closed = [e for e in later if isinstance(e, FlowClosed)]
+    assert [c.reason for c in closed] == ["timeout"]
+    assert tcp.active_flows == 1
+
+
+def test_port_reuse_with_a_new_syn_starts_a_new_flow():
+    tcp, events = run(handshake(1000) + [seg(1001, b"first"), seg(90000, flags=TCP_SYN),
+                                         reply(7000, flags=TCP_SYN | TCP_ACK, ack=90001),
+                                         seg(90001, b"second")])
+    flows = {id(e.flow) for e in events if isinstance(e, StreamData)}
+    assert len(flows) == 2 and tcp.stats.flows == 2
+
+
+def test_flow_cap_evicts_the_least_recently_active():
+    tcp = TcpReassembler(max_flows=2)
+    events = []
+    for port in (1, 2, 3):
+        events += tcp.segment(seg(1, b"x", sport=port), port)
+    assert tcp.stats.evictions == 1
+    assert [e.reason for e in events if isinstance(e, FlowClosed)] == ["evicted"]
