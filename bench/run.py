@@ -182,6 +182,34 @@ class UdpDrain:
 # --------------------------------------------------------------------------
 
 
+class _OneShotRegistry(peers._Registry):
+    """peers' client-endpoint -> script registry, each plan handed out once.
+
+    On loopback Linux reuses a client port as soon as its previous connection
+    is closed (net.ipv4.tcp_tw_reuse=2), so across 2,000 connections the same
+    client endpoint comes back; peers' registry then hands the new connection
+    the finished one's script and the capture fails ("peer closed after 0 of N
+    bytes").  Popping the plan on ``get`` makes a reused endpoint wait for its
+    own ``put``.  Used only while this script records.
+    """
+
+    def get(self, client, timeout=peers.IO_TIMEOUT):  # type: ignore[no-untyped-def]
+        with self._cond:
+            if not self._cond.wait_for(lambda: client in self._plans, timeout):
+                raise TimeoutError(f"no script registered for {client}")
+            return self._plans.pop(client)
+
+
+@contextlib.contextmanager
+def one_shot_registry():  # type: ignore[no-untyped-def]
+    saved = peers._Registry
+    peers._Registry = _OneShotRegistry
+    try:
+        yield
+    finally:
+        peers._Registry = saved
+
+
 def capture_paths(out: Path, name: str) -> tuple[Path, Path]:
     return out / f"{name}.pcap", out / f"{name}.json"
 
@@ -215,6 +243,14 @@ def make_capture(
     out.mkdir(parents=True, exist_ok=True)
     print(f"[{name}] recording {kind} capture {size} ...", flush=True)
     t0 = time.perf_counter()
+    with one_shot_registry():
+        gt = _record(pcap, js, name, kind, size)
+    secs = time.perf_counter() - t0
+    print(f"[{name}] recorded {_mb(pcap):.1f} MB in {secs:.1f} s", flush=True)
+    return gt, {"reused": False, "seconds": round(secs, 1), "pcap_mb": _mb(pcap)}
+
+
+def _record(pcap: Path, js: Path, name: str, kind: str, size: dict[str, Any]) -> dict[str, Any]:
     if kind == "bulk":
         gt = peers.make_bulk_capture(
             pcap,
@@ -243,9 +279,7 @@ def make_capture(
             json_path=js,
             progress=progress,
         )
-    secs = time.perf_counter() - t0
-    print(f"[{name}] recorded {_mb(pcap):.1f} MB in {secs:.1f} s", flush=True)
-    return gt, {"reused": False, "seconds": round(secs, 1), "pcap_mb": _mb(pcap)}
+    return gt
 
 
 def _mb(p: Path) -> float:
