@@ -7,7 +7,6 @@ import struct
 import pytest
 
 from captagent_tls.net.packet import (
-    FRAGMENT,
     NOT_IP,
     NOT_TCP,
     TCP_ACK,
@@ -16,7 +15,7 @@ from captagent_tls.net.packet import (
     TCP_SYN,
     TRUNCATED,
     Segment,
-    decode_tcp,
+    decode,
 )
 from captagent_tls.net.tcp import FlowClosed, StreamData, StreamGap, TcpReassembler
 
@@ -61,7 +60,7 @@ ETH_V4 = b"\x00" * 12 + b"\x08\x00"
     ],
 )
 def test_decode_ipv4_on_every_link_type(linktype, frame):
-    seg = decode_tcp(linktype, frame)
+    seg = decode(linktype, frame)
     assert isinstance(seg, Segment)
     assert (seg.src, seg.dst, seg.sport, seg.dport, seg.seq) == (CLIENT, SERVER, 40000, 5061, 1000)
     assert bytes(seg.payload) == b"hello"
@@ -75,18 +74,17 @@ def test_decode_ipv6_with_extension_headers():
         (229, ipv6(SEGMENT)),
         (0, struct.pack("<I", 30) + ipv6(SEGMENT)),
     ]:
-        seg = decode_tcp(linktype, frame)
+        seg = decode(linktype, frame)
         assert isinstance(seg, Segment), linktype
         assert (seg.src, seg.dst) == (CLIENT6, SERVER6)
         assert bytes(seg.payload) == b"hello"
 
 
 def test_decode_skips_with_reasons():
-    assert decode_tcp(1, b"\x00" * 12 + b"\x08\x06" + bytes(28)) is NOT_IP  # ARP
-    assert decode_tcp(101, ipv4(b"\x00" * 8, proto=17)) is NOT_TCP
-    assert decode_tcp(101, ipv4(SEGMENT, frag=0x2000)) is FRAGMENT
-    assert decode_tcp(101, ipv4(SEGMENT)[:30]) is TRUNCATED  # cut by the snap length
-    assert decode_tcp(147, b"whatever").reason == "unsupported link type"
+    assert decode(1, b"\x00" * 12 + b"\x08\x06" + bytes(28)) is NOT_IP  # ARP
+    assert decode(101, ipv4(b"\x00" * 20, proto=47)) is NOT_TCP  # GRE
+    assert decode(101, ipv4(SEGMENT)[:30]) is TRUNCATED  # cut by the snap length
+    assert decode(147, b"whatever").reason == "unsupported link type"
 
 
 # -- TCP reassembly ------------------------------------------------------------------------
@@ -227,3 +225,76 @@ def test_flow_cap_evicts_the_least_recently_active():
         events += tcp.segment(seg(1, b"x", sport=port), port)
     assert tcp.stats.evictions == 1
     assert [e.reason for e in events if isinstance(e, FlowClosed)] == ["evicted"]
+
+
+# -- UDP and IP fragments ------------------------------------------------------------------
+
+def udp(payload: bytes, sport=5060, dport=5060) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def ipv4_fragments(payload: bytes, size: int, ident=77) -> list[bytes]:
+    pieces = []
+    for offset in range(0, len(payload), size):
+        piece = payload[offset : offset + size]
+        more = 0x2000 if offset + size < len(payload) else 0
+        pieces.append(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), ident,
+                                  more | (offset // 8), 64, 17, 0, CLIENT, SERVER) + piece)
+    return pieces
+
+
+def test_udp_datagram():
+    from captagent_tls.net.packet import Datagram
+
+    got = decode(101, ipv4(udp(b"OPTIONS sip:x SIP/2.0\r\n\r\n"), proto=17))
+    assert isinstance(got, Datagram)
+    assert (got.sport, got.dport, bytes(got.payload)) == (5060, 5060,
+                                                          b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+
+
+@pytest.mark.parametrize("order", ["in order", "reversed", "duplicated"])
+def test_ipv4_fragments_reassemble_in_any_order(order):
+    from captagent_tls.net.ip import Defragmenter
+    from captagent_tls.net.packet import Datagram, Fragment
+
+    invite = b"INVITE sip:bob@x SIP/2.0\r\nContent-Length: 3000\r\n\r\n" + b"v" * 3000
+    frames = ipv4_fragments(udp(invite), 1480)
+    if order == "reversed":
+        frames.reverse()
+    elif order == "duplicated":
+        frames = frames[:1] + frames
+    defrag = Defragmenter()
+    results = []
+    for frame in frames:
+        piece = decode(101, frame)
+        assert isinstance(piece, Fragment)
+        results.append(defrag.add(piece, 0))
+    done = [r for r in results if r is not None]
+    assert len(done) == 1 and isinstance(done[0], Datagram)
+    assert bytes(done[0].payload) == invite
+    assert defrag.stats.reassembled == 1
+
+
+def test_ipv6_fragment_header():
+    from captagent_tls.net.ip import Defragmenter
+    from captagent_tls.net.packet import Fragment
+
+    payload = udp(b"SIP/2.0 200 OK\r\n\r\n")
+    first, second = payload[:16], payload[16:]
+    frag1 = bytes([17, 0]) + struct.pack("!HI", 0 | 1, 9)
+    frag2 = bytes([17, 0]) + struct.pack("!HI", 16, 9)
+    defrag = Defragmenter()
+    assert defrag.add(decode(229, ipv6(first, 44, frag1)), 0) is None
+    piece = decode(229, ipv6(second, 44, frag2))
+    assert isinstance(piece, Fragment)
+    assert bytes(defrag.add(piece, 0).payload) == b"SIP/2.0 200 OK\r\n\r\n"
+
+
+def test_incomplete_fragments_expire():
+    from captagent_tls.net.ip import Defragmenter
+
+    defrag = Defragmenter(timeout_s=1)
+    frames = ipv4_fragments(udp(b"x" * 3000), 1480)
+    defrag.add(decode(101, frames[0]), 0)
+    defrag.add(decode(101, ipv4_fragments(udp(b"y" * 3000), 1480, ident=5)[0]), 2_000_000_000)
+    assert defrag.stats.expired == 1

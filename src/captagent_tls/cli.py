@@ -1,7 +1,8 @@
-"""Command line: ``captagent-tls -r capture.pcap -k server.key [--json | --hep HOST:PORT]``.
+"""Command line: ``captagent-tls -r capture.pcap -k server.key [--json | --hep HOST:PORT]`` or
+``captagent-tls -i eth0 -f "tcp port 5061" -k server.key --hep tcp://homer:9061``.
 
-Flags follow tcpdump/tshark habits (-r, -f, -k).  Every error a user can cause ends in one
-line on stderr and a non-zero exit, never a traceback.
+Flags follow tcpdump/tshark habits (-r, -i, -f, -s, -B).  Every error a user can cause ends in
+one line on stderr and a non-zero exit, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -16,7 +18,8 @@ from captagent_tls import __version__
 from captagent_tls.capture import CaptureError
 from captagent_tls.capture.bpf import FrameFilter
 from captagent_tls.capture.files import CaptureReader
-from captagent_tls.keyfiles import KeyFileError, load_rsa_keys
+from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
+from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import Sink
@@ -26,8 +29,8 @@ from captagent_tls.sinks.jsonl import JsonLinesSink
 from captagent_tls.tls.events import SessionSecret
 from captagent_tls.tls.keylog import KeyLogResult, load_key_log
 from captagent_tls.tls.keys import KeyStore
+from captagent_tls.tls.tracker import HoldLimits
 
-EXIT_USAGE = 2
 EXIT_ERROR = 1
 
 log = logging.getLogger("captagent_tls")
@@ -43,21 +46,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild TCP streams, decrypt TLS and pass on the SIP inside: to the "
                     "console, as JSON lines, or to a HOMER collector as HEPv3.",
     )
-    parser.add_argument("-r", "--read", metavar="FILE", required=True,
+    source = parser.add_argument_group("input (one of -r or -i)")
+    source.add_argument("-r", "--read", metavar="FILE",
                         help="capture file to read: pcap or pcapng, optionally .gz; - for stdin")
-    parser.add_argument("-k", "--key", metavar="KEYFILE", action="append", default=[],
-                        help="server RSA private key (PEM, DER or PKCS#12); repeatable. Each key "
-                             "is matched to servers by their certificate")
-    parser.add_argument("--key-password", metavar="PASSWORD",
-                        help="password of encrypted key files")
-    parser.add_argument("--keylog", metavar="FILE", action="append", default=[],
-                        help="NSS key log (SSLKEYLOGFILE format); repeatable. Decrypts ECDHE, "
-                             "DHE and TLS 1.3 sessions")
-    parser.add_argument("--export-keylog", metavar="FILE",
-                        help="write a CLIENT_RANDOM line for every session decrypted with an "
-                             "RSA key, so Wireshark can open the capture without the key")
-    parser.add_argument("-f", "--filter", metavar="BPF",
+    source.add_argument("-i", "--interface", metavar="IFACE",
+                        help="capture live from this interface (any: all of them)")
+    source.add_argument("-f", "--filter", metavar="BPF",
                         help='BPF filter, tcpdump syntax, e.g. "tcp port 5061"')
+    source.add_argument("--no-promisc", dest="promisc", action="store_false",
+                        help="do not put the interface into promiscuous mode")
+    source.add_argument("-s", "--snaplen", metavar="BYTES", type=int, default=262144,
+                        help="bytes to capture per packet (default 262144)")
+    source.add_argument("-B", "--buffer-size", metavar="KIB", type=int, default=32768,
+                        help="kernel capture buffer in KiB (default 32768)")
+    keys = parser.add_argument_group("keys")
+    keys.add_argument("-k", "--key", metavar="KEYFILE", action="append", default=[],
+                      help="server RSA private key (PEM, DER or PKCS#12); repeatable. Each key "
+                           "is matched to servers by their certificate")
+    keys.add_argument("--key-password", metavar="PASSWORD",
+                      help="password of encrypted key files")
+    keys.add_argument("--keylog", metavar="FILE", action="append", default=[],
+                      help="NSS key log (SSLKEYLOGFILE format); repeatable. Decrypts ECDHE, "
+                           "DHE and TLS 1.3 sessions. Followed as it grows when capturing live")
+    keys.add_argument("--keylog-listen", metavar="udp|tcp://HOST:PORT", action="append",
+                      default=[], help="accept key-log lines over the network (live capture); "
+                                       "e.g. from Kamailio's keylog_peer")
+    keys.add_argument("--keylog-listen-remote", action="store_true",
+                      help="allow --keylog-listen on an address other than loopback")
+    keys.add_argument("--key-wait", metavar="SECONDS", type=float, default=10.0,
+                      help="how long records wait for keys that may still arrive (default 10)")
+    keys.add_argument("--export-keylog", metavar="FILE",
+                      help="write a CLIENT_RANDOM line for every session decrypted with an "
+                           "RSA key, so Wireshark can open the capture without the key")
     out = parser.add_argument_group("outputs (default: the console)")
     out.add_argument("--json", action="store_true",
                      help="one JSON object per message on stdout")
@@ -72,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--hep-ip-proto", metavar="N", type=int, default=22,
                      help="IP protocol number sent for decrypted TLS: 22 (default, shown as "
                           "'tls' by HOMER) or 6 for the real TCP value")
+    agent = parser.add_argument_group("running as an agent")
+    agent.add_argument("--user", metavar="NAME",
+                       help="drop root to this user once the capture is open and keys are read")
+    agent.add_argument("--stats-interval", metavar="SECONDS", type=float, default=60.0,
+                       help="log stats this often when capturing live (default 60)")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--flow-timeout", metavar="SECONDS", type=float, default=180.0,
                         help="close flows idle this long, in capture time (default 180)")
@@ -94,8 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     try:
-        return run_offline(args)
-    except (UserError, CaptureError, KeyFileError, CollectorAddressError) as exc:
+        if bool(args.read) == bool(args.interface):
+            raise UserError("give a capture file (-r FILE) or an interface (-i IFACE)")
+        return run_live(args) if args.interface else run_offline(args)
+    except (UserError, CaptureError, KeyFileError, CollectorAddressError,
+            KeySourceError) as exc:
         print(f"captagent-tls: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
@@ -105,12 +133,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def load_keys(args: argparse.Namespace) -> KeyStore:
-    keys = KeyStore()
+# -- keys ------------------------------------------------------------------------------------
+
+def load_rsa_key_files(args: argparse.Namespace, keys: KeyStore) -> None:
     password = args.key_password.encode() if args.key_password is not None else None
-    for path in args.key:
-        for private_key in load_rsa_keys(path, password):
+    loaded = [(path, load_rsa_keys(path, password)) for path in args.key]
+    keys.clear_rsa_keys()
+    for path, private_keys in loaded:
+        warning = key_file_mode_warning(path)
+        if warning:
+            log.warning("%s", warning)
+        for private_key in private_keys:
             keys.add_rsa_key(private_key, path)
+
+
+def load_key_log_files(args: argparse.Namespace, keys: KeyStore) -> None:
     for path in args.keylog:
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:
@@ -118,7 +155,6 @@ def load_keys(args: argparse.Namespace) -> KeyStore:
         except OSError as exc:
             raise UserError(f"cannot read key log {path}: {exc.strerror or exc}") from None
         report_key_log(path, load_key_log(text, keys))
-    return keys
 
 
 def report_key_log(source: str, result: KeyLogResult) -> None:
@@ -144,23 +180,6 @@ def embedded_secrets(path: str, keys: KeyStore) -> None:
                 pass
 
 
-def build_sinks(args: argparse.Namespace) -> list[Sink]:
-    sinks: list[Sink] = []
-    if not 0 <= args.hep_ip_proto <= 255:
-        raise UserError("--hep-ip-proto must be an IP protocol number (0-255)")
-    if not 0 <= args.hep_id <= 0xFFFFFFFF:
-        raise UserError("--hep-id must fit in 32 bits")
-    hep_options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
-                             ip_proto_tls=args.hep_ip_proto)
-    for address in args.hep:
-        sinks.append(HepUdpSink(address, hep_options))
-    if args.json:
-        sinks.append(JsonLinesSink(sys.stdout))
-    if args.console or not sinks:
-        sinks.append(ConsoleSink(sys.stdout))
-    return sinks
-
-
 class KeyLogExporter:
     """Writes CLIENT_RANDOM lines for sessions whose secret did not come from a key log."""
 
@@ -183,16 +202,48 @@ class KeyLogExporter:
         self.out.close()
 
 
+# -- outputs ---------------------------------------------------------------------------------
+
+def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
+    sinks: list[Sink] = []
+    if not 0 <= args.hep_ip_proto <= 255:
+        raise UserError("--hep-ip-proto must be an IP protocol number (0-255)")
+    if not 0 <= args.hep_id <= 0xFFFFFFFF:
+        raise UserError("--hep-id must fit in 32 bits")
+    hep_options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
+                             ip_proto_tls=args.hep_ip_proto)
+    for address in args.hep:
+        sinks.append(HepUdpSink(address, hep_options))
+    if args.json:
+        sinks.append(JsonLinesSink(sys.stdout, flush_each=live))
+    if args.console or not sinks:
+        sinks.append(ConsoleSink(sys.stdout, flush_each=live))
+    return sinks
+
+
+def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> PipelineOptions:
+    if args.flow_timeout <= 0 or args.key_wait < 0:
+        raise UserError("--flow-timeout must be positive and --key-wait not negative")
+    return PipelineOptions(flow_timeout_s=args.flow_timeout,
+                           max_direction_bytes=args.max_flow_buffer,
+                           keys_may_arrive=keys_may_arrive,
+                           hold=HoldLimits(max_wait_s=args.key_wait))
+
+
+# -- offline ---------------------------------------------------------------------------------
+
 def run_offline(args: argparse.Namespace) -> int:
-    keys = load_keys(args)
+    if args.keylog_listen:
+        raise UserError("--keylog-listen needs live capture (-i)")
+    keys = KeyStore()
+    load_rsa_key_files(args, keys)
+    load_key_log_files(args, keys)
     frame_filter = FrameFilter(args.filter) if args.filter else None
-    sinks = build_sinks(args)
+    sinks = build_sinks(args, live=False)
     reporter = ProblemReporter(sys.stderr)
-    options = PipelineOptions(flow_timeout_s=args.flow_timeout,
-                              max_direction_bytes=args.max_flow_buffer)
     exporter = KeyLogExporter(args.export_keylog) if args.export_keylog else None
     embedded_secrets(args.read, keys)
-    pipeline = Pipeline(keys, sinks, reporter.report, options,
+    pipeline = Pipeline(keys, sinks, reporter.report, pipeline_options(args, False),
                         on_secret=exporter.write if exporter else None)
 
     def secrets_in_stream(text: bytes) -> None:
@@ -224,6 +275,66 @@ def run_offline(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_stats(pipeline, sinks), file=sys.stderr)
     return 0
+
+
+# -- live ------------------------------------------------------------------------------------
+
+def run_live(args: argparse.Namespace) -> int:
+    from captagent_tls.agent import Agent
+    from captagent_tls.capture.live import LiveCapture
+
+    keys = KeyStore()
+    load_rsa_key_files(args, keys)
+    key_files = [KeyLogFile(path, keys) for path in args.keylog]
+    for source in key_files:
+        source.poll()
+    listeners = [KeyLogListener(url, keys, args.keylog_listen_remote)
+                 for url in args.keylog_listen]
+    sinks = build_sinks(args, live=True)
+    exporter = KeyLogExporter(args.export_keylog) if args.export_keylog else None
+    reporter = ProblemReporter(sys.stderr)
+    pipeline = Pipeline(keys, sinks, reporter.report,
+                        pipeline_options(args, keys_may_arrive=bool(key_files or listeners)),
+                        on_secret=exporter.write if exporter else None)
+    capture = LiveCapture(args.interface, args.filter, args.promisc, args.snaplen,
+                          args.buffer_size)
+    if args.user:
+        drop_privileges(args.user)
+
+    def report() -> None:
+        log.warning("%s", format_stats(pipeline, sinks, agent.kernel))
+
+    agent = Agent(capture, pipeline, key_files, listeners,
+                  reload_keys=lambda: load_rsa_key_files(args, keys),
+                  stats_interval_s=args.stats_interval, report_stats=report)
+    log.info("capturing on %s", args.interface)
+    try:
+        agent.run()
+    finally:
+        pipeline.finish()
+        for sink in sinks:
+            sink.close()
+        if exporter is not None:
+            exporter.close()
+    if not args.quiet:
+        print(format_stats(pipeline, sinks, agent.kernel), file=sys.stderr)
+    return 0
+
+
+def drop_privileges(user: str) -> None:
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise UserError(f"no such user {user!r} (--user)") from None
+    try:
+        os.setgroups([])
+        os.setgid(entry.pw_gid)
+        os.setuid(entry.pw_uid)
+    except PermissionError:
+        raise UserError(f"cannot switch to user {user!r}: not running as root") from None
+    log.info("running as %s", user)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from captagent_tls.capture import Frame
-from captagent_tls.net.packet import Skip, decode_tcp
+from captagent_tls.net.ip import Defragmenter
+from captagent_tls.net.packet import Datagram, Fragment, Segment, Skip, decode
 from captagent_tls.net.tcp import Event as NetEvent
 from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
 from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
-from captagent_tls.sip.framing import SipFramer, Unit
-from captagent_tls.tls.events import AppData, AppGap, SessionSecret, TlsProblem
+from captagent_tls.sip.framing import SipFramer, Unit, frame_datagram
+from captagent_tls.tls.events import PLAINTEXT, AppData, AppGap, SessionSecret, TlsProblem
 from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
@@ -36,8 +37,10 @@ class PipelineStats:
     frames: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     sip_messages: int = 0
+    plain_sip_messages: int = 0  # SIP over UDP or unencrypted TCP
     raw_chunks: int = 0
     raw_bytes: int = 0
+    plain_other_bytes: int = 0  # unencrypted TCP that is not SIP: not passed on
 
 
 class Pipeline:
@@ -55,17 +58,28 @@ class Pipeline:
         self.on_problem = on_problem
         self.stats = PipelineStats()
         self._framers: dict[tuple[Flow, int], SipFramer] = {}
+        self.defrag = Defragmenter()
         self._last_ts = 0
         self._next_tick = 0
 
     def frame(self, frame: Frame) -> None:
         self.stats.frames += 1
-        segment = decode_tcp(frame.linktype, frame.data)
-        if isinstance(segment, Skip):
-            skipped = self.stats.skipped
-            skipped[segment.reason] = skipped.get(segment.reason, 0) + 1
-            return
+        packet = decode(frame.linktype, frame.data)
         ts = frame.ts_ns
+        if type(packet) is not Segment:
+            if type(packet) is Fragment:
+                packet = self.defrag.add(packet, ts)
+                if packet is None:
+                    return
+            if type(packet) is Datagram:
+                self._datagram(packet, ts)
+                return
+            if isinstance(packet, Skip):
+                skipped = self.stats.skipped
+                skipped[packet.reason] = skipped.get(packet.reason, 0) + 1
+                return
+        assert isinstance(packet, Segment)
+        segment = packet
         if ts > self._last_ts:
             self._last_ts = ts
             if ts >= self._next_tick:
@@ -103,6 +117,20 @@ class Pipeline:
                     self._deliver(flow, direction, framer.flush(), event.ts_ns, None)
             self._tls_events(tls.closed(flow, event.ts_ns))
 
+    def _datagram(self, datagram: Datagram, ts: int) -> None:
+        unit = frame_datagram(bytes(datagram.payload))
+        if unit is None:
+            skipped = self.stats.skipped
+            skipped["UDP, not SIP"] = skipped.get("UDP, not SIP", 0) + 1
+            return
+        self.stats.sip_messages += 1
+        self.stats.plain_sip_messages += 1
+        is_request = not unit.data.startswith(b"SIP/2.0 ")
+        message = Message(ts, (datagram.src, datagram.sport), (datagram.dst, datagram.dport),
+                          "udp", unit.data, unit.call_id, True, is_request, "", "")
+        for sink in self.sinks:
+            sink.emit(message)
+
     def _tls_events(self, events: list[TlsEvent]) -> None:
         for event in events:
             if type(event) is AppData:
@@ -132,17 +160,23 @@ class Pipeline:
         if client_dir is None:
             client_dir = 0
         info = app.info if app is not None else getattr(conn, "info", None)
-        version = info.version if info else ""
-        suite = info.cipher_suite if info else ""
+        plain = info is PLAINTEXT or getattr(conn, "is_tls", True) is False
+        version = info.version if info and not plain else ""
+        suite = info.cipher_suite if info and not plain else ""
         src, dst = flow.endpoints[direction], flow.endpoints[1 - direction]
         stats = self.stats
         for unit in units:
             if unit.is_sip:
                 stats.sip_messages += 1
+                if plain:
+                    stats.plain_sip_messages += 1
+            elif plain:
+                stats.plain_other_bytes += len(unit.data)  # not ours to pass on
+                continue
             else:
                 stats.raw_chunks += 1
                 stats.raw_bytes += len(unit.data)
-            message = Message(ts, src, dst, "tls" if version else "tcp", unit.data, unit.call_id,
+            message = Message(ts, src, dst, "tcp" if plain else "tls", unit.data, unit.call_id,
                               unit.is_sip, direction == client_dir, version, suite)
             for sink in self.sinks:
                 sink.emit(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+from captagent_tls.capture.live import KernelStats
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.hep import HepUdpSink
@@ -27,7 +28,7 @@ class ProblemReporter:
         print(f"captagent-tls: {problem.message}", file=self.out)
 
 
-def format_stats(pipeline: Pipeline, sinks: list[Sink]) -> str:
+def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | None = None) -> str:
     tcp = pipeline.tcp.stats
     tls = pipeline.tls.stats
     stats = pipeline.stats
@@ -36,6 +37,8 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink]) -> str:
                               for reason, count in sorted(tls.undecryptable.items())) or "0"
     lines = [
         "--- captagent-tls stats ---",
+        *([f"kernel: {kernel.received} packets received, {kernel.dropped} dropped, "
+           f"{kernel.interface_dropped} dropped by the interface"] if kernel else []),
         f"packets: {stats.frames} read, {tcp.segments} TCP, {skipped} skipped"
         + (f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.skipped.items()))})"
            if skipped else ""),
@@ -46,8 +49,8 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink]) -> str:
         f"TLS records: {tls.records_decrypted} decrypted, {tls.records_failed} failed "
         f"authentication (dropped), {tls.records_undecrypted} without keys; Finished verified "
         f"{tls.finished_verified}, failed {tls.finished_failed}",
-        f"SIP messages: {stats.sip_messages}; other application data: {stats.raw_chunks} "
-        f"chunks, {stats.raw_bytes} bytes",
+        f"SIP messages: {stats.sip_messages} ({stats.plain_sip_messages} unencrypted); other "
+        f"decrypted application data: {stats.raw_chunks} chunks, {stats.raw_bytes} bytes",
     ]
     for sink in sinks:
         if isinstance(sink, HepUdpSink):

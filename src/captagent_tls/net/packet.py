@@ -1,4 +1,4 @@
-"""Decode a captured frame down to its TCP segment: link layer, VLAN tags, IPv4/IPv6, TCP."""
+"""Decode a captured frame: link layer, VLAN tags, IPv4/IPv6 (fragments too), TCP or UDP."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ TCP_ACK = 0x10
 
 _u16 = struct.Struct("!H").unpack_from
 _tcp = struct.Struct("!HHIIBB").unpack_from
+_udp = struct.Struct("!HHH").unpack_from
 
 
 class Segment(NamedTuple):
@@ -53,7 +54,7 @@ class Skip(NamedTuple):
 
 NOT_IP = Skip("not IP")
 UNKNOWN_LINKTYPE = Skip("unsupported link type")
-NOT_TCP = Skip("not TCP")
+NOT_TCP = Skip("not TCP or UDP")
 FRAGMENT = Skip("IP fragment")
 TRUNCATED = Skip("truncated")
 
@@ -88,8 +89,31 @@ def ip_offset(linktype: int, data: bytes | memoryview) -> int | Skip:
     return offset
 
 
-def decode_tcp(linktype: int, data: bytes | memoryview) -> Segment | Skip:
-    """Return the TCP segment in a frame, or why there is none."""
+class Datagram(NamedTuple):
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    payload: bytes | memoryview
+
+
+class Fragment(NamedTuple):
+    """One piece of a fragmented IP datagram, for the defragmenter."""
+
+    src: bytes
+    dst: bytes
+    protocol: int
+    ident: int
+    offset: int  # bytes
+    more: bool
+    payload: bytes | memoryview
+
+
+Decoded = Segment | Datagram | Fragment | Skip
+
+
+def decode(linktype: int, data: bytes | memoryview) -> Decoded:
+    """Decode a frame down to its TCP segment or UDP datagram, or say why it has none."""
     offset = ip_offset(linktype, data)
     if isinstance(offset, Skip):
         return offset
@@ -99,39 +123,57 @@ def decode_tcp(linktype: int, data: bytes | memoryview) -> Segment | Skip:
     if version == 4:
         ihl = (data[offset] & 0x0F) * 4
         total = _u16(data, offset + 2)[0]
-        if _u16(data, offset + 6)[0] & 0x3FFF:  # MF flag or a fragment offset
-            return FRAGMENT
-        if data[offset + 9] != IPPROTO_TCP:
-            return NOT_TCP
+        protocol = data[offset + 9]
         src = bytes(data[offset + 12 : offset + 16])
         dst = bytes(data[offset + 16 : offset + 20])
         end = offset + total if total else len(data)  # TSO frames may carry total length 0
         l4 = offset + ihl
+        fragment = _u16(data, offset + 6)[0]
+        if fragment & 0x3FFF:  # MF flag or a fragment offset
+            if end > len(data):
+                return TRUNCATED
+            return Fragment(src, dst, protocol, _u16(data, offset + 4)[0],
+                            (fragment & 0x1FFF) * 8, bool(fragment & 0x2000), data[l4:end])
     elif version == 6:
         if len(data) < offset + 40:
             return TRUNCATED
-        next_header = data[offset + 6]
+        protocol = data[offset + 6]
         end = offset + 40 + _u16(data, offset + 4)[0]
         src = bytes(data[offset + 8 : offset + 24])
         dst = bytes(data[offset + 24 : offset + 40])
         l4 = offset + 40
-        while next_header in IPV6_EXTENSION_HEADERS:
+        while protocol in IPV6_EXTENSION_HEADERS:
             if len(data) < l4 + 8:
                 return TRUNCATED
-            ext_len = (data[l4 + 1] + 2) * 4 if next_header == 51 else (data[l4 + 1] + 1) * 8
-            next_header = data[l4]
+            ext_len = (data[l4 + 1] + 2) * 4 if protocol == 51 else (data[l4 + 1] + 1) * 8
+            protocol = data[l4]
             l4 += ext_len
-        if next_header == IPV6_FRAGMENT:
-            return FRAGMENT
-        if next_header != IPPROTO_TCP:
-            return NOT_TCP
+        if protocol == IPV6_FRAGMENT:
+            if len(data) < l4 + 8 or end > len(data):
+                return TRUNCATED
+            field = _u16(data, l4 + 2)[0]
+            ident = int.from_bytes(data[l4 + 4 : l4 + 8], "big")
+            return Fragment(src, dst, data[l4], ident, field & 0xFFF8, bool(field & 1),
+                            data[l4 + 8 : end])
     else:
         return NOT_IP
-    if len(data) < l4 + 20:
-        return TRUNCATED
-    sport, dport, seq, ack, data_offset, flags = _tcp(data, l4)
-    payload_at = l4 + (data_offset >> 4) * 4
     if end > len(data):
         # cut by the snap length: the missing bytes become a gap in the stream
         return TRUNCATED
-    return Segment(src, dst, sport, dport, seq, ack, flags, data[payload_at:end])
+    return transport(src, dst, protocol, data[l4:end])
+
+
+def transport(src: bytes, dst: bytes, protocol: int, packet: bytes | memoryview
+              ) -> Segment | Datagram | Skip:
+    """The TCP segment or UDP datagram in an IP payload."""
+    if protocol == IPPROTO_TCP:
+        if len(packet) < 20:
+            return TRUNCATED
+        sport, dport, seq, ack, data_offset, flags = _tcp(packet, 0)
+        return Segment(src, dst, sport, dport, seq, ack, flags, packet[(data_offset >> 4) * 4 :])
+    if protocol == IPPROTO_UDP:
+        if len(packet) < 8:
+            return TRUNCATED
+        sport, dport, length = _udp(packet, 0)
+        return Datagram(src, dst, sport, dport, packet[8 : max(8, min(length, len(packet)))])
+    return NOT_TCP

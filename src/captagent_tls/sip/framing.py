@@ -40,6 +40,15 @@ def call_id_of(headers: bytes) -> str | None:
     return match.group(1).decode("utf-8", "replace") if match else None
 
 
+def frame_datagram(payload: bytes) -> Unit | None:
+    """A UDP datagram carries one SIP message (RFC 3261 §18.3), or a keep-alive."""
+    if not _START_LINE.match(payload):
+        return None
+    header_end = payload.find(b"\r\n\r\n")
+    headers = payload if header_end < 0 else payload[: header_end + 2]
+    return Unit(payload, call_id_of(headers), True)
+
+
 class SipFramer:
     """Framing state for one direction of one connection."""
 

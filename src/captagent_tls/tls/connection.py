@@ -22,6 +22,7 @@ from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.net.tcp import Flow
 from captagent_tls.tls import handshake as hsk
 from captagent_tls.tls.events import (
+    PLAINTEXT,
     AppData,
     AppGap,
     Event,
@@ -179,9 +180,12 @@ class TlsConnection:
             if not self._detect(direction, head, ts, events):
                 if self.is_tls is None:
                     side.buf += head  # too short to tell yet
+                elif self.is_tls is False:
+                    events.append(AppData(self.flow, direction, head, ts, PLAINTEXT))
                 return events
             chunk = head
         elif self.is_tls is False:
+            events.append(AppData(self.flow, direction, chunk, ts, PLAINTEXT))
             return events
         if side.buf:
             side.buf += chunk
@@ -217,6 +221,8 @@ class TlsConnection:
     def gap(self, direction: int, ts: int) -> list[Event]:
         """The TCP stream lost bytes: drop the partial record and find the next one."""
         side = self.sides[direction]
+        if self.is_tls is None:
+            side.buf.clear()  # the first bytes are gone: judge by what follows
         side.buf.clear()
         side.handshake_buf.clear()
         if self.is_tls:
@@ -301,6 +307,8 @@ class TlsConnection:
                 return False
         self.is_tls = False
         self.stats.non_tls_flows += 1
+        if self.client_dir is None:
+            self.client_dir = 0  # plain TCP: the side that sent the SYN, or spoke first
         return False
 
     def _find_record_start(self, data: bytes | bytearray, start: int) -> int:
@@ -983,4 +991,4 @@ class TlsConnection:
         events.append(TlsProblem(self.flow, reason, message, ts))
 
 
-_NO_INFO = TlsInfo("", "")
+_NO_INFO = TlsInfo("unknown", "unknown")  # TLS whose ServerHello we missed

@@ -1,0 +1,136 @@
+"""The live agent: capture from an interface until SIGINT/SIGTERM, reload keys on SIGHUP.
+
+One thread runs the loop: ``select`` over the capture, the key-log listeners and a wake-up
+socket for signals.  Everything past the capture is the offline pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import signal
+import socket
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from captagent_tls.capture.live import KernelStats, LiveCapture
+from captagent_tls.keysources import KeyLogFile, KeyLogListener
+from captagent_tls.pipeline import Pipeline
+
+log = logging.getLogger("captagent_tls")
+
+TICK_NS = 1_000_000_000
+BATCH = 4096
+MAX_BATCHES_PER_TURN = 64  # then look at keys, timers and signals again
+
+
+class Agent:
+    def __init__(self, capture: LiveCapture, pipeline: Pipeline,
+                 key_files: list[KeyLogFile], listeners: list[KeyLogListener],
+                 reload_keys: Callable[[], None], stats_interval_s: float = 60.0,
+                 report_stats: Callable[[], None] | None = None):
+        self.capture = capture
+        self.pipeline = pipeline
+        self.key_files = key_files
+        self.listeners = listeners
+        self.reload_keys = reload_keys
+        self.stats_interval_ns = int(stats_interval_s * 1e9)
+        self.report_stats = report_stats
+        self.kernel = KernelStats(0, 0, 0)
+        self._stopping = False
+        self._reload = False
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def run(self) -> None:
+        wake_read, wake_write = socket.socketpair()
+        wake_read.setblocking(False)
+        wake_write.setblocking(False)
+        previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
+        previous = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            self._loop(wake_read)
+        finally:
+            signal.set_wakeup_fd(previous_wakeup)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            wake_read.close()
+            wake_write.close()
+            self._drain()
+            self.kernel = self.capture.stats()
+            self.capture.close()
+            for listener in self.listeners:
+                listener.close()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stopping = True
+
+    def _loop(self, wake: socket.socket) -> None:
+        capture_fd = self.capture.fileno()
+        pipeline = self.pipeline
+        next_tick = time.time_ns()
+        next_stats = next_tick + self.stats_interval_ns
+        while not self._stopping:
+            watched: list[int | socket.socket] = [capture_fd, wake]
+            for listener in self.listeners:
+                watched.extend(listener.sockets())
+            try:
+                ready, _, _ = select.select(watched, [], [], 0.2)
+            except InterruptedError:
+                continue
+            ready_fds = {r if isinstance(r, int) else r.fileno() for r in ready}
+            if wake.fileno() in ready_fds:
+                try:
+                    wake.recv(4096)
+                except BlockingIOError:
+                    pass
+            if capture_fd in ready_fds:
+                self._read_frames()
+            added = sum(listener.handle(ready_fds) for listener in self.listeners)
+            now = time.time_ns()
+            if now >= next_tick:
+                next_tick = now + TICK_NS // 5
+                added += sum(source.poll() for source in self.key_files)
+                pipeline.expire(now)
+            if added:
+                pipeline.keys_added(now)
+            if self._reload:
+                self._reload = False
+                self._do_reload(now)
+            if self.report_stats is not None and now >= next_stats:
+                next_stats = now + self.stats_interval_ns
+                self.kernel = self.capture.stats()
+                self.report_stats()
+
+    def _read_frames(self) -> None:
+        feed = self.pipeline.frame
+        for _ in range(MAX_BATCHES_PER_TURN):
+            count = 0
+            for frame in self.capture.read(BATCH):
+                feed(frame)
+                count += 1
+            if count < BATCH:
+                return
+
+    def _drain(self) -> None:
+        """Whatever the kernel already holds is still processed before shutdown."""
+        try:
+            self._read_frames()
+        except Exception:  # noqa: BLE001 - shutting down: never lose the final flush for this
+            log.exception("reading the last packets failed")
+
+    def _do_reload(self, now: int) -> None:
+        log.warning("SIGHUP: reloading keys and key logs")
+        try:
+            self.reload_keys()
+        except Exception as exc:  # noqa: BLE001 - keep running with the keys we had
+            log.error("reload failed, keeping the previous keys: %s", exc)
+        for source in self.key_files:
+            source.reload()
+        self.pipeline.keys_added(now)

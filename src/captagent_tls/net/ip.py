@@ -1,0 +1,84 @@
+"""IP defragmentation (IPv4 and IPv6), bounded in datagrams, bytes and time.
+
+Big SIP INVITEs over UDP fragment; TCP segments seldom do, but they go through here too.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from captagent_tls.net.packet import Datagram, Fragment, Segment, Skip, transport
+
+MAX_DATAGRAM = 65535 + 40
+
+
+@dataclass
+class DefragStats:
+    fragments: int = 0
+    reassembled: int = 0
+    expired: int = 0
+    overflows: int = 0
+
+
+class _Pending:
+    __slots__ = ("pieces", "total", "size", "first_ts")
+
+    def __init__(self, ts: int):
+        self.pieces: dict[int, bytes] = {}
+        self.total = -1  # known once the last fragment arrives
+        self.size = 0
+        self.first_ts = ts
+
+
+class Defragmenter:
+    def __init__(self, max_datagrams: int = 4096, timeout_s: float = 30.0):
+        self.max_datagrams = max_datagrams
+        self.timeout_ns = int(timeout_s * 1e9)
+        self.stats = DefragStats()
+        self._pending: OrderedDict[tuple[bytes, bytes, int, int], _Pending] = OrderedDict()
+
+    def add(self, fragment: Fragment, ts: int) -> Segment | Datagram | Skip | None:
+        """Return the reassembled transport packet once every piece is here, else None."""
+        self.stats.fragments += 1
+        self._expire(ts)
+        key = (fragment.src, fragment.dst, fragment.protocol, fragment.ident)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = _Pending(ts)
+            if len(self._pending) > self.max_datagrams:
+                self._pending.popitem(last=False)
+                self.stats.overflows += 1
+        end = fragment.offset + len(fragment.payload)
+        if end > MAX_DATAGRAM:
+            self._pending.pop(key, None)
+            self.stats.overflows += 1
+            return None
+        if fragment.offset not in pending.pieces:
+            pending.pieces[fragment.offset] = bytes(fragment.payload)
+            pending.size += len(fragment.payload)
+        if not fragment.more:
+            pending.total = end
+        if pending.total < 0 or pending.size < pending.total:
+            return None
+        data = bytearray()
+        for offset in sorted(pending.pieces):
+            piece = pending.pieces[offset]
+            if offset > len(data):
+                return None  # a hole (overlapping pieces inflated the size)
+            data += piece[len(data) - offset :]
+        if len(data) < pending.total:
+            return None
+        del self._pending[key]
+        self.stats.reassembled += 1
+        return transport(fragment.src, fragment.dst, fragment.protocol,
+                         bytes(data[: pending.total]))
+
+    def _expire(self, now: int) -> None:
+        horizon = now - self.timeout_ns
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if oldest.first_ts >= horizon:
+                return
+            self._pending.popitem(last=False)
+            self.stats.expired += 1
