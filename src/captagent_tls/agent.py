@@ -6,6 +6,7 @@ socket for signals.  Everything past the capture is the offline pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import signal
@@ -86,10 +87,8 @@ class Agent:
                 continue
             ready_fds = {r if isinstance(r, int) else r.fileno() for r in ready}
             if wake.fileno() in ready_fds:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     wake.recv(4096)
-                except BlockingIOError:
-                    pass
             if capture_fd in ready_fds:
                 self._read_frames()
             added = sum(listener.handle(ready_fds) for listener in self.listeners)

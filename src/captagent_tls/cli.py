@@ -135,12 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # -- keys ------------------------------------------------------------------------------------
 
-def load_rsa_key_files(args: argparse.Namespace, keys: KeyStore) -> None:
+def load_rsa_key_files(args: argparse.Namespace, keys: KeyStore, live: bool = False) -> None:
     password = args.key_password.encode() if args.key_password is not None else None
     loaded = [(path, load_rsa_keys(path, password)) for path in args.key]
     keys.clear_rsa_keys()
     for path, private_keys in loaded:
-        warning = key_file_mode_warning(path)
+        warning = key_file_mode_warning(path) if live else None
         if warning:
             log.warning("%s", warning)
         for private_key in private_keys:
@@ -284,7 +284,7 @@ def run_live(args: argparse.Namespace) -> int:
     from captagent_tls.capture.live import LiveCapture
 
     keys = KeyStore()
-    load_rsa_key_files(args, keys)
+    load_rsa_key_files(args, keys, live=True)
     key_files = [KeyLogFile(path, keys) for path in args.keylog]
     for source in key_files:
         source.poll()
@@ -305,7 +305,7 @@ def run_live(args: argparse.Namespace) -> int:
         log.warning("%s", format_stats(pipeline, sinks, agent.kernel))
 
     agent = Agent(capture, pipeline, key_files, listeners,
-                  reload_keys=lambda: load_rsa_key_files(args, keys),
+                  reload_keys=lambda: load_rsa_key_files(args, keys, live=True),
                   stats_interval_s=args.stats_interval, report_stats=report)
     log.info("capturing on %s", args.interface)
     try:
