@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
 
+from captagent_tls.keysources import KeySourceError, parse_listen_url
 from captagent_tls.sinks.hep import CollectorAddressError, parse_collector
 
 __all__ = [
+    "ALTERNATIVES",
     "OPTIONS",
     "TABLES",
     "ConfigError",
@@ -54,8 +56,8 @@ OPTIONS: dict[str, str] = {
     "read": STR, "interface": STR, "filter": STR, "promisc": BOOL, "snaplen": INT,
     "buffer_size": INT,
     # keys
-    "key": LIST, "key_password": STR, "keylog": LIST, "keylog_listen": LIST, "key_wait": FLOAT,
-    "export_keylog": STR,
+    "key": LIST, "key_password": STR, "keylog": LIST, "keylog_listen": LIST,
+    "keylog_listen_remote": BOOL, "key_wait": FLOAT, "export_keylog": STR,
     # outputs
     "json": BOOL, "console": BOOL,
     # HEP
@@ -82,8 +84,8 @@ def _table(*dests: str, **aliases: str) -> dict[str, str]:
 #: TOML tables: name inside the table -> dest.  A table also accepts its dests' full names.
 TABLES: dict[str, dict[str, str]] = {
     "capture": _table("read", "interface", "filter", "promisc", "snaplen", "buffer_size"),
-    "keys": _table("key", "key_password", "keylog", "keylog_listen", "key_wait",
-                   "export_keylog"),
+    "keys": _table("key", "key_password", "keylog", "keylog_listen", "keylog_listen_remote",
+                   "key_wait", "export_keylog"),
     "output": _table("json", "console"),
     "hep": _table(collectors="hep", id="hep_id", password="hep_password",
                   node_name="hep_node_name", correlation="hep_correlation",
@@ -156,8 +158,8 @@ def _at_least(low: float, high: float | None = None) -> _Check:
         assert isinstance(value, int | float)
         if value < low or (high is not None and value > high):
             if high is None:
-                return f"must be at least {low:g}, got {value!r}"
-            return f"must be between {low:g} and {high:g}, got {value!r}"
+                return f"must be at least {low}, got {value!r}"
+            return f"must be between {low} and {high}, got {value!r}"
         return None
 
     return check
@@ -190,6 +192,16 @@ def _collectors(value: object) -> str | None:
     return None
 
 
+def _listeners(value: object) -> str | None:
+    assert isinstance(value, list)
+    for url in value:
+        try:
+            parse_listen_url(url)
+        except KeySourceError as exc:
+            return str(exc)
+    return None
+
+
 def _metrics(value: object) -> str | None:
     assert isinstance(value, str)
     return _host_port_problem(value)
@@ -199,6 +211,7 @@ _CHECKS: dict[str, _Check] = {
     "interface": _not_empty,
     "snaplen": _at_least(1, 262144),
     "buffer_size": _positive,
+    "keylog_listen": _listeners,
     "key_wait": _at_least(0),
     "hep": _collectors,
     "hep_id": _at_least(0, 0xFFFFFFFF),
@@ -490,6 +503,26 @@ _FRAGMENTS = {
 _HEP_SCHEMES = {"udp": "udp", "tcp": "tcp", "ssl": "tls", "tls": "tls"}
 
 
+@dataclass
+class _PcapProfile:
+    """One enabled socket_pcap profile, as far as captagent-tls can use it."""
+
+    interface: str = ""
+    promisc: bool = False
+    filter: str = ""
+    snaplen: int | None = None
+    buffer_kib: int | None = None
+    fragments: list[str] = field(default_factory=list)
+    stats_enable: bool = False
+    stats_interval: int | None = None
+
+    def bpf(self) -> str:
+        """The filter, widened to IP fragments as captagent's ipv4/ipv6fragments do."""
+        if not self.fragments:
+            return self.filter
+        return " or ".join([f"({self.filter})", *self.fragments])
+
+
 class _CaptagentReader:
     def __init__(self) -> None:
         self.values: dict[str, object] = {}
@@ -586,38 +619,9 @@ class _CaptagentReader:
                       f"{module.where}: socket_pcap has no enabled profile: no interface or "
                       "filter is configured")
             return
-        captures: list[dict[str, object]] = []
-        for profile in profiles:
-            capture: dict[str, object] = {}
-            for name, value, node in _params(profile):
-                if name == "dev":
-                    if value:
-                        capture["interface"] = value
-                elif name == "promisc":
-                    capture["promisc"] = self.boolean("socket_pcap", node, name, value)
-                elif name == "filter":
-                    capture["filter"] = value
-                elif name == "snap-len":
-                    snaplen = self.integer(node, name, value, 1, 262144)
-                    capture["snaplen"] = snaplen
-                    if snaplen < 65535:
-                        self.warn(("socket_pcap", name, "short"),
-                                  f"{node.where}: socket_pcap: snap-len={value} cuts longer "
-                                  "packets (offloaded TCP segments reach 64 KiB): TLS records "
-                                  "in them cannot be decrypted")
-                elif name == "ring-buffer":  # MiB in captagent, KiB for us
-                    capture["buffer_size"] = self.integer(node, name, value, 1, 1 << 20) * 1024
-                elif name in _FRAGMENTS or name == "stats-enable":
-                    capture[name] = self.boolean("socket_pcap", node, name, value)
-                elif name == "stats-interval":
-                    capture[name] = self.integer(node, name, value, 1, 1 << 31)
-                else:
-                    self.ignored("socket_pcap", name, value, node)
-            captures.append(capture)
-
-        first = profiles[0]
-        label = "socket_pcap"
-        devices = list(dict.fromkeys(str(c["interface"]) for c in captures if "interface" in c))
+        captures = [self.pcap_profile(profile) for profile in profiles]
+        first, label = profiles[0], "socket_pcap"
+        devices = list(dict.fromkeys(c.interface for c in captures if c.interface))
         if len(devices) == 1:
             self.set("interface", devices[0], first, f"{label} dev")
         elif devices:
@@ -625,34 +629,56 @@ class _CaptagentReader:
             self.warn(("socket_pcap", "devs"),
                       f"{first.where}: socket_pcap: enabled profiles capture on "
                       f"{', '.join(devices)}: captagent-tls captures once, on 'any'")
-        filters = []
-        for capture in captures:
-            text = str(capture.get("filter") or "")
-            if not text:
-                filters = []  # one profile takes everything: so does the merged capture
-                break
-            extra = [_FRAGMENTS[f] for f in _FRAGMENTS if capture.get(f)]
-            filters.append(" or ".join([f"({text})" if extra else text, *extra]))
-        if filters:
+        if all(c.filter for c in captures):  # one profile taking everything takes it all
+            filters = [c.bpf() for c in captures]
             merged = filters[0] if len(filters) == 1 else " or ".join(f"({f})" for f in filters)
             self.set("filter", merged, first, f"{label} filter")
-        if any("promisc" in c for c in captures):
-            self.set("promisc", any(c.get("promisc") for c in captures), first,
-                     f"{label} promisc")
-        for dest in ("snaplen", "buffer_size"):
-            sizes = [c[dest] for c in captures if isinstance(c.get(dest), int)]
-            if sizes:
-                self.set(dest, max(sizes), first, f"{label} {dest}")  # type: ignore[type-var]
-        intervals = [c["stats-interval"] for c in captures
-                     if c.get("stats-enable") and isinstance(c.get("stats-interval"), int)]
+        # captagent leaves promiscuous mode off unless a profile turns it on
+        self.set("promisc", any(c.promisc for c in captures), first, f"{label} promisc")
+        snaplens = [c.snaplen for c in captures if c.snaplen is not None]
+        if snaplens:
+            self.set("snaplen", max(snaplens), first, f"{label} snap-len")
+        buffers = [c.buffer_kib for c in captures if c.buffer_kib is not None]
+        if buffers:
+            self.set("buffer_size", max(buffers), first, f"{label} ring-buffer")
+        intervals = [c.stats_interval for c in captures
+                     if c.stats_enable and c.stats_interval is not None]
         if intervals:
-            self.set("stats_interval", float(min(intervals)), first,  # type: ignore[arg-type]
-                     f"{label} stats-interval")
+            self.set("stats_interval", float(min(intervals)), first, f"{label} stats-interval")
         if len(profiles) > 1:
             names = ", ".join(p.attrib.get("name", "?") for p in profiles)
             self.warn(("socket_pcap", "merged"),
                       f"{first.where}: socket_pcap: enabled profiles {names} are merged into "
                       f"one capture (filter: {self.values.get('filter', 'none')})")
+
+    def pcap_profile(self, profile: _Node) -> _PcapProfile:
+        capture = _PcapProfile()
+        for name, value, node in _params(profile):
+            if name == "dev":
+                capture.interface = value
+            elif name == "promisc":
+                capture.promisc = self.boolean("socket_pcap", node, name, value)
+            elif name == "filter":
+                capture.filter = value
+            elif name == "snap-len":
+                capture.snaplen = self.integer(node, name, value, 1, 262144)
+                if capture.snaplen < 65535:
+                    self.warn(("socket_pcap", name, "short"),
+                              f"{node.where}: socket_pcap: snap-len={value} cuts longer "
+                              "packets (offloaded TCP segments reach 64 KiB): TLS records "
+                              "in them cannot be decrypted")
+            elif name == "ring-buffer":  # MiB in captagent, KiB for us
+                capture.buffer_kib = self.integer(node, name, value, 1, 1 << 20) * 1024
+            elif name in _FRAGMENTS:
+                if self.boolean("socket_pcap", node, name, value):
+                    capture.fragments.append(_FRAGMENTS[name])
+            elif name == "stats-enable":
+                capture.stats_enable = self.boolean("socket_pcap", node, name, value)
+            elif name == "stats-interval":
+                capture.stats_interval = self.integer(node, name, value, 1, 1 << 31)
+            else:
+                self.ignored("socket_pcap", name, value, node)
+        return capture
 
     def protocol_tls(self, module: str, profiles: list[_Node]) -> None:
         keys: list[str] = []
@@ -830,13 +856,25 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
 # ------------------------------------------------------------------------------- layering
 
 
+#: Options that exclude one another: choosing one on the command line sets the others back
+#: to their defaults, whatever a file says (``-r x.pcap`` with a file naming an interface
+#: reads the file, as captagent's ``-D`` does).
+ALTERNATIVES = (frozenset({"read", "interface"}),)
+
+
 def merge(defaults: Mapping[str, object], file_values: Mapping[str, object],
           command_line_values: Mapping[str, object]) -> dict[str, object]:
     """Command line > config file > defaults, option by option.
 
     A list from a higher layer replaces the lower one's (``-k a.key`` on the command line
-    means only ``a.key``, whatever the file lists).  Lists are copied, never shared.
+    means only ``a.key``, whatever the file lists).  Lists are copied, never shared.  See
+    :data:`ALTERNATIVES` for options that displace one another.
     """
+    file_values = dict(file_values)
+    for group in ALTERNATIVES:
+        if group & command_line_values.keys():
+            for dest in group - command_line_values.keys():
+                file_values.pop(dest, None)
     merged: dict[str, object] = {}
     for layer in (defaults, file_values, command_line_values):
         for dest, value in layer.items():
@@ -844,21 +882,25 @@ def merge(defaults: Mapping[str, object], file_values: Mapping[str, object],
     return merged
 
 
-def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """The dests of the options present in *argv*, defaults aside.
+class _TypedOnly(argparse.Namespace):
+    """A namespace that seems to have every attribute already (reading a missing one gives
+    None), so argparse fills in no defaults and only the options in argv get stored."""
 
-    Parses *argv* a second time with every default set to ``argparse.SUPPRESS``, so that only
-    options the user typed land in the namespace; the parser's defaults are put back after.
-    ``-k a`` counts even when it repeats a default value.
+    def __getattr__(self, name: str) -> None:
+        if name.startswith("_"):  # argparse's own bookkeeping, and Python's
+            raise AttributeError(name)
+        return None
+
+
+def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The dests of the options present in *argv*, whatever their values.
+
+    argparse puts a default only where the namespace lacks the attribute; parsing into a
+    namespace that lacks none leaves exactly the options the user typed (``--hep-id 2001``
+    counts even though 2001 is the default).  The parser itself is not modified.
     """
-    dests = vars(parser.parse_args(argv))
-    saved = {dest: parser.get_default(dest) for dest in dests}
-    parser.set_defaults(**dict.fromkeys(dests, argparse.SUPPRESS))
-    try:
-        given = parser.parse_args(argv)
-    finally:
-        parser.set_defaults(**saved)
-    return set(vars(given))
+    typed = parser.parse_args(argv, namespace=_TypedOnly())
+    return set(vars(typed))
 
 
 def resolve(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

@@ -16,7 +16,14 @@ from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpRe
 from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 from captagent_tls.sip.framing import SipFramer, Unit, frame_datagram
-from captagent_tls.tls.events import PLAINTEXT, AppData, AppGap, SessionSecret, TlsProblem
+from captagent_tls.tls.events import (
+    PLAINTEXT,
+    AppData,
+    AppGap,
+    ConnectionDone,
+    SessionSecret,
+    TlsProblem,
+)
 from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
@@ -92,6 +99,7 @@ class Pipeline:
         """End of input: flush held-back bytes, close every flow, deliver what is complete."""
         for event in self.tcp.flush(self._last_ts):
             self._net_event(event)
+        self._tls_events(self.tls.close_all(self._last_ts))
 
     def expire(self, now_ns: int) -> None:
         """Time passes without packets (live capture): idle flows and held records expire."""
@@ -110,12 +118,7 @@ class Pipeline:
         elif type(event) is StreamGap:
             self._tls_events(tls.gap(event.flow, event.direction, event.ts_ns))
         elif type(event) is FlowClosed:
-            flow = event.flow
-            for direction in (0, 1):
-                framer = self._framers.pop((flow, direction), None)
-                if framer is not None:
-                    self._deliver(flow, direction, framer.flush(), event.ts_ns, None)
-            self._tls_events(tls.closed(flow, event.ts_ns))
+            self._tls_events(tls.closed(event.flow, event.ts_ns))
 
     def _datagram(self, datagram: Datagram, ts: int) -> None:
         unit = frame_datagram(bytes(datagram.payload))
@@ -150,6 +153,13 @@ class Pipeline:
                     self.on_problem(event)
             elif type(event) is SessionSecret and self.on_secret is not None:
                 self.on_secret(event)
+            elif type(event) is ConnectionDone:
+                flow = event.flow
+                for direction in (0, 1):
+                    framer = self._framers.pop((flow, direction), None)
+                    if framer is not None:
+                        self._deliver(flow, direction, framer.flush(), event.ts_ns, None)
+                flow.context = None
 
     def _deliver(self, flow: Flow, direction: int, units: list[Unit], ts: int,
                  app: AppData | None) -> None:

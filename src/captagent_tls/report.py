@@ -47,7 +47,8 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
         f"TLS sessions: {tls.sessions_full} full, {tls.sessions_resumed} resumed, "
         f"undecryptable: {undecryptable}",
         f"TLS records: {tls.records_decrypted} decrypted, {tls.records_failed} failed "
-        f"authentication (dropped), {tls.records_undecrypted} without keys; Finished verified "
+        f"authentication (dropped), {tls.records_undecrypted} without keys, "
+        f"{tls.records_expired} dropped waiting for keys; Finished verified "
         f"{tls.finished_verified}, failed {tls.finished_failed}",
         f"SIP messages: {stats.sip_messages} ({stats.plain_sip_messages} unencrypted); other "
         f"decrypted application data: {stats.raw_chunks} chunks, {stats.raw_bytes} bytes",

@@ -1,17 +1,51 @@
-"""HEPv3 (HOMER Encapsulation Protocol) encoding and delivery to collectors.
+"""HEPv3 (HOMER Encapsulation Protocol) encoding, and the sink that feeds HOMER collectors.
 
 One SIP message per HEP packet.  heplify-server silently drops packets without the protocol
 type chunk (0x000b) and SIP payloads of 32 bytes or less, so we never send those: what we hold
-back is counted instead.
+back is counted instead, once per message however many collectors there are.  Each message is
+encoded once and handed to every collector; delivery (UDP, TCP, TLS, queues, reconnection) is
+in :mod:`captagent_tls.sinks.hep_transport`.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from captagent_tls.sinks.hep_transport import (
+    Collector,
+    CollectorAddressError,
+    CollectorStats,
+    HepConfigError,
+    QueueLimits,
+    RetryPolicy,
+    TlsOptions,
+    open_collector,
+    parse_collector,
+)
 from captagent_tls.sip import Message
+
+__all__ = [
+    "CHUNK_CORRELATION_ID",
+    "CHUNK_NODE_NAME",
+    "MIN_SIP_PAYLOAD",
+    "Collector",
+    "CollectorAddressError",
+    "CollectorStats",
+    "HepConfigError",
+    "HepOptions",
+    "HepSink",
+    "HepSinkStats",
+    "HepTooLarge",
+    "QueueLimits",
+    "RetryPolicy",
+    "TlsOptions",
+    "encode_hep3",
+    "parse_collector",
+]
 
 HEP_MAGIC = b"HEP3"
 CHUNK_IP_FAMILY = 0x0001
@@ -48,7 +82,8 @@ class HepOptions:
     capture_id: int = 2001
     password: str = ""
     ip_proto_tls: int = IP_PROTO_TLS
-    node_name: str = ""
+    node_name: str = ""  # chunk 0x0013 when not empty
+    correlation_id: bool = False  # chunk 0x0011 = the message's SIP Call-ID, when it has one
 
 
 class HepTooLarge(ValueError):
@@ -77,6 +112,8 @@ def encode_hep3(message: Message, options: HepOptions) -> bytes:
     ]
     if options.password:
         parts.append(_chunk(CHUNK_AUTH_KEY, options.password.encode()))
+    if options.correlation_id and message.call_id:
+        parts.append(_chunk(CHUNK_CORRELATION_ID, message.call_id.encode()))
     if options.node_name:
         parts.append(_chunk(CHUNK_NODE_NAME, options.node_name.encode()))
     parts.append(_chunk(CHUNK_PAYLOAD, message.payload))
@@ -87,61 +124,59 @@ def encode_hep3(message: Message, options: HepOptions) -> bytes:
     return HEP_MAGIC + total.to_bytes(2, "big") + body
 
 
+
+
 @dataclass
-class HepStats:
-    sent: int = 0
-    send_errors: int = 0
+class HepSinkStats:
+    """What the sink itself did, once per message whatever the number of collectors."""
+
+    messages: int = 0  # messages given to emit()
+    packets: int = 0  # encoded and handed to every collector
     skipped_not_sip: int = 0
     skipped_short: int = 0
     skipped_too_large: int = 0
 
 
-class CollectorAddressError(ValueError):
-    pass
+class HepSink:
+    """Encodes each SIP message once as HEPv3 and hands the packet to every collector.
 
+    ``collectors`` are ``[udp://|tcp://|tls://]HOST:PORT`` strings.  Every address is checked
+    and resolved before any connection starts: :class:`CollectorAddressError` (or
+    :class:`HepConfigError` for a TLS file) with a one-line message otherwise.  ``emit`` never
+    blocks; ``close`` delivers what the TCP/TLS queues hold within ``close_timeout`` seconds,
+    all collectors in parallel.
+    """
 
-def parse_collector(text: str) -> tuple[str, str, int]:
-    """``[udp://]HOST:PORT`` -> (scheme, host, port).  IPv6 hosts go in brackets."""
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "udp", text
-    scheme = scheme.lower()
-    if scheme not in ("udp", "tcp", "tls"):
-        raise CollectorAddressError(f"bad HEP collector {text!r}: scheme must be udp, tcp or tls")
-    if rest.startswith("["):
-        host, bracket, port_text = rest[1:].partition("]")
-        port_text = port_text[1:] if port_text.startswith(":") else ""
-        if not bracket:
-            port_text = ""
-    else:
-        host, _, port_text = rest.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise CollectorAddressError(f"bad HEP collector {text!r}: expected HOST:PORT")
-    return scheme, host, int(port_text)
-
-
-class HepUdpSink:
-    """Sends each SIP message as one HEPv3 datagram."""
-
-    def __init__(self, address: str, options: HepOptions):
-        scheme, host, port = parse_collector(address)
-        if scheme != "udp":
-            raise CollectorAddressError(f"HEP over {scheme} is not supported yet: use udp://")
+    def __init__(self, collectors: Sequence[str], options: HepOptions | None = None, *,
+                 limits: QueueLimits | None = None, tls: TlsOptions | None = None,
+                 retry: RetryPolicy | None = None, close_timeout: float = 5.0):
+        if not collectors:
+            raise HepConfigError("no HEP collector given")
+        self.options = options or HepOptions()
+        self.close_timeout = close_timeout
+        self.stats = HepSinkStats()
+        built: list[Collector] = []
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except socket.gaierror as exc:
-            raise CollectorAddressError(
-                f"bad HEP collector {address!r}: cannot resolve {host}: {exc.strerror}"
-            ) from None
-        family, _, _, _, sockaddr = infos[0]
-        self.address = address
-        self.sockaddr = sockaddr
-        self.options = options
-        self.stats = HepStats()
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            for text in collectors:
+                collector = open_collector(text, limits=limits, tls=tls, retry=retry,
+                                           start=False)
+                built.append(collector)
+                if any(c.address == collector.address for c in built[:-1]):
+                    raise CollectorAddressError(
+                        f"bad HEP collector {text!r}: {collector.address} is given twice")
+        except HepConfigError:
+            for collector in built:
+                collector.close(0)
+            raise
+        self.collectors: tuple[Collector, ...] = tuple(built)
+        self._submit = tuple(c.submit for c in built)
+        self._closed = False
+        for collector in built:
+            collector.start()
 
     def emit(self, message: Message) -> None:
         stats = self.stats
+        stats.messages += 1
         if not message.is_sip:
             stats.skipped_not_sip += 1
             return
@@ -153,12 +188,70 @@ class HepUdpSink:
         except HepTooLarge:
             stats.skipped_too_large += 1
             return
-        try:
-            self.sock.sendto(packet, self.sockaddr)
-        except OSError:
-            stats.send_errors += 1
-        else:
-            stats.sent += 1
+        stats.packets += 1
+        for submit in self._submit:
+            submit(packet)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush and close every collector within ``timeout`` (default ``close_timeout``)."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + (self.close_timeout if timeout is None else timeout)
+        for collector in self.collectors:
+            collector.begin_close(deadline)
+        for collector in self.collectors:
+            collector.wait_closed(deadline)
+
+    def summary_lines(self) -> list[str]:
+        """The end-of-run summary: one line for the sink, one per collector."""
+        s = self.stats
+        lines = [f"HEP: {s.packets} packets per collector; not sent: {s.skipped_not_sip} not "
+                 f"SIP, {s.skipped_short} too short, {s.skipped_too_large} too large"]
+        for collector in self.collectors:
+            c = collector.stats
+            line = f"HEP {collector.address}: {c.sent} sent"
+            if collector.scheme == "udp":
+                line += f", {c.send_errors} send errors"
+            else:
+                line += (f", {c.queued} still queued, {c.dropped} dropped (queue full), "
+                         f"{c.dropped_at_shutdown} dropped at shutdown, {c.resent} resent, "
+                         f"{c.reconnects} reconnects, {c.connect_failures} failed connection "
+                         f"attempts, {c.send_errors} broken connections")
+            if c.last_error:
+                line += f"; last error: {c.last_error}"
+            lines.append(line)
+        return lines
+
+
+@dataclass
+class HepStats:
+    """Counters of the one-collector :class:`HepUdpSink` (kept for the current callers)."""
+
+    sent: int = 0
+    send_errors: int = 0
+    skipped_not_sip: int = 0
+    skipped_short: int = 0
+    skipped_too_large: int = 0
+
+
+class HepUdpSink:
+    """Deprecated: one collector through :class:`HepSink`.  Remove once cli.py and report.py
+    use HepSink (which also speaks tcp:// and tls://)."""
+
+    def __init__(self, address: str, options: HepOptions):
+        self.sink = HepSink([address], options)
+        self.address = address
+
+    @property
+    def stats(self) -> HepStats:
+        s = self.sink.stats
+        c = self.sink.collectors[0].stats
+        return HepStats(c.sent, c.send_errors + c.dropped + c.dropped_at_shutdown,
+                        s.skipped_not_sip, s.skipped_short, s.skipped_too_large)
+
+    def emit(self, message: Message) -> None:
+        self.sink.emit(message)
 
     def close(self) -> None:
-        self.sock.close()
+        self.sink.close()

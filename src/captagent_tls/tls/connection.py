@@ -165,6 +165,7 @@ class TlsConnection:
         self.info: TlsInfo | None = None
         self.failed = ""  # why the current session cannot be decrypted
         self.handshakes = 0
+        self.closed = False  # the TCP flow has ended
         self._replaying = False
 
     # -- input from the TCP stage ----------------------------------------------------------

@@ -69,4 +69,13 @@ class SessionSecret(NamedTuple):
     source: str  # "rsa", "session cache" or "key log"
 
 
-Event = AppData | AppGap | HandshakeDone | TlsAlert | TlsProblem | SessionSecret
+class ConnectionDone(NamedTuple):
+    """The TCP flow has closed and no records of it wait for keys any more: nothing more will
+    come for this flow."""
+
+    flow: Flow
+    ts_ns: int
+
+
+Event = (AppData | AppGap | HandshakeDone | TlsAlert | TlsProblem | SessionSecret
+         | ConnectionDone)

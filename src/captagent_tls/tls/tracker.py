@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from captagent_tls.net.tcp import Flow
 from captagent_tls.tls.connection import TlsConnection
-from captagent_tls.tls.events import Event
+from captagent_tls.tls.events import ConnectionDone, Event
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.sessions import SessionCache
 
@@ -76,13 +76,28 @@ class TlsTracker:
         return conn.gap(direction, ts)  # type: ignore[no-any-return]
 
     def closed(self, flow: Flow, ts: int) -> list[Event]:
+        """The TCP flow ended.  Records still waiting for keys keep waiting (the keys of a
+        short call often arrive after its FIN); ``ConnectionDone`` says when it is over."""
         conn = flow.context
         if conn is None:
+            return [ConnectionDone(flow, ts)]
+        conn.closed = True
+        if conn.waiting and self.keys_may_arrive:
             return []
+        return self._finish(conn, ts)
+
+    def _finish(self, conn: TlsConnection, ts: int) -> list[Event]:
         events: list[Event] = conn.close(ts)
         self._waiting.pop(conn, None)
-        flow.context = None
+        events.append(ConnectionDone(conn.flow, ts))
         return events
+
+    def _settle(self, conn: TlsConnection, ts: int, events: list[Event]) -> None:
+        """After a retry or an expiry: forget connections that are closed and done."""
+        if not conn.waiting:
+            self._waiting.pop(conn, None)
+            if conn.closed:
+                events.extend(self._finish(conn, ts))
 
     # -- records waiting for keys -----------------------------------------------------------
 
@@ -103,8 +118,7 @@ class TlsTracker:
         self._generation = self.keys.generation
         for conn in list(self._waiting):
             events.extend(conn.retry(ts))
-            if not conn.waiting:
-                self._waiting.pop(conn, None)
+            self._settle(conn, ts, events)
         return events
 
     def expire(self, now: int) -> list[Event]:
@@ -113,8 +127,15 @@ class TlsTracker:
         max_wait = int(self.hold.max_wait_s * 1e9)
         for conn in list(self._waiting):
             events.extend(conn.expire_held(now, max_wait))
-            if not conn.waiting:
-                self._waiting.pop(conn, None)
+            self._settle(conn, now, events)
+        return events
+
+    def close_all(self, ts: int) -> list[Event]:
+        """End of input: records still waiting will get no keys now."""
+        events: list[Event] = []
+        for conn in list(self._waiting):
+            events.extend(conn.expire_held(ts, -1, "no keys by the end of the capture"))
+            self._settle(conn, ts, events)
         return events
 
     def _shed(self, ts: int) -> list[Event]:
@@ -124,5 +145,5 @@ class TlsTracker:
             if self.held_bytes <= self.hold.max_bytes_total:
                 break
             events.extend(conn.expire_held(ts, -1, "too many bytes waiting for keys overall"))
-            self._waiting.pop(conn, None)
+            self._settle(conn, ts, events)
         return events
