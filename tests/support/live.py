@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,7 +23,6 @@ from support.cli import _env
 from support.paths import FIXTURE_KEYS, TESTS
 
 sys.path.insert(0, str(TESTS / "fixtures"))
-import contextlib
 
 from peers import SipFactory  # noqa: E402  (the fixture generator's SIP messages)
 
@@ -172,10 +172,8 @@ class TlsSipServer:
                 else:
                     conn.sendall(data)
             if isinstance(conn, ssl.SSLSocket):
-                try:
+                with contextlib.suppress(ssl.SSLError, OSError):
                     conn.unwrap()  # answers the client's close_notify
-                except (ssl.SSLError, OSError):
-                    pass
             else:
                 while conn.recv(4096):
                     pass
