@@ -83,3 +83,24 @@ def test_what_heplify_would_drop_is_counted_not_sent():
     stats = sink.stats
     assert (stats.sent, stats.skipped_short, stats.skipped_not_sip, stats.skipped_too_large) == (
         1, 1, 1, 1)
+
+
+def test_json_lines_escape_and_fall_back_to_base64():
+    import base64
+    import io
+    import json
+
+    from captagent_tls.sinks.jsonl import JsonLinesSink
+
+    out = io.StringIO()
+    sink = JsonLinesSink(out)
+    sink.emit(message(payload='INVITE "é" \u2028\\ x\r\n'.encode())._replace(call_id='a"b'))
+    sink.emit(message(payload=b"\xff\x00", is_sip=False)._replace(call_id=None,
+                                                                   tls_version=""))
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["payload"] == 'INVITE "é" \u2028\\ x\r\n' and first["call_id"] == 'a"b'
+    assert first["ts"] == 1700000000.123456 and first["src_ip"] == "1.1.1.1"
+    assert first["direction"] == "c2s" and first["kind"] == "sip"
+    assert base64.b64decode(second["payload_b64"]) == b"\xff\x00" and "payload" not in second
+    assert second["call_id"] is None and second["tls_version"] is None
+    assert second["kind"] == "raw"

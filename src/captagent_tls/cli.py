@@ -18,6 +18,7 @@ from captagent_tls import __version__
 from captagent_tls.capture import CaptureError
 from captagent_tls.capture.bpf import FrameFilter
 from captagent_tls.capture.files import CaptureReader
+from captagent_tls.config import ConfigError, load_captagent, load_native, resolve
 from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
 from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
 from captagent_tls.pipeline import Pipeline, PipelineOptions
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="capture live from this interface (any: all of them)")
     source.add_argument("-f", "--filter", metavar="BPF",
                         help='BPF filter, tcpdump syntax, e.g. "tcp port 5061"')
-    source.add_argument("--no-promisc", dest="promisc", action="store_false",
-                        help="do not put the interface into promiscuous mode")
+    source.add_argument("--promisc", action=argparse.BooleanOptionalAction, default=True,
+                        help="put the interface into promiscuous mode (default: yes)")
     source.add_argument("-s", "--snaplen", metavar="BYTES", type=int, default=262144,
                         help="bytes to capture per packet (default 262144)")
     source.add_argument("-B", "--buffer-size", metavar="KIB", type=int, default=32768,
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("--keylog-listen", metavar="udp|tcp://HOST:PORT", action="append",
                       default=[], help="accept key-log lines over the network (live capture); "
                                        "e.g. from Kamailio's keylog_peer")
-    keys.add_argument("--keylog-listen-remote", action="store_true",
+    keys.add_argument("--keylog-listen-remote", action=argparse.BooleanOptionalAction,
+                      default=False,
                       help="allow --keylog-listen on an address other than loopback")
     keys.add_argument("--key-wait", metavar="SECONDS", type=float, default=10.0,
                       help="how long records wait for keys that may still arrive (default 10)")
@@ -79,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write a CLIENT_RANDOM line for every session decrypted with an "
                            "RSA key, so Wireshark can open the capture without the key")
     out = parser.add_argument_group("outputs (default: the console)")
-    out.add_argument("--json", action="store_true",
+    out.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                      help="one JSON object per message on stdout")
-    out.add_argument("--console", action="store_true",
+    out.add_argument("--console", action=argparse.BooleanOptionalAction, default=False,
                      help="print messages on the console even when another output is chosen")
     out.add_argument("--hep", metavar="[udp://]HOST:PORT", action="append", default=[],
                      help="send each SIP message as a HEPv3 packet to this collector; repeatable")
@@ -102,15 +104,47 @@ def build_parser() -> argparse.ArgumentParser:
                         help="close flows idle this long, in capture time (default 180)")
     tuning.add_argument("--max-flow-buffer", metavar="BYTES", type=int, default=4 << 20,
                         help="out-of-order bytes one direction may hold (default 4 MiB)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no stats summary at the end")
+    parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, default=False,
+                        help="no stats summary at the end")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="read options from this TOML file (contrib/agent.toml.example); "
+                             "options on the command line override it")
+    parser.add_argument("--captagent-config", metavar="PATH",
+                        help="read options from a captagent installation (the folder holding "
+                             "captagent.xml, or the file); settings without effect are listed")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None
+                    ) -> argparse.Namespace:
+    """The command line, over the config files (-c, --captagent-config), over defaults."""
+    args = parser.parse_args(argv)
+    if not (args.config or args.captagent_config):
+        return args
+    file_values: dict[str, object] = {}
+    if args.captagent_config:
+        values, warnings = load_captagent(args.captagent_config)
+        for line in warnings:
+            print(f"captagent-tls: warning: {line}", file=sys.stderr)
+        file_values.update(values)
+    if args.config:
+        file_values.update(load_native(args.config))  # our own file wins over captagent's
+    for dest in sorted(file_values.keys() - vars(args).keys()):
+        print(f"captagent-tls: warning: {dest}: not supported by this version; ignored",
+              file=sys.stderr)
+        del file_values[dest]
+    return resolve(parser, argv, file_values)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parse_arguments(parser, argv)
+    except ConfigError as exc:
+        print(f"captagent-tls: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
         logging.WARNING,

@@ -226,8 +226,15 @@ _CHECKS: dict[str, _Check] = {
 }
 
 
+#: Options whose values never appear in messages.
+SECRET_OPTIONS = frozenset({"key_password", "hep_password"})
+
+
 def _check(dest: str, value: object) -> object:
     """Type and range check one option's value; ValueError says what is wrong."""
+    if dest in SECRET_OPTIONS and not isinstance(value, str):
+        raise ValueError(f"expected {_EXPECTED[OPTIONS[dest]]}, got {_toml_type(value)} "
+                         "(value not shown)")
     value = _typed(OPTIONS[dest], value)
     check = _CHECKS.get(dest)
     problem = check(value) if check else None
@@ -797,10 +804,12 @@ def _read_main(reader: _CaptagentReader, main: Path, root: _Node) -> None:
     for name in _HANDLED:
         if name in elements:
             reader.module(name, elements[name])
-        elif (main.parent / f"{name}.xml").is_file():
-            reader.warn(("unloaded", name),
-                        f"{main}: module {name} is not loaded: the settings in "
-                        f"{main.parent / f'{name}.xml'} are not used")
+    # installations ship every module's file; only unused keys are worth a word
+    unused = main.parent / "protocol_tls.xml"
+    if "protocol_tls" not in elements and unused.is_file():
+        reader.warn(("unloaded", "protocol_tls"),
+                    f"{main}: module protocol_tls is not loaded: the keys in {unused} are "
+                    "not used")
 
 
 def _read_modules(reader: _CaptagentReader, root: _Node) -> bool:

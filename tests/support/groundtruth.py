@@ -73,6 +73,9 @@ class Connection:
     extras: dict[str, list[tuple[int, bytes]]] = field(
         default_factory=lambda: {"c2s": [], "s2c": []}
     )
+    #: messages whose records were tampered with or lost on purpose: (direction, payload);
+    #: they are not in c2s/s2c
+    damaged: list[tuple[str, bytes]] = field(default_factory=list)
 
     def messages(self, direction: str) -> list[bytes]:
         """The SIP messages of one direction, in order."""
@@ -104,6 +107,8 @@ class Message:
     conn: int
     direction: str
     payload: bytes
+    #: "tampered" or "lost" when the capture was damaged on purpose where this message ran
+    damage: str = ""
 
 
 @dataclass
@@ -126,6 +131,11 @@ class GroundTruth:
             if conn.client_port == port:
                 return conn
         raise KeyError(f"{self.name}: no connection with client port {port}")
+
+    @property
+    def damaged(self) -> bool:
+        """The capture was damaged on purpose (a tampered record, a lost segment)."""
+        return any(conn.damaged for conn in self.connections)
 
     @property
     def server_ports(self) -> list[int]:
@@ -236,8 +246,12 @@ def _load_scenario(path: Path, doc: dict[str, Any]) -> GroundTruth:
         conn = conns[int(m["conn"])]
         direction = m["dir"]
         payload = _to_bytes(m["text"])
-        conn.messages(direction).append(payload)
-        messages.append(Message(conn.index, direction, payload))
+        damage = "tampered" if m.get("tampered") else "lost" if m.get("lost") else ""
+        if damage:
+            conn.damaged.append((direction, payload))
+        else:
+            conn.messages(direction).append(payload)
+        messages.append(Message(conn.index, direction, payload, damage))
     settings = dict(doc.get("settings") or {})
     for ka in settings.get("keepalives") or []:
         conns[int(ka["conn"])].extras[ka["dir"]].append((int(ka["offset"]), _to_bytes(ka["data"])))

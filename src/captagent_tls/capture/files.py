@@ -178,23 +178,29 @@ class CaptureReader:
         linktype = struct.unpack_from(endian + "I", w.buf, 20)[0] & 0x0FFFFFFF
         unpack = struct.Struct(endian + "IIII").unpack_from
         pos = 24
+        buf, size = w.buf, len(w.buf)
         while True:
-            pos, ok = w.fetch(pos, 16)
-            if not ok:
-                self.truncated = pos < len(w.buf)
-                return
-            sec, frac, caplen, _origlen = unpack(w.buf, pos)
+            if pos + 16 > size:  # only a chunked (gzip, stdin) window needs refilling
+                pos, ok = w.fetch(pos, 16)
+                buf, size = w.buf, len(w.buf)
+                if not ok:
+                    self.truncated = pos < size
+                    return
+            sec, frac, caplen, _origlen = unpack(buf, pos)
             if caplen > MAX_BLOCK:
                 raise CaptureError(
                     f"{self.path}: corrupt pcap record at byte {w.base + pos} (length {caplen})"
                 )
-            pos, ok = w.fetch(pos, 16 + caplen)
-            if not ok:
-                self.truncated = True
-                return
             start = pos + 16
-            ts = sec * 1_000_000_000 + frac * frac_ns
-            yield Frame(ts, linktype, w.buf[start : start + caplen])
+            if start + caplen > size:
+                pos, ok = w.fetch(pos, 16 + caplen)
+                buf, size = w.buf, len(w.buf)
+                if not ok:
+                    self.truncated = True
+                    return
+                start = pos + 16
+            yield Frame(sec * 1_000_000_000 + frac * frac_ns, linktype,
+                        buf[start : start + caplen])
             pos = start + caplen
 
     def _pcapng(self, w: _Window) -> Iterator[Frame]:

@@ -33,6 +33,7 @@ TCP_ACK = 0x10
 _u16 = struct.Struct("!H").unpack_from
 _tcp = struct.Struct("!HHIIBB").unpack_from
 _udp = struct.Struct("!HHH").unpack_from
+_ipv4 = struct.Struct("!BxHHHxBxx4s4s").unpack_from
 
 
 class Segment(NamedTuple):
@@ -114,26 +115,25 @@ Decoded = Segment | Datagram | Fragment | Skip
 
 def decode(linktype: int, data: bytes | memoryview) -> Decoded:
     """Decode a frame down to its TCP segment or UDP datagram, or say why it has none."""
-    offset = ip_offset(linktype, data)
-    if isinstance(offset, Skip):
-        return offset
+    if linktype == LINKTYPE_ETHERNET and data[12:14] == b"\x08\x00":
+        offset = 14  # the common case, without the general link-layer walk
+    else:
+        found = ip_offset(linktype, data)
+        if isinstance(found, Skip):
+            return found
+        offset = found
     if len(data) < offset + 20:
         return TRUNCATED
     version = data[offset] >> 4
     if version == 4:
-        ihl = (data[offset] & 0x0F) * 4
-        total = _u16(data, offset + 2)[0]
-        protocol = data[offset + 9]
-        src = bytes(data[offset + 12 : offset + 16])
-        dst = bytes(data[offset + 16 : offset + 20])
+        version_ihl, total, ident, fragment, protocol, src, dst = _ipv4(data, offset)
         end = offset + total if total else len(data)  # TSO frames may carry total length 0
-        l4 = offset + ihl
-        fragment = _u16(data, offset + 6)[0]
+        l4 = offset + (version_ihl & 0x0F) * 4
         if fragment & 0x3FFF:  # MF flag or a fragment offset
             if end > len(data):
                 return TRUNCATED
-            return Fragment(src, dst, protocol, _u16(data, offset + 4)[0],
-                            (fragment & 0x1FFF) * 8, bool(fragment & 0x2000), data[l4:end])
+            return Fragment(src, dst, protocol, ident, (fragment & 0x1FFF) * 8,
+                            bool(fragment & 0x2000), data[l4:end])
     elif version == 6:
         if len(data) < offset + 40:
             return TRUNCATED
@@ -160,6 +160,10 @@ def decode(linktype: int, data: bytes | memoryview) -> Decoded:
     if end > len(data):
         # cut by the snap length: the missing bytes become a gap in the stream
         return TRUNCATED
+    if protocol == IPPROTO_TCP and l4 + 20 <= end:
+        sport, dport, seq, ack, data_offset, flags = _tcp(data, l4)
+        return Segment(src, dst, sport, dport, seq, ack, flags,
+                       data[l4 + (data_offset >> 4) * 4 : end])
     return transport(src, dst, protocol, data[l4:end])
 
 

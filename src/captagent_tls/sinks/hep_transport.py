@@ -52,6 +52,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import random
 import select
 import socket
@@ -314,6 +315,25 @@ _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)
 _WAIT_SLICE = 0.25  # blocking waits are cut into slices so that close() is noticed
 
 
+TLS_RECORD = 16384  # the largest TLS plaintext record
+
+
+def _records(packets: list[bytes]) -> list[list[bytes]]:
+    """Groups of consecutive packets that fit in one TLS record (a bigger packet alone)."""
+    groups: list[list[bytes]] = []
+    group: list[bytes] = []
+    size = 0
+    for packet in packets:
+        if group and size + len(packet) > TLS_RECORD:
+            groups.append(group)
+            group, size = [], 0
+        group.append(packet)
+        size += len(packet)
+    if group:
+        groups.append(group)
+    return groups
+
+
 class _Broken(Exception):
     """The connection is unusable; ``clean`` when the collector closed it in an orderly way."""
 
@@ -530,11 +550,11 @@ class StreamCollector(Collector):
             self._connected = True
             first = self._connections == 1
         if self._failing_since is not None:
-            log.warning("HEP collector %s: connected after %.1f s of failures", self.address,
+            log.warning("HEP collector %s: %s after %.1f s without a connection", self.address,
+                        "connected" if first else "reconnected",
                         time.monotonic() - self._failing_since)
         else:
-            log.info("HEP collector %s: %s", self.address,
-                     "connected" if first else "reconnected")
+            log.info("HEP collector %s: connected", self.address)
         self._failing_since = None
         self._logged_error = ""
 
@@ -555,8 +575,14 @@ class StreamCollector(Collector):
         for family, _, proto, _, sockaddr in infos:
             sock = socket.socket(family, socket.SOCK_STREAM, proto)
             try:
-                sock.settimeout(max(0.01, end - time.monotonic()))
-                sock.connect(sockaddr)
+                sock.setblocking(False)  # waits go through _wait(), which close() cuts short
+                code = sock.connect_ex(sockaddr)
+                if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EINTR):
+                    if not self._wait(sock, select.POLLOUT, end):
+                        raise TimeoutError(errno.ETIMEDOUT, "connection timed out")
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, os.strerror(code))
                 if sock.getsockname() == sock.getpeername():
                     # TCP simultaneous open with itself: nothing listens on that local port
                     raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
@@ -565,7 +591,6 @@ class StreamCollector(Collector):
                 error = exc
                 continue
             self._tune(sock)
-            sock.setblocking(False)
             return sock
         raise error
 
@@ -691,12 +716,24 @@ class StreamCollector(Collector):
             assert conn.tls_out is not None
             parts = [conn.tls_out.read()]  # anything TLS still had to say comes first
             offset += len(parts[0])
-            for packet in batch:  # one record per packet: exact end offsets on the wire
-                conn.tls.write(packet)
-                record = conn.tls_out.read()
-                parts.append(record)
-                offset += len(record)
-                conn.inflight.append((offset, packet))
+            done = 0
+            try:
+                # Packets go in records of at most 16 KiB and each is confirmed with the end of
+                # its record: a collector decrypts nothing of a record it did not get whole, so
+                # a record cut by a failure is sent again whole, without duplicates.
+                for group in _records(batch):
+                    conn.tls.write(group[0] if len(group) == 1 else b"".join(group))
+                    record = conn.tls_out.read()
+                    parts.append(record)
+                    offset += len(record)
+                    conn.inflight.extend((offset, packet) for packet in group)
+                    done += len(group)
+            except BaseException:
+                rest = batch[done:]  # never written: back to the queue, behind the in-flight
+                with self._cond:
+                    self._in_flight -= len(rest)
+                    self._queue.extendleft(reversed(rest))
+                raise
             data = b"".join(parts)
         self._write(conn, data)
 
@@ -778,6 +815,7 @@ class StreamCollector(Collector):
                 conn.sock.close()
         log.warning("HEP collector %s: connection lost: %s%s", self.address, broken.reason,
                     f"; {len(resend)} packets will be sent again" if resend else "")
+        self._failing_since = now  # the next connection is reported too
         if uptime >= self.retry.stable_after:
             self._delay = self.retry.backoff_initial
             self._next_attempt = now  # a long-lived connection ended: try again at once

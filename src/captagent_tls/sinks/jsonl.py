@@ -1,44 +1,52 @@
-"""JSON lines sink: one object per message."""
+"""JSON lines sink: one object per message.
+
+Fields: ts (seconds, microsecond precision, as HEP carries it), src_ip, src_port, dst_ip,
+dst_port, transport, direction, tls_version, cipher_suite, kind ("sip" or "raw"), call_id,
+and payload, or payload_b64 when the bytes are not UTF-8.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import Any, TextIO
+from typing import TextIO
 
 from captagent_tls.net.addresses import ip_text
 from captagent_tls.sip import Message
 
-
-def message_record(message: Message) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "ts": round(message.ts_ns / 1e9, 6),
-        "src_ip": ip_text(message.src[0]),
-        "src_port": message.src[1],
-        "dst_ip": ip_text(message.dst[0]),
-        "dst_port": message.dst[1],
-        "transport": message.transport,
-        "direction": "c2s" if message.from_client else "s2c",
-        "tls_version": message.tls_version or None,
-        "cipher_suite": message.cipher_suite or None,
-        "kind": "sip" if message.is_sip else "raw",
-        "call_id": message.call_id,
-    }
-    try:
-        record["payload"] = message.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        record["payload_b64"] = base64.b64encode(message.payload).decode("ascii")
-    return record
+# ASCII-only output: no line separators (U+2028) or encodings to trip over in consumers
+_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
 class JsonLinesSink:
+    """The line is put together by hand: the fixed fields need no escaping, and this runs
+    once per message."""
+
     def __init__(self, out: TextIO, flush_each: bool = False):
         self.out = out
         self.flush_each = flush_each
-        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 
     def emit(self, message: Message) -> None:
-        self.out.write(self._dumps(message_record(message)) + "\n")
+        src_addr, src_port = message.src
+        dst_addr, dst_port = message.dst
+        seconds, nanos = divmod(message.ts_ns, 1_000_000_000)
+        try:
+            payload = '"payload": ' + _string(message.payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            payload = ('"payload_b64": "'
+                       + base64.b64encode(message.payload).decode("ascii") + '"')
+        call_id = "null" if message.call_id is None else _string(message.call_id)
+        version = _string(message.tls_version) if message.tls_version else "null"
+        suite = _string(message.cipher_suite) if message.cipher_suite else "null"
+        self.out.write(
+            f'{{"ts": {seconds}.{nanos // 1000:06d}, "src_ip": "{ip_text(src_addr)}", '
+            f'"src_port": {src_port}, "dst_ip": "{ip_text(dst_addr)}", "dst_port": {dst_port}, '
+            f'"transport": "{message.transport}", '
+            f'"direction": "{"c2s" if message.from_client else "s2c"}", '
+            f'"tls_version": {version}, "cipher_suite": {suite}, '
+            f'"kind": "{"sip" if message.is_sip else "raw"}", "call_id": {call_id}, '
+            f"{payload}}}\n"
+        )
         if self.flush_each:
             self.out.flush()
 

@@ -351,6 +351,26 @@ class TlsConnection:
     def _record(self, direction: int, content_type: int, version: int, fragment: bytes,
                 ts: int, events: list[Event]) -> None:
         side = self.sides[direction]
+        decryptor = side.decryptor
+        if (content_type == APPLICATION_DATA and decryptor is not None and side.phase != EARLY
+                and not side.resync and not side.gap_pending
+                and (not side.held or self._replaying)):
+            # the steady state of a session, kept short: it runs once per record
+            try:
+                content_type, fragment = decryptor.open(content_type, version, fragment)
+            except RecordAuthError:
+                self.stats.records_failed += 1
+                decryptor.seq += 1  # the sender used this sequence number; the next goes on
+                side.gap_pending = True
+                return
+            self.stats.records_decrypted += 1
+            if content_type == APPLICATION_DATA:
+                if fragment:
+                    events.append(AppData(self.flow, direction, fragment, ts,
+                                          self.info or _NO_INFO))
+                return
+            self._dispatch(direction, content_type, fragment, ts, events)
+            return
         if side.held and not self._replaying:
             self._hold(direction, (content_type, version, fragment, ts), events)
             return
@@ -377,6 +397,12 @@ class TlsConnection:
         elif side.resync:
             side.resync = False
         self.record_version = version
+        self._dispatch(direction, content_type, fragment, ts, events)
+
+    def _dispatch(self, direction: int, content_type: int, fragment: bytes, ts: int,
+                  events: list[Event]) -> None:
+        """Act on a record's (decrypted) content."""
+        side = self.sides[direction]
         if content_type == APPLICATION_DATA:
             if fragment:
                 if side.gap_pending:

@@ -1,0 +1,698 @@
+"""HEP delivery to collectors over UDP, TCP and TLS, with real sockets on 127.0.0.1.
+
+The local TCP/TLS collectors parse the HEP3 stream (each packet carries its own length) and
+record every packet; each test message carries its sequence number, so loss, duplication and
+reordering are all visible.  Timings are short (fast backoff); the outage length is
+``HEP_TEST_OUTAGE_S`` seconds (default 2.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import logging
+import os
+import re
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_value
+
+from captagent_tls.sinks.hep import (
+    CHUNK_CORRELATION_ID,
+    CHUNK_NODE_NAME,
+    CollectorAddressError,
+    HepConfigError,
+    HepOptions,
+    HepSink,
+    QueueLimits,
+    RetryPolicy,
+    TlsOptions,
+    encode_hep3,
+)
+from captagent_tls.sinks.hep_transport import StreamCollector, open_collector
+from captagent_tls.sip import Message
+
+OUTAGE_S = float(os.environ.get("HEP_TEST_OUTAGE_S", "2.5"))
+FAST = RetryPolicy(backoff_initial=0.05, backoff_max=0.3, idle_check=0.05, connect_timeout=2.0,
+                   send_timeout=5.0)
+LINUX = sys.platform.startswith("linux")
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def message(seq: int, *, is_sip: bool = True, payload: bytes | None = None,
+            call_id: str | None = None) -> Message:
+    if payload is None:
+        payload = (f"OPTIONS sip:{seq:08d}@example.test SIP/2.0\r\nCall-ID: c{seq:08d}\r\n"
+                   "Content-Length: 0\r\n\r\n").encode()
+    return Message(1_700_000_000_000_000_000 + seq * 1000, (b"\x0a\x00\x00\x01", 40000),
+                   (b"\x0a\x00\x00\x02", 5061), "tls", payload,
+                   f"c{seq:08d}" if call_id is None else call_id, is_sip, True, "TLSv1.2", "X")
+
+
+def packet(seq: int) -> bytes:
+    return encode_hep3(message(seq), HepOptions())
+
+
+PACKET_SIZE = len(packet(0))  # every test packet has this size
+
+
+def seq_of(hep: bytes) -> int:
+    payload = chunk_value(hep, CHUNK_PAYLOAD)
+    assert payload is not None
+    match = re.match(rb"OPTIONS sip:(\d+)@", payload)
+    assert match, payload[:40]
+    return int(match[1])
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- local collector
+
+
+class StreamServer:
+    """A HEP collector over TCP (or TLS with ``context``) on 127.0.0.1, restartable on its port.
+
+    ``read=False`` accepts connections but never reads (a stalled collector).  ``stop(mode)``:
+    ``graceful`` half-closes and reads until the sender closes (a collector draining on
+    shutdown), ``abrupt`` closes at once, ``reset`` closes with a TCP reset (SO_LINGER 0).
+    """
+
+    def __init__(self, context: ssl.SSLContext | None = None, read: bool = True,
+                 rcvbuf: int | None = None):
+        self.context = context
+        self.read = read
+        self.rcvbuf = rcvbuf
+        self.port = 0
+        self.packets: list[bytes] = []
+        self.errors: list[str] = []
+        self.handshake_failures: list[str] = []
+        self.connections = 0
+        self.clean_eofs = 0  # connections the sender ended in order (TLS: with close_notify)
+        self.unread_at_stop = 0  # bytes left in kernel receive buffers at a reset
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._socks: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._mode = "graceful"
+        self._listener: socket.socket | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{'tls' if self.context else 'tcp'}://127.0.0.1:{self.port}"
+
+    def start(self) -> StreamServer:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.rcvbuf:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        listener.settimeout(0.02)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, args=(listener, self._stop),
+                                          daemon=True)]
+        self._threads[0].start()
+        return self
+
+    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            thread = threading.Thread(target=self._serve, args=(sock, stop), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        listener.close()
+
+    def _serve(self, sock: socket.socket, stop: threading.Event) -> None:
+        with self._cond:
+            self.connections += 1
+            self._socks.append(sock)
+        if self.context is not None:
+            sock.settimeout(5)
+            try:
+                sock = self.context.wrap_socket(sock, server_side=True,
+                                                suppress_ragged_eofs=False)
+            except (ssl.SSLError, OSError) as exc:
+                with self._cond:
+                    self.handshake_failures.append(str(exc))
+                sock.close()
+                return
+        sock.settimeout(0.02)
+        buffer = bytearray()
+        draining_until = None
+        while True:
+            if stop.is_set() and draining_until is None:
+                if self._mode != "graceful":
+                    self._close_abruptly(sock, self._mode == "reset")
+                    return
+                with contextlib.suppress(OSError):  # a FIN; TLS state untouched
+                    socket.socket.shutdown(sock, socket.SHUT_WR)
+                draining_until = time.monotonic() + 5
+            if draining_until is not None and time.monotonic() > draining_until:
+                break
+            if not self.read and not stop.is_set():
+                time.sleep(0.02)
+                continue
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except ssl.SSLError as exc:  # includes a TCP EOF without close_notify
+                with self._cond:
+                    self.errors.append(f"TLS: {exc}")
+                break
+            except OSError:
+                break
+            if not data:
+                with self._cond:
+                    self.clean_eofs += 1
+                break
+            buffer += data
+            self._parse(buffer)
+        sock.close()
+
+    def _close_abruptly(self, sock: socket.socket, reset: bool) -> None:
+        if reset:
+            if LINUX:
+                import fcntl
+                import termios
+
+                raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+                with self._cond:
+                    self.unread_at_stop += struct.unpack("i", raw)[0]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+    def _parse(self, buffer: bytearray) -> None:
+        found = []
+        pos = 0
+        while len(buffer) - pos >= 6:
+            if buffer[pos:pos + 4] != b"HEP3":
+                self.errors.append(f"bad magic {bytes(buffer[pos:pos + 4])!r}")
+                pos = len(buffer)
+                break
+            total = int.from_bytes(buffer[pos + 4:pos + 6], "big")
+            if len(buffer) - pos < total:
+                break
+            found.append(bytes(buffer[pos:pos + total]))
+            pos += total
+        del buffer[:pos]
+        if found:
+            with self._cond:
+                self.packets.extend(found)
+                self._cond.notify_all()
+
+    def stop(self, mode: str = "graceful") -> None:
+        """Stop listening at once; connections end as ``mode`` says (see the class)."""
+        self._mode = mode
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(timeout=10)
+
+    def seqs(self) -> list[int]:
+        with self._cond:
+            return [seq_of(p) for p in self.packets]
+
+    def wait_for(self, n: int, timeout: float = 10.0) -> list[int]:
+        end = time.monotonic() + timeout
+        with self._cond:
+            while len(self.packets) < n and time.monotonic() < end:
+                self._cond.wait(end - time.monotonic())
+        return self.seqs()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- throwaway PKI
+
+
+@dataclass
+class Pki:
+    ca_file: str  # trusts the server certificates
+    other_ca_file: str  # a CA that signed nothing here
+    server: ssl.SSLContext  # certificate for 127.0.0.1 and localhost
+    wrong_name: ssl.SSLContext  # certificate for collector.example only
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                         encipher_only=False, decipher_only=False),
+                           critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _server_context(tmp: Path, stem: str, ca_key, ca_cert, dns: list[str],
+                    ips: list[str]) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i))
+                                              for i in ips]
+    cert = (x509.CertificateBuilder().subject_name(_name(dns[0])).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_path, key_path = tmp / f"{stem}.pem", tmp / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Pki:
+    tmp = tmp_path_factory.mktemp("pki")
+    ca_key, ca_cert = _ca("captagent-tls test CA")
+    _, other_cert = _ca("some other CA")
+    (tmp / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "other-ca.pem").write_bytes(other_cert.public_bytes(serialization.Encoding.PEM))
+    return Pki(str(tmp / "ca.pem"), str(tmp / "other-ca.pem"),
+               _server_context(tmp, "server", ca_key, ca_cert, ["localhost"], ["127.0.0.1"]),
+               _server_context(tmp, "wrong", ca_key, ca_cert, ["collector.example"], []))
+
+
+@pytest.fixture
+def servers():
+    """Starts StreamServers and stops whatever is left running at the end of the test."""
+    started: list[StreamServer] = []
+
+    def make(*args, **kwargs) -> StreamServer:
+        server = StreamServer(*args, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop("abrupt")
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def test_correlation_id_is_the_call_id_only_when_asked():
+    plain = encode_hep3(message(1), HepOptions(node_name="edge-1"))
+    assert chunk_value(plain, CHUNK_CORRELATION_ID) is None
+    assert chunk_value(plain, CHUNK_NODE_NAME) == b"edge-1"
+    correlated = encode_hep3(message(1), HepOptions(correlation_id=True))
+    assert chunk_value(correlated, CHUNK_CORRELATION_ID) == b"c00000001"
+    assert chunk_value(correlated, CHUNK_PAYLOAD) == message(1).payload  # payload still last
+    no_call_id = encode_hep3(message(1, call_id=""), HepOptions(correlation_id=True))
+    assert chunk_value(no_call_id, CHUNK_CORRELATION_ID) is None
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def test_udp_tcp_and_tls_collectors_each_get_every_message_once_in_order(pki, servers):
+    n = 300
+    tcp = servers()
+    tls = servers(pki.server)
+    with UdpCollector() as udp:
+        sink = HepSink([udp.address, tcp.address, tls.address], HepOptions(),
+                       tls=TlsOptions(ca_file=pki.ca_file), retry=FAST)
+        assert [c.address for c in sink.collectors] == [
+            f"udp://{udp.address}", tcp.address, tls.address]
+        for i in range(n):
+            sink.emit(message(i))
+            if i % 100 == 0:  # what the sink holds back is counted once, not per collector
+                sink.emit(message(i, is_sip=False, payload=b"\x16\x03 not sip"))
+                sink.emit(message(i, payload=b"SIP/2.0 200 OK\r\nl: 0\r\n\r\n"))
+                sink.emit(message(i, payload=b"INVITE " + b"x" * 70000))
+        sink.close()
+        udp_seqs = [seq_of(p) for p in udp.wait_for(n, timeout=5)]
+    assert udp_seqs == list(range(n))
+    assert tcp.seqs() == list(range(n))
+    assert tls.seqs() == list(range(n))
+    assert sink.stats.packets == n
+    assert (sink.stats.skipped_not_sip, sink.stats.skipped_short,
+            sink.stats.skipped_too_large) == (3, 3, 3)
+    for collector in sink.collectors:
+        stats = collector.stats
+        assert (stats.sent, stats.queued, stats.dropped, stats.dropped_at_shutdown,
+                stats.send_errors) == (n, 0, 0, 0, 0), collector.address
+    assert wait_until(lambda: tls.clean_eofs == 1 and tcp.clean_eofs == 1, 3)
+    assert not tls.errors and not tcp.errors  # TLS ended with close_notify, not a bare EOF
+
+
+def test_tls_untrusted_certificate_is_reported_once_counted_and_retried(pki, servers, caplog):
+    server = servers(pki.server)
+    collector = open_collector(server.address, tls=TlsOptions(ca_file=pki.other_ca_file),
+                               retry=FAST)
+    with caplog.at_level(logging.WARNING, logger="captagent_tls.hep"):
+        for i in range(5):
+            assert collector.submit(packet(i))
+        assert wait_until(lambda: collector.stats.tls_verify_failures >= 3, 5)
+        collector.close(timeout=0.2)
+    stats = collector.stats
+    assert not stats.connected and stats.sent == 0 and server.packets == []
+    assert stats.last_error.startswith("TLS certificate verification failed: ")
+    assert "issuer" in stats.last_error  # OpenSSL: "unable to get local issuer certificate"
+    assert stats.connect_failures >= stats.tls_verify_failures >= 3
+    assert stats.dropped_at_shutdown == 5
+    reports = [r.getMessage() for r in caplog.records if "cannot connect" in r.getMessage()]
+    assert len(reports) == 1, reports  # one line however many attempts
+    assert server.address in reports[0]
+
+
+def test_tls_system_cas_and_host_name_are_checked_by_default(pki, servers):
+    untrusted = servers(pki.server)
+    wrong_name = servers(pki.wrong_name)
+    system = open_collector(untrusted.address, retry=FAST)  # system CAs do not know ours
+    mismatch = open_collector(wrong_name.address, tls=TlsOptions(ca_file=pki.ca_file),
+                              retry=FAST)
+    named = open_collector(wrong_name.address, retry=FAST,
+                           tls=TlsOptions(ca_file=pki.ca_file, server_name="collector.example"))
+    for collector in (system, mismatch, named):
+        collector.submit(packet(7))
+    assert wait_until(lambda: system.stats.tls_verify_failures and
+                      mismatch.stats.tls_verify_failures, 5)
+    assert wrong_name.wait_for(1, timeout=5) == [7]  # through ``named``
+    for collector in (system, mismatch, named):
+        collector.close(timeout=0.5)
+    assert "mismatch" in mismatch.stats.last_error  # "IP address mismatch, certificate is ..."
+    assert named.stats.sent == 1 and named.stats.tls_verify_failures == 0
+
+
+def test_tls_insecure_skips_verification(pki, servers):
+    server = servers(pki.server)
+    collector = open_collector(server.address, tls=TlsOptions(insecure=True), retry=FAST)
+    for i in range(50):
+        collector.submit(packet(i))
+    collector.close(timeout=5)
+    assert server.seqs() == list(range(50))
+    assert collector.stats.sent == 50 and collector.stats.tls_verify_failures == 0
+
+
+def run_outage(server: StreamServer, collector, outage_s: float, interval: float = 0.002,
+               before_s: float = 0.7, after_s: float = 0.7) -> int:
+    """Submit a steady stream; stop the collector ``before_s`` in for ``outage_s``."""
+    submitted = 0
+    stop = threading.Event()
+
+    def produce() -> None:
+        nonlocal submitted
+        while not stop.is_set():
+            assert collector.submit(packet(submitted))
+            submitted += 1
+            time.sleep(interval)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        time.sleep(before_s)
+        server.stop("graceful")
+        time.sleep(outage_s)
+        server.start()  # same port
+        time.sleep(after_s)
+    finally:
+        stop.set()
+        producer.join()
+    return submitted
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
+def test_collector_outage_loses_nothing_and_keeps_order(pki, servers, scheme):
+    server = servers(pki.server if scheme == "tls" else None)
+    collector = open_collector(server.address, tls=TlsOptions(ca_file=pki.ca_file), retry=FAST)
+    started = time.monotonic()
+    submitted = run_outage(server, collector, OUTAGE_S)
+    collector.close(timeout=5)
+    assert server.seqs() == list(range(submitted))
+    stats = collector.stats
+    assert stats.sent == submitted and stats.reconnects >= 1 and stats.disconnects >= 1
+    assert stats.dropped == stats.dropped_at_shutdown == stats.queued == 0
+    assert stats.connect_failures >= 1  # the collector really was unreachable for a while
+    assert server.connections == stats.connections
+    assert time.monotonic() - started < OUTAGE_S + 5
+
+
+@pytest.mark.skipif(not LINUX, reason="tells acknowledged from unacknowledged bytes (SIOCOUTQ)")
+@pytest.mark.parametrize("scheme", ["tcp", "tls"])
+def test_packets_written_into_a_dead_connection_are_sent_again(pki, servers, monkeypatch,
+                                                                scheme):
+    """The sender does not notice that the collector went away before writing: the kernel
+    takes the bytes, the collector's kernel answers with a reset, nothing was acknowledged,
+    so everything is sent again on the next connection."""
+    server = servers(pki.server if scheme == "tls" else None)
+    collector = open_collector(server.address, tls=TlsOptions(ca_file=pki.ca_file), retry=FAST)
+    for i in range(100):
+        collector.submit(packet(i))
+    assert server.wait_for(100) == list(range(100))
+    assert wait_until(lambda: collector.stats.sent == 100, 2)
+    monkeypatch.setattr(StreamCollector, "_poll_peer", lambda self, conn: None)
+    server.stop("abrupt")  # nothing unread: a FIN, then resets for whatever arrives
+    for i in range(100, 200):
+        collector.submit(packet(i))  # written into the dead connection, "successfully"
+    time.sleep(0.2)
+    collector.submit(packet(200))  # this write fails: the connection is found broken
+    assert wait_until(lambda: collector.stats.resent >= 100, 3)
+    server.start()
+    collector.close(timeout=5)
+    assert server.seqs() == list(range(201))
+    assert collector.stats.sent == 201
+
+
+@pytest.mark.skipif(not LINUX, reason="tells acknowledged from unacknowledged bytes (SIOCOUTQ)")
+def test_reset_by_a_stalled_collector_loses_only_what_its_kernel_acknowledged(servers):
+    """The residual risk, measured: bytes the collector's kernel acknowledged but its
+    application never read are lost; all that sat in our send buffer is sent again."""
+    n = 3000
+    server = servers(read=False, rcvbuf=4096)
+    collector = open_collector(server.address, retry=FAST)
+    for i in range(n):
+        collector.submit(packet(i))
+    assert wait_until(lambda: collector.stats.in_flight > 0, 3)
+    time.sleep(0.3)  # the collector's receive window is full; our send buffer holds the rest
+    stalled = collector.stats
+    assert stalled.queued == n - stalled.sent
+    server.stop("reset")
+    lost_bound = server.unread_at_stop // PACKET_SIZE + 1
+    assert wait_until(lambda: collector.stats.resent > 0 and not collector.stats.connected, 3)
+    server.read = True
+    server.start()
+    collector.close(timeout=5)
+    received = server.seqs()
+    lost = n - len(received)
+    assert received == list(range(lost, n))  # a contiguous suffix: no gap, no duplicate
+    assert lost <= lost_bound
+    assert collector.stats.sent == n  # the lost ones had been acknowledged
+
+
+@pytest.mark.parametrize("limit", ["messages", "bytes"])
+def test_queue_too_small_drops_exactly_what_it_reports(servers, limit):
+    limits = (QueueLimits(max_messages=50) if limit == "messages" else
+              QueueLimits(max_bytes=50 * PACKET_SIZE))
+    server = servers()
+    collector = open_collector(server.address, limits=limits, retry=FAST)
+    seq = 0
+    for _ in range(40):
+        assert collector.submit(packet(seq))
+        seq += 1
+    assert server.wait_for(40) == list(range(40))
+    assert wait_until(lambda: collector.stats.queued == 0, 2)
+    server.stop("graceful")
+    assert wait_until(lambda: not collector.stats.connected, 3)
+    accepted = [collector.submit(packet(seq + i)) for i in range(200)]
+    seq += 200
+    assert accepted == [True] * 50 + [False] * 150
+    assert collector.stats.dropped == 150 and collector.stats.queued == 50
+    server.start()
+    assert server.wait_for(90) == list(range(90))
+    assert wait_until(lambda: collector.stats.queued == 0, 2)
+    for _ in range(40):  # fits: the queue has room again
+        assert collector.submit(packet(seq))
+        seq += 1
+    collector.close(timeout=5)
+    received = server.seqs()
+    stats = collector.stats
+    assert len(received) + stats.dropped == seq == 280
+    assert received == list(range(90)) + list(range(240, 280))
+    assert stats.sent == len(received) and stats.dropped_at_shutdown == 0
+
+
+@contextlib.contextmanager
+def blackhole():
+    """An address where connect() hangs: a listener whose accept queue is full."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = [socket.socket() for _ in range(4)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    try:
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        for sock in [*fillers, listener]:
+            sock.close()
+
+
+@pytest.mark.parametrize("situation", ["refused", "stalled", "blackholed"])
+def test_submit_never_blocks_while_the_collector_is_down_or_stalled(servers, situation):
+    stack = contextlib.ExitStack()
+    if situation == "refused":
+        address = f"tcp://127.0.0.1:{free_port()}"
+    elif situation == "stalled":
+        address = servers(read=False, rcvbuf=4096).address
+    else:
+        address = stack.enter_context(blackhole())
+    with stack:
+        slowest, total, close_s, collector = submit_20000_then_close(address)
+    stats = collector.stats
+    assert slowest < 0.05, f"slowest submit took {slowest * 1000:.1f} ms"
+    assert total < 2.0
+    assert close_s < 1.0  # close(0.3) returns in time even from a connect() that hangs
+    assert stats.dropped == 0 and stats.queued == 0
+    assert stats.sent + stats.dropped_at_shutdown == 20_000
+    if situation != "stalled":
+        assert stats.sent == 0 and not stats.connected
+    if situation == "refused":
+        assert stats.connect_failures >= 1 and stats.last_error == "Connection refused"
+    assert not collector.submit(packet(0))
+    assert collector.stats.dropped_at_shutdown == 20_001 - stats.sent
+
+
+def submit_20000_then_close(address: str):
+    collector = open_collector(address, retry=FAST)
+    slowest = 0.0
+    started = time.perf_counter()
+    for i in range(20_000):
+        t = time.perf_counter()
+        collector.submit(packet(i))
+        slowest = max(slowest, time.perf_counter() - t)
+        if i % 5000 == 0:
+            time.sleep(0.05)  # let the sender reach its blocking call
+    total = time.perf_counter() - started
+    closing = time.monotonic()
+    collector.close(timeout=0.3)
+    return slowest, total, time.monotonic() - closing, collector
+
+
+def test_close_flushes_the_queue_and_reports_what_it_could_not(servers):
+    server = servers()
+    collector = open_collector(server.address, retry=FAST)
+    n = 20_000
+    for i in range(n):
+        collector.submit(packet(i))
+    started = time.monotonic()
+    collector.close(timeout=10)
+    assert time.monotonic() - started < 10
+    assert server.seqs() == list(range(n))
+    stats = collector.stats
+    assert (stats.sent, stats.queued, stats.dropped_at_shutdown) == (n, 0, 0)
+    assert wait_until(lambda: server.clean_eofs == 1, 2)  # FIN after the last packet
+
+    down = open_collector(f"tcp://127.0.0.1:{free_port()}", retry=FAST)
+    for i in range(10):
+        down.submit(packet(i))
+    down.close(timeout=0.2)
+    assert (down.stats.sent, down.stats.dropped_at_shutdown) == (0, 10)
+
+
+def test_collector_comes_back_within_close_timeout(servers):
+    port = free_port()
+    collector = open_collector(f"tcp://127.0.0.1:{port}", retry=FAST)
+    for i in range(10):
+        collector.submit(packet(i))
+    server = StreamServer()
+    server.port = port
+    threading.Timer(0.5, server.start).start()
+    try:
+        collector.close(timeout=5)
+        assert server.wait_for(10, 2) == list(range(10))
+        assert collector.stats.sent == 10
+    finally:
+        server.stop("abrupt")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@pytest.mark.parametrize("addresses", [["no-such-host.invalid:9060"], ["tcp://h"],
+                                       ["tcp://127.0.0.1:9", "TCP://127.0.0.1:9"], []])
+def test_bad_collector_configuration_fails_at_construction(addresses):
+    with pytest.raises(HepConfigError) as info:
+        HepSink(addresses, HepOptions())
+    assert "\n" not in str(info.value)
+    if addresses:
+        assert isinstance(info.value, CollectorAddressError)
+        assert "collector" in str(info.value)
+
+
+def test_unreadable_ca_file_is_a_configuration_error(tmp_path):
+    with pytest.raises(HepConfigError, match="CA file"):
+        HepSink(["tls://127.0.0.1:9061"], tls=TlsOptions(ca_file=str(tmp_path / "none.pem")))
+
+
+def test_udp_send_errors_are_counted():
+    with UdpCollector() as udp:
+        collector = open_collector(udp.address)
+        assert collector.submit(packet(1))
+        assert not collector.submit(b"HEP3" + b"\0" * 65520)  # too big for a datagram
+        collector.close()
+        assert [seq_of(p) for p in udp.wait_for(1, 2)] == [1]
+    stats = collector.stats
+    assert (stats.sent, stats.send_errors) == (1, 1)
+    assert "too long" in stats.last_error
+    assert not collector.submit(packet(2)) and collector.stats.dropped_at_shutdown == 1
+
