@@ -171,3 +171,44 @@ def test_malformed_key_log_lines_are_reported_by_number(tmp_path):
     proc = run(["-r", str(CAPTURE), "--keylog", str(keylog), "-q"])
     assert proc.returncode == 0
     assert "2 malformed key log line(s) ignored (line 3, 4)" in proc.stderr
+
+
+def _key_in_format(tmp_path, fmt: str):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    key = serialization.load_pem_private_key(KEY.read_bytes(), None)
+    cert = x509.load_pem_x509_certificate((KEYS / "server-rsa2048.crt").read_bytes())
+    enc, fmt_ = serialization.Encoding, serialization.PrivateFormat
+    none = serialization.NoEncryption()
+    data = {
+        "pkcs1-pem": lambda: key.private_bytes(enc.PEM, fmt_.TraditionalOpenSSL, none),
+        "pkcs8-pem": lambda: key.private_bytes(enc.PEM, fmt_.PKCS8, none),
+        "pkcs1-der": lambda: key.private_bytes(enc.DER, fmt_.TraditionalOpenSSL, none),
+        "pkcs8-der": lambda: key.private_bytes(enc.DER, fmt_.PKCS8, none),
+        "cert-then-key-bundle": lambda: cert.public_bytes(enc.PEM)
+        + key.private_bytes(enc.PEM, fmt_.PKCS8, none),
+        "pkcs12": lambda: pkcs12.serialize_key_and_certificates(
+            b"sip", key, cert, None, serialization.BestAvailableEncryption(b"p12pass")),
+        "pkcs12-no-password": lambda: pkcs12.serialize_key_and_certificates(
+            b"sip", key, cert, None, none),
+    }[fmt]()
+    path = tmp_path / f"key.{fmt}"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["pkcs1-pem", "pkcs8-pem", "pkcs1-der", "pkcs8-der",
+                                 "cert-then-key-bundle", "pkcs12", "pkcs12-no-password"])
+def test_key_formats(tmp_path, fmt):
+    path = _key_in_format(tmp_path, fmt)
+    extra = ["--key-password", "p12pass"] if fmt == "pkcs12" else []
+    out = run_json(["-r", str(CAPTURE), "-k", str(path), *extra])
+    assert sorted(o["payload"].encode() for o in out) == expected_messages("tls12-aes128gcm-ems")
+
+
+def test_pkcs12_with_a_wrong_password(tmp_path):
+    path = _key_in_format(tmp_path, "pkcs12")
+    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path), "--key-password", "nope"]),
+                          "wrong password")
+    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path)]), "--key-password")

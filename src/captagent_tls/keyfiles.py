@@ -7,6 +7,7 @@ import getpass
 import os
 import re
 import sys
+import warnings
 from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -72,9 +73,13 @@ def _load(path: str, data: bytes, password: bytes | None,
                                lambda pw: load_der_private_key(data, pw))]
     except (ValueError, Exception):  # noqa: BLE001 - not DER: try PKCS#12 next
         pass
-    key = _with_password(path, password, prompt,
-                         lambda pw: pkcs12.load_key_and_certificates(data, pw)[0],
-                         pkcs12_file=True)
+    def load_pkcs12(pw: bytes | None) -> object:
+        with warnings.catch_warnings():
+            # older tools write BER; pyca reads it and warns, which would only confuse here
+            warnings.simplefilter("ignore", UserWarning)
+            return pkcs12.load_key_and_certificates(data, pw)[0]
+
+    key = _with_password(path, password, prompt, load_pkcs12, pkcs12_file=True)
     if key is None:
         raise KeyFileError(f"{path}: the PKCS#12 file holds no private key")
     return [key]
