@@ -73,26 +73,43 @@ class Run:
     returncode: int
     stderr: str
     stdout_path: Path | None = None
+    rss_exact: bool = True
 
 
-def measure(cmd: list[str], *, stdout: Path | None = None, stdin_null: bool = True) -> Run:
-    """Run ``cmd`` once; wall time around fork..reap, rusage of exactly that child.
+GNU_TIME = "/usr/bin/time"
 
-    ``os.wait4`` returns the rusage of the reaped child alone (and of its own
-    reaped descendants), so ``ru_maxrss`` is that process's peak, not the max
-    over every child this script ever had (as RUSAGE_CHILDREN would be).
+
+def have_gnu_time() -> bool:
+    if not os.access(GNU_TIME, os.X_OK):
+        return False
+    r = subprocess.run([GNU_TIME, "-f", "%M", "true"], capture_output=True, text=True)
+    return r.returncode == 0 and r.stderr.strip().isdigit()
+
+
+USE_GNU_TIME = have_gnu_time()
+
+
+def measure(
+    cmd: list[str], *, stdout: Path | None = None, env: dict[str, str] | None = None
+) -> Run:
+    """Run ``cmd`` once: wall time around spawn..reap, CPU time and peak RSS.
+
+    Peak RSS must not come from this (large) process's point of view: a child
+    spawned from here starts with this process's address space, and Linux
+    carries that high-water mark into the child's ``ru_maxrss`` across exec.
+    So the command is started by GNU time (``/usr/bin/time -f %M``, a ~1 MB
+    process) and its figure is used; without GNU time, ``os.wait4`` of the
+    direct child is used and the figure is an upper bound (``rss_exact`` false).
     stdout goes to /dev/null unless ``stdout`` names a file; stderr to a
     temporary file (so a full pipe can never stall the child).
     """
-    with tempfile.TemporaryFile("w+b") as err:
+    with tempfile.NamedTemporaryFile("w+b") as err, tempfile.NamedTemporaryFile("r") as tf:
+        argv = [GNU_TIME, "-o", tf.name, "-f", "MAXRSS_KB=%M", *cmd] if USE_GNU_TIME else cmd
         out_f = open(stdout, "wb") if stdout else open(os.devnull, "wb")  # noqa: SIM115
         try:
             t0 = time.perf_counter()
             proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL if stdin_null else None,
-                stdout=out_f,
-                stderr=err,
+                argv, stdin=subprocess.DEVNULL, stdout=out_f, stderr=err, env=env
             )
             _, status, ru = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - t0
@@ -101,14 +118,21 @@ def measure(cmd: list[str], *, stdout: Path | None = None, stdin_null: bool = Tr
             out_f.close()
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
+        maxrss_kb = ru.ru_maxrss  # Linux: KiB
+        exact = False
+        if USE_GNU_TIME:
+            m = re.search(r"MAXRSS_KB=(\d+)", tf.read())
+            if m:
+                maxrss_kb, exact = int(m.group(1)), True
     return Run(
         wall_s=wall,
         user_s=ru.ru_utime,
         sys_s=ru.ru_stime,
-        maxrss_mb=ru.ru_maxrss / 1024.0,  # Linux: KiB
+        maxrss_mb=maxrss_kb / 1024.0,
         returncode=proc.returncode,
         stderr=stderr,
         stdout_path=stdout,
+        rss_exact=exact,
     )
 
 
@@ -121,6 +145,7 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
         "best_user_s": round(best.user_s, 3),
         "best_sys_s": round(best.sys_s, 3),
         "peak_rss_mb": round(max(r.maxrss_mb for r in runs), 1),
+        "peak_rss_exact": all(r.rss_exact for r in runs),
     }
 
 
@@ -129,12 +154,15 @@ class UdpDrain:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        # SO_RCVBUFFORCE (33 on Linux; Python has no constant) lets root pass rmem_max
+        force = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform == "linux" else None)
+        for opt in (force, socket.SO_RCVBUF):
             if opt is None:
                 continue
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.SOL_SOCKET, opt, 64 << 20)
                 break
+        self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -241,6 +269,7 @@ def make_capture(
     if os.geteuid() != 0:
         raise SystemExit("recording on loopback needs root (tcpdump)")
     out.mkdir(parents=True, exist_ok=True)
+    js.unlink(missing_ok=True)  # a failed recording must not leave a stale pair for --reuse
     print(f"[{name}] recording {kind} capture {size} ...", flush=True)
     t0 = time.perf_counter()
     with one_shot_registry():
@@ -303,6 +332,42 @@ def _digest(direction: str, text: str) -> bytes:
 # --------------------------------------------------------------------------
 
 
+#: environment of our agent's runs; with --rev, PYTHONPATH points at an exported tree
+AGENT_ENV: dict[str, str] | None = None
+
+
+def export_rev(rev: str, dest: Path) -> str:
+    """Export ``src/`` of git revision ``rev`` under ``dest`` and run the agent from
+    there (PYTHONPATH comes before the editable install's path entry)."""
+    global AGENT_ENV
+    full = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", full, "src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(dest / "src")
+    where = subprocess.run(
+        [sys.executable, "-c", "import captagent_tls; print(captagent_tls.__file__)"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not where.startswith(str(dest)):
+        raise SystemExit(f"--rev: captagent_tls still imports from {where}")
+    AGENT_ENV = env
+    return full
+
+
 def agent_cmd() -> list[str]:
     """The console script next to this interpreter (not a pyenv/asdf shim, whose
     start-up would be timed too); ``python -m captagent_tls`` as a fallback."""
@@ -312,8 +377,9 @@ def agent_cmd() -> list[str]:
     return [sys.executable, "-m", "captagent_tls"]
 
 
-_SIP_STAT = re.compile(r"^SIP messages: (\d+);", re.M)
-_HEP_STAT = re.compile(r"^HEP \S+: (\d+) sent, (\d+) send errors", re.M)
+# the stats summary on stderr ("SIP messages: N ...", "HEP host:port: N sent, E send errors ...")
+_SIP_STAT = re.compile(r"^SIP messages: (\d+)\b", re.M)
+_HEP_STAT = re.compile(r"^HEP \S+: (\d+) sent\b(?:, (\d+) send errors)?", re.M)
 
 
 def stat_sip(run: Run) -> int:
@@ -331,7 +397,9 @@ def check_ok(run: Run, what: str) -> None:
 def verify_ours(pcap: Path, gt: dict[str, Any], out: Path, keep: bool) -> dict[str, Any]:
     """One untimed run with --json into a file; every message checked against the truth."""
     jl = out / f"{pcap.stem}.ours.jsonl"
-    run = measure([*agent_cmd(), "-r", str(pcap), "-k", str(KEY), "--json"], stdout=jl)
+    run = measure(
+        [*agent_cmd(), "-r", str(pcap), "-k", str(KEY), "--json"], stdout=jl, env=AGENT_ENV
+    )
     check_ok(run, "verification run")
     want = collections.Counter(_digest(m["dir"], m["text"]) for m in gt["messages"])
     want_ids = collections.Counter(call_id(m["text"]) for m in gt["messages"])
@@ -367,10 +435,12 @@ def verify_ours(pcap: Path, gt: dict[str, Any], out: Path, keep: bool) -> dict[s
     return {"sip_messages": n_sip, "payloads_match": True, "call_ids_match": True}
 
 
-def time_ours_json(pcap: Path, expected: int, runs: int) -> dict[str, Any]:
+def time_ours_json(
+    pcap: Path, expected: int, runs: int, after_each: RsaCeiling | None = None
+) -> dict[str, Any]:
     rs = []
     for i in range(runs):
-        r = measure([*agent_cmd(), "-r", str(pcap), "-k", str(KEY), "--json"])
+        r = measure([*agent_cmd(), "-r", str(pcap), "-k", str(KEY), "--json"], env=AGENT_ENV)
         check_ok(r, f"json run {i + 1}")
         n = stat_sip(r)
         if n != expected:
@@ -380,6 +450,8 @@ def time_ours_json(pcap: Path, expected: int, runs: int) -> dict[str, Any]:
             flush=True,
         )
         rs.append(r)
+        if after_each is not None:
+            after_each.run()
     return summarize(rs)
 
 
@@ -390,7 +462,7 @@ def time_startup(out: Path, runs: int) -> dict[str, Any]:
     empty.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1))
     rs = []
     for i in range(runs):
-        r = measure([*agent_cmd(), "-r", str(empty), "-k", str(KEY), "--json"])
+        r = measure([*agent_cmd(), "-r", str(empty), "-k", str(KEY), "--json"], env=AGENT_ENV)
         check_ok(r, f"start-up run {i + 1}")
         rs.append(r)
     return summarize(rs)
@@ -404,12 +476,14 @@ def time_ours_hep(pcap: Path, expected: int, runs: int) -> dict[str, Any]:
         for i in range(runs):
             drain.reset()
             hep = f"127.0.0.1:{drain.port}"
-            r = measure([*agent_cmd(), "-r", str(pcap), "-k", str(KEY), "--hep", hep])
+            r = measure(
+                [*agent_cmd(), "-r", str(pcap), "-k", str(KEY), "--hep", hep], env=AGENT_ENV
+            )
             check_ok(r, f"hep run {i + 1}")
             n = stat_sip(r)
             m = _HEP_STAT.search(r.stderr)
             sent = int(m.group(1)) if m else -1
-            errors = int(m.group(2)) if m else -1
+            errors = int(m.group(2) or 0) if m else -1
             if n != expected or sent != expected or errors:
                 raise WrongOutput(
                     f"{pcap.name} hep run {i + 1}: {n} SIP messages, {sent} HEP sent, "
@@ -510,34 +584,44 @@ def tshark_version() -> str | None:
 # --------------------------------------------------------------------------
 
 
-def rsa_ceiling(count: int, runs: int) -> dict[str, Any]:
+class RsaCeiling:
     """``count`` bare RSA-2048 PKCS#1 v1.5 decryptions of 48-byte pre-master
-    secrets encrypted to the server key, timed in this process (best of ``runs``)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import padding
+    secrets encrypted to the server key, timed in this process.  One pass runs
+    right after each of our timed ``--json`` runs on the handshake capture, so
+    both see about the same machine load; the best pass counts."""
 
-    key = serialization.load_pem_private_key(KEY.read_bytes(), password=None)
-    pub = key.public_key()
-    pms = [b"\x03\x03" + os.urandom(46) for _ in range(count)]
-    cts = [pub.encrypt(p, padding.PKCS1v15()) for p in pms]
-    pad = padding.PKCS1v15()
-    decrypt = key.decrypt
-    times = []
-    for _ in range(runs):
+    def __init__(self, count: int) -> None:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        self.key = serialization.load_pem_private_key(KEY.read_bytes(), password=None)
+        pub = self.key.public_key()
+        self.pad = padding.PKCS1v15()
+        self.pms = [b"\x03\x03" + os.urandom(46) for _ in range(count)]
+        self.cts = [pub.encrypt(p, self.pad) for p in self.pms]
+        self.times: list[float] = []
+        if [self.key.decrypt(ct, self.pad) for ct in self.cts] != self.pms:
+            raise RuntimeError("RSA ceiling: decryption gave wrong pre-master secrets")
+
+    def run(self) -> float:
+        decrypt, pad = self.key.decrypt, self.pad
         t0 = time.perf_counter()
-        for ct in cts:
+        for ct in self.cts:
             decrypt(ct, pad)
-        times.append(time.perf_counter() - t0)
-    if [decrypt(ct, pad) for ct in cts] != pms:
-        raise RuntimeError("RSA ceiling: decryption gave wrong pre-master secrets")
-    best = min(times)
-    return {
-        "decryptions": count,
-        "key_bits": key.key_size,
-        "best_s": round(best, 3),
-        "runs_s": [round(t, 3) for t in times],
-        "per_op_ms": round(best / count * 1000, 3),
-    }
+        t = time.perf_counter() - t0
+        self.times.append(t)
+        print(f"    RSA ceiling  run {len(self.times)}: {t:8.2f} s", flush=True)
+        return t
+
+    def result(self) -> dict[str, Any]:
+        best = min(self.times)
+        return {
+            "decryptions": len(self.cts),
+            "key_bits": self.key.key_size,
+            "best_s": round(best, 3),
+            "runs_s": [round(t, 3) for t in self.times],
+            "per_op_ms": round(best / len(self.cts) * 1000, 3),
+        }
 
 
 # --------------------------------------------------------------------------
@@ -584,6 +668,17 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def source_info() -> dict[str, Any]:
+    """Which code was measured: the commit and whether src/ had local changes."""
+
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    dirty = [ln[3:] for ln in git("status", "--porcelain", "--", "src").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD") or None, "src_changes": dirty}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -603,6 +698,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs of our agent (best of N)")
     ap.add_argument("--tshark-runs", type=int, default=1, help="runs of tshark (best of N)")
     ap.add_argument("--only", choices=("bulk", "handshakes"), help="run one benchmark only")
+    ap.add_argument(
+        "--rev",
+        metavar="REV",
+        help="measure src/ of this git revision (exported to OUT/rev-src) instead of the "
+        "work tree, e.g. HEAD while src/ is being edited",
+    )
     ap.add_argument("--no-tshark", action="store_true", help="skip tshark")
     ap.add_argument("--no-hep", action="store_true", help="skip the --hep runs")
     ap.add_argument(
@@ -618,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = "quick-" if args.quick else ""
     kinds = [args.only] if args.only else ["bulk", "handshakes"]
     started = time.perf_counter()
+    rev = export_rev(args.rev, out / "rev-src") if args.rev else None
     results: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
@@ -625,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
         "tshark_runs": 0 if args.no_tshark else args.tshark_runs,
         "machine": machine_info(),
         "agent": " ".join(agent_cmd()),
+        "source": {"rev": rev[:12]} if rev else source_info(),
+        "peak_rss_via": "GNU time %M" if USE_GNU_TIME else "os.wait4 (upper bound)",
         "targets": {
             "bulk_tshark_over_ours_min": TARGET_TSHARK_RATIO,
             "bulk_peak_rss_mb_max": TARGET_RSS_MB,
@@ -649,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table()
     # 2.-4. timings
+    with contextlib.suppress(OSError):
+        results["machine"]["loadavg_before_timing"] = [round(x, 2) for x in os.getloadavg()]
     try:
         startup = results["ours_startup"] = time_startup(out, args.runs)
     except WrongOutput as exc:
@@ -678,21 +784,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"[{time.perf_counter() - t0:.1f} s]",
                 flush=True,
             )
-            res["ours_json"] = time_ours_json(pcap, expected, args.runs)
+            ceiling = None
+            if kind == "handshakes":
+                ceiling = RsaCeiling(sum(1 for c in gt["connections"] if not c["reused"]))
+            res["ours_json"] = time_ours_json(pcap, expected, args.runs, ceiling)
             if not args.no_hep:
                 res["ours_hep"] = time_ours_hep(pcap, expected, args.runs)
         except WrongOutput as exc:
             failures.append(f"{kind}: {exc}")
             print(f"    WRONG OUTPUT: {exc}", flush=True)
             continue
-        if kind == "handshakes":
-            full = sum(1 for c in gt["connections"] if not c["reused"])
-            res["rsa_ceiling"] = rsa_ceiling(full, args.runs)
-            print(
-                f"    RSA ceiling: {full} decryptions in {res['rsa_ceiling']['best_s']:.2f} s "
-                f"({res['rsa_ceiling']['per_op_ms']:.3f} ms each)",
-                flush=True,
-            )
+        if ceiling is not None:
+            res["rsa_ceiling"] = ceiling.result()
         if not args.no_tshark and args.tshark_runs > 0:
             res["tshark"] = time_tshark(pcap, gt, args.tshark_runs, out)
 
@@ -788,12 +891,27 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"captagent-tls benchmark{' (QUICK)' if args.quick else ''} - {m.get('cpu', '?')}, "
-        f"{m['cpus']} CPUs, load {m.get('loadavg_at_start')}, Python {m['python']}, "
+        f"{m['cpus']} CPUs, load {m.get('loadavg_before_timing')} before timing, "
+        f"Python {m['python']}, "
         f"{m['openssl']}, {m['tshark']}"
     )
+    src = results["source"]
+    if rev:
+        code = f"src/ of git revision {rev[:12]}"
+    else:
+        code = f"commit {src['commit']}"
+        if src["src_changes"]:
+            code += f" + uncommitted changes in {len(src['src_changes'])} src files"
+    print(f"  code: {code}; peak RSS via {results['peak_rss_via']}")
     if table.rows:
         print(table.render())
-    print(f"  total {results['total_s']:.0f} s; results in {out / name}")
+    gen = ", ".join(
+        f"{k} {results[k]['capture']['seconds']} s"
+        if results[k]["capture"]["seconds"] is not None
+        else f"{k} reused"
+        for k in kinds
+    )
+    print(f"  recording: {gen}; total {results['total_s']:.0f} s; results in {out / name}")
     if failures:
         print("\nFAILED (wrong output):\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_types, chunk_value, w
 from captagent_tls.sinks.hep import (
     CollectorAddressError,
     HepOptions,
-    HepUdpSink,
+    HepSink,
     encode_hep3,
     parse_collector,
 )
@@ -47,8 +47,15 @@ def test_ipv6_addresses_and_optional_chunks_left_out():
     assert chunk_value(packet, 0x0001) == bytes([socket.AF_INET6])
 
 
-def test_plain_tcp_messages_say_tcp():
+def test_plain_messages_carry_their_real_ip_protocol():
     assert chunk_value(encode_hep3(message(transport="tcp"), HepOptions()), 2) == bytes([6])
+    assert chunk_value(encode_hep3(message(transport="udp"), HepOptions()), 2) == bytes([17])
+
+
+def test_correlation_id_only_when_asked():
+    assert 0x0011 not in chunk_types(encode_hep3(message(), HepOptions()))
+    packet = encode_hep3(message(), HepOptions(correlation_id=True))
+    assert chunk_value(packet, 0x0011) == b"1"
 
 
 @pytest.mark.parametrize(
@@ -72,7 +79,7 @@ def test_bad_collector_addresses(text):
 
 def test_what_heplify_would_drop_is_counted_not_sent():
     with UdpCollector() as collector:
-        sink = HepUdpSink(collector.address, HepOptions())
+        sink = HepSink([collector.address], HepOptions())
         sink.emit(message())
         sink.emit(message(payload=b"SIP/2.0 200 OK\r\nl: 0\r\n\r\n"))  # 24 bytes
         sink.emit(message(payload=b"\x00binary", is_sip=False))
@@ -81,8 +88,8 @@ def test_what_heplify_would_drop_is_counted_not_sent():
         sink.close()
     assert len(packets) == 1 and walk_hep3(packets[0])[-1].value == SIP
     stats = sink.stats
-    assert (stats.sent, stats.skipped_short, stats.skipped_not_sip, stats.skipped_too_large) == (
-        1, 1, 1, 1)
+    assert sink.collectors[0].stats.sent == 1
+    assert (stats.skipped_short, stats.skipped_not_sip, stats.skipped_too_large) == (1, 1, 1)
 
 
 def test_json_lines_escape_and_fall_back_to_base64():

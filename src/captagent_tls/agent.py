@@ -97,6 +97,7 @@ class Agent:
                 next_tick = now + TICK_NS // 5
                 added += sum(source.poll() for source in self.key_files)
                 pipeline.expire(now)
+                self.kernel = self.capture.stats()  # read here only: libpcap is not threadsafe
             if added:
                 pipeline.keys_added(now)
             if self._reload:
@@ -104,7 +105,6 @@ class Agent:
                 self._do_reload(now)
             if self.report_stats is not None and now >= next_stats:
                 next_stats = now + self.stats_interval_ns
-                self.kernel = self.capture.stats()
                 self.report_stats()
 
     def _read_frames(self) -> None:

@@ -11,13 +11,15 @@ import argparse
 import io
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from captagent_tls import __version__
 from captagent_tls.capture import CaptureError
 from captagent_tls.capture.bpf import FrameFilter
 from captagent_tls.capture.files import CaptureReader
+from captagent_tls.capture.live import KernelStats
 from captagent_tls.config import ConfigError, load_captagent, load_native, resolve
 from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
 from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
@@ -25,7 +27,7 @@ from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
-from captagent_tls.sinks.hep import CollectorAddressError, HepOptions, HepUdpSink
+from captagent_tls.sinks.hep import HepConfigError, HepOptions, HepSink, QueueLimits, TlsOptions
 from captagent_tls.sinks.jsonl import JsonLinesSink
 from captagent_tls.tls.events import SessionSecret
 from captagent_tls.tls.keylog import KeyLogResult, load_key_log
@@ -85,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one JSON object per message on stdout")
     out.add_argument("--console", action=argparse.BooleanOptionalAction, default=False,
                      help="print messages on the console even when another output is chosen")
-    out.add_argument("--hep", metavar="[udp://]HOST:PORT", action="append", default=[],
-                     help="send each SIP message as a HEPv3 packet to this collector; repeatable")
+    out.add_argument("--hep", metavar="[udp|tcp|tls://]HOST:PORT", action="append", default=[],
+                     help="send each SIP message as a HEPv3 packet to this collector (UDP when "
+                          "no scheme is given); repeatable: every collector gets every message")
     out.add_argument("--hep-id", metavar="N", type=int, default=2001,
                      help="HEP capture agent id (default 2001)")
     out.add_argument("--hep-password", metavar="KEY", default="",
@@ -94,11 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--hep-ip-proto", metavar="N", type=int, default=22,
                      help="IP protocol number sent for decrypted TLS: 22 (default, shown as "
                           "'tls' by HOMER) or 6 for the real TCP value")
+    out.add_argument("--hep-node-name", metavar="NAME", default=socket.gethostname(),
+                     help="HEP node name (chunk 0x0013; default: the host name)")
+    out.add_argument("--hep-correlation", action=argparse.BooleanOptionalAction, default=False,
+                     help="send the SIP Call-ID as HEP correlation id (chunk 0x0011)")
+    out.add_argument("--hep-ca", metavar="FILE",
+                     help="trust this CA for tls:// collectors (heplify-server makes its own)")
+    out.add_argument("--hep-insecure", action=argparse.BooleanOptionalAction, default=False,
+                     help="do not verify the certificate of tls:// collectors")
+    out.add_argument("--hep-queue", metavar="MESSAGES[,BYTES]", default="100000,64M",
+                     help="per tcp/tls collector, what may wait while it is unreachable "
+                          "(default 100000,64M); what does not fit is counted as dropped")
     agent = parser.add_argument_group("running as an agent")
     agent.add_argument("--user", metavar="NAME",
                        help="drop root to this user once the capture is open and keys are read")
     agent.add_argument("--stats-interval", metavar="SECONDS", type=float, default=60.0,
                        help="log stats this often when capturing live (default 60)")
+    agent.add_argument("--metrics", metavar="HOST:PORT",
+                       help="serve Prometheus metrics over HTTP here")
     tuning = parser.add_argument_group("tuning")
     tuning.add_argument("--flow-timeout", metavar="SECONDS", type=float, default=180.0,
                         help="close flows idle this long, in capture time (default 180)")
@@ -156,8 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bool(args.read) == bool(args.interface):
             raise UserError("give a capture file (-r FILE) or an interface (-i IFACE)")
         return run_live(args) if args.interface else run_offline(args)
-    except (UserError, CaptureError, KeyFileError, CollectorAddressError,
-            KeySourceError) as exc:
+    except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError) as exc:
         print(f"captagent-tls: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
@@ -244,15 +259,34 @@ def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
         raise UserError("--hep-ip-proto must be an IP protocol number (0-255)")
     if not 0 <= args.hep_id <= 0xFFFFFFFF:
         raise UserError("--hep-id must fit in 32 bits")
-    hep_options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
-                             ip_proto_tls=args.hep_ip_proto)
-    for address in args.hep:
-        sinks.append(HepUdpSink(address, hep_options))
+    if args.hep:
+        if args.hep_insecure and any(a.lower().startswith("tls://") for a in args.hep):
+            log.warning("--hep-insecure: the certificates of tls:// collectors are not verified")
+        options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
+                             ip_proto_tls=args.hep_ip_proto, node_name=args.hep_node_name,
+                             correlation_id=args.hep_correlation)
+        sinks.append(HepSink(args.hep, options, limits=parse_queue_limits(args.hep_queue),
+                             tls=TlsOptions(ca_file=args.hep_ca, insecure=args.hep_insecure)))
     if args.json:
         sinks.append(JsonLinesSink(sys.stdout, flush_each=live))
     if args.console or not sinks:
         sinks.append(ConsoleSink(sys.stdout, flush_each=live))
     return sinks
+
+
+def parse_queue_limits(text: str) -> QueueLimits:
+    """``MESSAGES[,BYTES]``; bytes may end in K, M or G."""
+    messages_text, _, bytes_text = text.partition(",")
+    try:
+        messages = int(messages_text)
+        size = QueueLimits().max_bytes
+        if bytes_text:
+            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(bytes_text[-1:].upper(), 1)
+            size = int(bytes_text.rstrip("KkMmGg")) * unit
+        return QueueLimits(messages, size)
+    except ValueError:
+        raise UserError(f"bad --hep-queue {text!r}: expected MESSAGES[,BYTES], "
+                        "e.g. 100000,64M") from None
 
 
 def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> PipelineOptions:
@@ -341,6 +375,8 @@ def run_live(args: argparse.Namespace) -> int:
     agent = Agent(capture, pipeline, key_files, listeners,
                   reload_keys=lambda: load_rsa_key_files(args, keys, live=True),
                   stats_interval_s=args.stats_interval, report_stats=report)
+    if args.metrics:
+        start_metrics(args.metrics, pipeline, sinks, lambda: agent.kernel)
     log.info("capturing on %s", args.interface)
     try:
         agent.run()
@@ -353,6 +389,19 @@ def run_live(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_stats(pipeline, sinks, agent.kernel), file=sys.stderr)
     return 0
+
+
+def start_metrics(address: str, pipeline: Pipeline, sinks: list[Sink],
+                  kernel: Callable[[], KernelStats | None]) -> None:
+    from captagent_tls.metrics import AgentCollector, serve_metrics
+
+    collectors = [c for sink in sinks if isinstance(sink, HepSink) for c in sink.collectors]
+    try:
+        serve_metrics(address, AgentCollector(pipeline, kernel, lambda: collectors))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot serve metrics on {address}: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
+    log.info("metrics on http://%s/metrics", address)
 
 
 def drop_privileges(user: str) -> None:

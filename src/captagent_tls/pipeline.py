@@ -142,6 +142,8 @@ class Pipeline:
                 if framer is None:
                     framer = self._framers[key] = SipFramer()
                 units = framer.feed(event.data)
+                if framer.idle:
+                    del self._framers[key]  # nothing held: idle sessions keep no SIP state
                 if units:
                     self._deliver(event.flow, event.direction, units, event.ts_ns, event)
             elif type(event) is AppGap:

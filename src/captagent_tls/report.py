@@ -7,7 +7,7 @@ from typing import TextIO
 from captagent_tls.capture.live import KernelStats
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.sinks import Sink
-from captagent_tls.sinks.hep import HepUdpSink
+from captagent_tls.sinks.hep import HepSink
 from captagent_tls.tls.events import TlsProblem
 
 
@@ -54,11 +54,6 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
         f"decrypted application data: {stats.raw_chunks} chunks, {stats.raw_bytes} bytes",
     ]
     for sink in sinks:
-        if isinstance(sink, HepUdpSink):
-            hep = sink.stats
-            lines.append(
-                f"HEP {sink.address}: {hep.sent} sent, {hep.send_errors} send errors; not sent: "
-                f"{hep.skipped_not_sip} not SIP, {hep.skipped_short} too short, "
-                f"{hep.skipped_too_large} too large"
-            )
+        if isinstance(sink, HepSink):
+            lines.extend(sink.summary_lines())
     return "\n".join(lines)

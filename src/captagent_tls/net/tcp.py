@@ -33,7 +33,7 @@ def seq_delta(a: int, b: int) -> int:
     return d - 0x100000000 if d >= SEQ_HALF else d
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Flow:
     """One TCP connection.  ``endpoints[d]`` is the sender of direction ``d``.
 

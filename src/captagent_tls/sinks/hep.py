@@ -90,40 +90,76 @@ class HepTooLarge(ValueError):
     pass
 
 
+class HepEncoder:
+    """Builds HEPv3 packets.  The chunks that depend only on the endpoints and the options are
+    built once per (source, destination, transport) and reused: per message only the time,
+    the correlation id and the payload are new."""
+
+    CACHE = 4096
+
+    def __init__(self, options: HepOptions):
+        self.options = options
+        static = [_chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_SIP])),
+                  _chunk(CHUNK_CAPTURE_ID, options.capture_id.to_bytes(4, "big"))]
+        if options.password:
+            static.append(_chunk(CHUNK_AUTH_KEY, options.password.encode()))
+        if options.node_name:
+            static.append(_chunk(CHUNK_NODE_NAME, options.node_name.encode()))
+        self._static = b"".join(static)
+        self._addresses: dict[tuple[tuple[bytes, int], tuple[bytes, int], str], bytes] = {}
+
+    def _address_chunks(self, message: Message) -> bytes:
+        key = (message.src, message.dst, message.transport)
+        chunks = self._addresses.get(key)
+        if chunks is None:
+            (src_addr, src_port), (dst_addr, dst_port) = message.src, message.dst
+            ipv6 = len(src_addr) == 16
+            ip_proto = {"tls": self.options.ip_proto_tls, "udp": 17}.get(message.transport, 6)
+            chunks = b"".join((
+                _chunk(CHUNK_IP_FAMILY, bytes([socket.AF_INET6 if ipv6 else socket.AF_INET])),
+                _chunk(CHUNK_IP_PROTO, bytes([ip_proto])),
+                _chunk(CHUNK_IPV6_SRC if ipv6 else CHUNK_IPV4_SRC, src_addr),
+                _chunk(CHUNK_IPV6_DST if ipv6 else CHUNK_IPV4_DST, dst_addr),
+                _chunk(CHUNK_SRC_PORT, src_port.to_bytes(2, "big")),
+                _chunk(CHUNK_DST_PORT, dst_port.to_bytes(2, "big")),
+            ))
+            if len(self._addresses) >= self.CACHE:
+                self._addresses.clear()
+            self._addresses[key] = chunks
+        return chunks
+
+    def encode(self, message: Message) -> bytes:
+        payload = message.payload
+        if len(payload) > MAX_HEP_PACKET:
+            raise HepTooLarge(f"payload of {len(payload)} bytes does not fit in HEPv3")
+        seconds, micros = divmod(message.ts_ns // 1000, 1_000_000)
+        correlation = b""
+        if self.options.correlation_id and message.call_id:
+            correlation = _chunk(CHUNK_CORRELATION_ID, message.call_id.encode())
+        body = b"".join((
+            self._address_chunks(message),
+            _time_chunks_packed(seconds, micros),
+            self._static,
+            correlation,
+            _chunk_header(0, CHUNK_PAYLOAD, 6 + len(payload)),
+            payload,
+        ))
+        total = 6 + len(body)
+        if total > MAX_HEP_PACKET:
+            raise HepTooLarge(f"HEP packet of {total} bytes exceeds the 65535-byte limit")
+        return HEP_MAGIC + total.to_bytes(2, "big") + body
+
+
+_time_chunks = struct.Struct("!HHHIHHHI").pack  # 0x0009 seconds, 0x000a microseconds
+
+
+def _time_chunks_packed(seconds: int, micros: int) -> bytes:
+    return _time_chunks(0, CHUNK_TS_SEC, 10, seconds, 0, CHUNK_TS_USEC, 10, micros)
+
+
 def encode_hep3(message: Message, options: HepOptions) -> bytes:
-    if len(message.payload) > MAX_HEP_PACKET:
-        raise HepTooLarge(f"payload of {len(message.payload)} bytes does not fit in HEPv3")
-    src_addr, src_port = message.src
-    dst_addr, dst_port = message.dst
-    ipv6 = len(src_addr) == 16
-    ip_proto = options.ip_proto_tls if message.transport == "tls" else 6
-    seconds, micros = divmod(message.ts_ns // 1000, 1_000_000)
-    parts = [
-        _chunk(CHUNK_IP_FAMILY, bytes([socket.AF_INET6 if ipv6 else socket.AF_INET])),
-        _chunk(CHUNK_IP_PROTO, bytes([ip_proto])),
-        _chunk(CHUNK_IPV6_SRC if ipv6 else CHUNK_IPV4_SRC, src_addr),
-        _chunk(CHUNK_IPV6_DST if ipv6 else CHUNK_IPV4_DST, dst_addr),
-        _chunk(CHUNK_SRC_PORT, src_port.to_bytes(2, "big")),
-        _chunk(CHUNK_DST_PORT, dst_port.to_bytes(2, "big")),
-        _chunk(CHUNK_TS_SEC, seconds.to_bytes(4, "big")),
-        _chunk(CHUNK_TS_USEC, micros.to_bytes(4, "big")),
-        _chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_SIP])),
-        _chunk(CHUNK_CAPTURE_ID, options.capture_id.to_bytes(4, "big")),
-    ]
-    if options.password:
-        parts.append(_chunk(CHUNK_AUTH_KEY, options.password.encode()))
-    if options.correlation_id and message.call_id:
-        parts.append(_chunk(CHUNK_CORRELATION_ID, message.call_id.encode()))
-    if options.node_name:
-        parts.append(_chunk(CHUNK_NODE_NAME, options.node_name.encode()))
-    parts.append(_chunk(CHUNK_PAYLOAD, message.payload))
-    body = b"".join(parts)
-    total = 6 + len(body)
-    if total > MAX_HEP_PACKET:
-        raise HepTooLarge(f"HEP packet of {total} bytes exceeds the 65535-byte limit")
-    return HEP_MAGIC + total.to_bytes(2, "big") + body
-
-
+    """One message as a HEPv3 packet (see :class:`HepEncoder`, which the sink keeps)."""
+    return HepEncoder(options).encode(message)
 
 
 @dataclass
@@ -153,6 +189,7 @@ class HepSink:
         if not collectors:
             raise HepConfigError("no HEP collector given")
         self.options = options or HepOptions()
+        self.encoder = HepEncoder(self.options)
         self.close_timeout = close_timeout
         self.stats = HepSinkStats()
         built: list[Collector] = []
@@ -184,7 +221,7 @@ class HepSink:
             stats.skipped_short += 1
             return
         try:
-            packet = encode_hep3(message, self.options)
+            packet = self.encoder.encode(message)
         except HepTooLarge:
             stats.skipped_too_large += 1
             return
@@ -222,36 +259,3 @@ class HepSink:
                 line += f"; last error: {c.last_error}"
             lines.append(line)
         return lines
-
-
-@dataclass
-class HepStats:
-    """Counters of the one-collector :class:`HepUdpSink` (kept for the current callers)."""
-
-    sent: int = 0
-    send_errors: int = 0
-    skipped_not_sip: int = 0
-    skipped_short: int = 0
-    skipped_too_large: int = 0
-
-
-class HepUdpSink:
-    """Deprecated: one collector through :class:`HepSink`.  Remove once cli.py and report.py
-    use HepSink (which also speaks tcp:// and tls://)."""
-
-    def __init__(self, address: str, options: HepOptions):
-        self.sink = HepSink([address], options)
-        self.address = address
-
-    @property
-    def stats(self) -> HepStats:
-        s = self.sink.stats
-        c = self.sink.collectors[0].stats
-        return HepStats(c.sent, c.send_errors + c.dropped + c.dropped_at_shutdown,
-                        s.skipped_not_sip, s.skipped_short, s.skipped_too_large)
-
-    def emit(self, message: Message) -> None:
-        self.sink.emit(message)
-
-    def close(self) -> None:
-        self.sink.close()

@@ -83,6 +83,11 @@ class SipFramer:
         self.started = False  # a first SIP message has been framed
         self.raw = False  # the stream did not begin with SIP: pass it on as it comes
 
+    @property
+    def idle(self) -> bool:
+        """Holds nothing a fresh framer would not know: it may be dropped between messages."""
+        return not self.buf and not self.hunting and not self.raw
+
     def feed(self, data: bytes) -> list[Unit]:
         if self.raw:
             return [Unit(data, None, False)]

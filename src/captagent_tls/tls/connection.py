@@ -13,7 +13,6 @@ and decrypted as soon as they do.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from hmac import compare_digest
 from typing import TYPE_CHECKING
@@ -145,13 +144,17 @@ class _Side:
         self.trials: list[tuple[bytes, Decryptor, Decryptor]] = []  # (master, mine, peer's)
         self.resync = False
         self.gap_pending = False
-        self.held: deque[Record] = deque()
+        self.held: list[Record] = []
         self.held_bytes = 0
         self.held_since = 0
         self.dead = False
 
 
 class TlsConnection:
+    __slots__ = ("flow", "tracker", "stats", "sides", "client_dir", "is_tls", "handshake",
+                 "version", "suite", "client_random", "record_version", "info", "failed",
+                 "handshakes", "closed", "_replaying", "__weakref__")
+
     def __init__(self, flow: Flow, tracker: TlsTracker):
         self.flow = flow
         self.tracker = tracker
@@ -159,8 +162,10 @@ class TlsConnection:
         self.sides = (_Side(), _Side())
         self.client_dir: int | None = None
         self.is_tls: bool | None = None  # None until the first bytes say
-        self.handshake: _Handshake | None = None
+        self.handshake: _Handshake | None = None  # while one runs; dropped once it is done
         self.version = 0
+        self.suite: CipherSuite | None = None
+        self.client_random = b""
         self.record_version = 0
         self.info: TlsInfo | None = None
         self.failed = ""  # why the current session cannot be decrypted
@@ -301,6 +306,7 @@ class TlsConnection:
                 self.client_dir = direction
                 # the SSLv2 record body is what the Finished hash covers (RFC 5246 E.2)
                 self.handshake = _Handshake(hello, [head[2 : 2 + length]])
+                self.client_random = hello.random
                 self.handshakes += 1
                 rest = head[2 + length :]
                 if rest:
@@ -360,7 +366,7 @@ class TlsConnection:
                 content_type, fragment = decryptor.open(content_type, version, fragment)
             except RecordAuthError:
                 self.stats.records_failed += 1
-                decryptor.seq += 1  # the sender used this sequence number; the next goes on
+                decryptor.skip(fragment)  # it was sent: the next record follows it
                 side.gap_pending = True
                 return
             self.stats.records_decrypted += 1
@@ -438,7 +444,7 @@ class TlsConnection:
             opened = decryptor.open(content_type, version, fragment)
         except RecordAuthError:
             self.stats.records_failed += 1
-            decryptor.seq += 1  # the sender used this sequence number; the next goes on
+            decryptor.skip(fragment)  # it was sent: the next record follows it
             side.gap_pending = True
             return None
         self.stats.records_decrypted += 1
@@ -499,6 +505,7 @@ class TlsConnection:
             self.stats.resyncs += 1
             return opened
         decryptor.seq = first
+        decryptor.follow(fragment)
         self.stats.records_failed += 1
         return None
 
@@ -584,19 +591,20 @@ class TlsConnection:
     def _replay(self, direction: int, events: list[Event]) -> None:
         side = self.sides[direction]
         held = side.held
-        side.held = deque()
+        side.held = []
         self.tracker.note_released(self, side.held_bytes)
         side.held_bytes = 0
         self._replaying = True
         try:
-            while held:
+            for index, record in enumerate(held):
                 if side.held:  # a record was held again: keep the rest behind it
-                    for record in held:
-                        side.held_bytes += len(record[2])
-                    self.tracker.note_waiting(self, sum(len(r[2]) for r in held))
-                    side.held.extend(held)
+                    rest = held[index:]
+                    size = sum(len(r[2]) for r in rest)
+                    side.held_bytes += size
+                    self.tracker.note_waiting(self, size)
+                    side.held.extend(rest)
                     return
-                self._record(direction, *held.popleft(), events)
+                self._record(direction, *record, events)
         finally:
             self._replaying = False
 
@@ -636,18 +644,17 @@ class TlsConnection:
         if msg_type == hsk.CLIENT_HELLO:
             self._client_hello(direction, message, body)
             return
+        if is_tls13(self.version) and msg_type in (hsk.NEW_SESSION_TICKET, hsk.KEY_UPDATE):
+            # post-handshake messages: not part of the transcript
+            if msg_type == hsk.KEY_UPDATE:
+                self._key_update(direction)
+            return
         hs = self.handshake
         if hs is None or msg_type == hsk.HELLO_REQUEST or self.client_dir is None:
             return
         from_client = direction == self.client_dir
         if msg_type == hsk.FINISHED:
             self._finished(direction, hs, message, ts, events)
-            return
-        tls13 = is_tls13(hs.version)
-        if tls13 and msg_type in (hsk.NEW_SESSION_TICKET, hsk.KEY_UPDATE):
-            # post-handshake messages: not part of the transcript
-            if msg_type == hsk.KEY_UPDATE:
-                self._key_update(direction)
             return
         if all(hs.finished):
             if msg_type == hsk.NEW_SESSION_TICKET:
@@ -684,8 +691,10 @@ class TlsConnection:
             hs.client_hello = hello
             hs.server_hello = None
             hs.transcript.append(message)
+            self.client_random = hello.random
             return
         self.handshake = _Handshake(hello, [message])
+        self.client_random = hello.random
         self.handshakes += 1
 
     def _server_hello(self, hs: _Handshake, message: bytes, ts: int, events: list[Event]) -> None:
@@ -695,7 +704,7 @@ class TlsConnection:
                  else hsk.parse_server_hello(body))
         hs.server_hello = hello
         hs.version = self.version = hello.version
-        suite = hs.suite = lookup(hello.cipher_suite)
+        suite = hs.suite = self.suite = lookup(hello.cipher_suite)
         self.info = TlsInfo(version_name(hello.version), suite_name(hello.cipher_suite))
         if suite is None or not suite.supported:
             self._fail(UNSUPPORTED_SUITE, ts, events)
@@ -883,8 +892,8 @@ class TlsConnection:
         if all(hs.finished) and not hs.failed and self.info is not None:
             events.append(HandshakeDone(self.flow, self.info.version, self.info.cipher_suite,
                                         hs.abbreviated, ts))
-            if not is_tls13(hs.version):
-                hs.transcript = []
+            # what an idle session keeps is its keys: the handshake's state can go
+            self.handshake = None
 
     def _proven(self, hs: _Handshake, events: list[Event]) -> None:
         """A Finished verified: the keys are right.  Count and cache the session."""
@@ -925,28 +934,26 @@ class TlsConnection:
             self._replay(self.client_dir, events)
 
     def _tls13_secret(self, role: int, phase: int) -> bytes | None:
-        hs = self.handshake
-        if hs is None:
-            return None
-        logged = self.tracker.keys.secrets_for(hs.client_hello.random)
+        logged = self.tracker.keys.secrets_for(self.client_random)
         if logged is None:
             return None
         return logged.tls13.get(TLS13_SECRET_LABELS[(role, phase)])
 
     def _tls13_decryptor(self, secret: bytes) -> Decryptor | None:
-        hs = self.handshake
-        assert hs is not None and hs.suite is not None
-        key, iv = traffic_key_iv(hs.suite.prf_hash, secret, hs.suite.key_len)
-        return AeadDecryptor(hs.suite, key, iv, hs.version)
+        suite = self.suite
+        assert suite is not None
+        key, iv = traffic_key_iv(suite.prf_hash, secret, suite.key_len)
+        return AeadDecryptor(suite, key, iv, self.version)
 
     def _install(self, direction: int) -> None:
         """Give a side the keys of its phase, if they are known by now."""
         side = self.sides[direction]
         hs = self.handshake
-        if hs is None or hs.suite is None or not hs.suite.supported:
+        if self.suite is None or not self.suite.supported:
             return
-        if not is_tls13(hs.version):
-            if side.phase == PROTECTED and hs.pending[self._role(direction)] is not None:
+        if not is_tls13(self.version):
+            if (hs is not None and side.phase == PROTECTED
+                    and hs.pending[self._role(direction)] is not None):
                 role = self._role(direction)
                 side.decryptor, hs.pending[role] = hs.pending[role], None
             return
@@ -969,11 +976,10 @@ class TlsConnection:
 
     def _key_update(self, direction: int) -> None:
         side = self.sides[direction]
-        hs = self.handshake
-        if not side.traffic_secret or hs is None or hs.suite is None:
+        if not side.traffic_secret or self.suite is None:
             side.decryptor = None
             return
-        side.traffic_secret = next_traffic_secret(hs.suite.prf_hash, side.traffic_secret)
+        side.traffic_secret = next_traffic_secret(self.suite.prf_hash, side.traffic_secret)
         side.decryptor = self._tls13_decryptor(side.traffic_secret)
         self.stats.key_updates += 1
 

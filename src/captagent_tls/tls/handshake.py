@@ -87,7 +87,7 @@ class ClientHello:
     version: int
     random: bytes
     session_id: bytes
-    cipher_suites: list[int]
+    cipher_suites: bytes  # two bytes per suite, as offered
     extensions: dict[int, bytes] = field(default_factory=dict)
 
     @property
@@ -136,8 +136,7 @@ def parse_client_hello(body: bytes) -> ClientHello:
     version = r.uint(2)
     random = r.take(32)
     session_id = r.vector(1)
-    suites_raw = r.vector(2)
-    suites = [int.from_bytes(suites_raw[i : i + 2], "big") for i in range(0, len(suites_raw), 2)]
+    suites = r.vector(2)
     r.vector(1)  # compression methods
     return ClientHello(version, random, session_id, suites, _extensions(r))
 
@@ -155,8 +154,7 @@ def parse_sslv2_client_hello(record: bytes) -> ClientHello:
     if not 16 <= challenge_len <= 32:
         raise ParseError("bad SSLv2 challenge length")
     # 3-byte SSLv2 cipher specs; those with a zero first byte are TLS cipher suites
-    suites = [int.from_bytes(specs[i + 1 : i + 3], "big") for i in range(0, len(specs), 3)
-              if specs[i] == 0]
+    suites = b"".join(specs[i + 1 : i + 3] for i in range(0, len(specs), 3) if specs[i] == 0)
     random = challenge.rjust(32, b"\x00")  # RFC 5246 Appendix E.2
     return ClientHello(version, random, session_id, suites, {})
 

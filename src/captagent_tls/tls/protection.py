@@ -8,6 +8,7 @@ Cipher objects are built once per direction; each decryptor counts its own seque
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from hmac import compare_digest
 
 from cryptography.exceptions import InvalidTag
@@ -54,6 +55,47 @@ class Decryptor:
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Drop the OpenSSL context; the next record builds it again from the key."""
+
+    def skip(self, fragment: bytes) -> None:
+        """A record that could not be opened was still sent: move past it."""
+        self.follow(fragment)
+        self.seq += 1
+
+    def follow(self, fragment: bytes) -> None:
+        """Take from a record what the next one depends on, other than its sequence number
+        (the chained IV of SSLv3/TLS 1.0 CBC)."""
+
+
+class LiveContexts:
+    """Keeps OpenSSL cipher and MAC contexts for the most recently used decryptors only.
+
+    A context costs 1-2 KB of C memory (AES-GCM precomputes its GHASH tables), and an agent
+    may hold 100,000 idle sessions: their keys stay, their contexts go, and come back in a few
+    microseconds when a record arrives.
+    """
+
+    def __init__(self, limit: int = 8192):
+        self.limit = limit
+        self._live: OrderedDict[Decryptor, None] = OrderedDict()
+
+    def touch(self, decryptor: Decryptor) -> None:
+        live = self._live
+        if decryptor in live:
+            live.move_to_end(decryptor)
+            return
+        live[decryptor] = None
+        if len(live) > self.limit:
+            oldest, _ = live.popitem(last=False)
+            oldest.release()
+
+    def forget(self, decryptor: Decryptor) -> None:
+        self._live.pop(decryptor, None)
+
+
+LIVE_CONTEXTS = LiveContexts()
+
 
 class AeadDecryptor(Decryptor):
     """AES-GCM, AES-CCM and ChaCha20-Poly1305, in TLS 1.2 (RFC 5288, 6655, 7905) and 1.3."""
@@ -67,14 +109,26 @@ class AeadDecryptor(Decryptor):
         self.explicit = 0 if self.tls13 else suite.explicit_nonce_len
         self.iv = iv
         self.iv_int = int.from_bytes(iv, "big")
-        if suite.algorithm == "AESGCM":
-            self.aead: AESGCM | AESCCM | ChaCha20Poly1305 = AESGCM(key)
-        elif suite.algorithm == "AESCCM":
-            self.aead = AESCCM(key, tag_length=suite.tag_len)
+        self.key = key
+        self.algorithm = suite.algorithm
+        self.aead: AESGCM | AESCCM | ChaCha20Poly1305 | None = None
+
+    def _context(self) -> AESGCM | AESCCM | ChaCha20Poly1305:
+        if self.algorithm == "AESGCM":
+            aead: AESGCM | AESCCM | ChaCha20Poly1305 = AESGCM(self.key)
+        elif self.algorithm == "AESCCM":
+            aead = AESCCM(self.key, tag_length=self.tag_len)
         else:
-            self.aead = ChaCha20Poly1305(key)
+            aead = ChaCha20Poly1305(self.key)
+        self.aead = aead
+        return aead
+
+    def release(self) -> None:
+        self.aead = None
 
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
+        LIVE_CONTEXTS.touch(self)
+        aead = self.aead or self._context()
         seq = self.seq
         explicit = self.explicit
         if explicit:
@@ -92,7 +146,7 @@ class AeadDecryptor(Decryptor):
                 raise RecordAuthError("record shorter than its tag")
             aad = _aad(seq, content_type, version, size)
         try:
-            plaintext = self.aead.decrypt(nonce, ciphertext, aad)
+            plaintext = aead.decrypt(nonce, ciphertext, aad)
         except InvalidTag:
             raise RecordAuthError("authentication tag mismatch") from None
         self.seq = seq + 1
@@ -112,8 +166,7 @@ class _MacCheck:
         self.ssl3 = version == SSL3
         self.hash_name = suite.mac_hash
         self.mac_key = mac_key
-        if not self.ssl3:
-            self.keyed = hmac.HMAC(mac_key, hash_algorithm(suite.mac_hash))
+        self.keyed: hmac.HMAC | None = None  # built on first use (see LiveContexts)
         pad = 48 if suite.mac_hash == "md5" else 40
         self.pad1, self.pad2 = b"\x36" * pad, b"\x5c" * pad
 
@@ -122,6 +175,8 @@ class _MacCheck:
             inner = digest(self.hash_name, self.mac_key, self.pad1, _seq(seq),
                            struct.pack("!BH", content_type, len(data)), data)
             return digest(self.hash_name, self.mac_key, self.pad2, inner)
+        if self.keyed is None:
+            self.keyed = hmac.HMAC(self.mac_key, hash_algorithm(self.hash_name))
         mac = self.keyed.copy()
         mac.update(_aad(seq, content_type, version, len(data)))
         mac.update(data)
@@ -135,8 +190,8 @@ class _MacCheck:
 class CbcDecryptor(Decryptor):
     """CBC suites: MAC-then-encrypt (with the padding check) or Encrypt-then-MAC (RFC 7366).
 
-    TLS 1.1+ carries an explicit IV per record; SSLv3 and TLS 1.0 chain the IV from the
-    previous record, which one long-lived CBC context does naturally.
+    TLS 1.1+ carries an explicit IV per record; SSLv3 and TLS 1.0 chain it: a record's IV
+    is the last ciphertext block of the one before.
     """
 
     def __init__(self, suite: CipherSuite, key: bytes, mac_key: bytes, iv: bytes, version: int,
@@ -148,17 +203,25 @@ class CbcDecryptor(Decryptor):
         self.ssl3 = version == SSL3
         self.mac = _MacCheck(suite, mac_key, version)
         self.algorithm = _block_cipher(suite.algorithm, key)
-        self.chained: CipherContext | None = None
-        if not self.explicit_iv:
-            self.chained = Cipher(self.algorithm, modes.CBC(iv)).decryptor()
+        self.chained_iv = iv
+
+    def release(self) -> None:
+        self.mac.keyed = None
+
+    def follow(self, fragment: bytes) -> None:
+        if not self.explicit_iv and len(fragment) >= self.block:
+            body = fragment[: -self.mac.size] if self.etm else fragment
+            self.chained_iv = body[-self.block :]
 
     def _decrypt(self, data: bytes) -> bytes:
-        if self.chained is not None:
-            return self.chained.update(data)
-        iv, body = data[: self.block], data[self.block :]
+        if self.explicit_iv:
+            iv, body = data[: self.block], data[self.block :]
+        else:
+            iv, body = self.chained_iv, data
         return Cipher(self.algorithm, modes.CBC(iv)).decryptor().update(body)
 
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
+        LIVE_CONTEXTS.touch(self)
         seq = self.seq
         mac_len = self.mac.size
         if self.etm:
@@ -166,8 +229,8 @@ class CbcDecryptor(Decryptor):
             if len(body) % self.block or len(tag) != mac_len or not body:
                 raise RecordAuthError("bad CBC record length")
             self.mac.verify(seq, content_type, version, body, tag)
-            plaintext = self._decrypt(body)
-            plaintext = self._strip_padding(plaintext)
+            plaintext = self._strip_padding(self._decrypt(body))
+            self.follow(fragment)
             self.seq = seq + 1
             return content_type, plaintext
         if len(fragment) % self.block or len(fragment) < mac_len + 1:
@@ -178,6 +241,7 @@ class CbcDecryptor(Decryptor):
             raise RecordAuthError("record shorter than its MAC")
         data, tag = content[: len(content) - mac_len], content[len(content) - mac_len :]
         self.mac.verify(seq, content_type, version, data, tag)
+        self.follow(fragment)
         self.seq = seq + 1
         return content_type, data
 
@@ -205,7 +269,11 @@ class StreamDecryptor(Decryptor):
         if suite.kind == "stream":
             self.stream = Cipher(decrepit.ARC4(key), mode=None).decryptor()
 
+    def release(self) -> None:
+        self.mac.keyed = None  # the RC4 state cannot be rebuilt: it stays
+
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
+        LIVE_CONTEXTS.touch(self)
         plaintext = self.stream.update(fragment) if self.stream is not None else fragment
         mac_len = self.mac.size
         if len(plaintext) < mac_len:
