@@ -9,25 +9,15 @@ reordering are all visible.  Timings are short (fast backoff); the outage length
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import logging
 import os
 import re
 import socket
-import ssl
-import struct
-import sys
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from support.collectors import LINUX, Pki, StreamServer, free_port, make_pki
 from support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_value
 
 from captagent_tls.sinks.hep import (
@@ -48,7 +38,7 @@ from captagent_tls.sip import Message
 OUTAGE_S = float(os.environ.get("HEP_TEST_OUTAGE_S", "2.5"))
 FAST = RetryPolicy(backoff_initial=0.05, backoff_max=0.3, idle_check=0.05, connect_timeout=2.0,
                    send_timeout=5.0)
-LINUX = sys.platform.startswith("linux")
+
 
 
 # --------------------------------------------------------------------------- messages
@@ -79,6 +69,14 @@ def seq_of(hep: bytes) -> int:
     return int(match[1])
 
 
+def seqs(server: StreamServer) -> list[int]:
+    return [seq_of(p) for p in list(server.packets)]
+
+
+def wait_for(server: StreamServer, n: int, timeout: float = 10.0) -> list[int]:
+    return [seq_of(p) for p in server.wait_for_packets(n, timeout)]
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -91,243 +89,9 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool
 # --------------------------------------------------------------------------- local collector
 
 
-class StreamServer:
-    """A HEP collector over TCP (or TLS with ``context``) on 127.0.0.1, restartable on its port.
-
-    ``read=False`` accepts connections but never reads (a stalled collector).  ``stop(mode)``:
-    ``graceful`` half-closes and reads until the sender closes (a collector draining on
-    shutdown), ``abrupt`` closes at once, ``reset`` closes with a TCP reset (SO_LINGER 0).
-    """
-
-    def __init__(self, context: ssl.SSLContext | None = None, read: bool = True,
-                 rcvbuf: int | None = None):
-        self.context = context
-        self.read = read
-        self.rcvbuf = rcvbuf
-        self.port = 0
-        self.packets: list[bytes] = []
-        self.errors: list[str] = []
-        self.handshake_failures: list[str] = []
-        self.connections = 0
-        self.clean_eofs = 0  # connections the sender ended in order (TLS: with close_notify)
-        self.unread_at_stop = 0  # bytes left in kernel receive buffers at a reset
-        self._cond = threading.Condition()
-        self._threads: list[threading.Thread] = []
-        self._socks: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._mode = "graceful"
-        self._listener: socket.socket | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{'tls' if self.context else 'tcp'}://127.0.0.1:{self.port}"
-
-    def start(self) -> StreamServer:
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.rcvbuf:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(16)
-        listener.settimeout(0.02)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, args=(listener, self._stop),
-                                          daemon=True)]
-        self._threads[0].start()
-        return self
-
-    def _accept(self, listener: socket.socket, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                sock, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            thread = threading.Thread(target=self._serve, args=(sock, stop), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-        listener.close()
-
-    def _serve(self, sock: socket.socket, stop: threading.Event) -> None:
-        with self._cond:
-            self.connections += 1
-            self._socks.append(sock)
-        if self.context is not None:
-            sock.settimeout(5)
-            try:
-                sock = self.context.wrap_socket(sock, server_side=True,
-                                                suppress_ragged_eofs=False)
-            except (ssl.SSLError, OSError) as exc:
-                with self._cond:
-                    self.handshake_failures.append(str(exc))
-                sock.close()
-                return
-        sock.settimeout(0.02)
-        buffer = bytearray()
-        draining_until = None
-        while True:
-            if stop.is_set() and draining_until is None:
-                if self._mode != "graceful":
-                    self._close_abruptly(sock, self._mode == "reset")
-                    return
-                with contextlib.suppress(OSError):  # a FIN; TLS state untouched
-                    socket.socket.shutdown(sock, socket.SHUT_WR)
-                draining_until = time.monotonic() + 5
-            if draining_until is not None and time.monotonic() > draining_until:
-                break
-            if not self.read and not stop.is_set():
-                time.sleep(0.02)
-                continue
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ssl.SSLError as exc:  # includes a TCP EOF without close_notify
-                with self._cond:
-                    self.errors.append(f"TLS: {exc}")
-                break
-            except OSError:
-                break
-            if not data:
-                with self._cond:
-                    self.clean_eofs += 1
-                break
-            buffer += data
-            self._parse(buffer)
-        sock.close()
-
-    def _close_abruptly(self, sock: socket.socket, reset: bool) -> None:
-        if reset:
-            if LINUX:
-                import fcntl
-                import termios
-
-                raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-                with self._cond:
-                    self.unread_at_stop += struct.unpack("i", raw)[0]
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
-
-    def _parse(self, buffer: bytearray) -> None:
-        found = []
-        pos = 0
-        while len(buffer) - pos >= 6:
-            if buffer[pos:pos + 4] != b"HEP3":
-                self.errors.append(f"bad magic {bytes(buffer[pos:pos + 4])!r}")
-                pos = len(buffer)
-                break
-            total = int.from_bytes(buffer[pos + 4:pos + 6], "big")
-            if len(buffer) - pos < total:
-                break
-            found.append(bytes(buffer[pos:pos + total]))
-            pos += total
-        del buffer[:pos]
-        if found:
-            with self._cond:
-                self.packets.extend(found)
-                self._cond.notify_all()
-
-    def stop(self, mode: str = "graceful") -> None:
-        """Stop listening at once; connections end as ``mode`` says (see the class)."""
-        self._mode = mode
-        self._stop.set()
-        for thread in list(self._threads):
-            thread.join(timeout=10)
-
-    def seqs(self) -> list[int]:
-        with self._cond:
-            return [seq_of(p) for p in self.packets]
-
-    def wait_for(self, n: int, timeout: float = 10.0) -> list[int]:
-        end = time.monotonic() + timeout
-        with self._cond:
-            while len(self.packets) < n and time.monotonic() < end:
-                self._cond.wait(end - time.monotonic())
-        return self.seqs()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# --------------------------------------------------------------------------- throwaway PKI
-
-
-@dataclass
-class Pki:
-    ca_file: str  # trusts the server certificates
-    other_ca_file: str  # a CA that signed nothing here
-    server: ssl.SSLContext  # certificate for 127.0.0.1 and localhost
-    wrong_name: ssl.SSLContext  # certificate for collector.example only
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False),
-                           critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def _server_context(tmp: Path, stem: str, ca_key, ca_cert, dns: list[str],
-                    ips: list[str]) -> ssl.SSLContext:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i))
-                                              for i in ips]
-    cert = (x509.CertificateBuilder().subject_name(_name(dns[0])).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    cert_path, key_path = tmp / f"{stem}.pem", tmp / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_path, key_path)
-    return context
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
-    tmp = tmp_path_factory.mktemp("pki")
-    ca_key, ca_cert = _ca("captagent-tls test CA")
-    _, other_cert = _ca("some other CA")
-    (tmp / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "other-ca.pem").write_bytes(other_cert.public_bytes(serialization.Encoding.PEM))
-    return Pki(str(tmp / "ca.pem"), str(tmp / "other-ca.pem"),
-               _server_context(tmp, "server", ca_key, ca_cert, ["localhost"], ["127.0.0.1"]),
-               _server_context(tmp, "wrong", ca_key, ca_cert, ["collector.example"], []))
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
@@ -380,8 +144,8 @@ def test_udp_tcp_and_tls_collectors_each_get_every_message_once_in_order(pki, se
         sink.close()
         udp_seqs = [seq_of(p) for p in udp.wait_for(n, timeout=5)]
     assert udp_seqs == list(range(n))
-    assert tcp.seqs() == list(range(n))
-    assert tls.seqs() == list(range(n))
+    assert seqs(tcp) == list(range(n))
+    assert seqs(tls) == list(range(n))
     assert sink.stats.packets == n
     assert (sink.stats.skipped_not_sip, sink.stats.skipped_short,
             sink.stats.skipped_too_large) == (3, 3, 3)
@@ -425,7 +189,7 @@ def test_tls_system_cas_and_host_name_are_checked_by_default(pki, servers):
         collector.submit(packet(7))
     assert wait_until(lambda: system.stats.tls_verify_failures and
                       mismatch.stats.tls_verify_failures, 5)
-    assert wrong_name.wait_for(1, timeout=5) == [7]  # through ``named``
+    assert wait_for(wrong_name, 1, timeout=5) == [7]  # through ``named``
     for collector in (system, mismatch, named):
         collector.close(timeout=0.5)
     assert "mismatch" in mismatch.stats.last_error  # "IP address mismatch, certificate is ..."
@@ -438,7 +202,7 @@ def test_tls_insecure_skips_verification(pki, servers):
     for i in range(50):
         collector.submit(packet(i))
     collector.close(timeout=5)
-    assert server.seqs() == list(range(50))
+    assert seqs(server) == list(range(50))
     assert collector.stats.sent == 50 and collector.stats.tls_verify_failures == 0
 
 
@@ -476,7 +240,7 @@ def test_collector_outage_loses_nothing_and_keeps_order(pki, servers, scheme):
     started = time.monotonic()
     submitted = run_outage(server, collector, OUTAGE_S)
     collector.close(timeout=5)
-    assert server.seqs() == list(range(submitted))
+    assert seqs(server) == list(range(submitted))
     stats = collector.stats
     assert stats.sent == submitted and stats.reconnects >= 1 and stats.disconnects >= 1
     assert stats.dropped == stats.dropped_at_shutdown == stats.queued == 0
@@ -496,7 +260,7 @@ def test_packets_written_into_a_dead_connection_are_sent_again(pki, servers, mon
     collector = open_collector(server.address, tls=TlsOptions(ca_file=pki.ca_file), retry=FAST)
     for i in range(100):
         collector.submit(packet(i))
-    assert server.wait_for(100) == list(range(100))
+    assert wait_for(server, 100) == list(range(100))
     assert wait_until(lambda: collector.stats.sent == 100, 2)
     monkeypatch.setattr(StreamCollector, "_poll_peer", lambda self, conn: None)
     server.stop("abrupt")  # nothing unread: a FIN, then resets for whatever arrives
@@ -507,7 +271,7 @@ def test_packets_written_into_a_dead_connection_are_sent_again(pki, servers, mon
     assert wait_until(lambda: collector.stats.resent >= 100, 3)
     server.start()
     collector.close(timeout=5)
-    assert server.seqs() == list(range(201))
+    assert seqs(server) == list(range(201))
     assert collector.stats.sent == 201
 
 
@@ -530,7 +294,7 @@ def test_reset_by_a_stalled_collector_loses_only_what_its_kernel_acknowledged(se
     server.read = True
     server.start()
     collector.close(timeout=5)
-    received = server.seqs()
+    received = seqs(server)
     lost = n - len(received)
     assert received == list(range(lost, n))  # a contiguous suffix: no gap, no duplicate
     assert lost <= lost_bound
@@ -547,7 +311,7 @@ def test_queue_too_small_drops_exactly_what_it_reports(servers, limit):
     for _ in range(40):
         assert collector.submit(packet(seq))
         seq += 1
-    assert server.wait_for(40) == list(range(40))
+    assert wait_for(server, 40) == list(range(40))
     assert wait_until(lambda: collector.stats.queued == 0, 2)
     server.stop("graceful")
     assert wait_until(lambda: not collector.stats.connected, 3)
@@ -556,13 +320,13 @@ def test_queue_too_small_drops_exactly_what_it_reports(servers, limit):
     assert accepted == [True] * 50 + [False] * 150
     assert collector.stats.dropped == 150 and collector.stats.queued == 50
     server.start()
-    assert server.wait_for(90) == list(range(90))
+    assert wait_for(server, 90) == list(range(90))
     assert wait_until(lambda: collector.stats.queued == 0, 2)
     for _ in range(40):  # fits: the queue has room again
         assert collector.submit(packet(seq))
         seq += 1
     collector.close(timeout=5)
-    received = server.seqs()
+    received = seqs(server)
     stats = collector.stats
     assert len(received) + stats.dropped == seq == 280
     assert received == list(range(90)) + list(range(240, 280))
@@ -637,7 +401,7 @@ def test_close_flushes_the_queue_and_reports_what_it_could_not(servers):
     started = time.monotonic()
     collector.close(timeout=10)
     assert time.monotonic() - started < 10
-    assert server.seqs() == list(range(n))
+    assert seqs(server) == list(range(n))
     stats = collector.stats
     assert (stats.sent, stats.queued, stats.dropped_at_shutdown) == (n, 0, 0)
     assert wait_until(lambda: server.clean_eofs == 1, 2)  # FIN after the last packet
@@ -659,7 +423,7 @@ def test_collector_comes_back_within_close_timeout(servers):
     threading.Timer(0.5, server.start).start()
     try:
         collector.close(timeout=5)
-        assert server.wait_for(10, 2) == list(range(10))
+        assert wait_for(server, 10, 2) == list(range(10))
         assert collector.stats.sent == 10
     finally:
         server.stop("abrupt")

@@ -48,7 +48,7 @@ class Flow:
     context: Any = None
     ident: int = 0
     closed: bool = False
-    halves: list[_Half] = field(default_factory=list, repr=False)
+    halves: tuple[_Half, ...] = field(default=(), repr=False)
 
     def describe(self, direction: int = 0) -> str:
         return f"{format_endpoint(self.endpoints[direction])} -> " + format_endpoint(
@@ -79,6 +79,9 @@ class FlowClosed(NamedTuple):
 Event = StreamData | StreamGap | FlowClosed
 
 
+_NO_PENDING: dict[int, bytes] = {}  # shared, never written to
+
+
 class _Half:
     """One direction of a flow."""
 
@@ -90,7 +93,7 @@ class _Half:
         self.direction = direction
         self.peer: _Half = self
         self.next_seq: int | None = None
-        self.pending: dict[int, bytes] = {}
+        self.pending: dict[int, bytes] = _NO_PENDING  # its own dict once a segment waits
         self.pending_bytes = 0
         self.fin_seq: int | None = None
         self.finished = False
@@ -210,7 +213,7 @@ class TcpReassembler:
         flow = Flow((a, b), syn_seen=syn, first_ts=ts_ns, last_ts=ts_ns, ident=self.stats.flows)
         forward, backward = _Half(flow, 0), _Half(flow, 1)
         forward.peer, backward.peer = backward, forward
-        flow.halves = [forward, backward]
+        flow.halves = (forward, backward)
         self._halves[(a[0], a[1], b[0], b[1])] = forward
         self._halves[(b[0], b[1], a[0], a[1])] = backward
         self._flows[flow.ident] = flow
@@ -247,6 +250,8 @@ class TcpReassembler:
         self.stats.out_of_order += 1
         held = half.pending.get(seq)
         if held is None or len(held) < len(payload):
+            if half.pending is _NO_PENDING:
+                half.pending = {}
             half.pending[seq] = bytes(payload)
             half.pending_bytes += len(payload) - (len(held) if held else 0)
         if half.pending_bytes > self.max_direction_bytes:
@@ -276,6 +281,7 @@ class TcpReassembler:
             half.pending_bytes -= len(data)
             half.next_seq = (start + len(data)) & SEQ_MASK
             events.append(StreamData(half.flow, half.direction, data, ts_ns))
+        half.pending = _NO_PENDING
         self._check_finished(half, ts_ns, events)
 
     def _skip_hole(self, half: _Half, ts_ns: int, events: list[Event]) -> None:

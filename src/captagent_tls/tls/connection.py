@@ -83,6 +83,7 @@ TLS13_SECRET_LABELS = {
     (SERVER, APPLICATION_KEYS): "SERVER_TRAFFIC_SECRET_0",
 }
 
+_NONE: list = []  # shared "nothing yet"; a side gets its own list when it needs one
 END_OF_EARLY_DATA_MESSAGE = bytes([hsk.END_OF_EARLY_DATA, 0, 0, 0])
 
 Record = tuple[int, int, bytes, int]  # content type, record version, fragment, capture time
@@ -134,17 +135,18 @@ class _Side:
                  "held_since", "dead")
 
     def __init__(self) -> None:
-        self.buf = bytearray()
-        self.handshake_buf = bytearray()
+        # buffers exist only while they hold something: an idle session keeps no buffers
+        self.buf: bytearray | None = None
+        self.handshake_buf: bytearray | None = None
         self.decryptor: Decryptor | None = None
         self.fallback: Decryptor | None = None  # TLS 1.3 handshake keys, while early data runs
         self.encrypted = False
         self.phase = PLAIN
         self.traffic_secret = b""  # TLS 1.3 application secret, for KeyUpdate
-        self.trials: list[tuple[bytes, Decryptor, Decryptor]] = []  # (master, mine, peer's)
+        self.trials: list[tuple[bytes, Decryptor, Decryptor]] = _NONE  # (master, mine, peer's)
         self.resync = False
         self.gap_pending = False
-        self.held: list[Record] = []
+        self.held: list[Record] = _NONE
         self.held_bytes = 0
         self.held_since = 0
         self.dead = False
@@ -182,10 +184,10 @@ class TlsConnection:
             return events
         if self.is_tls is None:
             head = bytes(side.buf) + chunk if side.buf else chunk
-            side.buf.clear()
+            side.buf = None
             if not self._detect(direction, head, ts, events):
                 if self.is_tls is None:
-                    side.buf += head  # too short to tell yet
+                    side.buf = bytearray(head)  # too short to tell yet
                 elif self.is_tls is False:
                     events.append(AppData(self.flow, direction, head, ts, PLAINTEXT))
                 return events
@@ -228,9 +230,9 @@ class TlsConnection:
         """The TCP stream lost bytes: drop the partial record and find the next one."""
         side = self.sides[direction]
         if self.is_tls is None:
-            side.buf.clear()  # the first bytes are gone: judge by what follows
-        side.buf.clear()
-        side.handshake_buf.clear()
+            pass  # the first bytes are gone: judge by what follows
+        side.buf = None
+        side.handshake_buf = None
         if self.is_tls:
             side.resync = True
         return [AppGap(self.flow, direction, ts)]
@@ -274,10 +276,12 @@ class TlsConnection:
 
     @staticmethod
     def _keep(side: _Side, data: bytes | bytearray, pos: int) -> None:
-        if data is side.buf:
-            del side.buf[:pos]
-        elif pos < len(data):
-            side.buf += data[pos:]
+        if pos >= len(data):
+            side.buf = None
+        elif data is side.buf:
+            del data[:pos]
+        else:
+            side.buf = bytearray(data[pos:])
 
     def _detect(self, direction: int, head: bytes, ts: int, events: list[Event]) -> bool:
         """Decide from the first bytes whether this flow carries TLS at all.
@@ -513,7 +517,7 @@ class TlsConnection:
                     ts: int, events: list[Event]) -> tuple[int, bytes] | None:
         """No certificate told us which key: the first protected record picks the master."""
         side = self.sides[direction]
-        trials, side.trials = side.trials, []
+        trials, side.trials = side.trials, _NONE
         for master, mine, peers in trials:
             try:
                 opened = mine.open(content_type, version, fragment)
@@ -567,6 +571,7 @@ class TlsConnection:
         side = self.sides[direction]
         if not side.held:
             side.held_since = record[3]
+            side.held = []
         side.held.append(record)
         side.held_bytes += len(record[2])
         self.tracker.note_waiting(self, len(record[2]))
@@ -578,7 +583,7 @@ class TlsConnection:
         count = len(side.held)
         self.tracker.note_released(self, side.held_bytes)
         self.stats.records_expired += count
-        side.held.clear()
+        side.held = _NONE
         side.held_bytes = 0
         side.gap_pending = True
         events.append(TlsProblem(self.flow, KEYS_LATE,
@@ -591,7 +596,7 @@ class TlsConnection:
     def _replay(self, direction: int, events: list[Event]) -> None:
         side = self.sides[direction]
         held = side.held
-        side.held = []
+        side.held = _NONE
         self.tracker.note_released(self, side.held_bytes)
         side.held_bytes = 0
         self._replaying = True
@@ -602,7 +607,7 @@ class TlsConnection:
                     size = sum(len(r[2]) for r in rest)
                     side.held_bytes += size
                     self.tracker.note_waiting(self, size)
-                    side.held.extend(rest)
+                    side.held = side.held + rest
                     return
                 self._record(direction, *record, events)
         finally:
@@ -618,14 +623,18 @@ class TlsConnection:
         return self.client_dir if role == CLIENT else 1 - self.client_dir
 
     def _handshake_bytes(self, direction: int, data: bytes, ts: int, events: list[Event]) -> None:
-        buf = self.sides[direction].handshake_buf
-        buf += data
+        side = self.sides[direction]
+        buf = side.handshake_buf
+        if buf is None:
+            buf = side.handshake_buf = bytearray(data)
+        else:
+            buf += data
         pos = 0
         while len(buf) - pos >= 4:
             length = int.from_bytes(buf[pos + 1 : pos + 4], "big")
             if length > MAX_HANDSHAKE_MESSAGE:
                 self.stats.handshake_errors += 1
-                buf.clear()
+                side.handshake_buf = None
                 return
             if len(buf) - pos - 4 < length:
                 break
@@ -636,6 +645,8 @@ class TlsConnection:
             except hsk.ParseError:
                 self.stats.handshake_errors += 1
         del buf[:pos]
+        if not buf and side.handshake_buf is buf:
+            side.handshake_buf = None
 
     def _handshake_message(self, direction: int, message: bytes, ts: int,
                            events: list[Event]) -> None:
@@ -859,7 +870,7 @@ class TlsConnection:
         if hs.candidates and role == CLIENT:
             for master in hs.candidates:
                 client_write, server_write = self._derive(hs, master)
-                side.trials.append((master, client_write, server_write))
+                side.trials = [*side.trials, (master, client_write, server_write)]
             return
         side.decryptor, hs.pending[role] = hs.pending[role], None
 

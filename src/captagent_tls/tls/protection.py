@@ -50,6 +50,7 @@ def _block_cipher(algorithm: str, key: bytes) -> algorithms.BlockCipherAlgorithm
 class Decryptor:
     """Opens the records of one direction, in order."""
 
+    __slots__ = ("seq", "__weakref__")
     seq: int
 
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
@@ -99,6 +100,9 @@ LIVE_CONTEXTS = LiveContexts()
 
 class AeadDecryptor(Decryptor):
     """AES-GCM, AES-CCM and ChaCha20-Poly1305, in TLS 1.2 (RFC 5288, 6655, 7905) and 1.3."""
+
+    __slots__ = ("tls13", "header_aad", "tag_len", "explicit", "iv", "iv_int", "key",
+                 "algorithm", "aead")
 
     def __init__(self, suite: CipherSuite, key: bytes, iv: bytes, version: int):
         self.seq = 0
@@ -161,6 +165,8 @@ class AeadDecryptor(Decryptor):
 class _MacCheck:
     """HMAC (or the SSLv3 MAC) over the record, keyed once per direction."""
 
+    __slots__ = ("size", "ssl3", "hash_name", "mac_key", "keyed", "pad1", "pad2")
+
     def __init__(self, suite: CipherSuite, mac_key: bytes, version: int):
         self.size = suite.mac_len
         self.ssl3 = version == SSL3
@@ -193,6 +199,8 @@ class CbcDecryptor(Decryptor):
     TLS 1.1+ carries an explicit IV per record; SSLv3 and TLS 1.0 chain it: a record's IV
     is the last ciphertext block of the one before.
     """
+
+    __slots__ = ("block", "explicit_iv", "etm", "ssl3", "mac", "algorithm", "chained_iv")
 
     def __init__(self, suite: CipherSuite, key: bytes, mac_key: bytes, iv: bytes, version: int,
                  encrypt_then_mac: bool):
@@ -261,6 +269,8 @@ class CbcDecryptor(Decryptor):
 
 class StreamDecryptor(Decryptor):
     """RC4 and the NULL cipher: the MAC follows the content."""
+
+    __slots__ = ("mac", "stream")
 
     def __init__(self, suite: CipherSuite, key: bytes, mac_key: bytes, version: int):
         self.seq = 0
