@@ -52,8 +52,9 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 class Agent:
     """captagent-tls -i lo ... as a child process."""
 
-    def __init__(self, *args: str, ready_timeout: float = 15.0):
-        self.args = ["-i", "lo", "-v", "--stats-interval", "3600", *args]
+    def __init__(self, *args: str, interface: str | None = "lo", ready_timeout: float = 15.0):
+        self.args = [*(["-i", interface] if interface else []), "-v", "--stats-interval",
+                     "3600", *args]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "captagent_tls", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
