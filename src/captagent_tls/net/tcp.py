@@ -123,6 +123,7 @@ class TcpReassembler:
         self.max_direction_bytes = max_direction_bytes
         self.max_flows = max_flows
         self.stats = TcpStats()
+        # one key per flow, in its direction 0: the other direction looks up the reverse key
         self._halves: dict[tuple[bytes, int, bytes, int], _Half] = {}
         self._flows: OrderedDict[int, Flow] = OrderedDict()  # least recently active first
         self._clock = 0
@@ -142,6 +143,10 @@ class TcpReassembler:
                 self._expire(events)
         flags = seg.flags
         half = self._halves.get((seg.src, seg.sport, seg.dst, seg.dport))
+        if half is None:
+            forward = self._halves.get((seg.dst, seg.dport, seg.src, seg.sport))
+            if forward is not None:
+                half = forward.peer
         if half is not None and flags & TCP_SYN and self._is_new_connection(half, seg):
             self._close(half.flow, "fin", ts_ns, events)
             half = None
@@ -215,7 +220,6 @@ class TcpReassembler:
         forward.peer, backward.peer = backward, forward
         flow.halves = (forward, backward)
         self._halves[(a[0], a[1], b[0], b[1])] = forward
-        self._halves[(b[0], b[1], a[0], a[1])] = backward
         self._flows[flow.ident] = flow
         if len(self._flows) > self.max_flows:
             oldest = next(iter(self._flows.values()))
@@ -314,9 +318,9 @@ class TcpReassembler:
                 self._skip_hole(half, ts_ns, events)
         flow.closed = True
         (a, b) = flow.endpoints
-        for key in ((a[0], a[1], b[0], b[1]), (b[0], b[1], a[0], a[1])):
-            if self._halves.get(key) in flow.halves:
-                del self._halves[key]
+        key = (a[0], a[1], b[0], b[1])
+        if self._halves.get(key) is flow.halves[0]:
+            del self._halves[key]
         self._flows.pop(flow.ident, None)
         events.append(FlowClosed(flow, reason, ts_ns))
 

@@ -14,6 +14,7 @@ and decrypted as soon as they do.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from hmac import compare_digest
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,12 @@ _NONE: list = []  # shared "nothing yet"; a side gets its own list when it needs
 END_OF_EARLY_DATA_MESSAGE = bytes([hsk.END_OF_EARLY_DATA, 0, 0, 0])
 
 Record = tuple[int, int, bytes, int]  # content type, record version, fragment, capture time
+
+
+@lru_cache(maxsize=256)
+def tls_info(version: int, suite: int) -> TlsInfo:
+    """Shared by every session of the same version and suite."""
+    return TlsInfo(version_name(version), suite_name(suite))
 
 
 def is_tls13(version: int) -> bool:
@@ -716,7 +723,7 @@ class TlsConnection:
         hs.server_hello = hello
         hs.version = self.version = hello.version
         suite = hs.suite = self.suite = lookup(hello.cipher_suite)
-        self.info = TlsInfo(version_name(hello.version), suite_name(hello.cipher_suite))
+        self.info = tls_info(hello.version, hello.cipher_suite)
         if suite is None or not suite.supported:
             self._fail(UNSUPPORTED_SUITE, ts, events)
             if is_tls13(hello.version):
@@ -905,6 +912,8 @@ class TlsConnection:
                                         hs.abbreviated, ts))
             # what an idle session keeps is its keys: the handshake's state can go
             self.handshake = None
+            if not is_tls13(self.version):
+                self.client_random = b""
 
     def _proven(self, hs: _Handshake, events: list[Event]) -> None:
         """A Finished verified: the keys are right.  Count and cache the session."""
