@@ -92,3 +92,63 @@ def test_message_time_is_the_capture_time_of_a_packet_of_its_direction(name):
     for obj in out:
         stamp = f"{obj['ts']:.6f}"
         assert (stamp, obj["src_port"], obj["dst_port"]) in times, obj["call_id"]
+
+
+def hide_certificates(capture: Path, out: Path) -> int:
+    """Rewrite the server's Certificate handshake messages into an unknown handshake type:
+    the bytes, and so the transcript, stay the same, but no certificate is visible."""
+    import sys
+
+    sys.path.insert(0, str(FIXTURES.parent))
+    from peers import read_pcap, write_pcap
+
+    cap = read_pcap(capture)
+    hidden = 0
+    for packet in cap.packets:
+        data = bytearray(packet.data)
+        # Ethernet + IPv4 + TCP on lo; the server's first flight is one TLS record
+        tcp_at = 14 + (data[14] & 0x0F) * 4
+        payload_at = tcp_at + (data[tcp_at + 12] >> 4) * 4
+        record = payload_at
+        while record + 5 <= len(data) and data[record] == 22:
+            length = int.from_bytes(data[record + 3 : record + 5], "big")
+            message = record + 5
+            while message + 4 <= record + 5 + length:
+                if data[message] == 2 and data[message + 4 : message + 6] == b"\x03\x03":
+                    pass  # ServerHello: leave it
+                elif data[message] == 11:
+                    data[message] = 0xEE
+                    hidden += 1
+                message += 4 + int.from_bytes(data[message + 1 : message + 4], "big")
+            record += 5 + length
+        packet.data = bytes(data)
+    write_pcap(out, cap)
+    return hidden
+
+
+@pytest.mark.parametrize("order", ["right key first", "right key last"])
+def test_without_a_visible_certificate_the_key_whose_records_authenticate_is_kept(
+        tmp_path, order):
+    """The Certificate message is renamed to an unknown type, so no certificate says which key
+    belongs to the server: every key is tried on the first protected record.  (The renamed
+    byte changes the transcript, so the Finished messages cannot verify here, and EMS would
+    change the master secret: hence a capture without EMS.)"""
+    import json
+
+    truth = load_groundtruth(FIXTURES / "tls12-aes256gcm-noems.json")
+    capture = tmp_path / "no-certificate.pcap"
+    assert hide_certificates(FIXTURES / "tls12-aes256gcm-noems.pcap", capture) == 2
+    keys = [str(FIXTURES.parent / "keys" / "server2-rsa2048.key"), str(truth.keys[0])]
+    if order == "right key first":
+        keys.reverse()
+    proc = run(["-r", str(capture), "--json", *[a for k in keys for a in ("-k", k)]])
+    got = sorted(payload_bytes(json.loads(line)) for line in proc.stdout.splitlines())
+    want = sorted(m for c in truth.connections for d in ("c2s", "s2c") for m in c.messages(d))
+    assert got == want
+    assert "0 failed authentication" in proc.stderr
+    assert "does not verify: handshake messages are missing" in proc.stderr
+
+    only_wrong = run(["-r", str(capture), "--json", "-k", keys[0] if order == "right key last"
+                      else keys[1]])
+    assert only_wrong.stdout == ""
+    assert "key mismatch for server" in only_wrong.stderr

@@ -39,6 +39,7 @@ from captagent_tls.tls.keyschedule import (
     digest,
     finished_verify_data,
     handshake_hash,
+    hash_algorithm,
     key_block,
     master_secret,
     next_traffic_secret,
@@ -75,6 +76,7 @@ NO_HANDSHAKE = "no_handshake"
 SESSION_UNKNOWN = "session_unknown"
 NEEDS_KEY_LOG = "needs_key_log"
 KEYS_LATE = "keys_late"
+FINISHED_MISMATCH = "finished_mismatch"  # a problem to report, not a reason to stop
 
 TLS13_SECRET_LABELS = {
     (CLIENT, EARLY): "CLIENT_EARLY_TRAFFIC_SECRET",
@@ -87,7 +89,7 @@ TLS13_SECRET_LABELS = {
 _NONE: list = []  # shared "nothing yet"; a side gets its own list when it needs one
 END_OF_EARLY_DATA_MESSAGE = bytes([hsk.END_OF_EARLY_DATA, 0, 0, 0])
 
-Record = tuple[int, int, bytes, int]  # content type, record version, fragment, capture time
+Record = tuple[int, int, int, bytes, int]  # direction, content type, version, fragment, time
 
 
 @lru_cache(maxsize=256)
@@ -138,8 +140,7 @@ class _Side:
     """One direction's record stream."""
 
     __slots__ = ("buf", "handshake_buf", "decryptor", "fallback", "encrypted", "phase",
-                 "traffic_secret", "trials", "resync", "gap_pending", "held", "held_bytes",
-                 "held_since", "dead")
+                 "traffic_secret", "trials", "resync", "gap_pending", "dead")
 
     def __init__(self) -> None:
         # buffers exist only while they hold something: an idle session keeps no buffers
@@ -153,16 +154,14 @@ class _Side:
         self.trials: list[tuple[bytes, Decryptor, Decryptor]] = _NONE  # (master, mine, peer's)
         self.resync = False
         self.gap_pending = False
-        self.held: list[Record] = _NONE
-        self.held_bytes = 0
-        self.held_since = 0
         self.dead = False
 
 
 class TlsConnection:
     __slots__ = ("flow", "tracker", "stats", "sides", "client_dir", "is_tls", "handshake",
                  "version", "suite", "client_random", "record_version", "info", "failed",
-                 "handshakes", "closed", "_replaying", "__weakref__")
+                 "handshakes", "closed", "held", "held_bytes", "held_since", "_replaying",
+                 "__weakref__")
 
     def __init__(self, flow: Flow, tracker: TlsTracker):
         self.flow = flow
@@ -180,6 +179,11 @@ class TlsConnection:
         self.failed = ""  # why the current session cannot be decrypted
         self.handshakes = 0
         self.closed = False  # the TCP flow has ended
+        # records waiting for keys, both directions in arrival order: a handshake's transcript
+        # and key changes depend on the order across directions
+        self.held: list[Record] = _NONE
+        self.held_bytes = 0
+        self.held_since = 0
         self._replaying = False
 
     # -- input from the TCP stage ----------------------------------------------------------
@@ -246,9 +250,8 @@ class TlsConnection:
 
     def close(self, ts: int) -> list[Event]:
         events: list[Event] = []
-        for direction, side in enumerate(self.sides):
-            if side.held:
-                self._drop_held(direction, ts, events, "the connection closed first")
+        if self.held:
+            self._drop_held(ts, events, "the connection closed first")
         return events
 
     def retry(self, ts: int) -> list[Event]:
@@ -261,22 +264,19 @@ class TlsConnection:
         for direction, side in enumerate(self.sides):
             if side.encrypted and side.decryptor is None and not side.trials:
                 self._install(direction)
-        for direction, side in enumerate(self.sides):
-            if side.held:
-                self._replay(direction, events)
+        if self.held:
+            self._replay(events)
         return events
 
     @property
     def waiting(self) -> bool:
-        return bool(self.sides[0].held or self.sides[1].held)
+        return bool(self.held)
 
     def expire_held(self, now: int, max_wait_ns: int, why: str = "") -> list[Event]:
         """Drop held records that waited longer than ``max_wait_ns`` (all of them if < 0)."""
         events: list[Event] = []
-        for direction, side in enumerate(self.sides):
-            if side.held and (max_wait_ns < 0 or now - side.held_since > max_wait_ns):
-                self._drop_held(direction, now, events,
-                                why or f"no keys within {max_wait_ns / 1e9:g} s")
+        if self.held and (max_wait_ns < 0 or now - self.held_since > max_wait_ns):
+            self._drop_held(now, events, why or f"no keys within {max_wait_ns / 1e9:g} s")
         return events
 
     # -- record layer -----------------------------------------------------------------------
@@ -371,7 +371,7 @@ class TlsConnection:
         decryptor = side.decryptor
         if (content_type == APPLICATION_DATA and decryptor is not None and side.phase != EARLY
                 and not side.resync and not side.gap_pending
-                and (not side.held or self._replaying)):
+                and (not self.held or self._replaying)):
             # the steady state of a session, kept short: it runs once per record
             try:
                 content_type, fragment = decryptor.open(content_type, version, fragment)
@@ -388,14 +388,14 @@ class TlsConnection:
                 return
             self._dispatch(direction, content_type, fragment, ts, events)
             return
-        if side.held and not self._replaying:
-            self._hold(direction, (content_type, version, fragment, ts), events)
+        if self.held and not self._replaying:
+            self._hold((direction, content_type, version, fragment, ts), events)
             return
         if content_type == CHANGE_CIPHER_SPEC and self._tls13_possible():
             return  # middlebox-compatibility CCS (RFC 8446 D.4)
         if side.encrypted:
             if side.decryptor is None and not side.trials and side.fallback is None:
-                self._no_keys(direction, (content_type, version, fragment, ts), events)
+                self._no_keys((direction, content_type, version, fragment, ts), events)
                 return
             opened = self._open(direction, content_type, version, fragment, ts, events)
             if opened is None:
@@ -405,11 +405,10 @@ class TlsConnection:
             hs = self.handshake
             if (hs is not None and hs.server_hello is None and direction == self.client_dir
                     and hs.offers_early_data):
-                # 0-RTT data: its keys depend on the suite the ServerHello will name
-                self._hold(direction, (content_type, version, fragment, ts), events)
+                self._early_data(direction, content_type, version, fragment, ts, events)
                 return
             side.encrypted = True  # application data before any key change: joined too late
-            self._no_keys(direction, (content_type, version, fragment, ts), events)
+            self._no_keys((direction, content_type, version, fragment, ts), events)
             return
         elif side.resync:
             side.resync = False
@@ -433,6 +432,44 @@ class TlsConnection:
         elif content_type == ALERT and len(fragment) >= 2:
             self.stats.alerts += 1
             events.append(TlsAlert(self.flow, direction, fragment[0], fragment[1], ts))
+
+    def _early_data(self, direction: int, content_type: int, version: int, fragment: bytes,
+                    ts: int, events: list[Event]) -> None:
+        """0-RTT data arriving before the ServerHello has named the suite.  Its secret comes
+        from the key log; its suite is the resumed session's, one the ClientHello offers, so
+        the offered TLS 1.3 suites are tried until one authenticates the record."""
+        side = self.sides[direction]
+        hs = self.handshake
+        assert hs is not None
+        secret = self._tls13_secret(CLIENT, EARLY)
+        if secret is None:
+            if self.tracker.keys_may_arrive:
+                self._hold((direction, content_type, version, fragment, ts), events)
+            else:
+                self.stats.early_data_skipped += 1
+                side.gap_pending = True
+            return
+        offered = hs.client_hello.cipher_suites
+        for at in range(0, len(offered) - 1, 2):
+            suite = lookup(int.from_bytes(offered[at : at + 2], "big"))
+            if (suite is None or suite.key_exchange != "TLS13" or not suite.supported
+                    or hash_algorithm(suite.prf_hash).digest_size != len(secret)):
+                continue
+            key, iv = traffic_key_iv(suite.prf_hash, secret, suite.key_len)
+            decryptor = AeadDecryptor(suite, key, iv, TLS13)
+            try:
+                inner_type, data = decryptor.open(content_type, version, fragment)
+            except RecordAuthError:
+                continue
+            side.decryptor, side.phase, side.encrypted = decryptor, EARLY, True
+            self.stats.records_decrypted += 1
+            self.stats.early_data_records += 1
+            if self.info is None:
+                self.info = tls_info(TLS13, suite.code)
+            self._dispatch(direction, inner_type, data, ts, events)
+            return
+        self.stats.early_data_skipped += 1
+        side.gap_pending = True
 
     def _tls13_possible(self) -> bool:
         if is_tls13(self.version):
@@ -548,17 +585,16 @@ class TlsConnection:
 
     # -- records without keys ---------------------------------------------------------------
 
-    def _no_keys(self, direction: int, record: Record, events: list[Event]) -> None:
+    def _no_keys(self, record: Record, events: list[Event]) -> None:
         if self.tracker.keys_may_arrive and not self.failed_for_good:
-            self._hold(direction, record, events)
+            self._hold(record, events)
             return
-        side = self.sides[direction]
         self.stats.records_undecrypted += 1
-        side.gap_pending = True
+        self.sides[record[0]].gap_pending = True
         if not self.failed:
             hs = self.handshake
             self._fail(hs.missing if hs is not None and hs.missing else self._why_no_keys(),
-                       record[3], events)
+                       record[4], events)
 
     @property
     def failed_for_good(self) -> bool:
@@ -574,49 +610,48 @@ class TlsConnection:
             return NEEDS_KEY_LOG
         return NO_KEY
 
-    def _hold(self, direction: int, record: Record, events: list[Event]) -> None:
-        side = self.sides[direction]
-        if not side.held:
-            side.held_since = record[3]
-            side.held = []
-        side.held.append(record)
-        side.held_bytes += len(record[2])
-        self.tracker.note_waiting(self, len(record[2]))
-        if side.held_bytes > self.tracker.max_held_bytes_per_flow:
-            self._drop_held(direction, record[3], events, "too many bytes waiting for keys")
+    def _hold(self, record: Record, events: list[Event]) -> None:
+        """Keep a record until keys arrive; everything after it waits too, in order."""
+        if not self.held:
+            self.held_since = record[4]
+            self.held = []
+        self.held.append(record)
+        self.held_bytes += len(record[3])
+        self.tracker.note_waiting(self, len(record[3]))
+        if self.held_bytes > self.tracker.max_held_bytes_per_flow:
+            self._drop_held(record[4], events, "too many bytes waiting for keys")
 
-    def _drop_held(self, direction: int, ts: int, events: list[Event], why: str) -> None:
-        side = self.sides[direction]
-        count = len(side.held)
-        self.tracker.note_released(self, side.held_bytes)
+    def _drop_held(self, ts: int, events: list[Event], why: str) -> None:
+        count = len(self.held)
+        for record in self.held:
+            self.sides[record[0]].gap_pending = True
+        self.tracker.note_released(self, self.held_bytes)
         self.stats.records_expired += count
-        side.held = _NONE
-        side.held_bytes = 0
-        side.gap_pending = True
+        self.held = _NONE
+        self.held_bytes = 0
         events.append(TlsProblem(self.flow, KEYS_LATE,
-                                 f"dropped {count} records of {self.flow.describe(direction)}: "
-                                 f"{why}", ts))
+                                 f"dropped {count} records of {self.flow.describe()}: {why}",
+                                 ts))
         if not self.failed:
             self.failed = KEYS_LATE
             self.stats.undecryptable[KEYS_LATE] = self.stats.undecryptable.get(KEYS_LATE, 0) + 1
 
-    def _replay(self, direction: int, events: list[Event]) -> None:
-        side = self.sides[direction]
-        held = side.held
-        side.held = _NONE
-        self.tracker.note_released(self, side.held_bytes)
-        side.held_bytes = 0
+    def _replay(self, events: list[Event]) -> None:
+        held = self.held
+        self.held = _NONE
+        self.tracker.note_released(self, self.held_bytes)
+        self.held_bytes = 0
         self._replaying = True
         try:
             for index, record in enumerate(held):
-                if side.held:  # a record was held again: keep the rest behind it
+                if self.held:  # a record was held again: keep the rest behind it
                     rest = held[index:]
-                    size = sum(len(r[2]) for r in rest)
-                    side.held_bytes += size
+                    size = sum(len(r[3]) for r in rest)
+                    self.held_bytes += size
                     self.tracker.note_waiting(self, size)
-                    side.held = side.held + rest
+                    self.held = self.held + rest
                     return
-                self._record(direction, *record, events)
+                self._record(*record, events)
         finally:
             self._replaying = False
 
@@ -804,9 +839,9 @@ class TlsConnection:
         encrypted = hsk.rsa_encrypted_pre_master(body, ssl3=hs.version == SSL3)
         keys = self.tracker.keys
         candidates = keys.rsa_keys
-        if hs.certificate is not None:
-            modulus = keys.certificate_modulus(hs.certificate)
-            key = keys.rsa_key_for_modulus(modulus) if modulus is not None else None
+        modulus = keys.certificate_modulus(hs.certificate) if hs.certificate else None
+        if modulus is not None:
+            key = keys.rsa_key_for_modulus(modulus)
             if key is None:
                 hs.missing = NO_KEY
                 return
@@ -821,10 +856,10 @@ class TlsConnection:
             if pre_master is not None and int.from_bytes(pre_master[:2], "big") in versions:
                 masters.append(self._master_from_pre_master(hs, pre_master))
         if not masters:
-            hs.missing = NO_KEY if hs.certificate is not None else KEY_MISMATCH
-        elif hs.certificate is not None:
+            hs.missing = NO_KEY if modulus is not None else KEY_MISMATCH
+        elif modulus is not None:
             self._set_master(hs, masters[0], "rsa")
-        else:
+        else:  # no certificate we can read: the first protected record will tell
             hs.candidates = masters
             hs.master_source = "rsa"
             hs.missing = KEY_MISMATCH
@@ -898,8 +933,14 @@ class TlsConnection:
                 self.stats.finished_verified += 1
                 self._proven(hs, events)
             else:
+                # the record carrying it authenticated, so the keys are right: what differs
+                # is the transcript, i.e. handshake messages the capture did not show us
                 self.stats.finished_failed += 1
-                self._fail(KEY_MISMATCH, ts, events, "Finished message does not verify")
+                events.append(TlsProblem(
+                    self.flow, FINISHED_MISMATCH,
+                    f"the {'client' if role == CLIENT else 'server'} Finished message on "
+                    f"{self.server_endpoint()} does not verify: handshake messages are missing "
+                    "from the capture (its records still authenticate)", ts))
         hs.transcript.append(message)
         hs.finished[role] = True
         if is_tls13(hs.version):
@@ -948,10 +989,11 @@ class TlsConnection:
         server.encrypted = client.encrypted = True
         server.phase = HANDSHAKE_KEYS
         self._install(1 - self.client_dir)
+        early = client.decryptor if client.phase == EARLY else None
         client.phase = EARLY if hs.offers_early_data and not hs.hello_retry else HANDSHAKE_KEYS
         self._install(self.client_dir)
-        if client.held:
-            self._replay(self.client_dir, events)
+        if early is not None:
+            client.decryptor = early  # found by trial before the ServerHello: keep its count
 
     def _tls13_secret(self, role: int, phase: int) -> bytes | None:
         logged = self.tracker.keys.secrets_for(self.client_random)
