@@ -298,6 +298,15 @@ def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> Pipelin
                            hold=HoldLimits(max_wait_s=args.key_wait))
 
 
+def finish(pipeline: Pipeline, sinks: list[Sink], exporter: KeyLogExporter | None) -> None:
+    """Deliver what is complete, flush the outputs and close them."""
+    pipeline.finish()
+    for sink in sinks:
+        sink.close()
+    if exporter is not None:
+        exporter.close()
+
+
 # -- offline ---------------------------------------------------------------------------------
 
 def run_offline(args: argparse.Namespace) -> int:
@@ -332,11 +341,7 @@ def run_offline(args: argparse.Namespace) -> int:
                         feed(frame)
     finally:
         # whatever was read, even from a broken file, is decrypted and delivered
-        pipeline.finish()
-        for sink in sinks:
-            sink.close()
-        if exporter is not None:
-            exporter.close()
+        finish(pipeline, sinks, exporter)
     if reader.truncated:
         print(f"captagent-tls: warning: {args.read} is truncated; everything before the cut "
               "was processed", file=sys.stderr)
@@ -381,11 +386,7 @@ def run_live(args: argparse.Namespace) -> int:
     try:
         agent.run()
     finally:
-        pipeline.finish()
-        for sink in sinks:
-            sink.close()
-        if exporter is not None:
-            exporter.close()
+        finish(pipeline, sinks, exporter)
     if not args.quiet:
         print(format_stats(pipeline, sinks, agent.kernel), file=sys.stderr)
     return 0

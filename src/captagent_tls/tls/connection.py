@@ -92,6 +92,17 @@ END_OF_EARLY_DATA_MESSAGE = bytes([hsk.END_OF_EARLY_DATA, 0, 0, 0])
 Record = tuple[int, int, int, bytes, int]  # direction, content type, version, fragment, time
 
 
+def _try_open(decryptor: Decryptor | None, content_type: int, version: int, fragment: bytes
+              ) -> tuple[int, bytes] | None:
+    """Open a record if this decryptor can; None (and no state change) if it cannot."""
+    if decryptor is None:
+        return None
+    try:
+        return decryptor.open(content_type, version, fragment)
+    except RecordAuthError:
+        return None
+
+
 @lru_cache(maxsize=256)
 def tls_info(version: int, suite: int) -> TlsInfo:
     """Shared by every session of the same version and suite."""
@@ -502,30 +513,22 @@ class TlsConnection:
                     ) -> tuple[int, bytes] | None:
         """TLS 1.3 client records after a ClientHello offering 0-RTT: early data while the
         early keys open them, then (or if the server refused it) the handshake keys."""
-        if side.decryptor is not None:
-            try:
-                opened = side.decryptor.open(content_type, version, fragment)
-            except RecordAuthError:
-                pass
-            else:
-                self.stats.records_decrypted += 1
-                self.stats.early_data_records += 1
-                return opened
-        if side.fallback is not None:
-            try:
-                opened = side.fallback.open(content_type, version, fragment)
-            except RecordAuthError:
-                pass
-            else:
-                self.stats.records_decrypted += 1
-                side.decryptor, side.fallback, side.phase = side.fallback, None, HANDSHAKE_KEYS
-                hs = self.handshake
-                if hs is not None and hs.early_data_accepted and not hs.end_of_early_data_seen:
-                    # it was sent under the early keys we lack; its bytes are fixed, and the
-                    # client's Finished covers them
-                    hs.transcript.append(END_OF_EARLY_DATA_MESSAGE)
-                    hs.end_of_early_data_seen = True
-                return opened
+        opened = _try_open(side.decryptor, content_type, version, fragment)
+        if opened is not None:
+            self.stats.records_decrypted += 1
+            self.stats.early_data_records += 1
+            return opened
+        opened = _try_open(side.fallback, content_type, version, fragment)
+        if opened is not None:
+            self.stats.records_decrypted += 1
+            side.decryptor, side.fallback, side.phase = side.fallback, None, HANDSHAKE_KEYS
+            hs = self.handshake
+            if hs is not None and hs.early_data_accepted and not hs.end_of_early_data_seen:
+                # it was sent under the early keys we lack; its bytes are fixed, and the
+                # client's Finished covers them
+                hs.transcript.append(END_OF_EARLY_DATA_MESSAGE)
+                hs.end_of_early_data_seen = True
+            return opened
         # early data whose keys we lack; the server may have refused it too
         self.stats.early_data_skipped += 1
         side.gap_pending = True
