@@ -13,7 +13,6 @@ and decrypted as soon as they do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import lru_cache
 from hmac import compare_digest
 from typing import TYPE_CHECKING
@@ -32,34 +31,45 @@ from captagent_tls.tls.events import (
     TlsInfo,
     TlsProblem,
 )
+from captagent_tls.tls.handshake_state import (
+    KEY_MISMATCH,
+    NEEDS_KEY_LOG,
+    NO_KEY,
+    SESSION_UNKNOWN,
+    HandshakeState,
+    derive_decryptors,
+    logged_master,
+    logged_pre_master,
+    master_from_pre_master,
+    rsa_masters,
+)
 from captagent_tls.tls.keyschedule import (
     SSL3,
-    TLS12,
     TLS13,
     digest,
     finished_verify_data,
     handshake_hash,
     hash_algorithm,
-    key_block,
-    master_secret,
     next_traffic_secret,
     tls13_finished,
     traffic_key_iv,
     version_name,
 )
-from captagent_tls.tls.protection import AeadDecryptor, Decryptor, RecordAuthError, make_decryptor
+from captagent_tls.tls.protection import AeadDecryptor, Decryptor, RecordAuthError
+from captagent_tls.tls.records import (
+    ALERT,
+    APPLICATION_DATA,
+    CHANGE_CIPHER_SPEC,
+    CONTENT_TYPES,
+    HANDSHAKE,
+    MAX_RECORD,
+    find_record_start,
+)
 from captagent_tls.tls.suites import CipherSuite, lookup, suite_name
 
 if TYPE_CHECKING:
     from captagent_tls.tls.tracker import TlsTracker
 
-CHANGE_CIPHER_SPEC = 20
-ALERT = 21
-HANDSHAKE = 22
-APPLICATION_DATA = 23
-HEARTBEAT = 24
-CONTENT_TYPES = frozenset((CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA, HEARTBEAT))
-MAX_RECORD = (1 << 14) + 2048
 MAX_HANDSHAKE_MESSAGE = 1 << 20
 RESYNC_MAX_SKIPPED_RECORDS = 256
 
@@ -68,13 +78,9 @@ CLIENT, SERVER = 0, 1  # roles, as opposed to flow directions
 # side phases
 PLAIN, PROTECTED, EARLY, HANDSHAKE_KEYS, APPLICATION_KEYS = range(5)
 
-# why a session cannot be decrypted (stats keys)
-NO_KEY = "no_key"
-KEY_MISMATCH = "key_mismatch"
+# why a session cannot be decrypted (stats keys; more in handshake_state)
 UNSUPPORTED_SUITE = "unsupported_suite"
 NO_HANDSHAKE = "no_handshake"
-SESSION_UNKNOWN = "session_unknown"
-NEEDS_KEY_LOG = "needs_key_log"
 KEYS_LATE = "keys_late"
 FINISHED_MISMATCH = "finished_mismatch"  # a problem to report, not a reason to stop
 
@@ -113,40 +119,6 @@ def is_tls13(version: int) -> bool:
     return version >= TLS13  # includes the 0x7fXX drafts
 
 
-@dataclass
-class _Handshake:
-    """One handshake: the first of a connection, or a renegotiation."""
-
-    client_hello: hsk.ClientHello
-    transcript: list[bytes]
-    server_hello: hsk.ServerHello | None = None
-    suite: CipherSuite | None = None
-    version: int = 0
-    ems: bool = False
-    etm: bool = False
-    abbreviated: bool = False
-    hello_retry: bool = False
-    early_data_accepted: bool = False
-    end_of_early_data_seen: bool = False
-    certificate: bytes | None = None
-    key_exchange_seen: bool = False
-    key_exchange: bytes = b""  # the ClientKeyExchange body
-    session_hash: bytes | None = None  # RFC 7627, when EMS was negotiated
-    master: bytes | None = None
-    master_source: str = ""
-    candidates: list[bytes] = field(default_factory=list)  # masters still to be proven
-    pending: list[Decryptor | None] = field(default_factory=lambda: [None, None])
-    finished: list[bool] = field(default_factory=lambda: [False, False])
-    ticket: bytes = b""
-    missing: str = ""  # why no keys, if none turn up
-    failed: str = ""
-    counted: bool = False
-
-    @property
-    def offers_early_data(self) -> bool:
-        return hsk.EXT_EARLY_DATA in self.client_hello.extensions
-
-
 class _Side:
     """One direction's record stream."""
 
@@ -181,7 +153,7 @@ class TlsConnection:
         self.sides = (_Side(), _Side())
         self.client_dir: int | None = None
         self.is_tls: bool | None = None  # None until the first bytes say
-        self.handshake: _Handshake | None = None  # while one runs; dropped once it is done
+        self.handshake: HandshakeState | None = None  # while one runs; dropped once it is done
         self.version = 0
         self.suite: CipherSuite | None = None
         self.client_random = b""
@@ -225,7 +197,7 @@ class TlsConnection:
         end = len(data)
         pos = 0
         if side.resync:
-            pos = self._find_record_start(data, 0)
+            pos = find_record_start(data, 0, self.record_version)
             if pos < 0:
                 self._keep(side, data, max(0, end - 4))
                 return events
@@ -234,7 +206,7 @@ class TlsConnection:
             length = (data[pos + 3] << 8) | data[pos + 4]
             if content_type not in CONTENT_TYPES or data[pos + 1] != 3 or length > MAX_RECORD:
                 self._lost_framing(direction, ts, events)
-                pos = self._find_record_start(data, pos + 1)
+                pos = find_record_start(data, pos + 1, self.record_version)
                 if pos < 0:
                     pos = max(0, end - 4)
                     break
@@ -327,7 +299,7 @@ class TlsConnection:
                 self.stats.connections += 1
                 self.client_dir = direction
                 # the SSLv2 record body is what the Finished hash covers (RFC 5246 E.2)
-                self.handshake = _Handshake(hello, [head[2 : 2 + length]])
+                self.handshake = HandshakeState(hello, [head[2 : 2 + length]])
                 self.client_random = hello.random
                 self.handshakes += 1
                 rest = head[2 + length :]
@@ -339,35 +311,6 @@ class TlsConnection:
         if self.client_dir is None:
             self.client_dir = 0  # plain TCP: the side that sent the SYN, or spoke first
         return False
-
-    def _find_record_start(self, data: bytes | bytearray, start: int) -> int:
-        """Offset of the next plausible record header of this connection, or -1.
-
-        Plausible: a known content type, this connection's record version, a sane length,
-        and another plausible header right after the record (when those bytes are here).
-        """
-        version = self.record_version or TLS12
-        marker = bytes([version >> 8, version & 0xFF])
-        end = len(data)
-        search = start
-        while True:
-            found = data.find(marker, search + 1)
-            if found < 0:
-                return -1
-            header = found - 1
-            search = found
-            if data[header] not in CONTENT_TYPES:
-                continue
-            if header + 5 > end:
-                return header  # too few bytes to judge: wait for more
-            length = (data[header + 3] << 8) | data[header + 4]
-            following = header + 5 + length
-            if 0 < length <= MAX_RECORD and (
-                following + 3 > end
-                or (data[following] in CONTENT_TYPES
-                    and data[following + 1 : following + 3] == marker)
-            ):
-                return header
 
     def _lost_framing(self, direction: int, ts: int, events: list[Event]) -> None:
         side = self.sides[direction]
@@ -722,7 +665,7 @@ class TlsConnection:
         elif msg_type == hsk.CERTIFICATE and not from_client:
             hs.certificate = hsk.first_certificate(body, tls13=is_tls13(hs.version))
         elif msg_type == hsk.CLIENT_KEY_EXCHANGE and from_client:
-            self._client_key_exchange(hs, body, ts, events)
+            self._client_key_exchange(hs, body)
         elif msg_type == hsk.NEW_SESSION_TICKET and not from_client:
             hs.ticket = hsk.session_ticket(body, tls13=False)
         elif msg_type == hsk.ENCRYPTED_EXTENSIONS and not from_client:
@@ -749,11 +692,12 @@ class TlsConnection:
             hs.transcript.append(message)
             self.client_random = hello.random
             return
-        self.handshake = _Handshake(hello, [message])
+        self.handshake = HandshakeState(hello, [message])
         self.client_random = hello.random
         self.handshakes += 1
 
-    def _server_hello(self, hs: _Handshake, message: bytes, ts: int, events: list[Event]) -> None:
+    def _server_hello(self, hs: HandshakeState, message: bytes, ts: int,
+                      events: list[Event]) -> None:
         body = message[4:]
         version = int.from_bytes(body[:2], "big")
         hello = (hsk.parse_server_hello_tls13_draft(body) if 0x7F00 <= version <= 0x7F15
@@ -780,20 +724,13 @@ class TlsConnection:
         hs.abbreviated = bool(session_id) and hello.session_id == session_id
         self._find_master(hs, ts, events)
 
-    def _find_master(self, hs: _Handshake, ts: int, events: list[Event]) -> None:
+    def _find_master(self, hs: HandshakeState, ts: int, events: list[Event]) -> None:
         """Master secret from a key log or, when resuming, the session cache (TLS 1.0-1.2)."""
-        hello = hs.server_hello
-        assert hello is not None
         keys = self.tracker.keys
-        logged = keys.secrets_for(hs.client_hello.random)
-        if logged is not None and logged.master_secret is not None:
-            self._set_master(hs, logged.master_secret, "key log")
-            return
-        by_session = keys.master_by_session_id.get(hello.session_id) if hello.session_id else None
-        if by_session is not None:
-            self._set_master(hs, by_session, "key log")
-            return
-        if hs.abbreviated:
+        logged = logged_master(hs, keys)
+        if logged is not None:
+            self._set_master(hs, logged, "key log")
+        elif hs.abbreviated:
             cached = self.tracker.sessions.lookup(hs.client_hello.session_id,
                                                   hs.client_hello.ticket or b"")
             if cached is not None:
@@ -801,10 +738,11 @@ class TlsConnection:
             else:
                 hs.missing = SESSION_UNKNOWN
         elif hs.key_exchange_seen:
-            self._pre_master_from_key_log(hs)
+            pre_master = logged_pre_master(hs, keys)
+            if pre_master is not None:
+                self._set_master(hs, master_from_pre_master(hs, pre_master), "key log")
 
-    def _client_key_exchange(self, hs: _Handshake, body: bytes, ts: int,
-                             events: list[Event]) -> None:
+    def _client_key_exchange(self, hs: HandshakeState, body: bytes) -> None:
         hs.key_exchange_seen = True
         hs.key_exchange = body
         suite = hs.suite
@@ -812,91 +750,30 @@ class TlsConnection:
             return
         if hs.ems:
             hs.session_hash = handshake_hash(hs.version, suite.prf_hash, hs.transcript)
-        if self._pre_master_from_key_log(hs):
-            return
-        if not suite.rsa_key_exchange:
+        pre_master = logged_pre_master(hs, self.tracker.keys)
+        if pre_master is not None:
+            self._set_master(hs, master_from_pre_master(hs, pre_master), "key log")
+        elif not suite.rsa_key_exchange:
             hs.missing = NEEDS_KEY_LOG
-            return
-        self._rsa_pre_master(hs, body)
+        else:
+            masters, proven, hs.missing = rsa_masters(hs, self.tracker.keys)
+            if proven:
+                self._set_master(hs, masters[0], "rsa")
+            elif masters:
+                hs.candidates, hs.master_source = masters, "rsa"
+                hs.missing = KEY_MISMATCH  # unless the first protected record says otherwise
 
-    def _pre_master_from_key_log(self, hs: _Handshake) -> bool:
-        keys = self.tracker.keys
-        logged = keys.secrets_for(hs.client_hello.random)
-        pre_master = logged.pre_master if logged is not None else None
-        if pre_master is None and hs.key_exchange and hs.suite is not None \
-                and hs.suite.rsa_key_exchange:
-            encrypted = hsk.rsa_encrypted_pre_master(hs.key_exchange, ssl3=hs.version == SSL3)
-            pre_master = keys.pms_by_encrypted_prefix.get(encrypted[:8])
-        if pre_master is None:
-            return False
-        self._set_master(hs, self._master_from_pre_master(hs, pre_master), "key log")
-        return True
-
-    def _master_from_pre_master(self, hs: _Handshake, pre_master: bytes) -> bytes:
-        suite, hello = hs.suite, hs.server_hello
-        assert suite is not None and hello is not None
-        return master_secret(hs.version, suite.prf_hash, pre_master, hs.client_hello.random,
-                             hello.random, hs.session_hash)
-
-    def _rsa_pre_master(self, hs: _Handshake, body: bytes) -> None:
-        encrypted = hsk.rsa_encrypted_pre_master(body, ssl3=hs.version == SSL3)
-        keys = self.tracker.keys
-        candidates = keys.rsa_keys
-        modulus = keys.certificate_modulus(hs.certificate) if hs.certificate else None
-        if modulus is not None:
-            key = keys.rsa_key_for_modulus(modulus)
-            if key is None:
-                hs.missing = NO_KEY
-                return
-            candidates = [key]
-        elif not candidates:
-            hs.missing = NO_KEY
-            return
-        versions = (hs.client_hello.version, hs.version)
-        masters = []
-        for key in candidates:
-            pre_master = key.decrypt_pre_master(encrypted)
-            if pre_master is not None and int.from_bytes(pre_master[:2], "big") in versions:
-                masters.append(self._master_from_pre_master(hs, pre_master))
-        if not masters:
-            hs.missing = NO_KEY if modulus is not None else KEY_MISMATCH
-        elif modulus is not None:
-            self._set_master(hs, masters[0], "rsa")
-        else:  # no certificate we can read: the first protected record will tell
-            hs.candidates = masters
-            hs.master_source = "rsa"
-            hs.missing = KEY_MISMATCH
-
-    def _set_master(self, hs: _Handshake, master: bytes, source: str) -> None:
+    def _set_master(self, hs: HandshakeState, master: bytes, source: str) -> None:
         hs.master = master
         hs.master_source = source
         hs.missing = ""
-        client_write, server_write = self._derive(hs, master)
-        hs.pending = [client_write, server_write]
+        hs.pending = list(derive_decryptors(hs, master))
         if self.client_dir is None:
             return
         for role in (CLIENT, SERVER):  # a side already past its ChangeCipherSpec
             side = self.sides[self._direction(role)]
             if side.encrypted and side.decryptor is None and hs.pending[role] is not None:
                 side.decryptor, hs.pending[role] = hs.pending[role], None
-
-    def _derive(self, hs: _Handshake, master: bytes) -> tuple[Decryptor, Decryptor]:
-        suite = hs.suite
-        hello = hs.server_hello
-        assert suite is not None and hello is not None
-        mac, key, iv = suite.mac_len, suite.key_len, suite.iv_len
-        block = key_block(hs.version, suite.prf_hash, master, hs.client_hello.random,
-                          hello.random, 2 * (mac + key + iv))
-        parts = []
-        pos = 0
-        for size in (mac, mac, key, key, iv, iv):
-            parts.append(block[pos : pos + size])
-            pos += size
-        client_mac, server_mac, client_key, server_key, client_iv, server_iv = parts
-        return (
-            make_decryptor(suite, hs.version, client_key, client_iv, client_mac, hs.etm),
-            make_decryptor(suite, hs.version, server_key, server_iv, server_mac, hs.etm),
-        )
 
     def _change_cipher_spec(self, direction: int, ts: int, events: list[Event]) -> None:
         side = self.sides[direction]
@@ -914,12 +791,12 @@ class TlsConnection:
             self._find_master(hs, ts, events)
         if hs.candidates and role == CLIENT:
             for master in hs.candidates:
-                client_write, server_write = self._derive(hs, master)
+                client_write, server_write = derive_decryptors(hs, master)
                 side.trials = [*side.trials, (master, client_write, server_write)]
             return
         side.decryptor, hs.pending[role] = hs.pending[role], None
 
-    def _finished(self, direction: int, hs: _Handshake, message: bytes, ts: int,
+    def _finished(self, direction: int, hs: HandshakeState, message: bytes, ts: int,
                   events: list[Event]) -> None:
         role = self._role(direction)
         suite = hs.suite
@@ -959,7 +836,7 @@ class TlsConnection:
             if not is_tls13(self.version):
                 self.client_random = b""
 
-    def _proven(self, hs: _Handshake, events: list[Event]) -> None:
+    def _proven(self, hs: HandshakeState, events: list[Event]) -> None:
         """A Finished verified: the keys are right.  Count and cache the session."""
         if not hs.counted:
             hs.counted = True
@@ -977,7 +854,7 @@ class TlsConnection:
 
     # -- TLS 1.3 ----------------------------------------------------------------------------
 
-    def _server_hello_tls13(self, hs: _Handshake, hello: hsk.ServerHello, suite: CipherSuite,
+    def _server_hello_tls13(self, hs: HandshakeState, hello: hsk.ServerHello, suite: CipherSuite,
                             ts: int, events: list[Event]) -> None:
         if hello.is_hello_retry:
             hs.hello_retry = True
