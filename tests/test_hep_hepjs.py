@@ -30,7 +30,7 @@ from support.hep import (
     chunk_value,
     decode_with_hepjs,
 )
-from support.paths import CORPUS, FIXTURES
+from support.paths import CORPUS, FIXTURE_KEYS, FIXTURES
 
 HEP_ID = 2001
 HEP_PASSWORD = "secret"
@@ -203,3 +203,26 @@ def test_hep_ipv6_addresses() -> None:
         dst = ipaddress.IPv6Address(chunk_value(p, CHUNK_DST_IP6))
         got[(src, d["srcPort"], dst, d["dstPort"], chunk_value(p, CHUNK_PAYLOAD))] += 1
     assert got == want
+
+
+def test_reading_a_file_waits_for_a_slow_collector_instead_of_dropping():
+    """A queue of 2 is far too small for a file read at full speed; offline, the reader waits
+    for room, so the TCP collector still gets every message, in order."""
+    from support.collectors import StreamServer
+
+    from captagent_tls.sinks.hep import CHUNK_PAYLOAD as PAYLOAD
+
+    truth_file = FIXTURES / "tls12-aes128gcm-ems.json"
+    server = StreamServer().start()
+    try:
+        proc = run(["-r", str(FIXTURES / "tls12-aes128gcm-ems.pcap"), "-k",
+                    str(FIXTURE_KEYS / "server-rsa2048.key"), "--hep", server.address,
+                    "--hep-queue", "2"])
+        assert proc.returncode == 0, proc.stderr
+        assert "0 dropped (queue full)" in proc.stderr
+        packets = server.wait_for_packets(16, timeout=5)
+    finally:
+        server.stop()
+    truth = load_groundtruth(truth_file)
+    sent = sorted(m for c in truth.connections for d in ("c2s", "s2c") for m in c.messages(d))
+    assert sorted(chunk_value(p, PAYLOAD) for p in packets) == sent

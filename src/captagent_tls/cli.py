@@ -8,6 +8,7 @@ one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import os
@@ -35,6 +36,7 @@ from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.tracker import HoldLimits
 
 EXIT_ERROR = 1
+OFFLINE_WAIT_FOR_ROOM_S = 30.0  # then a collector that does not take anything is given up
 
 log = logging.getLogger("captagent_tls")
 
@@ -265,7 +267,10 @@ def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
         options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
                              ip_proto_tls=args.hep_ip_proto, node_name=args.hep_node_name,
                              correlation_id=args.hep_correlation)
-        sinks.append(HepSink(args.hep, options, limits=parse_queue_limits(args.hep_queue),
+        limits = parse_queue_limits(args.hep_queue)
+        if not live:  # a file can wait for a slow collector: nothing is dropped for speed
+            limits = dataclasses.replace(limits, wait_for_room=OFFLINE_WAIT_FOR_ROOM_S)
+        sinks.append(HepSink(args.hep, options, limits=limits,
                              tls=TlsOptions(ca_file=args.hep_ca, insecure=args.hep_insecure)))
     if args.json:
         sinks.append(JsonLinesSink(sys.stdout, flush_each=live))

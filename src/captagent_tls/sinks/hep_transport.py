@@ -114,6 +114,9 @@ class QueueLimits:
 
     max_messages: int = 100_000
     max_bytes: int = 64 << 20
+    # when full, wait this long for room before dropping: 0 for live capture, which must
+    # never wait; reading a file may, so that nothing is dropped just for going fast
+    wait_for_room: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_messages < 1 or self.max_bytes < 1:
@@ -243,15 +246,20 @@ def _resolve(address: str, host: str, port: int, socktype: int) -> list[tuple]:
 
 
 class UdpCollector(Collector):
-    """One non-blocking ``sendto`` per packet, in the caller's thread."""
+    """One ``sendto`` per packet, in the caller's thread: non-blocking, unless the queue limits
+    allow waiting for room (reading a file)."""
 
-    def __init__(self, host: str, port: int, text: str | None = None):
+    def __init__(self, host: str, port: int, text: str | None = None,
+                 wait_for_room: float = 0.0):
         super().__init__("udp", host, port)
         family, _, _, _, sockaddr = _resolve(text or self.address, host, port,
                                              socket.SOCK_DGRAM)[0]
         self._sockaddr = sockaddr
         self._sock: socket.socket | None = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+        if wait_for_room:
+            self._sock.settimeout(wait_for_room)  # a full send buffer is waited out
+        else:
+            self._sock.setblocking(False)
         with contextlib.suppress(OSError):  # room for bursts; the kernel caps it at wmem_max
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self._sent = 0
@@ -416,6 +424,13 @@ class StreamCollector(Collector):
             if self._closing:
                 self._dropped_at_shutdown += 1
                 return False
+            if limits.wait_for_room and not (
+                self._held < limits.max_messages and self._held_bytes + size <= limits.max_bytes
+            ):
+                self._cond.wait_for(
+                    lambda: self._closing or (self._held < limits.max_messages
+                                              and self._held_bytes + size <= limits.max_bytes),
+                    limits.wait_for_room)
             if self._held < limits.max_messages and self._held_bytes + size <= limits.max_bytes:
                 self._queue.append(packet)
                 self._held += 1
@@ -764,6 +779,7 @@ class StreamCollector(Collector):
                 return
             self._held -= count
             self._held_bytes -= size
+            self._cond.notify_all()  # room for a submit() that waits
             if delivered:
                 self._sent += count
             else:
@@ -923,7 +939,8 @@ def open_collector(address: str, *, limits: QueueLimits | None = None,
     scheme, host, port = parse_collector(address)
     collector: Collector
     if scheme == "udp":
-        collector = UdpCollector(host, port, text=address)
+        collector = UdpCollector(host, port, text=address,
+                                 wait_for_room=limits.wait_for_room if limits else 0.0)
     else:
         collector = StreamCollector(scheme, host, port, limits=limits, tls=tls, retry=retry,
                                     text=address)
