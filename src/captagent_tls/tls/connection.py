@@ -123,7 +123,7 @@ class _Side:
     """One direction's record stream."""
 
     __slots__ = ("buf", "handshake_buf", "decryptor", "fallback", "encrypted", "phase",
-                 "traffic_secret", "trials", "resync", "gap_pending", "dead")
+                 "traffic_secret", "trials", "resync", "gap_pending")
 
     def __init__(self) -> None:
         # buffers exist only while they hold something: an idle session keeps no buffers
@@ -137,7 +137,6 @@ class _Side:
         self.trials: list[tuple[bytes, Decryptor, Decryptor]] = _NONE  # (master, mine, peer's)
         self.resync = False
         self.gap_pending = False
-        self.dead = False
 
 
 class TlsConnection:
@@ -174,8 +173,6 @@ class TlsConnection:
     def data(self, direction: int, chunk: bytes, ts: int) -> list[Event]:
         events: list[Event] = []
         side = self.sides[direction]
-        if side.dead:
-            return events
         if self.is_tls is None:
             head = bytes(side.buf) + chunk if side.buf else chunk
             side.buf = None
@@ -223,9 +220,7 @@ class TlsConnection:
     def gap(self, direction: int, ts: int) -> list[Event]:
         """The TCP stream lost bytes: drop the partial record and find the next one."""
         side = self.sides[direction]
-        if self.is_tls is None:
-            pass  # the first bytes are gone: judge by what follows
-        side.buf = None
+        side.buf = None  # (if the flow was not judged yet, what follows will be)
         side.handshake_buf = None
         if self.is_tls:
             side.resync = True
