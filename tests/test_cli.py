@@ -212,3 +212,21 @@ def test_pkcs12_with_a_wrong_password(tmp_path):
     assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path), "--key-password", "nope"]),
                           "wrong password")
     assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path)]), "--key-password")
+
+
+def test_no_key_material_in_any_log_output(tmp_path):
+    """With the most verbose logging, neither key-log secrets nor derived master secrets nor
+    the private key appear on stderr."""
+    exported = tmp_path / "exported.keys"
+    run(["-r", str(CAPTURE), "-k", str(KEY), "--export-keylog", str(exported), "-q"])
+    secrets = [line.split()[2] for line in exported.read_text().splitlines()]
+    keylog = FIXTURES / "keylog-tls13-suites.keylog"
+    secrets += [line.split()[2] for line in keylog.read_text().splitlines() if line.strip()]
+    for args in (["-r", str(CAPTURE), "-k", str(KEY)],
+                 ["-r", str(FIXTURES / "keylog-tls13-suites.pcap"), "--keylog", str(keylog)]):
+        proc = run([*args, "-vv", "--json"])
+        assert proc.returncode == 0
+        for secret in secrets:
+            assert secret not in proc.stderr.lower()
+        key_body = KEY.read_text().splitlines()[1]
+        assert key_body not in proc.stderr
