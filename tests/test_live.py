@@ -171,3 +171,19 @@ def test_plain_sip_over_udp_with_a_fragmented_invite_and_over_tcp(tmp_path):
     tcp_out = [o for o in out if o["transport"] == "tcp"]
     assert received(tcp_out) == expected([call])
     assert all(o["tls_version"] is None for o in out)
+
+
+def test_drops_root_after_opening_the_capture_and_reading_the_keys():
+    port = free_port()
+    server = TlsSipServer(port)
+    with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--user", "nobody",
+               "--json") as agent:
+        status = open(f"/proc/{agent.proc.pid}/status").read()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        call = sip_call(server, seed=9)
+        assert agent.stop() == 0
+    server.close()
+    import pwd
+
+    assert set(uids) == {str(pwd.getpwnam("nobody").pw_uid)}
+    assert received(agent.json()) == expected([call])  # the open capture keeps working
