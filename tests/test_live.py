@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from support.live import (
@@ -178,7 +179,7 @@ def test_drops_root_after_opening_the_capture_and_reading_the_keys():
     server = TlsSipServer(port)
     with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--user", "nobody",
                "--json") as agent:
-        status = open(f"/proc/{agent.proc.pid}/status").read()
+        status = Path(f"/proc/{agent.proc.pid}/status").read_text()
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         call = sip_call(server, seed=9)
         assert agent.stop() == 0
