@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -230,3 +231,20 @@ def test_no_key_material_in_any_log_output(tmp_path):
             assert secret not in proc.stderr.lower()
         key_body = KEY.read_text().splitlines()[1]
         assert key_body not in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
+def test_write_gives_a_pcap_that_tshark_reads_as_sip(tmp_path):
+    out_file = tmp_path / "decrypted.pcap"
+    ours = run_json(["-r", str(CAPTURE), "-k", str(KEY), "-w", str(out_file)])
+    proc = subprocess.run(
+        ["tshark", "-r", str(out_file), "-T", "fields", "-e", "exported_pdu.ipv4_src",
+         "-e", "exported_pdu.src_port", "-e", "exported_pdu.ipv4_dst",
+         "-e", "exported_pdu.dst_port", "-e", "sip.Call-ID", "-e", "frame.time_epoch"],
+        capture_output=True, text=True, check=True)
+    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert len(rows) == len(ours) == len(expected_messages("tls12-aes128gcm-ems"))
+    for row, obj in zip(rows, ours, strict=True):
+        assert row[:5] == [obj["src_ip"], str(obj["src_port"]), obj["dst_ip"],
+                           str(obj["dst_port"]), obj["call_id"]]
+        assert abs(float(row[5]) - obj["ts"]) < 1e-6

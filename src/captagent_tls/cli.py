@@ -30,6 +30,7 @@ from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
 from captagent_tls.sinks.hep import HepConfigError, HepOptions, HepSink, QueueLimits, TlsOptions
 from captagent_tls.sinks.jsonl import JsonLinesSink
+from captagent_tls.sinks.pcapfile import PcapFileSink
 from captagent_tls.tls.events import SessionSecret
 from captagent_tls.tls.keylog import KeyLogResult, load_key_log
 from captagent_tls.tls.keys import KeyStore
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     out = parser.add_argument_group("outputs (default: the console)")
     out.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                      help="one JSON object per message on stdout")
+    out.add_argument("-w", "--write", metavar="FILE",
+                     help="write the decrypted SIP messages to a pcap file that Wireshark "
+                          "opens as SIP, with the real addresses, ports and times")
     out.add_argument("--console", action=argparse.BooleanOptionalAction, default=False,
                      help="print messages on the console even when another output is chosen")
     out.add_argument("--hep", metavar="[udp|tcp|tls://]HOST:PORT", action="append", default=[],
@@ -272,6 +276,11 @@ def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
             limits = dataclasses.replace(limits, wait_for_room=OFFLINE_WAIT_FOR_ROOM_S)
         sinks.append(HepSink(args.hep, options, limits=limits,
                              tls=TlsOptions(ca_file=args.hep_ca, insecure=args.hep_insecure)))
+    if args.write:
+        try:
+            sinks.append(PcapFileSink(open(args.write, "wb"), flush_each=live))  # noqa: SIM115
+        except OSError as exc:
+            raise UserError(f"cannot write {args.write}: {exc.strerror or exc}") from None
     if args.json:
         sinks.append(JsonLinesSink(sys.stdout, flush_each=live))
     if args.console or not sinks:
