@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="close flows idle this long, in capture time (default 180)")
     tuning.add_argument("--max-flow-buffer", metavar="BYTES", type=int, default=4 << 20,
                         help="out-of-order bytes one direction may hold (default 4 MiB)")
+    tuning.add_argument("--max-flows", metavar="N", type=int, default=200_000,
+                        help="TCP flows tracked at once; the least recently active go first "
+                             "(default 200000)")
+    tuning.add_argument("--session-cache", metavar="N", type=int, default=20_000,
+                        help="TLS sessions remembered for resumption, by ID and by ticket "
+                             "(default 20000 each)")
     parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, default=False,
                         help="no stats summary at the end")
     parser.add_argument("-c", "--config", metavar="FILE",
@@ -306,8 +312,11 @@ def parse_queue_limits(text: str) -> QueueLimits:
 def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> PipelineOptions:
     if args.flow_timeout <= 0 or args.key_wait < 0:
         raise UserError("--flow-timeout must be positive and --key-wait not negative")
+    if min(args.max_flows, args.session_cache, args.max_flow_buffer) < 1:
+        raise UserError("--max-flows, --session-cache and --max-flow-buffer must be positive")
     return PipelineOptions(flow_timeout_s=args.flow_timeout,
                            max_direction_bytes=args.max_flow_buffer,
+                           max_flows=args.max_flows, session_cache_size=args.session_cache,
                            keys_may_arrive=keys_may_arrive,
                            hold=HoldLimits(max_wait_s=args.key_wait))
 

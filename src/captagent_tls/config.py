@@ -59,19 +59,19 @@ OPTIONS: dict[str, str] = {
     "key": LIST, "key_password": STR, "keylog": LIST, "keylog_listen": LIST,
     "keylog_listen_remote": BOOL, "key_wait": FLOAT, "export_keylog": STR,
     # outputs
-    "json": BOOL, "console": BOOL,
+    "json": BOOL, "console": BOOL, "write": STR,
     # HEP
     "hep": LIST, "hep_id": INT, "hep_password": STR, "hep_node_name": STR,
     "hep_correlation": BOOL, "hep_ip_proto": INT, "hep_ca": STR, "hep_insecure": BOOL,
     "hep_queue": STR,
     # tuning
-    "flow_timeout": FLOAT, "max_flow_buffer": INT,
+    "flow_timeout": FLOAT, "max_flow_buffer": INT, "max_flows": INT, "session_cache": INT,
     # the agent itself
     "user": STR, "metrics": STR, "stats_interval": FLOAT, "quiet": BOOL, "verbose": INT,
 }  # fmt: skip
 
 #: Options holding file names: relative names in a file are relative to that file's folder.
-PATH_OPTIONS = frozenset({"read", "key", "keylog", "export_keylog", "hep_ca"})
+PATH_OPTIONS = frozenset({"read", "key", "keylog", "export_keylog", "hep_ca", "write"})
 
 
 def _table(*dests: str, **aliases: str) -> dict[str, str]:
@@ -86,12 +86,12 @@ TABLES: dict[str, dict[str, str]] = {
     "capture": _table("read", "interface", "filter", "promisc", "snaplen", "buffer_size"),
     "keys": _table("key", "key_password", "keylog", "keylog_listen", "keylog_listen_remote",
                    "key_wait", "export_keylog"),
-    "output": _table("json", "console"),
+    "output": _table("json", "console", "write"),
     "hep": _table(collectors="hep", id="hep_id", password="hep_password",
                   node_name="hep_node_name", correlation="hep_correlation",
                   ip_proto="hep_ip_proto", ca="hep_ca", insecure="hep_insecure",
                   queue="hep_queue"),
-    "tuning": _table("flow_timeout", "max_flow_buffer"),
+    "tuning": _table("flow_timeout", "max_flow_buffer", "max_flows", "session_cache"),
     "agent": _table("user", "metrics", "stats_interval", "quiet", "verbose"),
 }
 
@@ -219,6 +219,8 @@ _CHECKS: dict[str, _Check] = {
     "hep_queue": _hep_queue,
     "flow_timeout": _positive,
     "max_flow_buffer": _positive,
+    "max_flows": _positive,
+    "session_cache": _positive,
     "user": _not_empty,
     "metrics": _metrics,
     "stats_interval": _at_least(0),

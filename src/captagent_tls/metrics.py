@@ -50,6 +50,9 @@ class AgentCollector(Collector):
         active.add_metric([], pipeline.tcp.active_flows)
         yield active
         yield counter("flow_evictions", "Flows evicted by the flow cap", tcp.evictions)
+        yield counter("flow_timeouts", "Flows closed after the idle timeout", tcp.timeouts)
+        yield counter("session_cache_evictions", "Cached TLS sessions evicted by the cap",
+                      pipeline.tls.sessions.evictions)
         yield counter("tcp_gaps", "Holes in TCP streams the capture missed", tcp.gaps)
 
         sessions = CounterMetricFamily(f"{PREFIX}_tls_sessions", "TLS sessions by outcome",

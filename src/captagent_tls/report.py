@@ -43,7 +43,9 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
         + (f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.skipped.items()))})"
            if skipped else ""),
         f"flows: {tcp.flows} TCP, {tls.connections} TLS; out of order {tcp.out_of_order}, "
-        f"duplicates {tcp.duplicates}, gaps {tcp.gaps} ({tcp.gap_bytes} bytes)",
+        f"duplicates {tcp.duplicates}, gaps {tcp.gaps} ({tcp.gap_bytes} bytes); evicted: "
+        f"{tcp.evictions} flows, {tcp.timeouts} idle, {pipeline.tls.sessions.evictions} cached "
+        "sessions",
         f"TLS sessions: {tls.sessions_full} full, {tls.sessions_resumed} resumed, "
         f"undecryptable: {undecryptable}",
         f"TLS records: {tls.records_decrypted} decrypted, {tls.records_failed} failed "
