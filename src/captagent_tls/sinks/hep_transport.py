@@ -246,63 +246,116 @@ def _resolve(address: str, host: str, port: int, socktype: int) -> list[tuple]:
 
 
 class UdpCollector(Collector):
-    """One ``sendto`` per packet, in the caller's thread: non-blocking, unless the queue limits
-    allow waiting for room (reading a file)."""
+    """A bounded queue and a sender thread doing one ``sendto`` per packet.
+
+    ``sendto`` to a busy collector costs more than the rest of a message's processing; in its
+    own thread it runs beside the capture (the GIL is released in the system call).  A full
+    queue drops and counts, unless the limits allow waiting for room (reading a file).
+    """
 
     def __init__(self, host: str, port: int, text: str | None = None,
-                 wait_for_room: float = 0.0):
+                 limits: QueueLimits | None = None):
         super().__init__("udp", host, port)
         family, _, _, _, sockaddr = _resolve(text or self.address, host, port,
                                              socket.SOCK_DGRAM)[0]
         self._sockaddr = sockaddr
-        self._sock: socket.socket | None = socket.socket(family, socket.SOCK_DGRAM)
-        if wait_for_room:
-            self._sock.settimeout(wait_for_room)  # a full send buffer is waited out
-        else:
-            self._sock.setblocking(False)
+        self.limits = limits or QueueLimits()
+        self._sock = socket.socket(family, socket.SOCK_DGRAM)
+        self._sock.settimeout(_WAIT_SLICE)  # a full send buffer is waited out, in slices
         with contextlib.suppress(OSError):  # room for bursts; the kernel caps it at wmem_max
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
         self._sent = 0
+        self._dropped = 0
         self._send_errors = 0
         self._dropped_at_shutdown = 0
         self._last_error = ""
         self._failing = False
+        self._closing = False
+        self._deadline = math.inf
+        self._thread = threading.Thread(target=self._run, name=f"hep {self.address}",
+                                        daemon=True)
 
     def start(self) -> None:
-        pass
+        if not self._thread.is_alive() and not self._closing:
+            self._thread.start()
+
+    def _room(self, size: int) -> bool:
+        return (len(self._queue) < self.limits.max_messages
+                and self._queued_bytes + size <= self.limits.max_bytes)
 
     def submit(self, packet: bytes) -> bool:
-        sock = self._sock
-        if sock is None:
-            self._dropped_at_shutdown += 1
-            return False
-        try:
-            sock.sendto(packet, self._sockaddr)
-        except OSError as exc:
-            self._send_errors += 1
-            self._last_error = describe_error(exc)
-            if not self._failing:
-                self._failing = True
-                log.warning("HEP collector %s: send failed: %s (counting further failures)",
-                            self.address, self._last_error)
-            return False
-        self._failing = False
-        self._sent += 1
+        size = len(packet)
+        with self._cond:
+            if self._closing:
+                self._dropped_at_shutdown += 1
+                return False
+            if self.limits.wait_for_room and not self._room(size):
+                self._cond.wait_for(lambda: self._closing or self._room(size),
+                                    self.limits.wait_for_room)
+            if not self._room(size) or self._closing:
+                self._dropped += 1
+                return False
+            self._queue.append(packet)
+            self._queued_bytes += size
+            if len(self._queue) == 1:
+                self._cond.notify_all()
         return True
+
+    def _run(self) -> None:
+        queue, sock, address = self._queue, self._sock, self._sockaddr
+        while True:
+            with self._cond:
+                while not queue and not self._closing:
+                    self._cond.wait()
+                if not queue or time.monotonic() > self._deadline:
+                    return
+                batch = list(queue)
+                queue.clear()
+                self._queued_bytes = 0
+                self._cond.notify_all()  # room for a submit() that waits
+            for packet in batch:
+                try:
+                    sock.sendto(packet, address)
+                except OSError as exc:
+                    self._send_failed(exc)
+                else:
+                    self._failing = False
+                    self._sent += 1
+
+    def _send_failed(self, exc: OSError) -> None:
+        self._send_errors += 1
+        self._last_error = describe_error(exc)
+        if not self._failing:
+            self._failing = True
+            log.warning("HEP collector %s: send failed: %s (counting further failures)",
+                        self.address, self._last_error)
 
     @property
     def stats(self) -> CollectorStats:
-        return CollectorStats(sent=self._sent, dropped_at_shutdown=self._dropped_at_shutdown,
-                              send_errors=self._send_errors, connected=self._sock is not None,
+        with self._cond:
+            queued, queued_bytes = len(self._queue), self._queued_bytes
+        return CollectorStats(sent=self._sent, queued=queued, queued_bytes=queued_bytes,
+                              dropped=self._dropped,
+                              dropped_at_shutdown=self._dropped_at_shutdown,
+                              send_errors=self._send_errors, connected=not self._closing,
                               last_error=self._last_error)
 
     def begin_close(self, deadline: float) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+        with self._cond:
+            self._closing = True
+            self._deadline = deadline
+            self._cond.notify_all()
 
     def wait_closed(self, deadline: float) -> None:
-        pass
+        if self._thread.is_alive():
+            self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+        with self._cond:
+            self._dropped_at_shutdown += len(self._queue)
+            self._queue.clear()
+        self._sock.close()
 
 
 # Linux: SIOCOUTQ (== TIOCOUTQ) gives the bytes of a TCP socket not yet acknowledged.
@@ -939,8 +992,7 @@ def open_collector(address: str, *, limits: QueueLimits | None = None,
     scheme, host, port = parse_collector(address)
     collector: Collector
     if scheme == "udp":
-        collector = UdpCollector(host, port, text=address,
-                                 wait_for_room=limits.wait_for_room if limits else 0.0)
+        collector = UdpCollector(host, port, text=address, limits=limits)
     else:
         collector = StreamCollector(scheme, host, port, limits=limits, tls=tls, retry=retry,
                                     text=address)
