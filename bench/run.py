@@ -210,34 +210,6 @@ class UdpDrain:
 # --------------------------------------------------------------------------
 
 
-class _OneShotRegistry(peers._Registry):
-    """peers' client-endpoint -> script registry, each plan handed out once.
-
-    On loopback Linux reuses a client port as soon as its previous connection
-    is closed (net.ipv4.tcp_tw_reuse=2), so across 2,000 connections the same
-    client endpoint comes back; peers' registry then hands the new connection
-    the finished one's script and the capture fails ("peer closed after 0 of N
-    bytes").  Popping the plan on ``get`` makes a reused endpoint wait for its
-    own ``put``.  Used only while this script records.
-    """
-
-    def get(self, client, timeout=peers.IO_TIMEOUT):  # type: ignore[no-untyped-def]
-        with self._cond:
-            if not self._cond.wait_for(lambda: client in self._plans, timeout):
-                raise TimeoutError(f"no script registered for {client}")
-            return self._plans.pop(client)
-
-
-@contextlib.contextmanager
-def one_shot_registry():  # type: ignore[no-untyped-def]
-    saved = peers._Registry
-    peers._Registry = _OneShotRegistry
-    try:
-        yield
-    finally:
-        peers._Registry = saved
-
-
 def capture_paths(out: Path, name: str) -> tuple[Path, Path]:
     return out / f"{name}.pcap", out / f"{name}.json"
 
@@ -272,8 +244,7 @@ def make_capture(
     js.unlink(missing_ok=True)  # a failed recording must not leave a stale pair for --reuse
     print(f"[{name}] recording {kind} capture {size} ...", flush=True)
     t0 = time.perf_counter()
-    with one_shot_registry():
-        gt = _record(pcap, js, name, kind, size)
+    gt = _record(pcap, js, name, kind, size)
     secs = time.perf_counter() - t0
     print(f"[{name}] recorded {_mb(pcap):.1f} MB in {secs:.1f} s", flush=True)
     return gt, {"reused": False, "seconds": round(secs, 1), "pcap_mb": _mb(pcap)}
