@@ -56,7 +56,6 @@ class Skip(NamedTuple):
 NOT_IP = Skip("not IP")
 UNKNOWN_LINKTYPE = Skip("unsupported link type")
 NOT_TCP = Skip("not TCP or UDP")
-FRAGMENT = Skip("IP fragment")
 TRUNCATED = Skip("truncated")
 
 
@@ -160,10 +159,6 @@ def decode(linktype: int, data: bytes | memoryview) -> Decoded:
     if end > len(data):
         # cut by the snap length: the missing bytes become a gap in the stream
         return TRUNCATED
-    if protocol == IPPROTO_TCP and l4 + 20 <= end:
-        sport, dport, seq, ack, data_offset, flags = _tcp(data, l4)
-        return Segment(src, dst, sport, dport, seq, ack, flags,
-                       data[l4 + (data_offset >> 4) * 4 : end])
     return transport(src, dst, protocol, data[l4:end])
 
 

@@ -99,6 +99,25 @@ class _Half:
         self.finished = False
 
 
+def _first_held(half: _Half) -> int:
+    """The sequence number of the held segment nearest the stream position."""
+    start = half.next_seq or 0
+    return min(half.pending, key=lambda seq: seq_delta(seq, start))
+
+
+def _pop_overlapping(half: _Half, start: int) -> bytes | None:
+    """Held segments that begin before the stream position: drop those it has passed, and
+    return the new part of the first that reaches beyond it."""
+    for held_seq in list(half.pending):
+        behind = -seq_delta(held_seq, start)
+        if behind > 0:
+            held = half.pending.pop(held_seq)
+            half.pending_bytes -= len(held)
+            if len(held) > behind:
+                return held[behind:]
+    return None
+
+
 @dataclass
 class TcpStats:
     segments: int = 0
@@ -163,16 +182,12 @@ class TcpReassembler:
             seq = (seq + 1) & SEQ_MASK
             if half.next_seq is None:
                 half.next_seq = seq
-            if flags & TCP_ACK and half.direction == 0 and not flow.syn_seen:
-                pass
         if seg.payload:
             self._data(half, seq, seg.payload, ts_ns, events)
         peer = half.peer
-        if flags & TCP_ACK and peer.pending and peer.next_seq is not None:
-            first_pending = min(peer.pending, key=lambda s: seq_delta(s, peer.next_seq or 0))
-            if seq_delta(seg.ack, first_pending) >= 0:
-                # the receiver has the bytes in the hole, so they crossed the wire unseen
-                self._skip_hole(peer, ts_ns, events)
+        if flags & TCP_ACK and peer.pending and seq_delta(seg.ack, _first_held(peer)) >= 0:
+            # the receiver has the bytes in the hole, so they crossed the wire unseen
+            self._skip_hole(peer, ts_ns, events)
         if flags & TCP_RST:
             self._close(flow, "rst", ts_ns, events)
         elif flags & TCP_FIN:
@@ -199,13 +214,12 @@ class TcpReassembler:
     def _is_new_connection(self, half: _Half, seg: Segment) -> bool:
         if half.flow.closed or half.finished:
             return True
-        expected = half.next_seq
         # a SYN whose sequence number does not fit the current stream reuses the port pair
         return (
-            expected is not None
+            half.flow.syn_seen
+            and half.next_seq is not None
             and not (seg.flags & TCP_ACK and half.direction == 1)
-            and abs(seq_delta((seg.seq + 1) & SEQ_MASK, expected)) > 0
-            and half.flow.syn_seen
+            and (seg.seq + 1) & SEQ_MASK != half.next_seq
         )
 
     def _new_flow(self, seg: Segment, ts_ns: int, events: list[Event]) -> _Half:
@@ -232,22 +246,17 @@ class TcpReassembler:
         if half.next_seq is None:
             half.next_seq = seq
         delta = seq_delta(seq, half.next_seq)
-        if delta == 0 and not half.pending:
-            data = bytes(payload)
-            half.next_seq = (seq + len(data)) & SEQ_MASK
-            events.append(StreamData(half.flow, half.direction, data, ts_ns))
-            return
-        if delta < 0:
-            if -delta >= len(payload):
-                self.stats.duplicates += 1
-                return
-            payload = payload[-delta:]  # a retransmission that overlaps what we have
-            delta = 0
-        if delta == 0:
+        if delta <= 0:
+            if delta < 0:
+                if -delta >= len(payload):
+                    self.stats.duplicates += 1
+                    return
+                payload = payload[-delta:]  # a retransmission that overlaps what we have
             data = bytes(payload)
             half.next_seq = (half.next_seq + len(data)) & SEQ_MASK
             events.append(StreamData(half.flow, half.direction, data, ts_ns))
-            self._drain(half, ts_ns, events)
+            if half.pending:
+                self._drain(half, ts_ns, events)
             return
         if delta > FAR_AHEAD:
             return
@@ -269,20 +278,12 @@ class TcpReassembler:
             assert half.next_seq is not None
             start = half.next_seq
             data = pending.pop(start, None)
-            if data is None:
-                # a held segment that starts before the stream position overlaps it
-                for held_seq in list(pending):
-                    behind = -seq_delta(held_seq, start)
-                    if behind > 0:
-                        held = pending.pop(held_seq)
-                        half.pending_bytes -= len(held)
-                        if len(held) > behind:
-                            data = held[behind:]
-                            half.pending_bytes += len(data)
-                            break
+            if data is not None:
+                half.pending_bytes -= len(data)
+            else:
+                data = _pop_overlapping(half, start)
                 if data is None:
                     return
-            half.pending_bytes -= len(data)
             half.next_seq = (start + len(data)) & SEQ_MASK
             events.append(StreamData(half.flow, half.direction, data, ts_ns))
         half.pending = _NO_PENDING
@@ -293,7 +294,7 @@ class TcpReassembler:
         if not half.pending or half.next_seq is None:
             return
         start = half.next_seq
-        first = min(half.pending, key=lambda s: seq_delta(s, start))
+        first = _first_held(half)
         size = seq_delta(first, start)
         if size <= 0:
             self._drain(half, ts_ns, events)
