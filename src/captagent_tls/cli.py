@@ -28,7 +28,13 @@ from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
-from captagent_tls.sinks.hep import HepConfigError, HepOptions, HepSink, QueueLimits, TlsOptions
+from captagent_tls.sinks.hep import (
+    HepConfigError,
+    HepOptions,
+    HepSink,
+    TlsOptions,
+    parse_queue_limits,
+)
 from captagent_tls.sinks.jsonl import JsonLinesSink
 from captagent_tls.sinks.pcapfile import PcapFileSink
 from captagent_tls.tls.events import SessionSecret
@@ -292,21 +298,6 @@ def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
     if args.console or not sinks:
         sinks.append(ConsoleSink(sys.stdout, flush_each=live))
     return sinks
-
-
-def parse_queue_limits(text: str) -> QueueLimits:
-    """``MESSAGES[,BYTES]``; bytes may end in K, M or G."""
-    messages_text, _, bytes_text = text.partition(",")
-    try:
-        messages = int(messages_text)
-        size = QueueLimits().max_bytes
-        if bytes_text:
-            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(bytes_text[-1:].upper(), 1)
-            size = int(bytes_text.rstrip("KkMmGg")) * unit
-        return QueueLimits(messages, size)
-    except ValueError:
-        raise UserError(f"bad --hep-queue {text!r}: expected MESSAGES[,BYTES], "
-                        "e.g. 100000,64M") from None
 
 
 def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> PipelineOptions:

@@ -27,7 +27,13 @@ from pathlib import Path
 from xml.parsers import expat
 
 from captagent_tls.keysources import KeySourceError, parse_listen_url
-from captagent_tls.sinks.hep import CollectorAddressError, parse_collector
+from captagent_tls.net.addresses import split_host_port
+from captagent_tls.sinks.hep import (
+    CollectorAddressError,
+    HepConfigError,
+    parse_collector,
+    parse_queue_limits,
+)
 
 __all__ = [
     "ALTERNATIVES",
@@ -147,9 +153,10 @@ _Check = Callable[[object], "str | None"]
 
 
 def _host_port_problem(text: str) -> str | None:
-    host, _, port = text.rpartition(":")
-    if host.strip("[]") == "" or not port.isdigit() or not 0 < int(port) < 65536:
-        return f"expected HOST:PORT, got {text!r}"
+    try:
+        split_host_port(text)
+    except ValueError as exc:
+        return f"{exc}, got {text!r}"
     return None
 
 
@@ -176,9 +183,10 @@ def _not_empty(value: object) -> str | None:
 
 def _hep_queue(value: object) -> str | None:
     assert isinstance(value, str)
-    match = re.fullmatch(r"(\d+)(?:,(\d+))?", value.replace(" ", ""))
-    if match is None or int(match[1]) == 0 or (match[2] is not None and int(match[2]) == 0):
-        return f'expected "MESSAGES" or "MESSAGES,BYTES" (numbers above 0), got {value!r}'
+    try:
+        parse_queue_limits(value)
+    except HepConfigError as exc:
+        return str(exc)
     return None
 
 

@@ -15,6 +15,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from captagent_tls.net.addresses import split_url
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore
 
@@ -96,15 +97,10 @@ class KeyLogFile:
 
 
 def parse_listen_url(url: str) -> tuple[str, str, int]:
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("udp", "tcp"):
-        raise KeySourceError(f"bad key-log listener {url!r}: use udp://HOST:PORT or "
-                             "tcp://HOST:PORT")
-    host, _, port = rest.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise KeySourceError(f"bad key-log listener {url!r}: expected HOST:PORT")
-    return scheme, host, int(port)
+    try:
+        return split_url(url, ("udp", "tcp"))
+    except ValueError as exc:
+        raise KeySourceError(f"bad key-log listener {url!r}: {exc}") from None
 
 
 def is_loopback(host: str) -> bool:

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from captagent_tls.capture.live import KernelStats
+from captagent_tls.net.addresses import split_host_port
 from captagent_tls.pipeline import Pipeline
 
 PREFIX = "captagent_tls"
@@ -102,9 +103,10 @@ def serve_metrics(address: str, collector: AgentCollector) -> None:
     """Start the HTTP endpoint on HOST:PORT (a thread of prometheus_client's)."""
     from prometheus_client import start_http_server
 
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"bad --metrics address {address!r}: expected HOST:PORT")
+    try:
+        host, port = split_host_port(address)
+    except ValueError as exc:
+        raise ValueError(f"bad --metrics address {address!r}: {exc}") from None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    start_http_server(port, addr=host, registry=registry)

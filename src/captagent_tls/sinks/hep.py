@@ -25,6 +25,7 @@ from captagent_tls.sinks.hep_transport import (
     TlsOptions,
     open_collector,
     parse_collector,
+    parse_queue_limits,
 )
 from captagent_tls.sip import Message
 
@@ -45,6 +46,7 @@ __all__ = [
     "TlsOptions",
     "encode_hep3",
     "parse_collector",
+    "parse_queue_limits",
 ]
 
 HEP_MAGIC = b"HEP3"

@@ -67,6 +67,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from captagent_tls.net.addresses import split_url
+
 log = logging.getLogger("captagent_tls.hep")
 
 SCHEMES = ("udp", "tcp", "tls")
@@ -82,22 +84,10 @@ class CollectorAddressError(HepConfigError):
 
 def parse_collector(text: str) -> tuple[str, str, int]:
     """``[udp://|tcp://|tls://]HOST:PORT`` -> (scheme, host, port).  IPv6 hosts go in brackets."""
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "udp", text
-    scheme = scheme.lower()
-    if scheme not in SCHEMES:
-        raise CollectorAddressError(f"bad HEP collector {text!r}: scheme must be udp, tcp or tls")
-    if rest.startswith("["):
-        host, bracket, port_text = rest[1:].partition("]")
-        port_text = port_text[1:] if port_text.startswith(":") else ""
-        if not bracket:
-            port_text = ""
-    else:
-        host, _, port_text = rest.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise CollectorAddressError(f"bad HEP collector {text!r}: expected HOST:PORT")
-    return scheme, host, int(port_text)
+    try:
+        return split_url(text, SCHEMES, default="udp")
+    except ValueError as exc:
+        raise CollectorAddressError(f"bad HEP collector {text!r}: {exc}") from None
 
 
 def format_collector(scheme: str, host: str, port: int) -> str:
@@ -121,6 +111,21 @@ class QueueLimits:
     def __post_init__(self) -> None:
         if self.max_messages < 1 or self.max_bytes < 1:
             raise HepConfigError("HEP queue limits must be at least 1 message and 1 byte")
+
+
+def parse_queue_limits(text: str) -> QueueLimits:
+    """``MESSAGES[,BYTES]`` (``--hep-queue``); bytes may end in K, M or G."""
+    messages_text, _, bytes_text = text.replace(" ", "").partition(",")
+    try:
+        messages = int(messages_text)
+        size = QueueLimits().max_bytes
+        if bytes_text:
+            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(bytes_text[-1:].upper(), 1)
+            size = int(bytes_text.rstrip("KkMmGg")) * unit
+    except ValueError:
+        raise HepConfigError(f"bad HEP queue {text!r}: expected MESSAGES or MESSAGES,BYTES, "
+                             "e.g. 100000,64M") from None
+    return QueueLimits(messages, size)
 
 
 @dataclass(frozen=True)
