@@ -9,6 +9,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from functools import partial
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import (
@@ -22,8 +23,15 @@ _PEM_KEY = re.compile(
 )
 
 
+_ENCRYPTED_PEM = re.compile(rb"\A-----BEGIN ENCRYPTED|^Proc-Type: 4,ENCRYPTED", re.MULTILINE)
+
+
 class KeyFileError(Exception):
     """A key file cannot be used; the message says why, for the user."""
+
+
+def _not_a_key_file(path: str) -> KeyFileError:
+    return KeyFileError(f"{path}: not a private key file (PEM, DER or PKCS#12 could not be read)")
 
 
 def _kind(key: object) -> str:
@@ -61,56 +69,65 @@ def _load(path: str, data: bytes, password: bytes | None,
           prompt: Callable[[str], bytes | None]) -> list[object]:
     blocks = [m.group(0) for m in _PEM_KEY.finditer(data)]
     if blocks:
-        return [_with_password(path, password, prompt,
-                               lambda pw, b=block: load_pem_private_key(b, pw))
+        return [_unlock(path, password, prompt, _ENCRYPTED_PEM.search(block) is not None,
+                        partial(load_pem_private_key, block))
                 for block in blocks]
     if b"-----BEGIN" in data:
         raise KeyFileError(f"{path}: no private key in this PEM file (only certificates?)")
     try:
-        return [load_der_private_key(data, password)]
-    except TypeError:
-        return [_with_password(path, password, prompt,
-                               lambda pw: load_der_private_key(data, pw))]
-    except (ValueError, Exception):  # noqa: BLE001 - not DER: try PKCS#12 next
+        return [load_der_private_key(data, None)]
+    except TypeError:  # an encrypted DER key
+        return [_unlock(path, password, prompt, True,
+                        lambda pw: load_der_private_key(data, pw))]
+    except Exception:  # noqa: BLE001, S110 - not DER: try PKCS#12 next
         pass
-    def load_pkcs12(pw: bytes | None) -> object:
-        with warnings.catch_warnings():
-            # older tools write BER; pyca reads it and warns, which would only confuse here
-            warnings.simplefilter("ignore", UserWarning)
-            return pkcs12.load_key_and_certificates(data, pw)[0]
-
-    key = _with_password(path, password, prompt, load_pkcs12, pkcs12_file=True)
+    key = _load_pkcs12(path, data, password, prompt)
     if key is None:
         raise KeyFileError(f"{path}: the PKCS#12 file holds no private key")
     return [key]
 
 
-def _with_password(path: str, password: bytes | None, prompt: Callable[[str], bytes | None],
-                   load: Callable[[bytes | None], object], pkcs12_file: bool = False) -> object:
+def _load_pkcs12(path: str, data: bytes, password: bytes | None,
+                 prompt: Callable[[str], bytes | None]) -> object:
+    def load(pw: bytes | None) -> object:
+        with warnings.catch_warnings():
+            # older tools write BER; pyca reads it and warns, which would only confuse here
+            warnings.simplefilter("ignore", UserWarning)
+            return pkcs12.load_key_and_certificates(data, pw)[0]
+
+    # PKCS#12 does not say whether it has a password: pyca tells by how it fails
     try:
         return load(password)
-    except TypeError:
-        # encrypted, and no password given
-        asked = prompt(path)
-        if asked is None:
-            raise KeyFileError(f"{path} is encrypted: give its password with --key-password"
-                               ) from None
-        return _with_password(path, asked, lambda _p: None, load, pkcs12_file)
     except ValueError as exc:
-        text = str(exc).lower()
-        if "password" in text or "decrypt" in text or "mac" in text or (
-            pkcs12_file and password is None
-        ):
-            if password is None:
-                asked = prompt(path)
-                if asked is not None:
-                    return _with_password(path, asked, lambda _p: None, load, pkcs12_file)
-                raise KeyFileError(f"{path} is encrypted: give its password with --key-password"
-                                   ) from None
+        if "password" not in str(exc).lower():
+            raise _not_a_key_file(path) from None
+    except Exception as exc:  # noqa: BLE001 - pyca raises several types for bad input
+        raise KeyFileError(f"{path}: cannot load key: {exc}") from None
+    if password is None:
+        return _unlock(path, None, prompt, True, load)
+    try:
+        return load(None)  # a file without a password
+    except ValueError:
+        raise KeyFileError(f"{path}: wrong password") from None
+
+
+def _unlock(path: str, password: bytes | None, prompt: Callable[[str], bytes | None],
+            encrypted: bool, load: Callable[[bytes | None], object]) -> object:
+    """``load`` with the password an encrypted key needs, asked for if not given; a password
+    given for a key without one is not used (pyca would refuse it)."""
+    if not encrypted:
+        password = None
+    elif password is None:
+        password = prompt(path)
+        if password is None:
+            raise KeyFileError(f"{path} is encrypted: give its password with --key-password")
+    try:
+        return load(password)
+    except ValueError:
+        if encrypted:
+            # a wrong password usually fails the padding check, and otherwise the parse
             raise KeyFileError(f"{path}: wrong password") from None
-        kind = "PKCS#12" if pkcs12_file else "key"
-        raise KeyFileError(f"{path}: not a private key file (PEM, DER or PKCS#12 {kind} "
-                           "could not be read)") from None
+        raise _not_a_key_file(path) from None
     except Exception as exc:  # noqa: BLE001 - pyca raises several types for bad input
         raise KeyFileError(f"{path}: cannot load key: {exc}") from None
 
