@@ -238,13 +238,20 @@ class TlsConnection:
         hs = self.handshake
         if (hs is not None and hs.master is None and hs.server_hello is not None
                 and not is_tls13(hs.version)):
-            self._find_master(hs, ts, events)
+            self._find_master(hs)
         for direction, side in enumerate(self.sides):
             if side.encrypted and side.decryptor is None and not side.trials:
                 self._install(direction)
         if self.held:
             self._replay(events)
         return events
+
+    @property
+    def app_info(self) -> TlsInfo:
+        """What this flow's application bytes travel in (``PLAINTEXT`` if not TLS)."""
+        if self.is_tls is False:
+            return PLAINTEXT
+        return self.info or _NO_INFO
 
     @property
     def waiting(self) -> bool:
@@ -322,20 +329,9 @@ class TlsConnection:
                 and not side.resync and not side.gap_pending
                 and (not self.held or self._replaying)):
             # the steady state of a session, kept short: it runs once per record
-            try:
-                content_type, fragment = decryptor.open(content_type, version, fragment)
-            except RecordAuthError:
-                self.stats.records_failed += 1
-                decryptor.skip(fragment)  # it was sent: the next record follows it
-                side.gap_pending = True
-                return
-            self.stats.records_decrypted += 1
-            if content_type == APPLICATION_DATA:
-                if fragment:
-                    events.append(AppData(self.flow, direction, fragment, ts,
-                                          self.info or _NO_INFO))
-                return
-            self._dispatch(direction, content_type, fragment, ts, events)
+            opened = self._open_in_order(side, decryptor, content_type, version, fragment)
+            if opened is not None:
+                self._dispatch(direction, *opened, ts, events)
             return
         if self.held and not self._replaying:
             self._hold((direction, content_type, version, fragment, ts), events)
@@ -373,7 +369,7 @@ class TlsConnection:
                 if side.gap_pending:
                     side.gap_pending = False
                     events.append(AppGap(self.flow, direction, ts))
-                events.append(AppData(self.flow, direction, fragment, ts, self.info or _NO_INFO))
+                events.append(AppData(self.flow, direction, fragment, ts, self.app_info))
         elif content_type == HANDSHAKE:
             self._handshake_bytes(direction, fragment, ts, events)
         elif content_type == CHANGE_CIPHER_SPEC:
@@ -406,16 +402,15 @@ class TlsConnection:
                 continue
             key, iv = traffic_key_iv(suite.prf_hash, secret, suite.key_len)
             decryptor = AeadDecryptor(suite, key, iv, TLS13)
-            try:
-                inner_type, data = decryptor.open(content_type, version, fragment)
-            except RecordAuthError:
+            opened = _try_open(decryptor, content_type, version, fragment)
+            if opened is None:
                 continue
             side.decryptor, side.phase, side.encrypted = decryptor, EARLY, True
             self.stats.records_decrypted += 1
             self.stats.early_data_records += 1
             if self.info is None:
                 self.info = tls_info(TLS13, suite.code)
-            self._dispatch(direction, inner_type, data, ts, events)
+            self._dispatch(direction, *opened, ts, events)
             return
         self.stats.early_data_skipped += 1
         side.gap_pending = True
@@ -437,6 +432,11 @@ class TlsConnection:
         assert decryptor is not None
         if side.resync:
             return self._open_after_gap(side, decryptor, content_type, version, fragment)
+        return self._open_in_order(side, decryptor, content_type, version, fragment)
+
+    def _open_in_order(self, side: _Side, decryptor: Decryptor, content_type: int, version: int,
+                       fragment: bytes) -> tuple[int, bytes] | None:
+        """The next record of a side whose keys and sequence number are known."""
         try:
             opened = decryptor.open(content_type, version, fragment)
         except RecordAuthError:
@@ -485,9 +485,8 @@ class TlsConnection:
                 guesses = range(nonce_seq, nonce_seq + 1)
         for seq in guesses:
             decryptor.seq = seq
-            try:
-                opened = decryptor.open(content_type, version, fragment)
-            except RecordAuthError:
+            opened = _try_open(decryptor, content_type, version, fragment)
+            if opened is None:
                 continue
             side.resync = False
             self.stats.records_decrypted += 1
@@ -504,9 +503,8 @@ class TlsConnection:
         side = self.sides[direction]
         trials, side.trials = side.trials, _NONE
         for master, mine, peers in trials:
-            try:
-                opened = mine.open(content_type, version, fragment)
-            except RecordAuthError:
+            opened = _try_open(mine, content_type, version, fragment)
+            if opened is None:
                 continue
             self.stats.records_decrypted += 1
             side.decryptor = mine
@@ -514,11 +512,8 @@ class TlsConnection:
             if hs is not None:
                 hs.master = master
                 hs.candidates = []
-                peer = self.sides[1 - direction]
-                if peer.encrypted and peer.decryptor is None:
-                    peer.decryptor = peers
-                else:
-                    hs.pending[self._role(1 - direction)] = peers
+                hs.pending[self._role(1 - direction)] = peers
+                self._take_pending(hs, 1 - direction)
             return opened
         self.stats.records_failed += 1
         self._fail(KEY_MISMATCH, ts, events)
@@ -600,10 +595,6 @@ class TlsConnection:
 
     def _role(self, direction: int) -> int:
         return CLIENT if direction == self.client_dir else SERVER
-
-    def _direction(self, role: int) -> int:
-        assert self.client_dir is not None
-        return self.client_dir if role == CLIENT else 1 - self.client_dir
 
     def _handshake_bytes(self, direction: int, data: bytes, ts: int, events: list[Event]) -> None:
         side = self.sides[direction]
@@ -717,9 +708,9 @@ class TlsConnection:
                   and hsk.EXT_ENCRYPT_THEN_MAC in hello.extensions)
         session_id = hs.client_hello.session_id
         hs.abbreviated = bool(session_id) and hello.session_id == session_id
-        self._find_master(hs, ts, events)
+        self._find_master(hs)
 
-    def _find_master(self, hs: HandshakeState, ts: int, events: list[Event]) -> None:
+    def _find_master(self, hs: HandshakeState) -> None:
         """Master secret from a key log or, when resuming, the session cache (TLS 1.0-1.2)."""
         keys = self.tracker.keys
         logged = logged_master(hs, keys)
@@ -738,17 +729,16 @@ class TlsConnection:
                 self._set_master(hs, master_from_pre_master(hs, pre_master), "key log")
 
     def _client_key_exchange(self, hs: HandshakeState, body: bytes) -> None:
-        hs.key_exchange_seen = True
         hs.key_exchange = body
         suite = hs.suite
         if suite is None or hs.failed or hs.master is not None:
             return
         if hs.ems:
             hs.session_hash = handshake_hash(hs.version, suite.prf_hash, hs.transcript)
-        pre_master = logged_pre_master(hs, self.tracker.keys)
-        if pre_master is not None:
-            self._set_master(hs, master_from_pre_master(hs, pre_master), "key log")
-        elif not suite.rsa_key_exchange:
+        self._find_master(hs)
+        if hs.master is not None:
+            return
+        if not suite.rsa_key_exchange:
             hs.missing = NEEDS_KEY_LOG
         else:
             masters, proven, hs.missing = rsa_masters(hs, self.tracker.keys)
@@ -763,12 +753,16 @@ class TlsConnection:
         hs.master_source = source
         hs.missing = ""
         hs.pending = list(derive_decryptors(hs, master))
-        if self.client_dir is None:
-            return
-        for role in (CLIENT, SERVER):  # a side already past its ChangeCipherSpec
-            side = self.sides[self._direction(role)]
-            if side.encrypted and side.decryptor is None and hs.pending[role] is not None:
-                side.decryptor, hs.pending[role] = hs.pending[role], None
+        if self.client_dir is not None:
+            for direction in (0, 1):
+                self._take_pending(hs, direction)
+
+    def _take_pending(self, hs: HandshakeState, direction: int) -> None:
+        """A side past its ChangeCipherSpec, still without keys, takes those waiting for it."""
+        side = self.sides[direction]
+        role = self._role(direction)
+        if side.encrypted and side.decryptor is None and hs.pending[role] is not None:
+            side.decryptor, hs.pending[role] = hs.pending[role], None
 
     def _change_cipher_spec(self, direction: int, ts: int, events: list[Event]) -> None:
         side = self.sides[direction]
@@ -783,13 +777,13 @@ class TlsConnection:
                 and hs.master is None):
             # the server resumed a ticket without echoing a session ID (RFC 5077 §3.4)
             hs.abbreviated = True
-            self._find_master(hs, ts, events)
+            self._find_master(hs)
         if hs.candidates and role == CLIENT:
             for master in hs.candidates:
                 client_write, server_write = derive_decryptors(hs, master)
                 side.trials = [*side.trials, (master, client_write, server_write)]
             return
-        side.decryptor, hs.pending[role] = hs.pending[role], None
+        self._take_pending(hs, direction)
 
     def _finished(self, direction: int, hs: HandshakeState, message: bytes, ts: int,
                   events: list[Event]) -> None:
@@ -876,7 +870,7 @@ class TlsConnection:
             return None
         return logged.tls13.get(TLS13_SECRET_LABELS[(role, phase)])
 
-    def _tls13_decryptor(self, secret: bytes) -> Decryptor | None:
+    def _tls13_decryptor(self, secret: bytes) -> Decryptor:
         suite = self.suite
         assert suite is not None
         key, iv = traffic_key_iv(suite.prf_hash, secret, suite.key_len)
@@ -889,10 +883,8 @@ class TlsConnection:
         if self.suite is None or not self.suite.supported:
             return
         if not is_tls13(self.version):
-            if (hs is not None and side.phase == PROTECTED
-                    and hs.pending[self._role(direction)] is not None):
-                role = self._role(direction)
-                side.decryptor, hs.pending[role] = hs.pending[role], None
+            if hs is not None:
+                self._take_pending(hs, direction)
             return
         role = self._role(direction)
         if side.phase == EARLY:
@@ -927,7 +919,7 @@ class TlsConnection:
             return format_endpoint(self.flow.endpoints[1])
         return format_endpoint(self.flow.endpoints[1 - self.client_dir])
 
-    def _fail(self, reason: str, ts: int, events: list[Event], detail: str = "") -> None:
+    def _fail(self, reason: str, ts: int, events: list[Event]) -> None:
         hs = self.handshake
         if hs is not None:
             if hs.failed:
@@ -955,10 +947,7 @@ class TlsConnection:
             NEEDS_KEY_LOG: f"server {server} uses {suite}: only a key log can decrypt it, and "
                            "it has no entry for this session",
         }
-        message = messages.get(reason, reason)
-        if detail:
-            message = f"{message} ({detail})"
-        events.append(TlsProblem(self.flow, reason, message, ts))
+        events.append(TlsProblem(self.flow, reason, messages.get(reason, reason), ts))
 
 
 _NO_INFO = TlsInfo("unknown", "unknown")  # TLS whose ServerHello we missed

@@ -37,8 +37,7 @@ class HandshakeState:
     early_data_accepted: bool = False
     end_of_early_data_seen: bool = False
     certificate: bytes | None = None
-    key_exchange_seen: bool = False
-    key_exchange: bytes = b""  # the ClientKeyExchange body
+    key_exchange: bytes | None = None  # the ClientKeyExchange body
     session_hash: bytes | None = None  # RFC 7627, when EMS was negotiated
     master: bytes | None = None
     master_source: str = ""
@@ -49,6 +48,10 @@ class HandshakeState:
     missing: str = ""  # why no keys, if none turn up
     failed: str = ""
     counted: bool = False
+
+    @property
+    def key_exchange_seen(self) -> bool:
+        return self.key_exchange is not None
 
     @property
     def offers_early_data(self) -> bool:
@@ -92,6 +95,7 @@ def rsa_masters(hs: HandshakeState, keys: KeyStore) -> tuple[list[bytes], bool, 
     in sight only the key that matches it is used; without one (or one we cannot read) every
     key is tried, and the first protected record will tell which master is right.
     """
+    assert hs.key_exchange is not None
     encrypted = hsk.rsa_encrypted_pre_master(hs.key_exchange, ssl3=hs.version == SSL3)
     candidates = keys.rsa_keys
     modulus = keys.certificate_modulus(hs.certificate) if hs.certificate else None
