@@ -16,6 +16,7 @@ from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpRe
 from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 from captagent_tls.sip.framing import SipFramer, Unit, frame_datagram
+from captagent_tls.tls.connection import TlsConnection
 from captagent_tls.tls.events import (
     PLAINTEXT,
     AppData,
@@ -71,21 +72,17 @@ class Pipeline:
 
     def frame(self, frame: Frame) -> None:
         self.stats.frames += 1
-        packet = decode(frame.linktype, frame.data)
+        packet: Segment | Datagram | Fragment | Skip | None = decode(frame.linktype, frame.data)
         ts = frame.ts_ns
+        if type(packet) is Fragment:
+            packet = self.defrag.add(packet, ts)
         if type(packet) is not Segment:
-            if type(packet) is Fragment:
-                packet = self.defrag.add(packet, ts)
-                if packet is None:
-                    return
             if type(packet) is Datagram:
                 self._datagram(packet, ts)
-                return
-            if isinstance(packet, Skip):
+            elif type(packet) is Skip:
                 skipped = self.stats.skipped
                 skipped[packet.reason] = skipped.get(packet.reason, 0) + 1
-                return
-        assert isinstance(packet, Segment)
+            return  # (None: a fragment waiting for the rest of its datagram)
         segment = packet
         if ts > self._last_ts:
             self._last_ts = ts
@@ -167,14 +164,11 @@ class Pipeline:
                  app: AppData | None) -> None:
         if not units:
             return
-        conn = flow.context
-        client_dir = getattr(conn, "client_dir", None)
-        if client_dir is None:
-            client_dir = 0
-        info = app.info if app is not None else getattr(conn, "info", None)
-        plain = info is PLAINTEXT or getattr(conn, "is_tls", True) is False
-        version = info.version if info and not plain else ""
-        suite = info.cipher_suite if info and not plain else ""
+        conn: TlsConnection = flow.context
+        client_dir = conn.client_dir or 0
+        info = app.info if app is not None else conn.app_info
+        plain = info is PLAINTEXT
+        version, suite = info.version, info.cipher_suite
         src, dst = flow.endpoints[direction], flow.endpoints[1 - direction]
         stats = self.stats
         for unit in units:

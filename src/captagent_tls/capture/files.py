@@ -119,7 +119,7 @@ class CaptureReader:
         window = _Window(None, mapped)
 
         def release() -> None:
-            window.buf = b""
+            window.buf = memoryview(b"")  # the map cannot close while views of it live
             mapped.close()
 
         self._closers.insert(0, release)

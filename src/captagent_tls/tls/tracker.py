@@ -60,20 +60,20 @@ class TlsTracker:
     def max_held_bytes_per_flow(self) -> int:
         return self.hold.max_bytes_per_flow
 
-    def data(self, flow: Flow, direction: int, data: bytes, ts: int) -> list[Event]:
-        conn = flow.context
+    def _connection(self, flow: Flow) -> TlsConnection:
+        conn: TlsConnection | None = flow.context
         if conn is None:
             conn = flow.context = TlsConnection(flow, self)
-        events: list[Event] = conn.data(direction, data, ts)
+        return conn
+
+    def data(self, flow: Flow, direction: int, data: bytes, ts: int) -> list[Event]:
+        events = self._connection(flow).data(direction, data, ts)
         if self.held_bytes > self.hold.max_bytes_total:
             events.extend(self._shed(ts))
         return events
 
     def gap(self, flow: Flow, direction: int, ts: int) -> list[Event]:
-        conn = flow.context
-        if conn is None:
-            conn = flow.context = TlsConnection(flow, self)
-        return conn.gap(direction, ts)  # type: ignore[no-any-return]
+        return self._connection(flow).gap(direction, ts)
 
     def closed(self, flow: Flow, ts: int) -> list[Event]:
         """The TCP flow ended.  Records still waiting for keys keep waiting (the keys of a
