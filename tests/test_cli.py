@@ -55,6 +55,14 @@ def test_console_output_and_stats():
     assert "Finished verified 4, failed 0" in proc.stderr
 
 
+def test_stats_count_key_updates_and_alerts():
+    # the fixture's client requests a KeyUpdate (the server answers) and the server sends one
+    name = "keylog-tls13-keyupdate"
+    proc = run(["-r", FIXTURES / f"{name}.pcap", "--keylog", FIXTURES / f"{name}.keylog", "--json"])
+    assert proc.returncode == 0
+    assert "TLS events: 2 alerts, 3 key updates," in proc.stderr
+
+
 def test_wrong_key_names_the_server_and_prints_nothing_decrypted():
     proc = run(["-r", str(CAPTURE), "-k", str(OTHER_KEY), "--json"])
     assert proc.returncode == 0

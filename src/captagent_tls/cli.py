@@ -226,10 +226,8 @@ def load_key_log_files(args: argparse.Namespace, keys: KeyStore) -> None:
 
 def report_key_log(source: str, result: KeyLogResult) -> None:
     if result.malformed_lines:
-        shown = ", ".join(str(n) for n in result.malformed_lines[:10])
-        more = " ..." if len(result.malformed_lines) > 10 else ""
-        print(f"captagent-tls: warning: {source}: {len(result.malformed_lines)} malformed key "
-              f"log line(s) ignored (line {shown}{more})", file=sys.stderr)
+        print(f"captagent-tls: warning: {source}: {result.describe_malformed()}",
+              file=sys.stderr)
 
 
 def embedded_secrets(path: str, keys: KeyStore) -> None:

@@ -90,9 +90,7 @@ class KeyLogFile:
         self.stats.lines_added += result.added
         if result.malformed_lines:
             self.stats.malformed_lines += len(result.malformed_lines)
-            log.warning("key log %s: %d malformed line(s) ignored (line %s)", self.path,
-                        len(result.malformed_lines),
-                        ", ".join(str(n) for n in result.malformed_lines[:10]))
+            log.warning("key log %s: %s", self.path, result.describe_malformed())
         return result.added
 
 
@@ -202,8 +200,9 @@ class KeyLogListener:
         self.stats.lines_added += result.added
         if result.malformed_lines:
             self.stats.malformed_lines += len(result.malformed_lines)
-            log.warning("key-log listener %s: %d malformed line(s) ignored", self.url,
-                        len(result.malformed_lines))
+            # line numbers would count from the start of each datagram or chunk
+            log.warning("key-log listener %s: %s", self.url,
+                        result.describe_malformed(line_numbers=False))
         return result.added
 
     def close(self) -> None:

@@ -75,6 +75,16 @@ class AgentCollector(Collector):
         yield held
         yield counter("tls_finished_verified", "Finished messages that verified",
                       tls.finished_verified)
+        yield counter("tls_finished_failed", "Finished messages that did not verify "
+                      "(handshake messages missing from the capture)", tls.finished_failed)
+        events = CounterMetricFamily(f"{PREFIX}_tls_events", "Other TLS events by kind",
+                                     labels=["kind"])
+        for kind in ("alerts", "key_updates", "early_data_records", "early_data_skipped",
+                     "resyncs", "framing_errors", "handshake_errors"):
+            events.add_metric([kind], getattr(tls, kind))
+        yield events
+        yield counter("tcp_buffer_overflows", "Times out-of-order bytes outgrew "
+                      "--max-flow-buffer (the hole became a gap)", tcp.buffer_overflows)
         yield counter("sip_messages", "SIP messages framed", stats.sip_messages)
         yield counter("sip_messages_unencrypted", "SIP messages over UDP or plain TCP",
                       stats.plain_sip_messages)

@@ -33,6 +33,7 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
     tls = pipeline.tls.stats
     stats = pipeline.stats
     skipped = sum(stats.skipped.values())
+    fragments = pipeline.defrag.stats
     undecryptable = ", ".join(f"{reason.replace('_', ' ')} {count}"
                               for reason, count in sorted(tls.undecryptable.items())) or "0"
     lines = [
@@ -41,9 +42,13 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
            f"{kernel.interface_dropped} dropped by the interface"] if kernel else []),
         f"packets: {stats.frames} read, {tcp.segments} TCP, {skipped} skipped"
         + (f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.skipped.items()))})"
-           if skipped else ""),
-        f"flows: {tcp.flows} TCP, {tls.connections} TLS; out of order {tcp.out_of_order}, "
-        f"duplicates {tcp.duplicates}, gaps {tcp.gaps} ({tcp.gap_bytes} bytes); evicted: "
+           if skipped else "")
+        + (f"; IP fragments {fragments.fragments} ({fragments.reassembled} datagrams "
+           f"reassembled, {fragments.expired} expired, {fragments.overflows} over the cap)"
+           if fragments.fragments else ""),
+        f"flows: {tcp.flows} TCP, {tls.connections} TLS, {tls.non_tls_flows} not TLS; out of "
+        f"order {tcp.out_of_order}, duplicates {tcp.duplicates}, gaps {tcp.gaps} "
+        f"({tcp.gap_bytes} bytes), buffer overflows {tcp.buffer_overflows}; evicted: "
         f"{tcp.evictions} flows, {tcp.timeouts} idle, {pipeline.tls.sessions.evictions} cached "
         "sessions",
         f"TLS sessions: {tls.sessions_full} full, {tls.sessions_resumed} resumed, "
@@ -52,8 +57,13 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
         f"authentication (dropped), {tls.records_undecrypted} without keys, "
         f"{tls.records_expired} dropped waiting for keys; Finished verified "
         f"{tls.finished_verified}, failed {tls.finished_failed}",
+        f"TLS events: {tls.alerts} alerts, {tls.key_updates} key updates, early data "
+        f"{tls.early_data_records} records decrypted / {tls.early_data_skipped} skipped, "
+        f"{tls.resyncs} resyncs after gaps, {tls.framing_errors} framing errors, "
+        f"{tls.handshake_errors} unreadable handshake messages",
         f"SIP messages: {stats.sip_messages} ({stats.plain_sip_messages} unencrypted); other "
-        f"decrypted application data: {stats.raw_chunks} chunks, {stats.raw_bytes} bytes",
+        f"decrypted application data: {stats.raw_chunks} chunks, {stats.raw_bytes} bytes; "
+        f"unencrypted non-SIP TCP: {stats.plain_other_bytes} bytes (not passed on)",
     ]
     for sink in sinks:
         if isinstance(sink, HepSink):

@@ -142,7 +142,7 @@ class _Side:
 class TlsConnection:
     __slots__ = ("flow", "tracker", "stats", "sides", "client_dir", "is_tls", "handshake",
                  "version", "suite", "client_random", "record_version", "info", "failed",
-                 "handshakes", "closed", "held", "held_bytes", "held_since", "_replaying",
+                 "closed", "held", "held_bytes", "held_since", "_replaying",
                  "__weakref__")
 
     def __init__(self, flow: Flow, tracker: TlsTracker):
@@ -159,7 +159,6 @@ class TlsConnection:
         self.record_version = 0
         self.info: TlsInfo | None = None
         self.failed = ""  # why the current session cannot be decrypted
-        self.handshakes = 0
         self.closed = False  # the TCP flow has ended
         # records waiting for keys, both directions in arrival order: a handshake's transcript
         # and key changes depend on the order across directions
@@ -303,7 +302,6 @@ class TlsConnection:
                 # the SSLv2 record body is what the Finished hash covers (RFC 5246 E.2)
                 self.handshake = HandshakeState(hello, [head[2 : 2 + length]])
                 self.client_random = hello.random
-                self.handshakes += 1
                 rest = head[2 + length :]
                 if rest:
                     events.extend(self.data(direction, rest, ts))
@@ -680,7 +678,6 @@ class TlsConnection:
             return
         self.handshake = HandshakeState(hello, [message])
         self.client_random = hello.random
-        self.handshakes += 1
 
     def _server_hello(self, hs: HandshakeState, message: bytes, ts: int,
                       events: list[Event]) -> None:

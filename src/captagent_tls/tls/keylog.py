@@ -30,6 +30,14 @@ class KeyLogResult:
     added: int = 0
     malformed_lines: list[int] = field(default_factory=list)  # line numbers, 1-based
 
+    def describe_malformed(self, line_numbers: bool = True) -> str:
+        count = len(self.malformed_lines)
+        text = f"{count} malformed key log line(s) ignored"
+        if not line_numbers:
+            return text
+        shown = ", ".join(str(n) for n in self.malformed_lines[:10])
+        return f"{text} (line {shown}{' ...' if count > 10 else ''})"
+
 
 def _hex(text: str, sizes: tuple[int, ...]) -> bytes | None:
     try:

@@ -97,8 +97,3 @@ class KeyStore:
 
     def secrets_for(self, client_random: bytes) -> KeyLogSecrets | None:
         return self.by_client_random.get(client_random)
-
-    @property
-    def has_key_log(self) -> bool:
-        return bool(self.by_client_random or self.pms_by_encrypted_prefix
-                    or self.master_by_session_id)

@@ -20,9 +20,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20
 from captagent_tls.tls.keyschedule import SSL3, TLS11, TLS13, digest, hash_algorithm
 from captagent_tls.tls.suites import CipherSuite
 
-CONTENT_APPLICATION_DATA = 23
-MAX_PLAINTEXT = 1 << 14
-
 _aad = struct.Struct("!QBHH").pack
 _seq = struct.Struct("!Q").pack
 

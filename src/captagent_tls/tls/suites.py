@@ -289,10 +289,6 @@ class CipherSuite:
         return self.kind == "null" or bool(self.algorithm)
 
     @property
-    def is_export(self) -> bool:
-        return "_EXPORT_" in self.name
-
-    @property
     def rsa_key_exchange(self) -> bool:
         """The pre-master secret travels encrypted to the server's RSA key."""
         return self.key_exchange == "RSA"
