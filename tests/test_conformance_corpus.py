@@ -4,11 +4,10 @@ messages that were sent.  Skips cleanly when the corpus is absent."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.cli import payload_bytes, run_json
+from support.cli import payload_bytes, received, run_json
 from support.groundtruth import load_groundtruth
 from support.oracle import parse_follow_raw, split_endpoint
 from support.paths import CORPUS
@@ -105,26 +104,6 @@ def test_psk_captures_are_reported_not_garbled():
 
 # -- SIP captures with the exact messages sent ----------------------------------------------
 
-def messages_of(out: list[dict]) -> Counter:
-    """Multiset of (client port, direction, payload) of our SIP messages."""
-    found: Counter = Counter()
-    for obj in out:
-        client_port = obj["src_port"] if obj["direction"] == "c2s" else obj["dst_port"]
-        found[(client_port, obj["direction"], payload_bytes(obj))] += 1
-    return found
-
-
-def expected_of(truth, skip_lost: set[tuple[int, str]] = frozenset()) -> Counter:
-    expected: Counter = Counter()
-    for conn in truth.connections:
-        if not conn.expect_decrypt:
-            continue
-        for direction in ("c2s", "s2c"):
-            for message in conn.messages(direction):
-                expected[(conn.client_port, direction, message)] += 1
-    return expected
-
-
 SIP_CASES = sorted(p.name for p in SIP.glob("*.json")) if SIP.is_dir() else []
 
 
@@ -137,7 +116,7 @@ def test_sip_corpus_messages_exact(scenario):
     if truth.keylog is not None:
         args += ["--keylog", str(truth.keylog)]
     out = run_json(args)
-    assert messages_of(out) == expected_of(truth)
+    assert received(out) == truth.sent()
     assert all(o["kind"] == "sip" for o in out)
 
 
@@ -173,7 +152,7 @@ def synthetic_truth(name: str):
 def test_sip_synthetic_messages_exact(name, args):
     args = [a.format(name=name) for a in args]
     out = run_json(["-r", str(SYNTHETIC / f"{name}.pcap"), *resolve(args, SYNTHETIC)])
-    assert messages_of(out) == expected_of(synthetic_truth(name))
+    assert received(out) == synthetic_truth(name).sent()
 
 
 def test_lost_segment_loses_only_the_message_it_cut():
@@ -181,8 +160,8 @@ def test_lost_segment_loses_only_the_message_it_cut():
     name = "sip-tls12-rsa-aes256gcm-ems-ticketresume-seg500-lost1"
     out = run_json(["-r", str(SYNTHETIC / f"{name}.pcap"), "-k",
                     str(SYNTHETIC / "sip-server.key")])
-    expected = expected_of(synthetic_truth(name))
-    got = messages_of(o for o in out if o["kind"] == "sip")
+    expected = synthetic_truth(name).sent()
+    got = received(o for o in out if o["kind"] == "sip")
     missing = expected - got
     assert not got - expected, "nothing that was not sent"
     assert len(missing) == 1

@@ -16,7 +16,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .paths import SRC
@@ -103,6 +104,15 @@ def payload_bytes(obj: dict[str, Any]) -> bytes:
     if not isinstance(payload, str):
         raise AssertionError(f"object has neither payload nor payload_b64: {sorted(obj)}")
     return payload.encode("utf-8")
+
+
+def received(out: Iterable[dict[str, Any]]) -> Counter[tuple[int, str, bytes]]:
+    """Multiset of (client port, direction, payload) of ``--json`` objects."""
+    found: Counter[tuple[int, str, bytes]] = Counter()
+    for obj in out:
+        client_port = obj["src_port"] if obj["direction"] == "c2s" else obj["dst_port"]
+        found[(client_port, obj["direction"], payload_bytes(obj))] += 1
+    return found
 
 
 def check_contract(obj: dict[str, Any]) -> None:

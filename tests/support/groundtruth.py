@@ -32,6 +32,7 @@ import json
 import os
 import re
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,17 @@ class GroundTruth:
     def damaged(self) -> bool:
         """The capture was damaged on purpose (a tampered record, a lost segment)."""
         return any(conn.damaged for conn in self.connections)
+
+    def sent(self) -> Counter[tuple[int, str, bytes]]:
+        """Multiset of (client port, direction, message) over the connections that should
+        decrypt: what ``support.cli.received`` of the decoder's output must equal."""
+        sent: Counter[tuple[int, str, bytes]] = Counter()
+        for conn in self.connections:
+            if conn.expect_decrypt:
+                for direction in ("c2s", "s2c"):
+                    for message in conn.messages(direction):
+                        sent[(conn.client_port, direction, message)] += 1
+        return sent
 
     @property
     def server_ports(self) -> list[int]:
