@@ -9,6 +9,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 PMS_LENGTH = 48
@@ -82,7 +83,8 @@ class KeyStore:
             return self._cert_moduli[cert_der]
         try:
             public_key = x509.load_der_x509_certificate(cert_der).public_key()
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
+            # from the wire, so anything: not a certificate whose RSA key we could match
             modulus = None
         else:
             modulus = (public_key.public_numbers().n
