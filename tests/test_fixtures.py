@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 from support.cli import payload_bytes, received, run
 from support.groundtruth import load_groundtruth, scenario_files
+from support.inprocess import key_store, read_frames, run_frames
 from support.paths import FIXTURES
+
+from captagent_tls.tls.keys import KeyStore
 
 CASES = [pytest.param(cap, js, id=cap.stem) for cap, js in scenario_files(FIXTURES)]
 
@@ -112,29 +115,45 @@ def hide_certificates(capture: Path, out: Path) -> int:
     return hidden
 
 
-@pytest.mark.parametrize("order", ["right key first", "right key last"])
-def test_without_a_visible_certificate_the_key_whose_records_authenticate_is_kept(
-        tmp_path, order):
-    """The Certificate message is renamed to an unknown type, so no certificate says which key
-    belongs to the server: every key is tried on the first protected record.  (The renamed
-    byte changes the transcript, so the Finished messages cannot verify here, and EMS would
-    change the master secret: hence a capture without EMS.)"""
-    import json
+class UnreadableCertificates(KeyStore):
+    """A key store that cannot read any certificate (as with a key type pyca does not know):
+    no certificate says which key belongs to the server."""
 
+    def certificate_modulus(self, cert_der: bytes) -> int | None:
+        return None
+
+
+@pytest.mark.parametrize("order", ["right key first", "right key last"])
+def test_without_a_readable_certificate_the_key_whose_records_authenticate_is_kept(order):
+    """Every key is tried on the first protected record; the handshake is intact, so the
+    Finished messages verify the key that was kept.  (Without EMS, as RSA keys are tried after
+    the ClientKeyExchange either way.)"""
     truth = load_groundtruth(FIXTURES / "tls12-aes256gcm-noems.json")
-    capture = tmp_path / "no-certificate.pcap"
-    assert hide_certificates(FIXTURES / "tls12-aes256gcm-noems.pcap", capture) == 2
-    keys = [str(FIXTURES.parent / "keys" / "server2-rsa2048.key"), str(truth.keys[0])]
+    frames = read_frames(FIXTURES / "tls12-aes256gcm-noems.pcap")
+    keys = [FIXTURES.parent / "keys" / "server2-rsa2048.key", truth.keys[0]]
     if order == "right key first":
         keys.reverse()
-    proc = run(["-r", str(capture), "--json", *[a for k in keys for a in ("-k", k)]])
-    got = sorted(payload_bytes(json.loads(line)) for line in proc.stdout.splitlines())
+    out, pipeline = run_frames(frames, key_store(keys, keys=UnreadableCertificates()))
+    got = sorted(m.payload for m in out.messages)
     want = sorted(m for c in truth.connections for d in ("c2s", "s2c") for m in c.messages(d))
     assert got == want
-    assert "0 failed authentication" in proc.stderr
-    assert "does not verify: handshake messages are missing" in proc.stderr
+    assert pipeline.tls.stats.records_failed == 0
+    assert pipeline.tls.stats.finished_verified == 2 * len(truth.connections)
 
-    only_wrong = run(["-r", str(capture), "--json", "-k", keys[0] if order == "right key last"
-                      else keys[1]])
-    assert only_wrong.stdout == ""
-    assert "key mismatch for server" in only_wrong.stderr
+    wrong_only = keys[0] if order == "right key last" else keys[1]
+    out, _ = run_frames(frames, key_store([wrong_only], keys=UnreadableCertificates()))
+    assert out.messages == []
+    assert "key mismatch for server" in out.problem_text()
+
+
+def test_an_altered_handshake_whose_finished_fails_is_not_decrypted(tmp_path):
+    """The Certificate messages are renamed to an unknown type: the transcript differs from
+    what the peers hashed, no bytes were lost, so the failing Finished refutes the session."""
+    truth = load_groundtruth(FIXTURES / "tls12-aes256gcm-noems.json")
+    capture = tmp_path / "renamed-certificate.pcap"
+    assert hide_certificates(FIXTURES / "tls12-aes256gcm-noems.pcap", capture) == 2
+    out, pipeline = run_frames(read_frames(capture), key_store(truth.keys))
+    assert out.messages == []
+    assert "finished_mismatch" in out.problem_kinds()
+    assert "altered or damaged" in out.problem_text()
+    assert pipeline.tls.stats.undecryptable == {"finished_mismatch": len(truth.connections)}

@@ -141,24 +141,72 @@ def test_held_records_come_out_in_order_with_their_own_times_once_keys_arrive():
     assert not problems
 
 
-def test_a_flow_holding_too_many_bytes_drops_them_and_says_which_flow():
+def held_per_flow(pipeline: Pipeline) -> int:
+    return max((conn.held_bytes for conn in pipeline.tls.waiting()), default=0)
+
+
+def sent_messages(truth) -> list[bytes]:
+    return sorted(m for c in truth.connections for d in ("c2s", "s2c") for m in c.messages(d))
+
+
+@pytest.mark.parametrize("name", ["keylog-tls13-suites", "keylog-tls12-ecdhe"])
+def test_records_over_the_flow_cap_are_lost_and_the_rest_decrypts_once_keys_arrive(name):
+    """Only the records that did not fit are lost: once the keys arrive, what the held
+    records carried and every later record decrypt, with the right sequence numbers."""
+    truth = load_groundtruth(FIXTURES / f"{name}.json")
+    cap = 1500
     pipeline, sink, keys, problems = waiting_pipeline(
-        HoldLimits(max_wait_s=3600, max_bytes_per_flow=300))
-    feed(pipeline, FIXTURES / "keylog-tls13-suites.pcap")
+        HoldLimits(max_wait_s=3600, max_bytes_per_flow=cap))
+    most = 0
+    keys_added_at = None
+    frames = list(CaptureReader(str(FIXTURES / f"{name}.pcap")))
+    for index, frame in enumerate(frames):
+        pipeline.frame(frame)
+        most = max(most, held_per_flow(pipeline))
+        if keys_added_at is None and pipeline.tls.stats.records_over_hold_cap:
+            keys_added_at = index  # the keys come late, after the cap was hit
+            load_key_log(truth.keylog.read_text(), keys)
+            pipeline.keys_added()
     pipeline.finish()
-    assert pipeline.tls.stats.records_expired > 0
-    dropped = [p for p in problems if p.kind == "keys_late"]
-    assert dropped and "too many bytes waiting for keys" in dropped[0].message
-    assert " -> 127.0.0.1:" in dropped[0].message  # names the flow
+    assert keys_added_at is not None and 0 < most <= cap
+    dropped = [p for p in problems if p.kind == "records_dropped"]
+    assert dropped and " -> 127.0.0.1:" in dropped[0].message  # names the flow
+    assert "--key-hold-flow" in dropped[0].message
+    sent = sent_messages(truth)
+    got = [m.payload for m in sink.messages if m.is_sip]
+    assert all(payload in sent for payload in got)  # nothing invented
+    lost = pipeline.tls.stats.records_over_hold_cap
+    assert 0 < len(sent) - len(got) <= lost  # at most one message per record that did not fit
+    # the connection that was cut goes on decrypting after the keys came: its last messages
+    # are there; so is every message of the connections after it
+    cut_port = int(dropped[0].message.split(" -> ")[0].rsplit(":", 1)[1])
+    cut = truth.connection_by_client_port(cut_port)
+    assert {cut.messages(d)[-1] for d in ("c2s", "s2c") if cut.messages(d)} <= set(got)
+    for conn in truth.connections:
+        if conn.index > cut.index:
+            assert all(m in got for d in ("c2s", "s2c") for m in conn.messages(d))
     assert pipeline.tls.held_bytes == 0
+    assert pipeline.tls.stats.records_failed == 0
 
 
 def test_all_flows_together_are_bounded_too():
+    truth = load_groundtruth(FIXTURES / "keylog-tls13-suites.json")
     pipeline, sink, keys, problems = waiting_pipeline(
         HoldLimits(max_wait_s=3600, max_bytes_total=2000))
-    feed(pipeline, FIXTURES / "keylog-tls13-suites.pcap")
-    assert pipeline.tls.held_bytes <= 2000 + 16 * 1024  # at most one record over, then shed
-    assert any("overall" in p.message for p in problems)
+    most = 0
+    keys_added = False
+    for frame in CaptureReader(str(FIXTURES / "keylog-tls13-suites.pcap")):
+        pipeline.frame(frame)
+        most = max(most, pipeline.tls.held_bytes)
+        if not keys_added and pipeline.tls.stats.records_over_hold_cap:
+            keys_added = True
+            load_key_log(truth.keylog.read_text(), keys)
+            pipeline.keys_added()
+    pipeline.finish()
+    assert 0 < most <= 2000
+    assert any("--key-hold-total" in p.message for p in problems)
+    got = [m.payload for m in sink.messages if m.is_sip]
+    assert got and all(payload in sent_messages(truth) for payload in got)
 
 
 def test_records_wait_no_longer_than_the_key_wait_in_capture_time():

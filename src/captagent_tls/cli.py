@@ -24,7 +24,7 @@ from captagent_tls.capture.live import KernelStats
 from captagent_tls.config import ConfigError, load_captagent, load_native, resolve
 from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
 from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
-from captagent_tls.pipeline import Pipeline, PipelineOptions
+from captagent_tls.pipeline import Pipeline, PipelineOptions, SinkError
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
@@ -193,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError) as exc:
         print(f"captagent-tls: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except SinkError as exc:
+        if isinstance(exc.__cause__, BrokenPipeError):
+            sys.stderr.close()  # the reader of our output went away (| head): not an error
+            return 0
+        print(f"captagent-tls: error: cannot write the output: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     except BrokenPipeError:
         sys.stderr.close()  # the reader of our output went away (| head): not an error
         return 0
@@ -359,6 +365,11 @@ def run_offline(args: argparse.Namespace) -> int:
               "was processed", file=sys.stderr)
     if not args.quiet:
         print(format_stats(pipeline, sinks), file=sys.stderr)
+    dropped = pipeline.stats.internal_errors
+    if dropped:
+        print(f"captagent-tls: error: {dropped} flow{' was' if dropped == 1 else 's were'} "
+              "dropped after internal errors (see above)", file=sys.stderr)
+        return EXIT_ERROR
     return 0
 
 

@@ -1,10 +1,16 @@
 """Wire the stages together: frames -> TCP -> TLS -> SIP -> sinks.
 
 The same pipeline serves capture files and live capture; only the frame source differs.
+
+No packet can end it: an unexpected exception while one flow is handled is caught here, at
+the flow's boundary, counted and reported with the flow, and that flow's state is dropped;
+every other flow goes on.  Errors of the outputs are not the packet's fault: they reach the
+caller as ``SinkError``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,18 +22,21 @@ from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpRe
 from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 from captagent_tls.sip.framing import SipFramer, Unit, frame_datagram
-from captagent_tls.tls.connection import TlsConnection
 from captagent_tls.tls.events import (
     PLAINTEXT,
     AppData,
     AppGap,
     ConnectionDone,
     SessionSecret,
+    TlsInfo,
     TlsProblem,
 )
 from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
+from captagent_tls.tls.problems import Notice
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
+
+log = logging.getLogger("captagent_tls")
 
 
 @dataclass
@@ -49,6 +58,11 @@ class PipelineStats:
     raw_chunks: int = 0
     raw_bytes: int = 0
     plain_other_bytes: int = 0  # unencrypted TCP that is not SIP: not passed on
+    internal_errors: int = 0  # flows dropped after an unexpected exception
+
+
+class SinkError(Exception):
+    """An output failed (``__cause__`` says how): the run cannot go on as asked."""
 
 
 class Pipeline:
@@ -72,41 +86,103 @@ class Pipeline:
 
     def frame(self, frame: Frame) -> None:
         self.stats.frames += 1
-        packet: Segment | Datagram | Fragment | Skip | None = decode(frame.linktype, frame.data)
         ts = frame.ts_ns
-        if type(packet) is Fragment:
-            packet = self.defrag.add(packet, ts)
-        if type(packet) is not Segment:
-            if type(packet) is Datagram:
-                self._datagram(packet, ts)
-            elif type(packet) is Skip:
-                skipped = self.stats.skipped
-                skipped[packet.reason] = skipped.get(packet.reason, 0) + 1
-            return  # (None: a fragment waiting for the rest of its datagram)
+        try:
+            packet: Segment | Datagram | Fragment | Skip | None = decode(frame.linktype,
+                                                                          frame.data)
+            if type(packet) is Fragment:
+                packet = self.defrag.add(packet, ts)
+            if type(packet) is not Segment:
+                if type(packet) is Datagram:
+                    self._datagram(packet, ts)
+                elif type(packet) is Skip:
+                    skipped = self.stats.skipped
+                    skipped[packet.reason] = skipped.get(packet.reason, 0) + 1
+                return  # (None: a fragment waiting for the rest of its datagram)
+        except SinkError:
+            raise
+        except Exception as exc:  # the last line of defence: see the module docstring
+            self._internal_error(exc, None, ts)
+            return
         segment = packet
         if ts > self._last_ts:
             self._last_ts = ts
             if ts >= self._next_tick:
                 self._next_tick = ts + 1_000_000_000
-                self._tls_events(self.tls.expire(ts))
-        for event in self.tcp.segment(segment, ts):
-            self._net_event(event)
+                self._expire_held(ts)
+        try:
+            events = self.tcp.segment(segment, ts)
+        except Exception as exc:
+            flow = self.tcp.flow_for(segment.src, segment.sport, segment.dst, segment.dport)
+            self._internal_error(exc, flow, ts)
+            return
+        self._net_events(events)
 
     def finish(self) -> None:
         """End of input: flush held-back bytes, close every flow, deliver what is complete."""
-        for event in self.tcp.flush(self._last_ts):
-            self._net_event(event)
-        self._tls_events(self.tls.close_all(self._last_ts))
+        self._net_events(self.tcp.flush(self._last_ts))
+        for conn in self.tls.waiting():
+            self._guarded(conn.flow, self.tls.give_up, conn, self._last_ts)
 
     def expire(self, now_ns: int) -> None:
         """Time passes without packets (live capture): idle flows and held records expire."""
-        for event in self.tcp.expire(now_ns):
-            self._net_event(event)
-        self._tls_events(self.tls.expire(now_ns))
+        self._net_events(self.tcp.expire(now_ns))
+        self._expire_held(now_ns)
 
     def keys_added(self, ts_ns: int | None = None) -> None:
         """Secrets were added to the key store: decrypt what was waiting for them."""
-        self._tls_events(self.tls.keys_changed(self._last_ts if ts_ns is None else ts_ns))
+        if not self.tls.keys_pending():
+            return
+        ts = self._last_ts if ts_ns is None else ts_ns
+        for conn in self.tls.waiting():
+            self._guarded(conn.flow, self.tls.retry, conn, ts)
+
+    def _expire_held(self, now_ns: int) -> None:
+        for conn in self.tls.waiting():
+            self._guarded(conn.flow, self.tls.expire, conn, now_ns)
+
+    # -- the flow boundary ------------------------------------------------------------------
+
+    def _net_events(self, events: list[NetEvent]) -> None:
+        event: NetEvent | None = None
+        try:
+            for event in events:
+                self._net_event(event)
+        except SinkError:
+            raise
+        except Exception as exc:
+            assert event is not None
+            failed = event.flow
+            self._internal_error(exc, failed, event.ts_ns)
+            rest = events[next(i for i, e in enumerate(events) if e is event) + 1 :]
+            self._net_events([e for e in rest if e.flow is not failed])
+
+    def _guarded(self, flow: Flow, step: Callable[..., list[TlsEvent]], *args: object) -> None:
+        try:
+            self._tls_events(step(*args))
+        except SinkError:
+            raise
+        except Exception as exc:
+            self._internal_error(exc, flow, self._last_ts)
+
+    def _internal_error(self, exc: Exception, flow: Flow | None, ts: int) -> None:
+        """An exception no input should cause: count it, say so, forget the flow."""
+        self.stats.internal_errors += 1
+        log.debug("internal error", exc_info=exc)
+        where = flow.describe() if flow is not None else "a packet"
+        if flow is not None:
+            self.tcp.discard(flow)
+            self.tls.discard(flow)
+            for direction in (0, 1):
+                self._framers.pop((flow, direction), None)
+        if self.on_problem is not None:
+            self.on_problem(TlsProblem(
+                flow, Notice.INTERNAL_ERROR.value,
+                f"internal error on {where}: {type(exc).__name__}: {exc}; that flow was "
+                "dropped and every other flow goes on (please report this with the capture)",
+                ts, where))
+
+    # -- stage to stage ---------------------------------------------------------------------
 
     def _net_event(self, event: NetEvent) -> None:
         tls = self.tls
@@ -126,10 +202,8 @@ class Pipeline:
         self.stats.sip_messages += 1
         self.stats.plain_sip_messages += 1
         is_request = not unit.data.startswith(b"SIP/2.0 ")
-        message = Message(ts, (datagram.src, datagram.sport), (datagram.dst, datagram.dport),
-                          "udp", unit.data, unit.call_id, True, is_request, "", "")
-        for sink in self.sinks:
-            sink.emit(message)
+        self._emit(Message(ts, (datagram.src, datagram.sport), (datagram.dst, datagram.dport),
+                           "udp", unit.data, unit.call_id, True, is_request, "", ""))
 
     def _tls_events(self, events: list[TlsEvent]) -> None:
         for event in events:
@@ -142,11 +216,13 @@ class Pipeline:
                 if framer.idle:
                     del self._framers[key]  # nothing held: idle sessions keep no SIP state
                 if units:
-                    self._deliver(event.flow, event.direction, units, event.ts_ns, event)
+                    self._deliver(event.flow, event.direction, units, event.ts_ns, event.info,
+                                  event.from_client)
             elif type(event) is AppGap:
                 framer = self._framers.get((event.flow, event.direction))
                 if framer is not None:
-                    self._deliver(event.flow, event.direction, framer.gap(), event.ts_ns, None)
+                    self._deliver(event.flow, event.direction, framer.gap(), event.ts_ns,
+                                  event.info, event.from_client)
             elif type(event) is TlsProblem:
                 if self.on_problem is not None:
                     self.on_problem(event)
@@ -157,16 +233,13 @@ class Pipeline:
                 for direction in (0, 1):
                     framer = self._framers.pop((flow, direction), None)
                     if framer is not None:
-                        self._deliver(flow, direction, framer.flush(), event.ts_ns, None)
-                flow.context = None
+                        self._deliver(flow, direction, framer.flush(), event.ts_ns, event.info,
+                                      direction == event.client_direction)
 
-    def _deliver(self, flow: Flow, direction: int, units: list[Unit], ts: int,
-                 app: AppData | None) -> None:
+    def _deliver(self, flow: Flow, direction: int, units: list[Unit], ts: int, info: TlsInfo,
+                 from_client: bool) -> None:
         if not units:
             return
-        conn: TlsConnection = flow.context
-        client_dir = conn.client_dir or 0
-        info = app.info if app is not None else conn.app_info
         plain = info is PLAINTEXT
         version, suite = info.version, info.cipher_suite
         src, dst = flow.endpoints[direction], flow.endpoints[1 - direction]
@@ -182,7 +255,12 @@ class Pipeline:
             else:
                 stats.raw_chunks += 1
                 stats.raw_bytes += len(unit.data)
-            message = Message(ts, src, dst, "tcp" if plain else "tls", unit.data, unit.call_id,
-                              unit.is_sip, direction == client_dir, version, suite)
-            for sink in self.sinks:
+            self._emit(Message(ts, src, dst, "tcp" if plain else "tls", unit.data,
+                               unit.call_id, unit.is_sip, from_client, version, suite))
+
+    def _emit(self, message: Message) -> None:
+        for sink in self.sinks:
+            try:
                 sink.emit(message)
+            except Exception as exc:
+                raise SinkError(str(exc)) from exc

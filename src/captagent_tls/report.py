@@ -19,9 +19,7 @@ class ProblemReporter:
         self._seen: set[tuple[str, str]] = set()
 
     def report(self, problem: TlsProblem) -> None:
-        conn = problem.flow.context
-        server = conn.server_endpoint() if conn is not None else problem.flow.describe()
-        key = (problem.kind, server)
+        key = (problem.kind, problem.server)
         if key in self._seen:
             return
         self._seen.add(key)
@@ -52,18 +50,23 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
         f"{tcp.evictions} flows, {tcp.timeouts} idle, {pipeline.tls.sessions.evictions} cached "
         "sessions",
         f"TLS sessions: {tls.sessions_full} full, {tls.sessions_resumed} resumed, "
+        f"{tls.sessions_incomplete} ended before any protected record, "
         f"undecryptable: {undecryptable}",
         f"TLS records: {tls.records_decrypted} decrypted, {tls.records_failed} failed "
-        f"authentication (dropped), {tls.records_undecrypted} without keys, "
-        f"{tls.records_expired} dropped waiting for keys; Finished verified "
+        f"authentication (dropped), {tls.records_unproven} with an unproven CBC IV "
+        f"(dropped), {tls.records_undecrypted} without keys, {tls.records_expired} dropped "
+        f"waiting for keys, {tls.records_over_hold_cap} over the hold cap; Finished verified "
         f"{tls.finished_verified}, failed {tls.finished_failed}",
         f"TLS events: {tls.alerts} alerts, {tls.key_updates} key updates, early data "
         f"{tls.early_data_records} records decrypted / {tls.early_data_skipped} skipped, "
         f"{tls.resyncs} resyncs after gaps, {tls.framing_errors} framing errors, "
-        f"{tls.handshake_errors} unreadable handshake messages",
+        f"{tls.handshake_errors} unreadable handshake messages, "
+        f"{tls.handshakes_too_large} handshakes too large",
         f"SIP messages: {stats.sip_messages} ({stats.plain_sip_messages} unencrypted); other "
         f"decrypted application data: {stats.raw_chunks} chunks, {stats.raw_bytes} bytes; "
         f"unencrypted non-SIP TCP: {stats.plain_other_bytes} bytes (not passed on)",
+        *([f"internal errors: {stats.internal_errors} flows dropped"]
+          if stats.internal_errors else []),
     ]
     for sink in sinks:
         if isinstance(sink, HepSink):

@@ -23,6 +23,7 @@ from captagent_tls.net.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Segment
 SEQ_MASK = 0xFFFFFFFF
 SEQ_HALF = 0x80000000
 FAR_AHEAD = 1 << 30  # a segment this far beyond the stream is garbage, not a hole
+MAX_DISCARDED = 4096  # flows dropped after an internal error whose later segments are ignored
 
 Endpoint = tuple[bytes, int]  # packed IP address, port
 
@@ -147,6 +148,7 @@ class TcpReassembler:
         self._flows: OrderedDict[int, Flow] = OrderedDict()  # least recently active first
         self._clock = 0
         self._next_sweep = 0
+        self._discarded: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
 
     @property
     def active_flows(self) -> int:
@@ -172,6 +174,12 @@ class TcpReassembler:
         if half is None:
             if flags & TCP_RST or not (seg.payload or flags & (TCP_SYN | TCP_FIN)):
                 return events
+            if self._discarded:
+                key = (seg.src, seg.sport, seg.dst, seg.dport)
+                if key in self._discarded:
+                    if not flags & TCP_SYN:
+                        return events  # the rest of a flow dropped after an internal error
+                    del self._discarded[key]
             half = self._new_flow(seg, ts_ns, events)
         flow = half.flow
         flow.last_ts = ts_ns
@@ -182,12 +190,14 @@ class TcpReassembler:
             seq = (seq + 1) & SEQ_MASK
             if half.next_seq is None:
                 half.next_seq = seq
-        if seg.payload:
-            self._data(half, seq, seg.payload, ts_ns, events)
         peer = half.peer
         if flags & TCP_ACK and peer.pending and seq_delta(seg.ack, _first_held(peer)) >= 0:
-            # the receiver has the bytes in the hole, so they crossed the wire unseen
+            # the receiver has the bytes in the hole, so they crossed the wire unseen.  They
+            # were sent before this segment: the stage above learns of them first (a TLS
+            # Finished here may cover a handshake message that was in the hole)
             self._skip_hole(peer, ts_ns, events)
+        if seg.payload:
+            self._data(half, seq, seg.payload, ts_ns, events)
         if flags & TCP_RST:
             self._close(flow, "rst", ts_ns, events)
         elif flags & TCP_FIN:
@@ -208,6 +218,27 @@ class TcpReassembler:
         self._clock = max(self._clock, now_ns)
         self._expire(events)
         return events
+
+    def flow_for(self, src: bytes, sport: int, dst: bytes, dport: int) -> Flow | None:
+        """The flow a segment with these endpoints belongs to, if it is tracked."""
+        half = self._halves.get((src, sport, dst, dport))
+        if half is None:
+            half = self._halves.get((dst, dport, src, sport))
+        return half.flow if half is not None else None
+
+    def discard(self, flow: Flow) -> None:
+        """Forget a flow at once, delivering nothing more of it (after an internal error).
+        Its later segments are ignored until a SYN opens a new connection on its ports."""
+        flow.closed = True
+        (a, b) = flow.endpoints
+        key = (a[0], a[1], b[0], b[1])
+        if self._halves.get(key) is flow.halves[0]:
+            del self._halves[key]
+        self._flows.pop(flow.ident, None)
+        self._discarded[key] = None
+        self._discarded[(b[0], b[1], a[0], a[1])] = None
+        while len(self._discarded) > MAX_DISCARDED:
+            self._discarded.popitem(last=False)
 
     # -- internals -------------------------------------------------------------------------
 

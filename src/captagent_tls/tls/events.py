@@ -16,13 +16,15 @@ PLAINTEXT = TlsInfo("", "")  # application bytes of a TCP flow that is not TLS
 
 
 class AppData(NamedTuple):
-    """Decrypted (authenticated) application bytes, in stream order for one direction."""
+    """Decrypted (authenticated) application bytes, in stream order for one direction; or the
+    bytes of a TCP flow that is not TLS (``info`` is ``PLAINTEXT``)."""
 
     flow: Flow
     direction: int
     data: bytes
     ts_ns: int
     info: TlsInfo
+    from_client: bool
 
 
 class AppGap(NamedTuple):
@@ -32,6 +34,8 @@ class AppGap(NamedTuple):
     flow: Flow
     direction: int
     ts_ns: int
+    info: TlsInfo
+    from_client: bool
 
 
 class HandshakeDone(NamedTuple):
@@ -54,10 +58,11 @@ class TlsProblem(NamedTuple):
     """Something a person should know, e.g. that no key matches a server.  ``kind`` is stable
     (used for de-duplication and stats); ``message`` is one line for the user."""
 
-    flow: Flow
+    flow: Flow | None  # None: not tied to one flow
     kind: str
     message: str
     ts_ns: int
+    server: str  # the server's endpoint, "10.0.0.1:5061"
 
 
 class SessionSecret(NamedTuple):
@@ -71,10 +76,12 @@ class SessionSecret(NamedTuple):
 
 class ConnectionDone(NamedTuple):
     """The TCP flow has closed and no records of it wait for keys any more: nothing more will
-    come for this flow."""
+    come for this flow.  ``info`` and ``client_direction`` say what its last bytes were."""
 
     flow: Flow
     ts_ns: int
+    info: TlsInfo
+    client_direction: int
 
 
 Event = (AppData | AppGap | HandshakeDone | TlsAlert | TlsProblem | SessionSecret

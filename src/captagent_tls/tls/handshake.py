@@ -96,10 +96,15 @@ class ClientHello:
         return self.extensions.get(EXT_SESSION_TICKET) or None
 
     @property
-    def offers_tls13(self) -> bool:
+    def supported_versions(self) -> list[int]:
+        """The versions of the supported_versions extension (RFC 8446 §4.2.1)."""
         versions = self.extensions.get(EXT_SUPPORTED_VERSIONS, b"")[1:]
-        return any(versions[i] == 3 and versions[i + 1] >= 4 or versions[i] == 0x7F
-                   for i in range(0, len(versions) - 1, 2))
+        return [int.from_bytes(versions[i : i + 2], "big")
+                for i in range(0, len(versions) - 1, 2)]
+
+    @property
+    def offers_tls13(self) -> bool:
+        return any(v >= 0x0304 and v >> 8 in (3, 0x7F) for v in self.supported_versions)
 
     @property
     def server_name(self) -> str | None:

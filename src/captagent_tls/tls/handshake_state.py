@@ -10,15 +10,14 @@ from dataclasses import dataclass, field
 
 from captagent_tls.tls import handshake as hsk
 from captagent_tls.tls.keys import KeyStore
-from captagent_tls.tls.keyschedule import SSL3, key_block, master_secret
+from captagent_tls.tls.keyschedule import SSL3, TLS12, key_block, master_secret, version_name
+from captagent_tls.tls.problems import Reason
 from captagent_tls.tls.protection import Decryptor, make_decryptor
-from captagent_tls.tls.suites import CipherSuite
+from captagent_tls.tls.suites import CipherSuite, suite_name
 
-# why no keys were found (stats keys, shared with the connection)
-NO_KEY = "no_key"
-KEY_MISMATCH = "key_mismatch"
-SESSION_UNKNOWN = "session_unknown"
-NEEDS_KEY_LOG = "needs_key_log"
+# a handshake larger than this is not followed (real ones, certificate chains included, stay
+# far below it); without a cap, an endless handshake would hold its transcript forever
+MAX_TRANSCRIPT_BYTES = 1 << 20
 
 
 @dataclass
@@ -45,9 +44,11 @@ class HandshakeState:
     pending: list[Decryptor | None] = field(default_factory=lambda: [None, None])
     finished: list[bool] = field(default_factory=lambda: [False, False])
     ticket: bytes = b""
-    missing: str = ""  # why no keys, if none turn up
-    failed: str = ""
-    counted: bool = False
+    missing: Reason | None = None  # why no keys, if none turn up
+    server_flight: bool = False  # the server sent what only a full handshake has
+    gap: bool = False  # bytes of this handshake were lost: its transcript is incomplete
+    transcript_bytes: int = 0
+    proven: bool = False  # a Finished message verified
 
     @property
     def key_exchange_seen(self) -> bool:
@@ -56,6 +57,49 @@ class HandshakeState:
     @property
     def offers_early_data(self) -> bool:
         return hsk.EXT_EARLY_DATA in self.client_hello.extensions
+
+    def add_to_transcript(self, message: bytes) -> bool:
+        """False when the transcript would grow past its cap."""
+        self.transcript_bytes += len(message)
+        if self.transcript_bytes > MAX_TRANSCRIPT_BYTES:
+            return False
+        self.transcript.append(message)
+        return True
+
+
+def hello_inconsistency(client: hsk.ClientHello, server: hsk.ServerHello,
+                        suite: CipherSuite | None, tls13: bool) -> str:
+    """Why a ServerHello cannot answer this ClientHello ("" when it can).
+
+    A server picks one of the offered suites and a version the client offers; a ServerHello
+    that does neither was not what the peers exchanged, and keys derived from it would open
+    the records under the wrong cipher (RFC 5246 §7.4.1.3, RFC 8446 §4.1.3).
+    """
+    code = server.cipher_suite
+    name = suite.name if suite is not None else suite_name(code)
+    offered = client.cipher_suites
+    wanted = code.to_bytes(2, "big")
+    if not any(offered[at : at + 2] == wanted for at in range(0, len(offered) - 1, 2)):
+        named = name if suite is not None else f"the unknown suite 0x{code:04X}"
+        if suite is not None:
+            named += f" (0x{code:04X})"
+        return f"its ServerHello names {named}, which the ClientHello did not offer"
+    version = server.version
+    if tls13:
+        if version not in client.supported_versions:
+            return (f"its ServerHello selects {version_name(version)}, which the ClientHello "
+                    "did not offer")
+        if suite is not None and suite.key_exchange != "TLS13":
+            return f"its ServerHello selects TLS 1.3 with {name}, which is not a TLS 1.3 suite"
+        return ""
+    if not SSL3 <= version <= min(client.version, TLS12):
+        return (f"its ServerHello selects {version_name(version)}, but the ClientHello offered "
+                f"up to {version_name(client.version)}")
+    if suite is not None and suite.key_exchange == "TLS13":
+        return f"its ServerHello selects {version_name(version)} with the TLS 1.3 suite {name}"
+    if suite is not None and suite.kind == "aead" and version < TLS12:
+        return f"its ServerHello selects {version_name(version)} with {name}, a TLS 1.2 suite"
+    return ""
 
 
 def logged_master(hs: HandshakeState, keys: KeyStore) -> bytes | None:
@@ -88,7 +132,7 @@ def master_from_pre_master(hs: HandshakeState, pre_master: bytes) -> bytes:
                          hello.random, hs.session_hash)
 
 
-def rsa_masters(hs: HandshakeState, keys: KeyStore) -> tuple[list[bytes], bool, str]:
+def rsa_masters(hs: HandshakeState, keys: KeyStore) -> tuple[list[bytes], bool, Reason | None]:
     """Master secrets from decrypting the pre-master with our RSA keys.
 
     Returns (masters, proven by the certificate, why none).  With the server's certificate
@@ -102,10 +146,10 @@ def rsa_masters(hs: HandshakeState, keys: KeyStore) -> tuple[list[bytes], bool, 
     if modulus is not None:
         key = keys.rsa_key_for_modulus(modulus)
         if key is None:
-            return [], False, NO_KEY
+            return [], False, Reason.NO_KEY
         candidates = [key]
     elif not candidates:
-        return [], False, NO_KEY
+        return [], False, Reason.NO_KEY
     versions = (hs.client_hello.version, hs.version)
     masters = []
     for key in candidates:
@@ -113,8 +157,8 @@ def rsa_masters(hs: HandshakeState, keys: KeyStore) -> tuple[list[bytes], bool, 
         if pre_master is not None and int.from_bytes(pre_master[:2], "big") in versions:
             masters.append(master_from_pre_master(hs, pre_master))
     if not masters:
-        return [], False, NO_KEY if modulus is not None else KEY_MISMATCH
-    return masters, modulus is not None, ""
+        return [], False, Reason.NO_KEY if modulus is not None else Reason.KEY_MISMATCH
+    return masters, modulus is not None, None
 
 
 def derive_decryptors(hs: HandshakeState, master: bytes) -> tuple[Decryptor, Decryptor]:

@@ -28,6 +28,14 @@ class RecordAuthError(Exception):
     """A record failed its tag, MAC or padding check."""
 
 
+# What ``open`` returns for a record that authenticated but whose plaintext cannot be trusted:
+# a CBC record of SSLv3/TLS 1.0 with Encrypt-then-MAC whose IV (the last block of the record
+# before it) was not authenticated, because that record failed or was lost.  The MAC covers
+# only this record's own ciphertext, so whoever changed that IV chose its first block.  The
+# sequence number and the next IV move on as for any opened record.
+UNPROVEN: tuple[int, bytes] = (-1, b"")
+
+
 def _block_cipher(algorithm: str, key: bytes) -> algorithms.BlockCipherAlgorithm:
     if algorithm == "AES":
         return algorithms.AES(key)
@@ -62,8 +70,12 @@ class Decryptor:
         self.seq += 1
 
     def follow(self, fragment: bytes) -> None:
-        """Take from a record what the next one depends on, other than its sequence number
-        (the chained IV of SSLv3/TLS 1.0 CBC)."""
+        """Take from a record that could not be opened what the next one depends on, other
+        than its sequence number (the chained IV of SSLv3/TLS 1.0 CBC, which is then not
+        proven).  ``fragment`` may be only the record's tail."""
+
+    def lost(self) -> None:
+        """Records were lost before the next one: what it depends on is unknown."""
 
 
 class LiveContexts:
@@ -119,8 +131,10 @@ class AeadDecryptor(Decryptor):
             aead: AESGCM | AESCCM | ChaCha20Poly1305 = AESGCM(self.key)
         elif self.algorithm == "AESCCM":
             aead = AESCCM(self.key, tag_length=self.tag_len)
-        else:
+        elif self.algorithm == "CHACHA20":
             aead = ChaCha20Poly1305(self.key)
+        else:  # callers check CipherSuite.supported first
+            raise ValueError(f"no AEAD {self.algorithm!r}")
         self.aead = aead
         return aead
 
@@ -197,7 +211,8 @@ class CbcDecryptor(Decryptor):
     is the last ciphertext block of the one before.
     """
 
-    __slots__ = ("block", "explicit_iv", "etm", "ssl3", "mac", "algorithm", "chained_iv")
+    __slots__ = ("block", "explicit_iv", "etm", "ssl3", "mac", "algorithm", "chained_iv",
+                 "iv_proven")
 
     def __init__(self, suite: CipherSuite, key: bytes, mac_key: bytes, iv: bytes, version: int,
                  encrypt_then_mac: bool):
@@ -208,45 +223,64 @@ class CbcDecryptor(Decryptor):
         self.ssl3 = version == SSL3
         self.mac = _MacCheck(suite, mac_key, version)
         self.algorithm = _block_cipher(suite.algorithm, key)
-        self.chained_iv = iv
+        self.chained_iv: bytes | None = iv  # None: unknown (lost with the record before)
+        self.iv_proven = True  # from the key block, or the last block of an opened record
 
     def release(self) -> None:
         self.mac.keyed = None
 
     def follow(self, fragment: bytes) -> None:
-        if not self.explicit_iv and len(fragment) >= self.block:
+        if not self.explicit_iv:
             body = fragment[: -self.mac.size] if self.etm else fragment
-            self.chained_iv = body[-self.block :]
+            self.chained_iv = body[-self.block :] if len(body) >= self.block else None
+            self.iv_proven = False
 
-    def _decrypt(self, data: bytes) -> bytes:
+    def lost(self) -> None:
+        if not self.explicit_iv:
+            self.chained_iv = None
+            self.iv_proven = False
+
+    def _decrypt(self, data: bytes, iv: bytes) -> bytes:
         if self.explicit_iv:
-            iv, body = data[: self.block], data[self.block :]
-        else:
-            iv, body = self.chained_iv, data
-        return Cipher(self.algorithm, modes.CBC(iv)).decryptor().update(body)
+            iv, data = data[: self.block], data[self.block :]
+        return Cipher(self.algorithm, modes.CBC(iv)).decryptor().update(data)
 
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
         LIVE_CONTEXTS.touch(self)
         seq = self.seq
         mac_len = self.mac.size
+        block = self.block
+        chained = self.explicit_iv is False
         if self.etm:
             body, tag = fragment[:-mac_len], fragment[-mac_len:]
-            if len(body) % self.block or len(tag) != mac_len or not body:
+            if len(body) % block or len(tag) != mac_len or not body:
                 raise RecordAuthError("bad CBC record length")
             self.mac.verify(seq, content_type, version, body, tag)
-            plaintext = self._strip_padding(self._decrypt(body))
-            self.follow(fragment)
+            iv = self.chained_iv
+            if chained and (iv is None or not self.iv_proven):
+                # authentic ciphertext, but its first block depends on an IV nobody vouches
+                # for: drop it; its own last block is a proven IV for the next record
+                self.chained_iv, self.iv_proven = body[-block:], True
+                self.seq = seq + 1
+                return UNPROVEN
+            plaintext = self._strip_padding(self._decrypt(body, iv or b""))
+            if chained:
+                self.chained_iv = body[-block:]
             self.seq = seq + 1
             return content_type, plaintext
-        if len(fragment) % self.block or len(fragment) < mac_len + 1:
+        if len(fragment) % block or len(fragment) < mac_len + 1:
             raise RecordAuthError("bad CBC record length")
-        plaintext = self._decrypt(fragment)
-        content = self._strip_padding(plaintext)
+        iv = self.chained_iv
+        if chained and iv is None:
+            raise RecordAuthError("the IV was lost with the record before")
+        # MAC-then-encrypt: the MAC covers every plaintext byte, so a wrong IV fails it
+        content = self._strip_padding(self._decrypt(fragment, iv or b""))
         if len(content) < mac_len:
             raise RecordAuthError("record shorter than its MAC")
         data, tag = content[: len(content) - mac_len], content[len(content) - mac_len :]
         self.mac.verify(seq, content_type, version, data, tag)
-        self.follow(fragment)
+        if chained:
+            self.chained_iv, self.iv_proven = fragment[-block:], True
         self.seq = seq + 1
         return content_type, data
 
