@@ -28,6 +28,7 @@ from captagent_tls.tls.events import (
 from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
+from captagent_tls.websocket import WebSocketSession, WebSocketStats, looks_like_start
 
 
 @dataclass
@@ -49,6 +50,7 @@ class PipelineStats:
     raw_chunks: int = 0
     raw_bytes: int = 0
     plain_other_bytes: int = 0  # unencrypted TCP that is not SIP: not passed on
+    websocket: WebSocketStats = field(default_factory=WebSocketStats)
 
 
 class Pipeline:
@@ -66,6 +68,7 @@ class Pipeline:
         self.on_problem = on_problem
         self.stats = PipelineStats()
         self._framers: dict[tuple[Flow, int], SipFramer] = {}
+        self._websockets: dict[Flow, WebSocketSession] = {}
         self.defrag = Defragmenter()
         self._last_ts = 0
         self._next_tick = 0
@@ -133,6 +136,8 @@ class Pipeline:
 
     def _tls_events(self, events: list[TlsEvent]) -> None:
         for event in events:
+            if self._websocket(event):
+                continue
             if type(event) is AppData:
                 key = (event.flow, event.direction)
                 framer = self._framers.get(key)
@@ -161,13 +166,17 @@ class Pipeline:
                 flow.context = None
 
     def _deliver(self, flow: Flow, direction: int, units: list[Unit], ts: int,
-                 app: AppData | None) -> None:
+                 app: AppData | None, websocket_client: int | None = None) -> None:
         if not units:
             return
         conn: TlsConnection = flow.context
         client_dir = conn.client_dir or 0
         info = app.info if app is not None else conn.app_info
         plain = info is PLAINTEXT
+        transport = "tcp" if plain else "tls"
+        if websocket_client is not None:  # the WebSocket client: the side that masks
+            transport = "ws" if plain else "wss"
+            client_dir = websocket_client
         version, suite = info.version, info.cipher_suite
         src, dst = flow.endpoints[direction], flow.endpoints[1 - direction]
         stats = self.stats
@@ -182,7 +191,54 @@ class Pipeline:
             else:
                 stats.raw_chunks += 1
                 stats.raw_bytes += len(unit.data)
-            message = Message(ts, src, dst, "tcp" if plain else "tls", unit.data, unit.call_id,
+            message = Message(ts, src, dst, transport, unit.data, unit.call_id,
                               unit.is_sip, direction == client_dir, version, suite)
             for sink in self.sinks:
                 sink.emit(message)
+
+    # -- SIP over WebSocket (RFC 7118) ------------------------------------------------------
+
+    def _websocket(self, event: TlsEvent) -> bool:
+        """Application bytes of a WebSocket connection (or of its HTTP upgrade) go to its
+        session instead of SIP stream framing.  True when the event was taken care of."""
+        kind = type(event)
+        if kind is AppData:
+            assert isinstance(event, AppData)
+            flow, direction = event.flow, event.direction
+            session = self._websockets.get(flow)
+            if session is None:
+                if (flow, direction) in self._framers:
+                    return False  # a stream already being framed as SIP
+                start = looks_like_start(event.data)
+                if not start:
+                    return False
+                session = self._websockets[flow] = WebSocketSession(
+                    self.stats.websocket, direction, start, event.data)
+            self._websocket_units(session, flow, session.feed(direction, event.data),
+                                  event.ts_ns, event)
+            return True
+        if kind is AppGap:
+            assert isinstance(event, AppGap)
+            session = self._websockets.get(event.flow)
+            if session is None:
+                return False
+            self._websocket_units(session, event.flow, session.gap(event.direction),
+                                  event.ts_ns, None)
+            return True
+        if kind is ConnectionDone and self._websockets:
+            assert isinstance(event, ConnectionDone)
+            session = self._websockets.pop(event.flow, None)
+            if session is not None:
+                self._websocket_units(session, event.flow, session.close(), event.ts_ns, None)
+        return False  # (the rest of ConnectionDone is done by the caller)
+
+    def _websocket_units(self, session: WebSocketSession, flow: Flow,
+                         units: list[tuple[int, Unit]], ts: int, app: AppData | None) -> None:
+        client = session.client_dir if session.websocket else None
+        for direction, unit in units:
+            self._deliver(flow, direction, [unit], ts, app, client)
+        if session.problems and self.on_problem is not None:
+            server = flow.describe(session.client_dir)
+            for kind, detail in session.problems:
+                self.on_problem(TlsProblem(flow, kind, f"WebSocket {server}: {detail}", ts))
+        session.problems.clear()
