@@ -269,8 +269,8 @@ class WebSocketSession:
 
     def _other(self, out: list[tuple[int, Unit]], why: str) -> None:
         self.stats.other_connections += 1
-        self._report("websocket not sip", f"a WebSocket connection with {why}: passed on as "
-                     "it is")
+        self._report("websocket not sip", f"a WebSocket connection with {why}: its messages "
+                     "are not read as SIP")
         self._give_up(out)
 
     def _give_up(self, out: list[tuple[int, Unit]]) -> list[tuple[int, Unit]]:
