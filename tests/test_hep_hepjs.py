@@ -226,3 +226,17 @@ def test_reading_a_file_waits_for_a_slow_collector_instead_of_dropping():
     truth = load_groundtruth(truth_file)
     sent = sorted(m for c in truth.connections for d in ("c2s", "s2c") for m in c.messages(d))
     assert sorted(chunk_value(p, PAYLOAD) for p in packets) == sent
+
+
+@pytest.mark.parametrize("name", ["ws-plain", "wss-no-context-takeover"])
+def test_hep_sip_over_websocket(name) -> None:
+    """SIP over WebSocket goes out with the IP protocol of SIP over TLS (22), as Kamailio's
+    siptrace sends WS and WSS; hep-js reads every message back as it was sent."""
+    folder = FIXTURES.parent / "websocket"
+    gt = load_groundtruth(folder / f"{name}.json")
+    extra = ["--keylog", str(gt.keylog)] if gt.keylog is not None else []
+    packets, decoded = send_hep(folder / f"{name}.pcap", gt, *extra)
+    check_common(folder / f"{name}.pcap", gt, packets, decoded)
+    assert {d["protocol"] for d in decoded} == {22}
+    assert {d["protocol"] for d in send_hep(folder / f"{name}.pcap", gt, *extra,
+                                            "--hep-ip-proto", "50")[1]} == {50}

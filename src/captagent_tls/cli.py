@@ -256,7 +256,9 @@ class KeyLogExporter:
 
     def __init__(self, path: str):
         try:
-            self.out = open(path, "a", encoding="ascii")  # noqa: SIM115 - closed in close()
+            # session secrets: readable by the owner only, like a private key
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self.out = open(fd, "a", encoding="ascii")  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise UserError(f"cannot write key log {path}: {exc.strerror or exc}") from None
         self._written: set[bytes] = set()

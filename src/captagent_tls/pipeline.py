@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from captagent_tls.capture import Frame
+from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.net.ip import Defragmenter
 from captagent_tls.net.packet import Datagram, Fragment, Segment, Skip, decode
 from captagent_tls.net.tcp import Event as NetEvent
@@ -35,6 +36,7 @@ from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.problems import Notice
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
+from captagent_tls.websocket import WebSocketSession, WebSocketStats, looks_like_start
 
 log = logging.getLogger("captagent_tls")
 
@@ -59,6 +61,11 @@ class PipelineStats:
     raw_bytes: int = 0
     plain_other_bytes: int = 0  # unencrypted TCP that is not SIP: not passed on
     internal_errors: int = 0  # flows dropped after an unexpected exception
+    websocket: WebSocketStats = field(default_factory=WebSocketStats)
+
+
+TRANSPORTS = {(False, False): "tls", (False, True): "tcp", (True, False): "wss",
+              (True, True): "ws"}  # by (WebSocket, unencrypted)
 
 
 class SinkError(Exception):
@@ -80,6 +87,7 @@ class Pipeline:
         self.on_problem = on_problem
         self.stats = PipelineStats()
         self._framers: dict[tuple[Flow, int], SipFramer] = {}
+        self._websockets: dict[Flow, WebSocketSession] = {}
         self.defrag = Defragmenter()
         self._last_ts = 0
         self._next_tick = 0
@@ -175,6 +183,7 @@ class Pipeline:
             self.tls.discard(flow)
             for direction in (0, 1):
                 self._framers.pop((flow, direction), None)
+            self._websockets.pop(flow, None)
         if self.on_problem is not None:
             self.on_problem(TlsProblem(
                 flow, Notice.INTERNAL_ERROR.value,
@@ -207,6 +216,8 @@ class Pipeline:
 
     def _tls_events(self, events: list[TlsEvent]) -> None:
         for event in events:
+            if self._websocket(event):
+                continue
             if type(event) is AppData:
                 key = (event.flow, event.direction)
                 framer = self._framers.get(key)
@@ -237,10 +248,11 @@ class Pipeline:
                                       direction == event.client_direction)
 
     def _deliver(self, flow: Flow, direction: int, units: list[Unit], ts: int, info: TlsInfo,
-                 from_client: bool) -> None:
+                 from_client: bool, websocket: bool = False) -> None:
         if not units:
             return
         plain = info is PLAINTEXT
+        transport = TRANSPORTS[websocket, plain]
         version, suite = info.version, info.cipher_suite
         src, dst = flow.endpoints[direction], flow.endpoints[1 - direction]
         stats = self.stats
@@ -255,8 +267,8 @@ class Pipeline:
             else:
                 stats.raw_chunks += 1
                 stats.raw_bytes += len(unit.data)
-            self._emit(Message(ts, src, dst, "tcp" if plain else "tls", unit.data,
-                               unit.call_id, unit.is_sip, from_client, version, suite))
+            self._emit(Message(ts, src, dst, transport, unit.data, unit.call_id, unit.is_sip,
+                               from_client, version, suite))
 
     def _emit(self, message: Message) -> None:
         for sink in self.sinks:
@@ -264,3 +276,56 @@ class Pipeline:
                 sink.emit(message)
             except Exception as exc:
                 raise SinkError(str(exc)) from exc
+
+    # -- SIP over WebSocket (RFC 7118) ------------------------------------------------------
+
+    def _websocket(self, event: TlsEvent) -> bool:
+        """Application bytes of a WebSocket connection (or of its HTTP upgrade) go to its
+        session instead of SIP stream framing.  True when the event was taken care of."""
+        kind = type(event)
+        if kind is AppData:
+            assert isinstance(event, AppData)
+            flow, direction = event.flow, event.direction
+            session = self._websockets.get(flow)
+            if session is None:
+                if (flow, direction) in self._framers:
+                    return False  # a stream already being framed as SIP
+                start = looks_like_start(event.data)
+                if not start:
+                    return False
+                session = self._websockets[flow] = WebSocketSession(
+                    self.stats.websocket, direction, start, event.data)
+            client = direction if event.from_client else 1 - direction
+            self._websocket_units(session, flow, session.feed(direction, event.data),
+                                  event.ts_ns, event.info, client)
+            return True
+        if kind is AppGap:
+            assert isinstance(event, AppGap)
+            session = self._websockets.get(event.flow)
+            if session is None:
+                return False
+            client = event.direction if event.from_client else 1 - event.direction
+            self._websocket_units(session, event.flow, session.gap(event.direction),
+                                  event.ts_ns, event.info, client)
+            return True
+        if kind is ConnectionDone and self._websockets:
+            assert isinstance(event, ConnectionDone)
+            session = self._websockets.pop(event.flow, None)
+            if session is not None:
+                self._websocket_units(session, event.flow, session.close(), event.ts_ns,
+                                      event.info, event.client_direction)
+        return False  # (the rest of ConnectionDone is done by the caller)
+
+    def _websocket_units(self, session: WebSocketSession, flow: Flow,
+                         units: list[tuple[int, Unit]], ts: int, info: TlsInfo,
+                         tls_client: int) -> None:
+        websocket = session.websocket
+        client = session.client_dir if websocket else tls_client  # WebSocket: the side masking
+        for direction, unit in units:
+            self._deliver(flow, direction, [unit], ts, info, direction == client, websocket)
+        if session.problems and self.on_problem is not None:
+            server = flow.describe(session.client_dir)
+            for kind, detail in session.problems:
+                self.on_problem(TlsProblem(flow, kind, f"WebSocket {server}: {detail}", ts,
+                                           format_endpoint(flow.endpoints[1 - session.client_dir])))
+        session.problems.clear()

@@ -22,6 +22,8 @@ class ConsoleSink:
     def emit(self, message: Message) -> None:
         security = (f"{message.tls_version} {message.cipher_suite}" if message.tls_version
                     else message.transport.upper())
+        if message.transport == "wss":
+            security = f"WSS {security}"
         kind = "" if message.is_sip else f" [{len(message.payload)} bytes, not SIP]"
         text = message.payload.decode("utf-8", "backslashreplace")
         if not text.endswith("\n"):

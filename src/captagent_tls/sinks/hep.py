@@ -68,7 +68,7 @@ CHUNK_CORRELATION_ID = 0x0011
 CHUNK_NODE_NAME = 0x0013
 
 PROTO_TYPE_SIP = 1
-IP_PROTO_TLS = 22  # what Kamailio's and FreeSWITCH's HEP say for SIP over TLS
+IP_PROTO_TLS = 22  # what Kamailio's and FreeSWITCH's HEP say for SIP over TLS (and WS, WSS)
 MIN_SIP_PAYLOAD = 33  # heplify-server drops SIP payloads of 32 bytes or less
 MAX_HEP_PACKET = 0xFFFF
 
@@ -109,6 +109,10 @@ class HepEncoder:
             static.append(_chunk(CHUNK_NODE_NAME, options.node_name.encode()))
         self._static = b"".join(static)
         self._addresses: dict[tuple[tuple[bytes, int], tuple[bytes, int], str], bytes] = {}
+        # Kamailio's siptrace sends SIP over TLS, WS and WSS all with IP protocol 22
+        # (IPPROTO_IDP, "fake proto type"): so do we, with --hep-ip-proto for all three
+        tls = options.ip_proto_tls
+        self._ip_protos = {"udp": 17, "tcp": 6, "tls": tls, "ws": tls, "wss": tls}
 
     def _address_chunks(self, message: Message) -> bytes:
         key = (message.src, message.dst, message.transport)
@@ -116,7 +120,7 @@ class HepEncoder:
         if chunks is None:
             (src_addr, src_port), (dst_addr, dst_port) = message.src, message.dst
             ipv6 = len(src_addr) == 16
-            ip_proto = {"tls": self.options.ip_proto_tls, "udp": 17}.get(message.transport, 6)
+            ip_proto = self._ip_protos.get(message.transport, 6)
             chunks = b"".join((
                 _chunk(CHUNK_IP_FAMILY, bytes([socket.AF_INET6 if ipv6 else socket.AF_INET])),
                 _chunk(CHUNK_IP_PROTO, bytes([ip_proto])),

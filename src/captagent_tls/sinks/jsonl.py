@@ -1,8 +1,8 @@
 """JSON lines sink: one object per message.
 
 Fields: ts (seconds, microsecond precision, as HEP carries it), src_ip, src_port, dst_ip,
-dst_port, transport, direction, tls_version, cipher_suite, kind ("sip" or "raw"), call_id,
-and payload, or payload_b64 when the bytes are not UTF-8.
+dst_port, transport ("udp", "tcp", "tls", "ws", "wss"), direction, tls_version, cipher_suite,
+kind ("sip" or "raw"), call_id, and payload, or payload_b64 when the bytes are not UTF-8.
 """
 
 from __future__ import annotations

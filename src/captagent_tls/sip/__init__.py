@@ -13,7 +13,7 @@ class Message(NamedTuple):
     ts_ns: int  # capture time of the packet that completed it
     src: Endpoint
     dst: Endpoint
-    transport: str  # "tls" or "tcp"
+    transport: str  # "udp", "tcp", "tls", or "ws" / "wss" (SIP over WebSocket, RFC 7118)
     payload: bytes
     call_id: str | None
     is_sip: bool

@@ -159,6 +159,12 @@ class TlsConnection:
 
     def close(self, ts: int) -> list[Event]:
         events: list[Event] = []
+        if self.is_tls is None:  # it ended before its first bytes could tell: not TLS
+            for direction, side in enumerate(self.sides):
+                if side.stream.buf:
+                    events.append(AppData(self.flow, direction, bytes(side.stream.buf), ts,
+                                          PLAINTEXT, direction == (self.client_dir or 0)))
+                    side.stream.buf = None
         if self.held:
             self._drop_held(ts, events, "the connection closed first")
         self._settle_session()
@@ -334,7 +340,7 @@ class TlsConnection:
                     events.append(AppGap(self.flow, direction, ts, self.app_info,
                                          direction == self.client_dir))
                 if not self.session_decrypted:
-                    self._decrypted()
+                    self._decrypted(events)
                 events.append(AppData(self.flow, direction, fragment, ts, self.app_info,
                                       direction == self.client_dir))
         elif content_type == HANDSHAKE:
@@ -929,10 +935,7 @@ class TlsConnection:
         if not hs.proven:
             hs.proven = True
             if not self.session_decrypted:
-                self._decrypted()
-            if hs.master is not None:
-                events.append(SessionSecret(self.flow, hs.client_hello.random, hs.master,
-                                            hs.master_source))
+                self._decrypted(events)
         if hs.master is not None:
             hello = hs.server_hello
             self.ctx.sessions.store(hs.master, hello.session_id if hello else b"", hs.ticket)
@@ -1049,13 +1052,24 @@ class TlsConnection:
         self.outcome = None
         self.failed = None
 
-    def _decrypted(self) -> None:
+    def _decrypted(self, events: list[Event]) -> None:
         """Something of this session was opened: it counts as decrypted, whatever it was
-        counted as while its keys were missing."""
+        counted as while its keys were missing, and its secrets are offered."""
         self.session_decrypted = True
-        if not self.refused:
-            hs = self.handshake
-            self._set_outcome(RESUMED if hs is not None and hs.abbreviated else FULL)
+        if self.refused:
+            return
+        hs = self.handshake
+        self._set_outcome(RESUMED if hs is not None and hs.abbreviated else FULL)
+        if hs is None:
+            return
+        if hs.master is not None:
+            events.append(SessionSecret(self.flow, hs.client_hello.random, hs.master,
+                                        hs.master_source))
+        elif is_tls13(hs.version):
+            logged = self.ctx.keys.secrets_for(hs.client_hello.random)
+            if logged is not None and logged.tls13:
+                events.append(SessionSecret(self.flow, hs.client_hello.random, b"", "key log",
+                                            tuple(sorted(logged.tls13.items()))))
 
     def _set_outcome(self, outcome: str) -> None:
         """Put the session in one counter, out of the one it was in."""

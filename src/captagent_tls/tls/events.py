@@ -66,12 +66,22 @@ class TlsProblem(NamedTuple):
 
 
 class SessionSecret(NamedTuple):
-    """A master secret proven by a Finished message, for key-log export."""
+    """The secrets of a session that was decrypted (proven by a Finished message, or by its
+    records authenticating when the Finished was not captured): for key-log export and for
+    captures that carry their own secrets."""
 
     flow: Flow
     client_random: bytes
-    master_secret: bytes
+    master_secret: bytes  # TLS 1.0-1.2 ("" in TLS 1.3)
     source: str  # "rsa", "session cache" or "key log"
+    tls13_secrets: tuple[tuple[str, bytes], ...] = ()  # (NSS label, secret) in TLS 1.3
+
+    def key_log_lines(self) -> list[str]:
+        """The session in NSS key-log format (SSLKEYLOGFILE), one line each, with newlines."""
+        random = self.client_random.hex()
+        if self.master_secret:
+            return [f"CLIENT_RANDOM {random} {self.master_secret.hex()}\n"]
+        return [f"{label} {random} {secret.hex()}\n" for label, secret in self.tls13_secrets]
 
 
 class ConnectionDone(NamedTuple):

@@ -74,7 +74,11 @@ def detect(head: bytes) -> str:
     if head[0] in CONTENT_TYPES and head[1] == 3 and head[2] <= 4:
         return Detected.TLS
     if head[0] & 0x80 and head[2] == hsk.CLIENT_HELLO:
-        return Detected.SSLV2_HELLO
+        # an SSLv2-format hello that offers SSLv3 or TLS: version 3.x follows the type
+        if len(head) < 5:
+            return Detected.MORE
+        if head[3] == 3 and head[4] <= 4:
+            return Detected.SSLV2_HELLO
     return Detected.NOT_TLS
 
 
