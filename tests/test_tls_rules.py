@@ -7,6 +7,7 @@ shaped its plaintext is proven (DESIGN.md, "authenticated or nothing").
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from support.inprocess import Collected
@@ -23,6 +24,7 @@ from support.tlswriter import (
     TcpConversation,
     Tls12Session,
     Tls13Session,
+    handshake_message,
     record,
 )
 
@@ -216,10 +218,18 @@ def test_an_alert_before_keys_is_counted_and_the_session_is_incomplete():
 
 
 def tls13(session: Tls13Session, *, middlebox_ccs: bool = True, key_update_after: int = -1,
-          calls: int = 3) -> tuple[TcpConversation, list[bytes]]:
+          calls: int = 3, hello_retry: bool = False) -> tuple[TcpConversation, list[bytes]]:
     tcp = TcpConversation()
     tcp.open()
     tcp.send(0, session.client_hello())
+    if hello_retry:
+        # the transcript then starts with message_hash(ClientHello1) (RFC 8446 §4.4.1)
+        retry_random = hashlib.sha256(b"HelloRetryRequest").digest()
+        tcp.send(1, session.server_hello(random=retry_random))
+        first_hello, retry = session.transcript
+        session.transcript = [handshake_message(254, hashlib.sha256(first_hello).digest()),
+                              retry]
+        tcp.send(0, session.client_hello())
     server_hs = session.writer("SERVER_HANDSHAKE_TRAFFIC_SECRET")
     flight = session.server_hello() + (CCS if middlebox_ccs else b"")
     encrypted = (session.handshake_message(ENCRYPTED_EXTENSIONS, b"\x00\x00")
@@ -258,3 +268,109 @@ def test_tls13_key_update_rotates_one_direction():
     assert [m.payload for m in out.messages] == sent
     assert pipeline.tls.stats.key_updates == 1
     assert pipeline.tls.stats.records_failed == 0
+
+
+def test_tls13_0rtt_without_its_secret_is_skipped_and_the_rest_decrypts():
+    session = Tls13Session()
+    tcp = TcpConversation()
+    tcp.open()
+    early = session.writer("CLIENT_EARLY_TRAFFIC_SECRET")
+    tcp.send(0, session.client_hello(early_data=True)
+             + early.seal(APPLICATION_DATA, sip(0)))
+    server_hs = session.writer("SERVER_HANDSHAKE_TRAFFIC_SECRET")
+    hello = session.server_hello()
+    encrypted = (session.handshake_message(ENCRYPTED_EXTENSIONS, b"\x00\x04\x00\x2a\x00\x00")
+                 + session.finished("SERVER_HANDSHAKE_TRAFFIC_SECRET"))
+    tcp.send(1, hello + server_hs.seal(HANDSHAKE, encrypted))
+    tcp.send(0, early.seal(HANDSHAKE, session.handshake_message(5, b"")))  # EndOfEarlyData
+    client_hs = session.writer("CLIENT_HANDSHAKE_TRAFFIC_SECRET")
+    tcp.send(0, client_hs.seal(HANDSHAKE, session.finished("CLIENT_HANDSHAKE_TRAFFIC_SECRET")))
+    client = session.writer("CLIENT_TRAFFIC_SECRET_0")
+    tcp.send(0, client.seal(APPLICATION_DATA, sip(1)))
+    tcp.close()
+    out, pipeline = run(tcp.frames, session.key_log(without=("CLIENT_EARLY_TRAFFIC_SECRET",)))
+    assert [m.payload for m in out.messages] == [sip(1)]
+    stats = pipeline.tls.stats
+    assert stats.early_data_skipped == 2 and stats.records_failed == 0
+    assert stats.finished_verified == 2  # EndOfEarlyData, unseen, is still in the transcript
+
+    out, pipeline = run(tcp.frames, session.key_log())  # with the early secret: all of it
+    assert [m.payload for m in out.messages] == [sip(0), sip(1)]
+
+
+def test_tls13_a_hello_retry_request_rewrites_the_transcript_hash():
+    """After a HelloRetryRequest the transcript starts with message_hash(ClientHello1): the
+    Finished messages verify only if that is followed."""
+    session = Tls13Session()
+    tcp, sent = tls13(session, hello_retry=True)
+    out, pipeline = run(tcp.frames, session.key_log())
+    assert [m.payload for m in out.messages] == sent
+    assert pipeline.tls.stats.finished_verified == 2
+    assert pipeline.tls.stats.finished_failed == 0
+
+
+def test_tls12_a_gap_in_the_application_records_resyncs_on_the_next_record():
+    session = Tls12Session()
+    tcp = TcpConversation()
+    tcp.open()
+    tcp.send(0, session.client_hello())
+    tcp.send(1, session.server_flight())
+    tcp.send(0, session.client_key_exchange())
+    client, server = session.writers()
+    tcp.send(0, CCS + session.finished(True, client))
+    tcp.send(1, CCS + session.finished(False, server))
+    for n in range(6):
+        tcp.send(0, client.seal(APPLICATION_DATA, sip(n)), lost=n in (1, 2))
+        tcp.ack(1)
+    tcp.close()
+    out, pipeline = run(tcp.frames, session.key_log_line())
+    assert [m.payload for m in out.messages] == [sip(n) for n in (0, 3, 4, 5)]
+    stats = pipeline.tls.stats
+    assert stats.resyncs == 1 and stats.records_failed == 0
+
+
+def test_tls12_renegotiation_switches_keys_at_the_change_cipher_spec():
+    """A renegotiation runs inside the protected session; each side's records use the new
+    keys from its own ChangeCipherSpec on."""
+    first = Tls12Session()
+    tcp = TcpConversation()
+    tcp.open()
+    tcp.send(0, first.client_hello())
+    tcp.send(1, first.server_flight())
+    tcp.send(0, first.client_key_exchange())
+    client, server = first.writers()
+    tcp.send(0, CCS + first.finished(True, client))
+    tcp.send(1, CCS + first.finished(False, server))
+    tcp.send(0, client.seal(APPLICATION_DATA, sip(0)))
+    second = Tls12Session()
+    tcp.send(0, client.seal(HANDSHAKE, second.client_hello()[5:]))
+    tcp.send(1, server.seal(HANDSHAKE, second.server_flight()[5:]))
+    tcp.send(0, client.seal(HANDSHAKE, second.client_key_exchange()[5:]))
+    client2, server2 = second.writers()
+    tcp.send(0, client.seal(CHANGE_CIPHER_SPEC, b"\x01"))
+    tcp.send(0, second.finished(True, client2))
+    tcp.send(1, server.seal(APPLICATION_DATA, sip(1, "s")))  # the server's old keys still
+    tcp.send(1, server.seal(CHANGE_CIPHER_SPEC, b"\x01"))
+    tcp.send(1, second.finished(False, server2))
+    tcp.send(0, client2.seal(APPLICATION_DATA, sip(2)))
+    tcp.send(1, server2.seal(APPLICATION_DATA, sip(2, "s")))
+    tcp.close()
+    out, pipeline = run(tcp.frames, first.key_log_line() + second.key_log_line())
+    assert [m.payload for m in out.messages] == [sip(0), sip(1, "s"), sip(2), sip(2, "s")]
+    stats = pipeline.tls.stats
+    assert stats.finished_verified == 4 and stats.sessions_full == 2
+
+
+def test_tls13_protected_records_right_after_a_hello_retry_request_are_not_decrypted():
+    """Found by the flow-boundary guard: a side still in plaintext after a HelloRetryRequest
+    that receives protected records has no keys to look up (it used to raise KeyError)."""
+    session = Tls13Session()
+    tcp = TcpConversation()
+    tcp.open()
+    tcp.send(0, session.client_hello())
+    tcp.send(1, session.server_hello(random=hashlib.sha256(b"HelloRetryRequest").digest()))
+    tcp.send(0, record(APPLICATION_DATA, os.urandom(40)))
+    tcp.close()
+    out, pipeline = run(tcp.frames, session.key_log())
+    assert pipeline.stats.internal_errors == 0
+    assert out.messages == [] and pipeline.tls.stats.records_undecrypted == 1

@@ -27,9 +27,10 @@ def is_tls13(version: int) -> bool:
 def logged_secret(keys: KeyStore, client_random: bytes, role: int, phase: Phase
                   ) -> bytes | None:
     logged = keys.secrets_for(client_random)
-    if logged is None:
+    label = SECRET_LABELS.get((role, phase))  # (none for a side that never got its keys)
+    if logged is None or label is None:
         return None
-    return logged.tls13.get(SECRET_LABELS[(role, phase)])
+    return logged.tls13.get(label)
 
 
 def decryptor(suite: CipherSuite, version: int, secret: bytes) -> Decryptor:
