@@ -112,3 +112,55 @@ def test_both_flights_lost_the_session_is_still_counted_and_decrypted():
     stats = pipeline.tls.stats
     assert sessions_counted(stats) == stats.connections == len(truth.connections)
     assert stats.sessions_full == len(truth.connections)
+
+
+def handshake_segments(frames):
+    """Per connection (client port), its segments up to its first application data."""
+    per_port: dict[int, list] = {}
+    done: set[int] = set()
+    for segment in tls_segments(frames):
+        port = min(segment.sport, segment.dport)  # the server's port is the higher here
+        client = segment.sport if segment.sport != port else segment.dport
+        client = max(segment.sport, segment.dport) if port in (5061, 15061) else client
+        if client in done:
+            continue
+        if "AD" in segment.records and "HS:" not in " ".join(segment.records):
+            done.add(client)
+            continue
+        per_port.setdefault(client, []).append(segment)
+    return per_port
+
+
+LOSS_FIXTURES = sorted(p.stem for p in FIXTURES.glob("*.pcap")
+                       if p.with_suffix(".json").exists() and "lost" not in p.stem
+                       and "tampered" not in p.stem and "late-start" not in p.stem)
+
+
+@pytest.mark.parametrize("fixture", LOSS_FIXTURES)
+def test_any_lost_handshake_segment_invents_nothing_and_keeps_every_other_connection(fixture):
+    """Every segment of the first connection's handshake, removed in turn: nothing invented,
+    no internal error, the other connections whole, every session in one counter, and never
+    'started before the capture' for a connection whose SYN is in it."""
+    truth = load_groundtruth(FIXTURES / f"{fixture}.json")
+    frames = read_frames(FIXTURES / f"{fixture}.pcap")
+    keys = key_store(truth.keys, truth.keylog)
+    ports = {c.client_port for c in truth.connections}
+    every_sent = {payload for (_, _, payload) in truth.sent()}
+    by_client = handshake_segments(frames)
+    first = next((port for port in by_client if port in ports), None)
+    if first is None:
+        pytest.skip("no handshake segments found")
+    # (a resumed connection needs the session of the first: it is not independent of it)
+    others = sorted(m for c in truth.connections
+                    if c.client_port != first and c.expect_decrypt and not c.reused
+                    for d in ("c2s", "s2c") for m in c.messages(d))
+    for lost in by_client[first]:
+        out, pipeline = run_frames([f for i, f in enumerate(frames) if i != lost.index], keys)
+        got = [m.payload for m in out.messages if m.is_sip]
+        where = f"{fixture} without {lost.records}"
+        assert all(payload in every_sent for payload in got), where
+        assert pipeline.stats.internal_errors == 0, where
+        assert sorted(m for m in got if m in set(others)) == others, where
+        stats = pipeline.tls.stats
+        assert sessions_counted(stats) >= stats.connections, where
+        assert "started before the capture" not in out.problem_text(), where
