@@ -152,6 +152,8 @@ def dropin(library: Path, args: argparse.Namespace) -> str:
     readers = []
     if udp is not None:
         readers.append(f"--keylog-listen udp://{udp}")
+        if args.remote:
+            readers.append("--keylog-listen-remote")
     if path is not None:
         readers.append(f"--keylog {path}")
     lines = [
