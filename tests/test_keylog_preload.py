@@ -429,6 +429,21 @@ def test_the_command_prints_the_library_and_a_dropin(library):
     assert all(line.startswith("#") for line in lines[:-2])
 
 
+def test_the_command_checks_a_running_server(library, tmp_path):
+    env = preload_env(library, SSLKEYLOG_UDP="127.0.0.1:5999")
+    with Responder(env) as server:
+        report = keylog_command(REPO / "src", "--check", str(server.proc.pid))
+        server.stop()
+    assert report.returncode == 0, report.stderr
+    assert f"library loaded: {library}" in report.stdout
+    assert "sends key-log lines: SSLKEYLOG_UDP=127.0.0.1:5999" in report.stdout
+    assert "libssl: /" in report.stdout and "libssl.so" in report.stdout
+    with Responder(preload_env(None)) as server:
+        report = keylog_command(REPO / "src", "--check", str(server.proc.pid))
+        server.stop()
+    assert "library NOT loaded" in report.stdout and "sends key-log lines: nowhere" in report.stdout
+
+
 @pytest.mark.parametrize(("args", "complaint"), [
     (["--udp", "10.0.0.1:5999"], "not on loopback"),
     (["--udp", "sip.example.com:5999"], "an IP address"),

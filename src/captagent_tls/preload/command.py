@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "freeswitch): names the drop-in file in the output")
     parser.add_argument("--path", action="store_true",
                         help="print only the library's path (e.g. for LD_PRELOAD=$(...))")
+    parser.add_argument("--check", metavar="PID", type=int,
+                        help="tell whether the running process PID has the library loaded, "
+                             "where it sends the key-log lines, and whether it uses libssl")
     parser.add_argument("--build", action="store_true",
                         help="compile the library in place with the system's C compiler "
                              "(needs gcc and the OpenSSL headers: libssl-dev)")
@@ -70,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.build:
             built = build_in_place()
             print(f"{PROG}: built {built}", file=sys.stderr)
+        if args.check is not None:
+            print(check_process(args.check), end="")
+            return 0
         library = require_library()
         if args.path:
             print(library)
@@ -167,6 +173,49 @@ def dropin(library: Path, args: argparse.Namespace) -> str:
     ]
     lines += [f"# note: {note}" for note in access_notes(library, path)]
     lines += ["[Service]", "Environment=" + " ".join(environment)]
+    return "\n".join(lines) + "\n"
+
+
+def check_process(pid: int) -> str:
+    """What /proc says about a running server: the library mapped, its settings, libssl."""
+    proc = Path("/proc") / str(pid)
+    try:
+        name = (proc / "comm").read_text().strip()
+        mapped = {line.split(maxsplit=5)[5] for line in
+                  (proc / "maps").read_text().splitlines() if len(line.split(maxsplit=5)) == 6}
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except FileNotFoundError:
+        raise UserError(f"--check {pid}: no such process") from None
+    except PermissionError:
+        raise UserError(f"--check {pid}: not allowed to read /proc/{pid} (run as root or "
+                        "as the server's user)") from None
+    except OSError as exc:
+        raise UserError(f"--check {pid}: {exc.strerror or exc}") from None
+    libraries = sorted(path for path in mapped if os.path.basename(path) == "sslkeylog.so")
+    libssl = sorted(path for path in mapped if os.path.basename(path).startswith("libssl.so"))
+    settings = [entry.decode(errors="replace") for entry in environ
+                if entry.split(b"=", 1)[0] in (b"SSLKEYLOGFILE", b"SSLKEYLOG_UDP",
+                                               b"SSLKEYLOG_UDP_REMOTE")]
+    lines = [f"process {pid} ({name}):"]
+    if libraries:
+        lines.append(f"  library loaded: {', '.join(libraries)}")
+    else:
+        lines.append("  library NOT loaded: add the drop-in, then systemctl daemon-reload and "
+                     "restart the service")
+    active = [setting for setting in settings if setting.split("=", 1)[1]]
+    remote = "SSLKEYLOG_UDP_REMOTE=1" in settings
+    for setting in active:
+        if setting.startswith("SSLKEYLOG_UDP="):
+            try:
+                udp_destination(setting.split("=", 1)[1], remote)
+            except UserError as exc:
+                lines.append(f"  SSLKEYLOG_UDP is refused by the library: {exc}")
+    lines.append("  sends key-log lines: " + (", ".join(active) if active else
+                                              "nowhere (neither SSLKEYLOGFILE nor "
+                                              "SSLKEYLOG_UDP is set)"))
+    lines.append("  libssl: " + (", ".join(libssl) if libssl else
+                                 "not loaded (yet): the library acts once the server "
+                                 "uses OpenSSL"))
     return "\n".join(lines) + "\n"
 
 
