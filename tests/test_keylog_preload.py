@@ -153,8 +153,8 @@ def test_without_a_destination_nothing_is_installed_written_or_sent(library, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["host.log"]
 
 
-CALL_THE_CALLBACK = r"""
-import ctypes, errno, os, ssl, sys, _ssl
+OUR_CALLBACK = r"""
+import ctypes, errno, os, socket, ssl, sys, _ssl
 sys.path.insert(0, sys.argv[1])
 from peers import _ssl_ctx_ptr
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -163,6 +163,9 @@ libssl.SSL_CTX_get_keylog_callback.restype = ctypes.c_void_p
 libssl.SSL_CTX_get_keylog_callback.argtypes = [ctypes.c_void_p]
 address = libssl.SSL_CTX_get_keylog_callback(_ssl_ctx_ptr(context))
 callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p, use_errno=True)(address)
+"""
+
+CALL_THE_CALLBACK = OUR_CALLBACK + r"""
 descriptors = len(os.listdir("/proc/self/fd"))
 for _ in range(int(sys.argv[3])):
     ctypes.set_errno(errno.EDOM)
@@ -185,14 +188,51 @@ def test_errno_is_kept_and_no_descriptor_is_left_open_even_when_delivery_fails(l
                                env=env, capture_output=True, text=True, timeout=60)
         datagrams = udp.drain()
     assert child.returncode == 0, child.stderr
-    assert child.stdout.strip() == "0"
+    assert child.stdout.strip() == "1"  # the one UDP socket, kept for the next lines
     assert datagrams == [line.encode() + b"\n"] * 100
     keys = tmp_path / "k.log"
     child = subprocess.run([sys.executable, "-c", CALL_THE_CALLBACK, fixtures, line, "3"],
                            env=preload_env(library, SSLKEYLOGFILE=str(keys)),
                            capture_output=True, text=True, timeout=60)
     assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == "0"  # the file is opened for each line and closed
     assert keys.read_text() == (line + "\n") * 3
+
+
+TAKE_ITS_SOCKET = OUR_CALLBACK + r"""
+def sockets():
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                found.add(int(fd))
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+    return found
+before = sockets()
+callback(None, b"first")
+ours, = sockets() - before
+listener = socket.create_server(("127.0.0.1", 0))
+os.close(ours)  # the host closes every descriptor, as a daemon does ...
+host = socket.create_connection(listener.getsockname())  # ... and gets the number back
+assert host.fileno() == ours, (host.fileno(), ours)
+peer, _ = listener.accept()
+callback(None, b"second")
+host.sendall(b"the host's own bytes")
+host.close()
+print(repr(peer.recv(100)))
+"""
+
+
+def test_a_udp_socket_the_host_closed_and_reused_is_left_alone(library):
+    with udp_collector() as udp:
+        child = subprocess.run([sys.executable, "-c", TAKE_ITS_SOCKET, str(TESTS / "fixtures")],
+                               env=preload_env(library, SSLKEYLOG_UDP=udp.address),
+                               capture_output=True, text=True, timeout=60)
+        datagrams = udp.drain()
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == repr(b"the host's own bytes")  # no key line in its stream
+    assert datagrams == [b"first\n", b"second\n"]  # through a new socket of ours
 
 
 @pytest.mark.parametrize(("value", "complaint"), [

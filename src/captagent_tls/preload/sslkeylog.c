@@ -23,10 +23,10 @@
  * never reach us (none of the SIP servers above does that).
  *
  * What it must never do: disturb the host.  No threads; no allocation when a line is
- * delivered (a stack buffer); errno saved and restored; descriptors opened per line with
- * O_CLOEXEC and closed at once, so a fork, a daemon closing every descriptor or a privilege
- * drop cannot leave us writing into someone else's descriptor; non-blocking I/O, errors
- * ignored; nothing at all when neither destination is set; a key-log callback the host sets
+ * delivered (a stack buffer); errno saved and restored; the file opened per line, and the
+ * one UDP socket checked by inode before each use, all O_CLOEXEC, so a fork, a daemon closing
+ * every descriptor or a privilege drop cannot leave us writing into someone else's
+ * descriptor; non-blocking I/O, errors ignored; no lock ever waited for; nothing at all when neither destination is set; a key-log callback the host sets
  * itself is remembered (in the context's ex_data) and still called, and
  * SSL_CTX_get_keylog_callback returns it, not ours.
  *
@@ -49,6 +49,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -195,6 +196,58 @@ udp:;
 
 /* -- delivery: runs inside OpenSSL's handshake, in whichever process and thread ------------ */
 
+/* The UDP socket, kept for the next lines (making one per line costs more than the send).
+ * The host may close it (a daemon closing every descriptor after fork) and get the number
+ * back for one of its own: the socket's inode, checked before each send, tells; a number
+ * that is no longer ours is forgotten, never closed or written to.  Used under a trylock:
+ * a line that finds it busy (another thread, or a lock a fork caught held) gets a socket of
+ * its own, so no thread ever waits. */
+static pthread_mutex_t udp_lock = PTHREAD_MUTEX_INITIALIZER;
+static int udp_fd = -1;
+static dev_t udp_dev;
+static ino_t udp_ino;
+
+static int udp_socket(void)
+{
+    return socket(udp_peer.ss_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+}
+
+static void udp_send(int fd, const char *buf, size_t len)
+{
+    ssize_t ignored = sendto(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL,
+                             (const struct sockaddr *)&udp_peer, udp_peer_len);
+    (void)ignored;
+}
+
+static void deliver_udp(const char *buf, size_t len)
+{
+    struct stat st;
+    if (pthread_mutex_trylock(&udp_lock) == 0) {
+        if (udp_fd >= 0 && (fstat(udp_fd, &st) != 0 || !S_ISSOCK(st.st_mode) ||
+                            st.st_dev != udp_dev || st.st_ino != udp_ino))
+            udp_fd = -1; /* not ours any more */
+        if (udp_fd < 0) {
+            int fd = udp_socket();
+            if (fd >= 0 && fstat(fd, &st) == 0) {
+                udp_fd = fd;
+                udp_dev = st.st_dev;
+                udp_ino = st.st_ino;
+            } else if (fd >= 0) {
+                close(fd);
+            }
+        }
+        if (udp_fd >= 0)
+            udp_send(udp_fd, buf, len);
+        pthread_mutex_unlock(&udp_lock);
+        return;
+    }
+    int fd = udp_socket();
+    if (fd >= 0) {
+        udp_send(fd, buf, len);
+        close(fd);
+    }
+}
+
 static void deliver(const char *line)
 {
     char buf[MAX_LINE];
@@ -215,15 +268,8 @@ static void deliver(const char *line)
             close(fd);
         }
     }
-    if (udp_peer_len != 0) {
-        int fd = socket(udp_peer.ss_family, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-        if (fd >= 0) {
-            ssize_t ignored = sendto(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL,
-                                     (const struct sockaddr *)&udp_peer, udp_peer_len);
-            (void)ignored;
-            close(fd);
-        }
-    }
+    if (udp_peer_len != 0)
+        deliver_udp(buf, len);
 }
 
 /* -- the real OpenSSL functions ------------------------------------------------------------ */
