@@ -117,6 +117,20 @@ def test_a_forking_server_writes_whole_lines_from_every_process_and_survives_rot
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
 
 
+def test_a_threaded_server_delivers_every_line_once_to_both_destinations(library, tmp_path):
+    keys = tmp_path / "keys.log"
+    with udp_collector() as udp:
+        env = preload_env(library, SSLKEYLOGFILE=str(keys), SSLKEYLOG_UDP=udp.address)
+        with Responder(env, "--threads") as server:
+            exchanges(server.port, 40, tls13=True, parallel=8, keylogs=tmp_path / "clients")
+            datagrams = udp.drain()
+            assert server.stop() == ""
+    reference = sorted(client_key_lines(tmp_path / "clients"))
+    assert len(reference) == 40 * 5
+    assert sorted(key_lines(keys.read_text())) == reference
+    assert sorted(d.decode().rstrip("\n") for d in datagrams) == reference
+
+
 # -- the host is not disturbed ----------------------------------------------------------------
 
 def test_the_hosts_own_key_log_callback_still_fires_and_is_what_it_reads_back(library,

@@ -206,7 +206,11 @@ class UdpCollector:
     def __init__(self, family: int = socket.AF_INET):
         host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
+        try:
+            self.sock.bind((host, 0))
+        except OSError as exc:
+            self.sock.close()
+            pytest.skip(f"cannot bind UDP on {host}: {exc.strerror or exc}")
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         port = self.sock.getsockname()[1]
         self.address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"

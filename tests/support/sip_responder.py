@@ -1,7 +1,7 @@
 """A SIP-over-TLS responder to run as its own process (so that a library can be preloaded into
 it): every request gets a 200 OK (ACK gets nothing), on as many forked workers as asked.
 
-    python tests/support/sip_responder.py --tls13 --workers 4 [--host-keylog FILE]
+    python tests/support/sip_responder.py --tls13 --workers 4 [--threads] [--host-keylog FILE]
 
 It prints ``listening PORT`` once every worker is accepting, and serves until SIGTERM or until
 ``--connections`` connections per worker are done.  ``--host-keylog`` sets the process's own
@@ -24,6 +24,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 from pathlib import Path
 
 KEYS = Path(__file__).resolve().parents[1] / "fixtures" / "keys"
@@ -95,15 +96,23 @@ def handle(context: ssl.SSLContext, raw: socket.socket) -> None:
             conn.unwrap()
 
 
-def worker(listener: socket.socket, context: ssl.SSLContext, connections: int) -> None:
+def serve_one(context: ssl.SSLContext, raw: socket.socket) -> None:
+    try:
+        handle(context, raw)
+    except (OSError, ssl.SSLError, ConnectionError, ValueError) as exc:
+        print(f"sip_responder[{os.getpid()}]: {exc!r}", file=sys.stderr, flush=True)
+
+
+def worker(listener: socket.socket, context: ssl.SSLContext, connections: int,
+           threaded: bool) -> None:
     served = 0
     while connections == 0 or served < connections:
         raw, _ = listener.accept()
         served += 1
-        try:
-            handle(context, raw)
-        except (OSError, ssl.SSLError, ConnectionError, ValueError) as exc:
-            print(f"sip_responder[{os.getpid()}]: {exc!r}", file=sys.stderr, flush=True)
+        if threaded:  # a thread per connection: handshakes run at once in one process
+            threading.Thread(target=serve_one, args=(context, raw), daemon=True).start()
+        else:
+            serve_one(context, raw)
 
 
 def callback_owner(address: int | None) -> str:
@@ -149,6 +158,7 @@ def main() -> int:
     parser.add_argument("--ciphers", default=TLS12_ECDHE)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--connections", type=int, default=0, help="per worker; 0: no end")
+    parser.add_argument("--threads", action="store_true", help="a thread per connection")
     parser.add_argument("--host-keylog")
     parser.add_argument("--report-callbacks", action="store_true")
     parser.add_argument("--chdir", help="change to this folder first, as a daemon does")
@@ -166,7 +176,7 @@ def main() -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
-                worker(listener, context, args.connections)
+                worker(listener, context, args.connections, args.threads)
             finally:
                 os._exit(0)
         children.append(pid)
