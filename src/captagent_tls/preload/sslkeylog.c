@@ -20,24 +20,27 @@
  * with dlsym(RTLD_NEXT), or, when libssl is not in the global scope (a module dlopen'ed with
  * RTLD_LOCAL, as Python loads _ssl), in the libssl that is loaded.  Not covered: a module
  * dlopen'ed with RTLD_DEEPBIND binds to its own libssl before the global scope, so its calls
- * never reach us (none of the SIP servers above does that).
+ * never reach us.  Catching those would mean wrapping dlopen, which changes how every
+ * dlopen of the host resolves names relative to its caller: not worth it for a case none of
+ * the servers above is known to use (the tests show that Kamailio 5.6's tls.so reaches us).
  *
  * What it must never do: disturb the host.  No threads; no allocation when a line is
  * delivered (a stack buffer); errno saved and restored; the file opened per line, and the
  * one UDP socket checked by inode before each use, all O_CLOEXEC, so a fork, a daemon closing
  * every descriptor or a privilege drop cannot leave us writing into someone else's
- * descriptor; non-blocking I/O, errors ignored; no lock ever waited for; nothing at all when neither destination is set; a key-log callback the host sets
- * itself is remembered (in the context's ex_data) and still called, and
+ * descriptor; non-blocking I/O, errors ignored; no lock waited for while a line is
+ * delivered; nothing at all when neither destination is set; a key-log callback the host
+ * sets itself is remembered (in the context's ex_data) and still called, and
  * SSL_CTX_get_keylog_callback returns it, not ours.
  *
  * Built as a plain shared library against the OpenSSL headers only (it does not link libssl:
  * it uses whichever libssl the host loads):
- *   cc -shared -fPIC -O2 -o sslkeylog.so sslkeylog.c -ldl -lpthread
+ *   cc -shared -fPIC -O2 -fvisibility=hidden -o sslkeylog.so sslkeylog.c -ldl -lpthread
+ * (captagent-tls-keylog --build does this; the flags are in build.py).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <dlfcn.h>
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -47,7 +50,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
