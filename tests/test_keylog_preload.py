@@ -517,6 +517,8 @@ def test_the_command_with_a_file_and_a_remote_collector(library):
         " SSLKEYLOG_UDP=192.0.2.7:5999 SSLKEYLOG_UDP_REMOTE=1 SSLKEYLOGFILE=/run/kamailio/tls.keys")
     assert ("--keylog-listen udp://192.0.2.7:5999 --keylog-listen-remote --keylog "
             "/run/kamailio/tls.keys") in out.stdout
+    out = keylog_command(REPO / "src", "--file", "/run/100%/keys.log")
+    assert out.stdout.splitlines()[-1].endswith(" SSLKEYLOGFILE=/run/100%%/keys.log")
 
 
 @pytest.fixture(scope="module")

@@ -172,7 +172,8 @@ def dropin(library: Path, args: argparse.Namespace) -> str:
         f"# Turn it off: remove the file, systemctl daemon-reload, systemctl restart {unit}.",
     ]
     lines += [f"# note: {note}" for note in access_notes(library, path)]
-    lines += ["[Service]", "Environment=" + " ".join(environment)]
+    # systemd expands %-specifiers in Environment=: a literal % is written %%
+    lines += ["[Service]", "Environment=" + " ".join(environment).replace("%", "%%")]
     return "\n".join(lines) + "\n"
 
 
