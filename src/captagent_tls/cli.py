@@ -27,7 +27,6 @@ from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
 from captagent_tls.pipeline import Pipeline, PipelineOptions, SinkError
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import Sink
-from captagent_tls.sinks.console import ConsoleSink
 from captagent_tls.sinks.hep import (
     HepConfigError,
     HepOptions,
@@ -41,6 +40,8 @@ from captagent_tls.tls.events import SessionSecret
 from captagent_tls.tls.keylog import KeyLogResult, load_key_log
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.tracker import HoldLimits
+from captagent_tls.views.colour import CHOICES as COLOR_CHOICES
+from captagent_tls.views.setup import Views
 
 EXIT_ERROR = 1
 OFFLINE_WAIT_FOR_ROOM_S = 30.0  # then a collector that does not take anything is given up
@@ -138,6 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
     tuning.add_argument("--session-cache", metavar="N", type=int, default=20_000,
                         help="TLS sessions remembered for resumption, by ID and by ticket "
                              "(default 20000 each)")
+    # -- views: progress and status lines, colour, --brief, --report, --write-decryptable --
+    views = parser.add_argument_group("views")
+    views.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                       help="with -r, a progress bar on stderr when it is a terminal (default: "
+                            "yes; also off with --quiet)")
+    views.add_argument("--status", action=argparse.BooleanOptionalAction, default=False,
+                       help="with -i, a status line on stderr when it is a terminal, once a "
+                            "second: packets/s, messages/s, kernel drops, HEP queue, flows, "
+                            "sessions waiting for keys")
+    views.add_argument("--color", "--colour", choices=COLOR_CHOICES, default="auto",
+                       help="colour the console view: auto (default: on a terminal, unless "
+                            "NO_COLOR is set), always or never")
+    views.add_argument("--brief", action=argparse.BooleanOptionalAction, default=False,
+                       help="console: one line per message (time, source -> destination, "
+                            "method or status, Call-ID, TLS version and suite)")
+    views.add_argument("--report", metavar="FILE.html",
+                       help="write a call-flow report: the list of calls and a ladder diagram "
+                            "per call, in one HTML file that needs no network")
+    views.add_argument("--write-decryptable", metavar="FILE.pcapng",
+                       help="write the captured packets with the secrets of every session "
+                            "decrypted, so that Wireshark and tshark decrypt the file with no "
+                            "key. The file holds secrets: it is created with mode 0600")
+    # -- end of views --
     parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, default=False,
                         help="no stats summary at the end")
     parser.add_argument("-c", "--config", metavar="FILE",
@@ -277,7 +301,7 @@ class KeyLogExporter:
 
 # -- outputs ---------------------------------------------------------------------------------
 
-def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
+def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink]:
     sinks: list[Sink] = []
     if not 0 <= args.hep_ip_proto <= 255:
         raise UserError("--hep-ip-proto must be an IP protocol number (0-255)")
@@ -299,10 +323,13 @@ def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
             sinks.append(PcapFileSink(open(args.write, "wb"), flush_each=live))  # noqa: SIM115
         except OSError as exc:
             raise UserError(f"cannot write {args.write}: {exc.strerror or exc}") from None
+    report = views.report_sink()
+    if report is not None:
+        sinks.append(report)
     if args.json:
-        sinks.append(JsonLinesSink(sys.stdout, flush_each=live))
+        sinks.append(JsonLinesSink(views.stdout, flush_each=live))
     if args.console or not sinks:
-        sinks.append(ConsoleSink(sys.stdout, flush_each=live))
+        sinks.append(views.console(flush_each=live))
     return sinks
 
 
@@ -336,37 +363,45 @@ def run_offline(args: argparse.Namespace) -> int:
     load_rsa_key_files(args, keys)
     load_key_log_files(args, keys)
     frame_filter = FrameFilter(args.filter) if args.filter else None
-    sinks = build_sinks(args, live=False)
-    reporter = ProblemReporter(sys.stderr)
+    views = Views(args, live=False)
+    sinks = build_sinks(args, live=False, views=views)
+    reporter = ProblemReporter(views.stderr)
     exporter = KeyLogExporter(args.export_keylog) if args.export_keylog else None
     embedded_secrets(args.read, keys)
     pipeline = Pipeline(keys, sinks, reporter.report, pipeline_options(args, False),
-                        on_secret=exporter.write if exporter else None)
+                        on_secret=views.on_secret(exporter.write if exporter else None))
 
     def secrets_in_stream(text: bytes) -> None:
         if load_key_log(text.decode("utf-8", "replace"), keys).added:
             pipeline.keys_added()
 
     reader = CaptureReader(args.read, on_secrets=secrets_in_stream)
+    read_to_the_end = False
     try:
         with reader:
-            feed = pipeline.frame
+            feed = views.feed(pipeline.frame)
+            frames = views.frames(reader, pipeline)
             if frame_filter is None:
-                for frame in reader:
+                for frame in frames:
                     feed(frame)
             else:
                 matches = frame_filter.matches
-                for frame in reader:
+                for frame in frames:
                     if matches(frame):
                         feed(frame)
+            read_to_the_end = True
     finally:
+        views.stop_lines(complete=read_to_the_end)
         # whatever was read, even from a broken file, is decrypted and delivered
         finish(pipeline, sinks, exporter)
+        views.close()
     if reader.truncated:
         print(f"captagent-tls: warning: {args.read} is truncated; everything before the cut "
               "was processed", file=sys.stderr)
     if not args.quiet:
         print(format_stats(pipeline, sinks), file=sys.stderr)
+        for line in views.summary_lines():
+            print(f"captagent-tls: {line}", file=sys.stderr)
     dropped = pipeline.stats.internal_errors
     if dropped:
         print(f"captagent-tls: error: {dropped} flow{' was' if dropped == 1 else 's were'} "
@@ -379,7 +414,6 @@ def run_offline(args: argparse.Namespace) -> int:
 
 def run_live(args: argparse.Namespace) -> int:
     from captagent_tls.agent import Agent
-    from captagent_tls.capture.live import LiveCapture
 
     keys = KeyStore()
     load_rsa_key_files(args, keys, live=True)
@@ -388,14 +422,15 @@ def run_live(args: argparse.Namespace) -> int:
         source.poll()
     listeners = [KeyLogListener(url, keys, args.keylog_listen_remote)
                  for url in args.keylog_listen]
-    sinks = build_sinks(args, live=True)
+    views = Views(args, live=True)
+    sinks = build_sinks(args, live=True, views=views)
     exporter = KeyLogExporter(args.export_keylog) if args.export_keylog else None
-    reporter = ProblemReporter(sys.stderr)
+    reporter = ProblemReporter(views.stderr)
     pipeline = Pipeline(keys, sinks, reporter.report,
                         pipeline_options(args, keys_may_arrive=bool(key_files or listeners)),
-                        on_secret=exporter.write if exporter else None)
-    capture = LiveCapture(args.interface, args.filter, args.promisc, args.snaplen,
-                          args.buffer_size)
+                        on_secret=views.on_secret(exporter.write if exporter else None))
+    capture = views.live_capture(args.interface, args.filter, args.promisc, args.snaplen,
+                                 args.buffer_size)
     if args.user:
         drop_privileges(args.user)
 
@@ -408,12 +443,17 @@ def run_live(args: argparse.Namespace) -> int:
     if args.metrics:
         start_metrics(args.metrics, pipeline, sinks, lambda: agent.kernel)
     log.info("capturing on %s", args.interface)
+    views.start_status(pipeline, lambda: agent.kernel, sinks)
     try:
         agent.run()
     finally:
+        views.stop_lines()
         finish(pipeline, sinks, exporter)
+        views.close()
     if not args.quiet:
         print(format_stats(pipeline, sinks, agent.kernel), file=sys.stderr)
+        for line in views.summary_lines():
+            print(f"captagent-tls: {line}", file=sys.stderr)
     return 0
 
 

@@ -278,3 +278,18 @@ class CaptureReader:
                 offset = struct.unpack_from(endian + "q", buf, value)[0] * 1_000_000_000
             opt = value + ((olen + 3) & ~3)
         return (linktype, mult, div, offset)
+
+    @property
+    def stored_position(self) -> int | None:
+        """How far reading has come in the file as stored (compressed bytes for a gzip file,
+        read ahead by up to one chunk), for a progress bar.  None when the reader does not
+        know: a file read through a memory map (its position lives in the frame loop),
+        standard input, and a stream that has ended."""
+        stream = self._window._stream
+        raw = getattr(stream, "fileobj", stream)  # beneath gzip: the compressed file
+        if raw is None or raw is sys.stdin.buffer:
+            return None
+        try:
+            return int(raw.tell())
+        except (OSError, ValueError):
+            return None
