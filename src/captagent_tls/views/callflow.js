@@ -72,7 +72,8 @@
     { key: "to", title: "To" },
     { key: "method", title: "Method" },
     { key: "first", title: "First (UTC)", num: true, text: (c) => formatTime(c.first) },
-    { key: "last", title: "Last (UTC)", num: true, text: (c) => formatTime(c.last) },
+    { key: "last", title: "Last", num: true, text: (c) => formatClock(c.last),
+      full: (c) => formatTime(c.last) },
     { key: "duration", title: "Duration", num: true, text: (c) => formatDuration(c.duration) },
     { key: "status", title: "Status", num: true, text: (c) => c.statusText,
       cls: (c) => (c.status ? statusClass(c.status) : "") },
@@ -133,7 +134,7 @@
       for (const col of COLUMNS) {
         const td = document.createElement("td");
         td.textContent = col.text ? col.text(call) : call[col.key];
-        td.title = td.textContent;
+        td.title = col.full ? col.full(call) : td.textContent;
         const cls = [col.num ? "num" : "", col.cls ? col.cls(call) : ""].join(" ").trim();
         if (cls) td.className = cls;
         tr.appendChild(td);
