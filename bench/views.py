@@ -165,7 +165,7 @@ def main() -> None:
         }, max(1, args.runs // 2)))
         calls = json.loads(report.read_text().split('id="meta">', 1)[1].split("<")[0])
         first_call = json.loads(report.read_text().split('id="calls">', 1)[1]
-                                .split("\n", 1)[0].lstrip("[").rstrip(","))[0]
+                                .split("</script>", 1)[0])[0][0]
         sizes = {"report_bytes": report.stat().st_size, "report_calls": calls["calls"],
                  "report_messages": calls["messages"], "pcapng_bytes": pcapng.stat().st_size,
                  "capture_bytes": args.capture.stat().st_size}
