@@ -208,3 +208,14 @@ def test_live_capture_writes_a_decryptable_file(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert tshark_messages(out, [tls13_port, rsa_port]) == received(emitted)
     assert "decryptable capture: " in agent.stderr and "secrets of 2 TLS sessions" in agent.stderr
+
+
+def test_with_the_key_log_export_too(tmp_path):
+    """--export-keylog and --write-decryptable both get the secrets of the RSA sessions."""
+    out, keys = tmp_path / "out.pcapng", tmp_path / "exported.keys"
+    run([*product_args("tls12-aes128gcm-ems"), "--write-decryptable", out, "--export-keylog",
+         keys, "--json"], check=True)
+    (dsb,) = [body for btype, body in blocks(out) if btype == DSB]
+    written = dsb[8:].rstrip(b"\0").decode().splitlines()
+    assert len(written) == 2
+    assert sorted(written) == sorted(keys.read_text().splitlines())

@@ -145,6 +145,7 @@ class FileProgress:
         self._last = (self._started, 0)  # time, SIP messages: for the rate
         self._message_rate = 0.0
         self.frames_seen = 0
+        self._data_bytes = 0
 
     def frames(self, frames: Iterable[Frame]) -> Iterator[Frame]:
         """``frames``, counted on the way; the line is redrawn from time to time."""
@@ -180,12 +181,14 @@ class FileProgress:
     def _update(self, now: float, count: int, data_bytes: int) -> None:
         messages = self.pipeline.stats.sip_messages
         then, before = self._last
-        if now > then:
+        if now > then:  # SIP messages per second, smoothed over the last few refreshes
             rate = (messages - before) / (now - then)
             self._message_rate = rate if not self._message_rate else (
                 0.3 * rate + 0.7 * self._message_rate)
         self._last = (now, messages)
-        position = self._position(count, data_bytes)
+        self._draw(self._position(count, data_bytes), count, messages)
+
+    def _draw(self, position: int, count: int, messages: int) -> None:
         bar = self.bar
         with self.line.lock:
             bar.n = position
@@ -197,17 +200,15 @@ class FileProgress:
             self.line.drawn = True
 
     def close(self, complete: bool) -> None:
-        """The end: with ``complete`` the whole file was read, and the bar says 100 %."""
-        now = time.monotonic()
-        elapsed = max(now - self._started, 1e-9)
-        self._last = (self._started, 0)
-        self._message_rate = self.pipeline.stats.sip_messages / elapsed  # the whole run's
+        """The end, with the figures of the whole run; ``complete``: the whole file was
+        read, and the bar says 100 %."""
+        messages = self.pipeline.stats.sip_messages
+        self._message_rate = messages / max(time.monotonic() - self._started, 1e-9)
         count = self.frames_seen
-        self._update(now, count, getattr(self, "_data_bytes", 0))
-        self._message_rate = self.pipeline.stats.sip_messages / elapsed
+        position = self._position(count, self._data_bytes)
         if complete and self.total is not None:
-            with self.line.lock:
-                self.bar.n = self.total
+            position = self.total
+        self._draw(position, count, messages)
         self.line.close()
 
 
