@@ -167,3 +167,18 @@ def test_control_characters_from_the_wire_are_shown_escaped():
         assert "\x07" not in text and "\x9b" not in text
         assert not re.search(r"\x1b(?!\[[0-9;]*m)", text), repr(text)  # only our SGR codes
     assert printable("a\tb\r\nc\x00\x7f") == "a\tb\r\nc\\x00\\x7f"
+
+
+@pytest.mark.parametrize("transport, version, shown", [
+    ("tls", "TLSv1.3", "TLSv1.3 TLS_AES_128_GCM_SHA256"),
+    ("wss", "TLSv1.3", "WSS TLSv1.3 TLS_AES_128_GCM_SHA256"),
+    ("ws", "", "WS"),
+    ("tcp", "", "TCP"),
+    ("udp", "", "UDP"),
+])
+def test_brief_says_how_the_message_travelled(transport, version, shown):
+    message = _message(b"OPTIONS sip:b@y SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n")._replace(
+        transport=transport, tls_version=version,
+        cipher_suite="TLS_AES_128_GCM_SHA256" if version else "")
+    line = BriefSink(Collect()).line(message)  # type: ignore[arg-type]
+    assert line.endswith(f" OPTIONS              x {shown}\n"), line

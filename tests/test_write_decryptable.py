@@ -16,7 +16,7 @@ import pytest
 from support.cli import key_args, payload_bytes, received, run, run_json
 from support.groundtruth import load_groundtruth, split_sip_stream
 from support.oracle import tshark_decrypt, tshark_path
-from support.paths import FIXTURES
+from support.paths import FIXTURE_KEYS, FIXTURES, TESTS
 
 from captagent_tls.capture.files import CaptureReader
 
@@ -77,14 +77,15 @@ def tshark_messages(path: Path, ports: list[int]) -> Counter[tuple[int, str, byt
     return found
 
 
-def tshark_sip_count(path: Path, ports: list[int]) -> int:
-    """How many SIP messages tshark's SIP dissector shows (one Call-ID each)."""
+def tshark_call_ids(path: Path, ports: list[int]) -> Counter[str]:
+    """The Call-ID of every SIP message tshark's SIP dissector shows."""
     decode = [arg for port in ports
               for arg in ("-d", f"tcp.port=={port},tls", "-d", f"tls.port=={port},sip")]
     out = subprocess.run([tshark_path(), "-n", "-r", str(path), *decode, "-Y", "sip", "-T",
                           "fields", "-E", "occurrence=a", "-E", "aggregator=|", "-e",
                           "sip.Call-ID"], capture_output=True, text=True, check=True).stdout
-    return sum(len(line.split("|")) for line in out.splitlines() if line.strip())
+    return Counter(call_id for line in out.splitlines() if line.strip()
+                   for call_id in line.split("|"))
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -97,7 +98,7 @@ def test_tshark_decrypts_every_message_we_emit_from_the_file_alone(tmp_path, nam
     ports = other_tls_ports(name)
     ours = received(emitted)
     assert tshark_messages(out, ports) == ours
-    assert tshark_sip_count(out, ports) == len(emitted)
+    assert tshark_call_ids(out, ports) == Counter(o["call_id"] for o in emitted)
     # the control: the capture as it was, no keys given, opens nothing
     assert not tshark_messages(FIXTURES / f"{name}.pcap", ports)
 
@@ -219,3 +220,19 @@ def test_with_the_key_log_export_too(tmp_path):
     written = dsb[8:].rstrip(b"\0").decode().splitlines()
     assert len(written) == 2
     assert sorted(written) == sorted(keys.read_text().splitlines())
+
+
+def test_sip_over_websocket_from_kamailio(tmp_path):
+    """wss (TLS 1.2 with the RSA key, TLS 1.3 with the client's key log) and ws: tshark shows
+    every SIP message of the file as SIP, with no key; the capture alone shows only ws's."""
+    tshark_path()
+    folder = TESTS / "fixtures" / "websocket"
+    out = tmp_path / "kamailio.pcapng"
+    emitted = [o for o in run_json(["-r", folder / "kamailio.pcap", "-k",
+                                    FIXTURE_KEYS / "server-rsa2048.key", "--keylog",
+                                    folder / "kamailio.keylog", "--write-decryptable", out])
+               if o["kind"] == "sip"]
+    assert {o["transport"] for o in emitted} == {"ws", "wss"}
+    assert tshark_call_ids(out, []) == Counter(o["call_id"] for o in emitted)
+    plain = Counter(o["call_id"] for o in emitted if o["transport"] == "ws")
+    assert tshark_call_ids(folder / "kamailio.pcap", []) == plain
