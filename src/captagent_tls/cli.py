@@ -376,7 +376,6 @@ def run_offline(args: argparse.Namespace) -> int:
             pipeline.keys_added()
 
     reader = CaptureReader(args.read, on_secrets=secrets_in_stream)
-    read_to_the_end = False
     try:
         with reader:
             feed = views.feed(pipeline.frame)
@@ -389,9 +388,8 @@ def run_offline(args: argparse.Namespace) -> int:
                 for frame in frames:
                     if matches(frame):
                         feed(frame)
-            read_to_the_end = True
     finally:
-        views.stop_lines(complete=read_to_the_end)
+        views.stop_lines()
         # whatever was read, even from a broken file, is decrypted and delivered
         finish(pipeline, sinks, exporter)
         views.close()

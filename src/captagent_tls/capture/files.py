@@ -130,6 +130,21 @@ class CaptureReader:
         _, ok = self._window.fetch(0, 4)
         return ok and bytes(self._window.buf[:4]) == b"\x0a\x0d\x0d\x0a"
 
+    @property
+    def stored_position(self) -> int | None:
+        """How far reading has come in the file as stored (compressed bytes for a gzip file,
+        read ahead by up to one chunk), for a progress bar.  None when the reader does not
+        know: a file read through a memory map (its position lives in the frame loop),
+        standard input, and a stream that has ended."""
+        stream = self._window._stream
+        raw = getattr(stream, "fileobj", stream)  # beneath gzip: the compressed file
+        if raw is None or raw is sys.stdin.buffer:
+            return None
+        try:
+            return int(raw.tell())
+        except (OSError, ValueError):
+            return None
+
     def close(self) -> None:
         for closer in self._closers:
             with contextlib.suppress(OSError, BufferError):
@@ -279,17 +294,3 @@ class CaptureReader:
             opt = value + ((olen + 3) & ~3)
         return (linktype, mult, div, offset)
 
-    @property
-    def stored_position(self) -> int | None:
-        """How far reading has come in the file as stored (compressed bytes for a gzip file,
-        read ahead by up to one chunk), for a progress bar.  None when the reader does not
-        know: a file read through a memory map (its position lives in the frame loop),
-        standard input, and a stream that has ended."""
-        stream = self._window._stream
-        raw = getattr(stream, "fileobj", stream)  # beneath gzip: the compressed file
-        if raw is None or raw is sys.stdin.buffer:
-            return None
-        try:
-            return int(raw.tell())
-        except (OSError, ValueError):
-            return None

@@ -146,6 +146,7 @@ class FileProgress:
         self._message_rate = 0.0
         self.frames_seen = 0
         self._data_bytes = 0
+        self.complete = False  # the frames were read to the end
 
     def frames(self, frames: Iterable[Frame]) -> Iterator[Frame]:
         """``frames``, counted on the way; the line is redrawn from time to time."""
@@ -164,6 +165,7 @@ class FileProgress:
                     if now >= self._next_refresh:
                         self._next_refresh = now + FILE_REFRESH_S
                         self._update(now, count, data_bytes)
+            self.complete = True
         finally:
             self.frames_seen = count
             self._data_bytes = data_bytes
@@ -199,14 +201,14 @@ class FileProgress:
             bar.refresh(nolock=True)
             self.line.drawn = True
 
-    def close(self, complete: bool) -> None:
-        """The end, with the figures of the whole run; ``complete``: the whole file was
-        read, and the bar says 100 %."""
+    def close(self) -> None:
+        """The end, with the figures of the whole run; when the whole file was read, the
+        bar says 100 %."""
         messages = self.pipeline.stats.sip_messages
         self._message_rate = messages / max(time.monotonic() - self._started, 1e-9)
         count = self.frames_seen
         position = self._position(count, self._data_bytes)
-        if complete and self.total is not None:
+        if self.complete and self.total is not None:
             position = self.total
         self._draw(position, count, messages)
         self.line.close()

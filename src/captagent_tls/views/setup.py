@@ -149,11 +149,11 @@ class Views:
 
     # -- the end -----------------------------------------------------------------------------
 
-    def stop_lines(self, complete: bool = False) -> None:
+    def stop_lines(self) -> None:
         """Take the progress bar or status line off (a file's bar stays with its last
-        figures; ``complete``: the whole file was read)."""
+        figures)."""
         if self.progress is not None:
-            self.progress.close(complete)
+            self.progress.close()
             self.progress = None
         if self.status is not None:
             self.status.stop()
