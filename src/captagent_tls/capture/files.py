@@ -293,4 +293,3 @@ class CaptureReader:
                 offset = struct.unpack_from(endian + "q", buf, value)[0] * 1_000_000_000
             opt = value + ((olen + 3) & ~3)
         return (linktype, mult, div, offset)
-
