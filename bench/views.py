@@ -6,9 +6,10 @@ report (time, size, how fast Chromium shows it) and the decryptable capture.
     python bench/views.py --compare main --runs 7
 
 Every timed command is a fresh process (``python -m captagent_tls``); figures are the best of
-N wall times and the CPU time (user + sys) of that run.  Variants are run in turn (A B A B ...)
-so that a busy machine slows them alike.  ``--compare REV`` also runs the console and
-``--json`` outputs from ``src/`` of git revision REV (exported to bench/out/compare-src).
+N wall times and the median CPU time (user + sys), which a busy machine disturbs less.
+Variants are run in turn (A B A B ...) so that a busy machine slows them alike.
+``--compare REV`` also runs the console and ``--json`` outputs from ``src/`` of git revision
+REV (exported to bench/out/compare-src).
 Progress is measured with stderr on a pseudo-terminal, as a person would see it, and without.
 """
 
@@ -21,6 +22,7 @@ import os
 import pty
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,10 +98,13 @@ def show(results: dict[str, list[Timing]]) -> dict[str, dict[str, object]]:
     summary = {}
     for name, timings in results.items():
         best = min(timings, key=lambda t: t.wall_s)
+        cpu = statistics.median(t.cpu_s for t in timings)
         walls = ", ".join(f"{t.wall_s:.2f}" for t in timings)
-        print(f"  {name:<44} {best.wall_s:6.2f} s wall  {best.cpu_s:6.2f} s CPU   runs [{walls}]")
-        summary[name] = {"best_wall_s": best.wall_s, "cpu_s": best.cpu_s,
-                         "runs": [t.wall_s for t in timings]}
+        print(f"  {name:<38} {best.wall_s:6.2f} s wall (best)  {cpu:5.2f} s CPU (median)  "
+              f"runs [{walls}]")
+        summary[name] = {"best_wall_s": best.wall_s, "median_cpu_s": cpu,
+                         "runs": [t.wall_s for t in timings],
+                         "cpu_runs": [t.cpu_s for t in timings]}
     return summary
 
 
