@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "second: packets/s, messages/s, kernel drops, HEP queue, flows, "
                             "sessions waiting for keys")
     views.add_argument("--color", "--colour", choices=COLOR_CHOICES, default="auto",
+                       metavar="WHEN",
                        help="colour the console view: auto (default: on a terminal, unless "
                             "NO_COLOR is set), always or never")
     views.add_argument("--brief", action=argparse.BooleanOptionalAction, default=False,

@@ -89,15 +89,15 @@ class DecryptableCaptureWriter:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         except OSError as exc:
-            raise OSError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise OSError(f"{path}: {exc.strerror or exc}") from None
         try:
             os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: not this one
-            self._out: BinaryIO = os.fdopen(fd, "wb")
             self._spool: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115 - closed in close()
                 dir=os.path.dirname(os.path.abspath(path)), buffering=SPOOL_BUFFER)
         except OSError as exc:
             os.close(fd)
-            raise OSError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise OSError(f"{path}: {exc.strerror or exc}") from None
+        self._out: BinaryIO = os.fdopen(fd, "wb")
         self._interfaces: dict[int, int] = {}  # link type -> interface index
         self._secrets: dict[str, None] = {}  # key-log lines, in order, once each
         self.frames = 0

@@ -88,7 +88,7 @@ class CallFlowReport:
                 "w+", encoding="utf-8", buffering=SPOOL_BUFFER,
                 dir=os.path.dirname(os.path.abspath(path)))
         except OSError as exc:
-            raise ReportError(f"cannot write the report {path}: {exc.strerror or exc}"
+            raise ReportError(f"report {path}: {exc.strerror or exc}"
                               ) from None
         self._calls: dict[str, _Call] = {}
         self._endpoints: dict[Endpoint, int] = {}
@@ -156,7 +156,7 @@ class CallFlowReport:
         try:
             self._write()
         except OSError as exc:
-            raise ReportError(f"cannot write the report {self.path}: {exc.strerror or exc}"
+            raise ReportError(f"report {self.path}: {exc.strerror or exc}"
                               ) from None
         finally:
             self._spool.close()
