@@ -222,3 +222,19 @@ def test_ten_thousand_calls_a_ladder_on_demand(big_report):
     assert [a["data-label"] for a in page.arrows] == ["INVITE", "180 Ringing", "486 Busy Here",
                                                       "ACK"]
     assert page.attributes["ladder-box"].get("data-drawn-ms", "").isdigit()
+
+
+def test_a_full_disk_at_the_end_is_an_output_error(tmp_path):
+    import errno
+
+    from captagent_tls.pipeline import SinkError
+
+    report = CallFlowReport(str(tmp_path / "calls.html"))
+    report.emit(message(10, sip("OPTIONS sip:b@y SIP/2.0", "c1", "1 OPTIONS"), "c1"))
+
+    def full(_text: str) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    report._out.write = full  # type: ignore[method-assign]
+    with pytest.raises(SinkError, match=r"report .*calls\.html: No space left on device"):
+        report.close()

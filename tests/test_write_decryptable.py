@@ -236,3 +236,20 @@ def test_sip_over_websocket_from_kamailio(tmp_path):
     assert tshark_call_ids(out, []) == Counter(o["call_id"] for o in emitted)
     plain = Counter(o["call_id"] for o in emitted if o["transport"] == "ws")
     assert tshark_call_ids(folder / "kamailio.pcap", []) == plain
+
+
+def test_a_full_disk_is_an_output_error_not_a_traceback(tmp_path):
+    import errno
+
+    from captagent_tls.capture import Frame
+    from captagent_tls.pipeline import SinkError
+    from captagent_tls.sinks.decryptable import DecryptableCaptureWriter
+
+    writer = DecryptableCaptureWriter(str(tmp_path / "out.pcapng"))
+
+    def full(_data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer._spool.write = full  # type: ignore[method-assign]
+    with pytest.raises(SinkError, match=r"out\.pcapng: No space left on device"):
+        writer.frame(Frame(1, 1, b"\0" * 60))

@@ -80,12 +80,9 @@ class Views:
     def report_sink(self) -> Sink | None:
         if not self.args.report:
             return None
-        from captagent_tls.views.callflow import CallFlowReport, ReportError
+        from captagent_tls.views.callflow import CallFlowReport
 
-        try:
-            self.report = CallFlowReport(self.args.report)
-        except ReportError as exc:
-            raise SinkError(str(exc)) from None
+        self.report = CallFlowReport(self.args.report)  # or a ReportError, a SinkError
         return self.report
 
     # -- taps --------------------------------------------------------------------------------
