@@ -172,6 +172,8 @@ def test_live_status_line_on_a_terminal():
         time.sleep(0.3)
         _send_sip_over_udp(port, 300)
         time.sleep(2.5)  # the line is redrawn once a second
+        proc.send_signal(signal.SIGHUP)  # a warning is logged while the line is shown
+        time.sleep(1.5)
         proc.send_signal(signal.SIGTERM)
 
     shown = run_on_terminal(["-i", "lo", "-f", f"udp port {port}", "-v", "--status", "--json"],
@@ -183,6 +185,9 @@ def test_live_status_line_on_a_terminal():
     assert all(" | kernel drops " in line and " | flows " in line
                and " | waiting for keys " in line for line in lines)
     assert len(shown.stdout.splitlines()) == 300
+    # the log line stands on a line of its own: the status line was cleared before it
+    shown_lines = [line.split("\r")[-1] for line in shown.terminal.split("\r\n")]
+    assert "captagent-tls: SIGHUP: reloading keys and key logs" in shown_lines, shown.terminal
 
 
 def test_live_status_needs_a_terminal():

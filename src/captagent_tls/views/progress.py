@@ -18,6 +18,7 @@ options not counted); that is exact for pcap and close for pcapng, and the bar e
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -54,6 +55,7 @@ class TerminalLine:
         self.lock = threading.Lock()
         self.bar: Any = None  # a tqdm bar, once shown
         self.drawn = False
+        self._guarded_handlers: list[logging.StreamHandler[TextIO]] = []
 
     def show(self, bar: Any) -> None:
         self.bar = bar
@@ -77,6 +79,17 @@ class TerminalLine:
                 self.bar.close()  # a file's bar stays with its last figures; a status goes
                 self.bar = None
                 self.drawn = False
+        for handler in self._guarded_handlers:
+            handler.setStream(self.out)
+        self._guarded_handlers.clear()
+
+    def guard_logging(self) -> None:
+        """Log records written to the same terminal go through :meth:`guard` too, until
+        :meth:`close`."""
+        for handler in logging.getLogger().handlers + logging.getLogger("captagent_tls").handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.out:
+                handler.setStream(self.guard(self.out))
+                self._guarded_handlers.append(handler)
 
     def guard(self, stream: TextIO) -> TextIO:
         """``stream`` as it should be written to while the line is shown."""

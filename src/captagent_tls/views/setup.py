@@ -43,6 +43,7 @@ class Views:
             from captagent_tls.views.progress import TerminalLine
 
             self.line = TerminalLine(self._stderr)
+            self.line.guard_logging()
         self.progress: FileProgress | None = None
         self.status: LiveStatus | None = None
         self.report: CallFlowReport | None = None
