@@ -141,9 +141,10 @@ class FileProgress:
         self.line = line
         self.reader = reader
         self.pipeline = pipeline
-        self.total = None if path == "-" else os.stat(path).st_size
+        # no total for standard input nor for a pipe (<(zcat x.pcap.gz) has no size)
+        self.total: int | None = (os.stat(path).st_size if path != "-" else 0) or None
         name = os.path.basename(path) if path != "-" else "stdin"
-        if self.total:
+        if self.total is not None:
             bar = _tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024,
                         desc=name, file=line.out,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
