@@ -12,6 +12,11 @@ decrypted.  The frames therefore go to an unnamed temporary file beside the outp
 capture is read; at the end the output is assembled: section header, interfaces, secrets,
 then the frames.
 
+The frames are those the pipeline reads (with ``-f``, those the filter lets through), each
+with its link type (one interface per link type) and its time to the nanosecond.  A frame
+carries its captured bytes only, so a packet's original length is written as its captured
+length.
+
 The output holds secrets, so it is created readable by its owner only (mode 0600), like a
 private key.  The temporary file holds the frames only, and has no name: it disappears with
 the process whatever happens.
