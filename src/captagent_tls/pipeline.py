@@ -15,7 +15,14 @@ from captagent_tls.net.tcp import Event as NetEvent
 from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
 from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
-from captagent_tls.sip.framing import SipFramer, Unit, frame_datagram
+from captagent_tls.sip.framing import (
+    MAX_HELD_BYTES,
+    MAX_MESSAGE_BYTES,
+    SipBudget,
+    SipFramer,
+    Unit,
+    frame_datagram,
+)
 from captagent_tls.tls.connection import TlsConnection
 from captagent_tls.tls.events import (
     PLAINTEXT,
@@ -38,6 +45,8 @@ class PipelineOptions:
     session_cache_size: int = 20_000
     keys_may_arrive: bool = False  # key logs still being written: hold records for keys
     hold: HoldLimits = field(default_factory=HoldLimits)
+    max_sip_message_bytes: int = MAX_MESSAGE_BYTES  # one incomplete SIP message, per direction
+    max_sip_held_bytes: int = MAX_HELD_BYTES  # all incomplete SIP messages together
 
 
 @dataclass
@@ -66,6 +75,7 @@ class Pipeline:
         self.on_problem = on_problem
         self.stats = PipelineStats()
         self._framers: dict[tuple[Flow, int], SipFramer] = {}
+        self.sip_budget = SipBudget(options.max_sip_held_bytes, options.max_sip_message_bytes)
         self.defrag = Defragmenter()
         self._last_ts = 0
         self._next_tick = 0
@@ -137,7 +147,7 @@ class Pipeline:
                 key = (event.flow, event.direction)
                 framer = self._framers.get(key)
                 if framer is None:
-                    framer = self._framers[key] = SipFramer()
+                    framer = self._framers[key] = SipFramer(self.sip_budget)
                 units = framer.feed(event.data)
                 if framer.idle:
                     del self._framers[key]  # nothing held: idle sessions keep no SIP state
