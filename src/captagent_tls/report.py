@@ -111,11 +111,12 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
         f"SIP messages dropped: {sip.oversized_messages} over "
         f"{sip.max_message_bytes >> 10} KiB, {sip.over_budget_messages} while incomplete "
         f"messages held {sip.limit >> 20} MiB ({sip.dropped_bytes} bytes)",
-        *([f"key logs: {sources.lines_added} lines added, {sources.malformed_lines} malformed; "
-           f"listener connections closed: {sources.connections_evicted} to make room, "
-           f"{sources.connections_idle} idle; entries held {keys.entries}, "
-           f"{keys.evictions} evicted (at most {keys.max_entries})"]
-          if keys.source_stats or keys.entries or keys.evictions else []),
+        f"key log: {keys.entries} entries held, {keys.evictions} evicted (at most "
+        f"{keys.max_entries})"
+        + (f"; followed files and listeners: {sources.lines_added} lines added, "
+           f"{sources.malformed_lines} malformed; listener connections closed: "
+           f"{sources.connections_evicted} to make room, {sources.connections_idle} idle"
+           if keys.source_stats else ""),
     ]
     for sink in sinks:
         if isinstance(sink, HepSink):
