@@ -120,11 +120,11 @@ class LineBuffer:
 class _KeyLines:
     """Loads text into the key store, counting and (within limits) reporting bad lines."""
 
-    def __init__(self, keys: KeyStore, source: str):
+    def __init__(self, keys: KeyStore, source: str, clock: Callable[[], float]):
         self.keys = keys
         self.stats = KeySourceStats()
         keys.source_stats.append(self.stats)
-        self.malformed = LimitedWarning(source, "malformed key log line(s) ignored")
+        self.malformed = LimitedWarning(source, "malformed key log line(s) ignored", clock)
 
     def load(self, text: str, first_line: int = 1, line_numbers: bool = True,
              too_long: int = 0) -> int:
@@ -143,10 +143,10 @@ class _KeyLines:
 class KeyLogFile:
     """A key log file, followed: new lines are read as they are written."""
 
-    def __init__(self, path: str, keys: KeyStore):
+    def __init__(self, path: str, keys: KeyStore, clock: Callable[[], float] = time.monotonic):
         self.path = path
         self.keys = keys
-        self._lines = _KeyLines(keys, f"key log {path}")
+        self._lines = _KeyLines(keys, f"key log {path}", clock)
         self.stats = self._lines.stats
         self._inode: tuple[int, int] | None = None
         self._position = 0
@@ -262,7 +262,7 @@ class KeyLogListener:
         self.keys = keys
         self.limits = limits if limits is not None else ListenerLimits()
         self.clock = clock
-        self._lines = _KeyLines(keys, f"key-log listener {url}")
+        self._lines = _KeyLines(keys, f"key-log listener {url}", clock)
         self.stats = self._lines.stats
         self._evicted = LimitedWarning(f"key-log listener {url}", "connection(s) closed to make "
                                        "room or after the idle timeout", clock)
