@@ -35,8 +35,12 @@ MAX_LINE = 4096  # a key-log line is < 300 bytes (1,100 with a 512-byte pre-mast
 READ_CHUNK = 1 << 20  # a followed file is read this much at a time...
 MAX_READ_PER_POLL = 16 << 20  # ...and this much per poll at most: the rest waits for the next
 MAX_CLIENTS = 64  # TCP connections at once, all sources together
-MAX_CLIENTS_PER_SOURCE = 16  # TCP connections at once from one source address
+# TCP connections at once from one source address.  On a loopback listener every local
+# sender is 127.0.0.1 (unless it binds another 127.x address), so there this mostly bounds
+# what one address takes from remote listeners' other senders.
+MAX_CLIENTS_PER_SOURCE = 16
 IDLE_TIMEOUT_S = 600.0  # a TCP connection that sent nothing for this long is closed
+IDLE_CHECK_INTERVAL_S = 1.0  # how often connections are checked for the idle timeout
 MAX_ACCEPTS_PER_TURN = 16  # connections accepted per turn of the loop (the backlog keeps more)
 MAX_DATAGRAMS_PER_TURN = 256  # UDP datagrams read per turn: then the capture gets its turn
 RECV_SIZE = 65536  # one read per ready TCP connection per turn: no connection starves others
@@ -280,6 +284,7 @@ class KeyLogListener:
             raise KeySourceError(f"cannot listen on {url}: {exc.strerror or exc}") from None
         self.sock.setblocking(False)
         self._clients: dict[socket.socket, _Client] = {}
+        self._next_idle_check = 0.0
 
     def sockets(self) -> list[socket.socket]:
         return [self.sock, *self._clients]
@@ -297,14 +302,21 @@ class KeyLogListener:
         for client in list(self._clients.values()):
             if client.sock.fileno() in ready:
                 added += self._stream(client, now)
-            elif now - client.last_active > self.limits.idle_timeout_s:
+        if now >= self._next_idle_check:
+            self._next_idle_check = now + min(IDLE_CHECK_INTERVAL_S,
+                                              self.limits.idle_timeout_s / 4)
+            self._close_idle(now)
+            self._lines.malformed.tick()
+            self._evicted.tick()
+        return added
+
+    def _close_idle(self, now: float) -> None:
+        for client in list(self._clients.values()):
+            if now - client.last_active > self.limits.idle_timeout_s:
                 self.stats.connections_idle += 1
                 self._evicted.warn(1, f"closed a connection from {client.source} idle for "
                                    f"{now - client.last_active:.0f} s")
                 self._drop(client)
-        self._lines.malformed.tick()
-        self._evicted.tick()
-        return added
 
     def _datagrams(self) -> int:
         added = 0
