@@ -26,11 +26,13 @@ SEQ_HALF = 0x80000000
 FAR_AHEAD = 1 << 30  # a segment this far beyond the stream is garbage, not a hole
 REBASE_AFTER = 1 << 30  # held offsets are re-based once the stream is this far past the base
 # What one held segment costs beyond its payload bytes, charged against the direction's byte
-# cap so that the cap bounds memory, not only payload.  Measured with tracemalloc on CPython
-# 3.11 (x86-64) holding 1,000,000 one-byte segments (bench/held_segments.py): 144 bytes each,
-# of which the bytes object's header is 33 (sys.getsizeof(b"")), its allocation rounded up to
-# 16, the int offset 32, the dict entry with its share of the table ~60 and the heap's list
-# slot ~9.  The real cost varies with the dict's fill (between 120 and 150), so this is the top.
+# cap so that the cap bounds memory, not only payload.  Its parts (CPython 3.11, x86-64): the
+# bytes object's header, 33 (sys.getsizeof(b"")), plus up to 15 of rounding; the int offset,
+# 32; the dict entry with its share of the table, 60 to 120 (most right after the table
+# doubles); the heap's list slot, ~9: up to ~210.  bench/held_segments.py measures the whole
+# with tracemalloc: 109-125 bytes a segment on average (30,000 to 1,000,000 two-byte segments
+# copied from frames).  With this charge, a flood of tiny segments at the cap held 0.65-0.9
+# of the cap in live memory, and 1.25 at the peak, while a dict copies its table to grow.
 HELD_SEGMENT_OVERHEAD = 200
 
 Endpoint = tuple[bytes, int]  # packed IP address, port

@@ -223,7 +223,8 @@ class SipFramer:
                 return end
             header_end = data.find(b"\r\n\r\n", pos)
             if header_end < 0:
-                if end - pos > MAX_HEADER_BYTES or not _maybe_start_line(data, pos):
+                if (end - pos > min(MAX_HEADER_BYTES, self.budget.max_message_bytes)
+                        or not _maybe_start_line(data, pos)):
                     self.hunting = True
                     pos = self._skip_line(data, pos, units)
                     continue
