@@ -4,6 +4,7 @@ network listeners, and the bounded wait of records for their keys."""
 from __future__ import annotations
 
 import logging
+import random
 import select
 import socket
 import time
@@ -220,6 +221,27 @@ def test_a_line_that_never_ends_is_not_held_and_the_next_line_is_read():
     assert listener.stats.malformed_lines == 1  # the long line, dropped unread
     client.close()
     listener.close()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_line_buffer_gives_the_same_lines_however_the_stream_is_cut(seed):
+    rng = random.Random(seed)
+    lines = [b"short", b"x" * (MAX_LINE + 1), b"", b"y" * MAX_LINE, b"z" * 3 * MAX_LINE, b"end"]
+    stream = b"\n".join(lines) + b"\n"
+    cuts = sorted(rng.sample(range(1, len(stream)), 40))
+    buffer, out, dropped, ends = keysources.LineBuffer(), b"", 0, 0
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        complete, too_long, consumed = buffer.feed(stream[a:b])
+        out, dropped, ends = out + complete, dropped + too_long, ends + consumed
+        assert len(buffer.partial) <= MAX_LINE
+    # a long line is dropped unread when it outgrows the buffer; one that arrives whole in
+    # one read passes (the parser counts it as malformed): either way, never a piece of it
+    passed = out.split(b"\n")[:-1]
+    assert [line for line in passed if len(line) <= MAX_LINE] == [
+        line for line in lines if len(line) <= MAX_LINE]
+    long_passed = [line for line in passed if len(line) > MAX_LINE]
+    assert all(line in lines for line in long_passed)
+    assert dropped == ends == 2 - len(long_passed)
 
 
 def test_followed_file_drops_a_line_too_long_and_reads_on_after_it(tmp_path):

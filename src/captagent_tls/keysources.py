@@ -55,8 +55,8 @@ class KeySourceError(Exception):
 class LimitedWarning:
     """One kind of warning from one source: the first ``WARNINGS_IN_FULL`` are logged as they
     come, later ones are counted and logged as one line per ``WARNING_SUMMARY_INTERVAL_S``.
-    ``tick`` is called every turn of the loop, so a count is logged even when nothing else
-    comes; ``flush`` logs what is still counted."""
+    ``tick`` is called regularly (every poll of a followed file, every second by a listener),
+    so a count is logged even when nothing else comes; ``flush`` logs what is still counted."""
 
     def __init__(self, source: str, what: str, clock: Callable[[], float] = time.monotonic):
         self.source = source
@@ -112,13 +112,14 @@ class LineBuffer:
             ends = 1
         if self.partial:
             data = self.partial + data
-        complete, newline_found, rest = data.rpartition(b"\n")
+        cut = data.rfind(b"\n") + 1  # 0 when there is no newline
+        rest = data[cut:]
         if len(rest) > MAX_LINE:
             rest = b""
             self.dropping = True
             dropped = 1
         self.partial = rest
-        return (complete + b"\n" if newline_found else b""), dropped, ends
+        return data[:cut], dropped, ends
 
 
 class _KeyLines:
