@@ -107,7 +107,7 @@ class SipBudget:
 class SipFramer:
     """Framing state for one direction of one connection."""
 
-    __slots__ = ("buf", "hunting", "started", "raw", "budget", "charged", "skip")
+    __slots__ = ("buf", "hunting", "started", "raw", "budget", "skip")
 
     def __init__(self, budget: SipBudget | None = None) -> None:
         self.buf = bytearray()
@@ -115,8 +115,7 @@ class SipFramer:
         self.hunting = False
         self.started = False  # a first SIP message has been framed
         self.raw = False  # the stream did not begin with SIP: pass it on as it comes
-        self.budget = budget if budget is not None else SipBudget()
-        self.charged = 0  # len(buf) as charged to the budget
+        self.budget = budget if budget is not None else SipBudget()  # charged len(buf)
         self.skip = 0  # bytes still to come of a message that is being dropped
 
     @property
@@ -138,17 +137,16 @@ class SipFramer:
         units: list[Unit] = []
         buf = self.buf
         if buf:
+            held = len(buf)
             buf += data
-            view: bytes | bytearray = buf
-        else:
-            view = data
-        pos = self._frame(view, units)
-        if view is buf:
-            del buf[:pos]
-        elif pos < len(view):
-            buf += view[pos:]
-        if len(buf) != self.charged:
-            self._charge()
+            del buf[: self._frame(buf, units)]
+            if len(buf) != held:
+                self._charge(len(buf) - held)
+        else:  # the usual case: the message is framed straight from data, nothing is held
+            pos = self._frame(data, units)
+            if pos < len(data):
+                buf += data[pos:]
+                self._charge(len(buf))
         return units
 
     def gap(self) -> list[Unit]:
@@ -164,23 +162,19 @@ class SipFramer:
         if not self.buf:
             return []
         rest = bytes(self.buf)
+        self.budget.held -= len(rest)
         self.buf.clear()
-        self._release()
         return [Unit(rest, None, False)] if rest.strip(b"\r\n") else []
 
-    def _charge(self) -> None:
+    def _charge(self, grown: int) -> None:
+        """The buffer changed by ``grown`` bytes in this feed (all of it was charged before)."""
         budget = self.budget
-        grown = len(self.buf) - self.charged
         if grown > 0 and budget.held + grown > budget.limit:
             budget.over_budget_messages += 1
+            budget.held -= len(self.buf) - grown
             self._drop_held()
-            return
-        budget.held += grown
-        self.charged += grown
-
-    def _release(self) -> None:
-        self.budget.held -= self.charged
-        self.charged = 0
+        else:
+            budget.held += grown
 
     def _drop_held(self) -> None:
         """Drop the incomplete message held: skip the rest of it by its Content-Length, or,
@@ -195,7 +189,6 @@ class SipFramer:
             self.hunting = True
         self.budget.dropped_bytes += len(buf)
         buf.clear()
-        self._release()
 
     def _frame(self, data: bytes | bytearray, units: list[Unit]) -> int:
         pos = 0
