@@ -119,17 +119,22 @@ def test_a_message_over_the_size_bound_is_dropped_whole_and_framing_goes_on():
     budget = SipBudget(max_message_bytes=1000)
     big = big_message(SIPFRAG_BODY)
     assert len(big) > 1000
-    for cuts in ([len(big)], [30, 900, 1500]):  # in one piece, and in pieces
-        framer = SipFramer(budget)
-        pieces = [big[a:b] for a, b in zip([0, *cuts], [*cuts, len(big)], strict=False)]
-        units = []
-        for piece in [*pieces[:-1], pieces[-1] + INVITE + TRYING]:
-            units += framer.feed(piece)
-            assert len(framer.buf) <= 1000
-        assert [(u.data, u.is_sip) for u in units] == [(INVITE, True), (TRYING, True)]
-        assert framer.idle and budget.held == 0
-    assert budget.oversized_messages == 2
-    assert budget.dropped_bytes == 2 * len(big)
+    framer = SipFramer(budget)
+    units = []
+    for piece in (big[:30], big[30:900], big[900:1500], big[1500:] + INVITE + TRYING):
+        units += framer.feed(piece)
+        assert len(framer.buf) <= 1000
+    assert [(u.data, u.is_sip) for u in units] == [(INVITE, True), (TRYING, True)]
+    assert framer.idle and budget.held == 0
+    assert budget.oversized_messages == 1 and budget.dropped_bytes == len(big)
+
+
+def test_a_big_message_that_arrives_in_one_read_needs_no_buffer_and_passes():
+    budget = SipBudget(max_message_bytes=1000)
+    big = big_message(SIPFRAG_BODY)
+    units = SipFramer(budget).feed(big + INVITE)
+    assert [u.data for u in units] == [big, INVITE]
+    assert budget.oversized_messages == 0
 
 
 def test_a_gap_while_dropping_a_message_hunts_for_the_next_one():

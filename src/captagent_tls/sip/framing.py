@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a longer Content-Length is not believed: the block is not SIP
-# The longest SIP message one direction may buffer.  SIP servers bound a message on a stream
+# The longest SIP message one direction may buffer until it is complete (one that arrives
+# whole in a single read needs no buffer and passes).  SIP servers bound a message on a stream
 # far lower: OpenSIPS reads each TCP message into a 65,535-byte buffer (TCP_BUF_SIZE) and
 # Kamailio's tcp_rd_buf_size (default 4,096; configurations often set 16,384-65,536) also
 # limits the largest message it can receive.  1 MiB is 16 times what either accepts by
@@ -232,17 +233,14 @@ class SipFramer:
                 pos = self._skip_line(data, pos, units)
                 continue
             total_end = header_end + 4 + body
-            if total_end - pos > self.budget.max_message_bytes:
-                # too big to hold: drop it whole, and frame what follows it
-                self.budget.oversized_messages += 1
-                self.started = True
-                self.budget.dropped_bytes += min(total_end, end) - pos
-                if total_end > end:
+            if total_end > end:
+                if total_end - pos > self.budget.max_message_bytes:
+                    # too big to hold until it is complete: drop it, and frame what follows
+                    self.budget.oversized_messages += 1
+                    self.budget.dropped_bytes += end - pos
+                    self.started = True
                     self.skip = total_end - end
                     return end
-                pos = total_end
-                continue
-            if total_end > end:
                 break
             units.append(Unit(bytes(data[pos:total_end]),
                               _call_id(data, pos, header_end + 2), True))
