@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import struct
+import sys
+import tracemalloc
 
 import pytest
 
+import captagent_tls.net.tcp as tcp_module
 from captagent_tls.net.packet import (
     NOT_IP,
     NOT_TCP,
@@ -17,7 +21,13 @@ from captagent_tls.net.packet import (
     Segment,
     decode,
 )
-from captagent_tls.net.tcp import FlowClosed, StreamData, StreamGap, TcpReassembler
+from captagent_tls.net.tcp import (
+    HELD_SEGMENT_OVERHEAD,
+    FlowClosed,
+    StreamData,
+    StreamGap,
+    TcpReassembler,
+)
 
 CLIENT = bytes([10, 0, 0, 1])
 SERVER = bytes([10, 0, 0, 2])
@@ -298,3 +308,110 @@ def test_incomplete_fragments_expire():
     defrag.add(decode(101, frames[0]), 0)
     defrag.add(decode(101, ipv4_fragments(udp(b"y" * 3000), 1480, ident=5)[0]), 2_000_000_000)
     assert defrag.stats.expired == 1
+
+
+# -- held segments: the floods from the issue ----------------------------------------------
+
+def held_flood(count: int) -> list[Segment]:
+    """A hole at the stream's first byte, ``count`` one-byte segments held after it, each
+    followed by a duplicate ACK from the receiver (acknowledging only up to the hole, so the
+    hole stays open), then the missing byte."""
+    segments = handshake()
+    for n in range(count):
+        segments += [seg(1002 + n, b"x"), reply(5001, ack=1001)]
+    return [*segments, seg(1001, b"!")]
+
+
+def python_calls(segments: list[Segment]) -> tuple[int, list]:
+    """Feed segments to a reassembler and count the function calls (Python and built-in)
+    that it made: a measure of work that does not depend on the machine's speed."""
+    tcp = TcpReassembler(max_direction_bytes=1 << 40)
+    events: list = []
+    calls = 0
+
+    def count(_frame, event, _arg):
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        for n, s in enumerate(segments):
+            events += tcp.segment(s, n)
+    finally:
+        sys.setprofile(None)
+    return calls, events
+
+
+def test_work_per_segment_and_ack_does_not_grow_with_the_segments_held():
+    """Before the fix every ACK scanned every held segment: 40,000 took 98 s.  Four times the
+    segments must now cost about four times the calls, not sixteen."""
+    small, small_events = python_calls(held_flood(500))
+    large, large_events = python_calls(held_flood(2000))
+    assert stream(small_events) == b"!" + b"x" * 500
+    assert stream(large_events) == b"!" + b"x" * 2000
+    assert large / small < 5, (small, large)
+
+
+def test_forty_thousand_held_segments_with_duplicate_acks():
+    """The issue's case at its size (a sanity check; bench/held_segments.py times it)."""
+    tcp, events = run(held_flood(40_000), max_direction_bytes=1 << 40)
+    assert stream(events) == b"!" + b"x" * 40_000
+    assert tcp.stats.out_of_order == 40_000 and tcp.stats.gaps == 0
+
+
+def test_each_held_segment_is_charged_its_overhead_against_the_cap():
+    cap = 64 * 1024
+    tcp = TcpReassembler(max_direction_bytes=cap)
+    for n, s in enumerate(handshake()):
+        tcp.segment(s, n)
+    half = tcp._flows[1].halves[0]  # noqa: SLF001 - the held count is the point here
+    most_held = 0
+    for n in range(5000):  # one-byte segments, each after a one-byte hole
+        tcp.segment(seg(1002 + 2 * n, b"x"), 10 + n)
+        assert half.pending_bytes <= cap
+        most_held = max(most_held, len(half.pending))
+    assert most_held == cap // (1 + HELD_SEGMENT_OVERHEAD)  # not cap // 1 as before
+    assert tcp.stats.buffer_overflows > 0
+
+
+def test_memory_held_per_direction_stays_within_the_cap():
+    """tracemalloc: what the reassembler's heap grows by while a flood of tiny segments is
+    held stays under --max-flow-buffer (payloads are views into frames, as decode gives)."""
+    cap = 1 << 20
+    tcp = TcpReassembler(max_direction_bytes=cap)
+    for n, s in enumerate(handshake()):
+        tcp.segment(s, n)
+    flood = [seg(1002 + 3 * n, memoryview(b"%02d" % (n % 100))) for n in range(3 * cap // 150)]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        worst = 0
+        for n, s in enumerate(flood):
+            tcp.segment(s, 10 + n)
+            if n % 64 == 0:
+                worst = max(worst, tracemalloc.get_traced_memory()[0] - base)
+    finally:
+        tracemalloc.stop()
+    assert tcp.stats.buffer_overflows > 0
+    assert 0.4 * cap < worst <= cap  # measured 0.65-0.9 of the cap; before the fix, ~60 times
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_any_arrival_order_with_retransmissions_gives_the_bytes_sent(seed, monkeypatch):
+    rng = random.Random(seed)
+    if seed % 2:  # re-base the held offsets often, as a long-lived flow would
+        monkeypatch.setattr(tcp_module, "REBASE_AFTER", 40)
+    isn = rng.choice([1000, 0xFFFFFFFF - 700])  # and across sequence number wraparound
+    sent = bytes(rng.getrandbits(8) for _ in range(3000))
+    cuts = sorted(rng.sample(range(1, len(sent)), 150))
+    pieces = list(zip([0, *cuts], [*cuts, len(sent)], strict=True))
+    for _ in range(60):  # retransmissions overlapping any pieces
+        start = rng.randrange(len(sent))
+        pieces.append((start, min(len(sent), start + rng.randint(1, 120))))
+    rng.shuffle(pieces)
+    segments = [seg(isn + 1 + a, sent[a:b]) for a, b in pieces]
+    tcp, events = run(handshake(isn) + segments)
+    events += tcp.flush()
+    assert stream(events) == sent
+    assert not any(isinstance(e, StreamGap) for e in events)

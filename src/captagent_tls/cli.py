@@ -394,6 +394,7 @@ def run_offline(args: argparse.Namespace) -> int:
         # whatever was read, even from a broken file, is decrypted and delivered
         finish(pipeline, sinks, exporter)
         views.close()
+        reporter.flush()
     if reader.truncated:
         print(f"captagent-tls: warning: {args.read} is truncated; everything before the cut "
               "was processed", file=sys.stderr)
@@ -449,6 +450,7 @@ def run_live(args: argparse.Namespace) -> int:
         views.stop_lines()
         finish(pipeline, sinks, exporter)
         views.close()
+        reporter.flush()
     if not args.quiet:
         print(format_stats(pipeline, sinks, agent.kernel), file=sys.stderr)
         for line in views.summary_lines():

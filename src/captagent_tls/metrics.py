@@ -88,6 +88,36 @@ class AgentCollector(Collector):
         yield counter("sip_messages", "SIP messages framed", stats.sip_messages)
         yield counter("sip_messages_unencrypted", "SIP messages over UDP or plain TCP",
                       stats.plain_sip_messages)
+        sip = pipeline.sip_budget
+        dropped = CounterMetricFamily(f"{PREFIX}_sip_messages_dropped", "SIP messages dropped "
+                                      "by a size bound", labels=["bound"])
+        dropped.add_metric(["message_size"], sip.oversized_messages)
+        dropped.add_metric(["all_flows_held"], sip.over_budget_messages)
+        yield dropped
+        yield counter("sip_dropped_bytes", "Bytes of the SIP messages dropped by a size bound",
+                      sip.dropped_bytes)
+        sip_held = GaugeMetricFamily(f"{PREFIX}_sip_held_bytes",
+                                     "Bytes of incomplete SIP messages held, all flows")
+        sip_held.add_metric([], sip.held)
+        yield sip_held
+
+        keys = pipeline.tls.keys
+        sources = keys.source_totals()
+        secrets = GaugeMetricFamily(f"{PREFIX}_key_log_secrets", "Key-log secrets held")
+        secrets.add_metric([], keys.entries)
+        yield secrets
+        yield counter("key_log_evictions", "Key-log secrets evicted by the bound (oldest first)",
+                      keys.evictions)
+        lines = CounterMetricFamily(f"{PREFIX}_key_log_lines", "Key-log lines from followed "
+                                    "files and listeners", labels=["outcome"])
+        lines.add_metric(["added"], sources.lines_added)
+        lines.add_metric(["malformed"], sources.malformed_lines)
+        yield lines
+        closed = CounterMetricFamily(f"{PREFIX}_key_log_connections_closed", "Key-log listener "
+                                     "connections closed by the agent", labels=["reason"])
+        closed.add_metric(["make_room"], sources.connections_evicted)
+        closed.add_metric(["idle"], sources.connections_idle)
+        yield closed
 
         hep = {name: CounterMetricFamily(f"{PREFIX}_hep_{name}", doc, labels=["collector"])
                for name, doc in (("sent", "HEP packets sent"),

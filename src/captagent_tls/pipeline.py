@@ -22,7 +22,14 @@ from captagent_tls.net.tcp import Event as NetEvent
 from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
 from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
-from captagent_tls.sip.framing import SipFramer, Unit, frame_datagram
+from captagent_tls.sip.framing import (
+    MAX_HELD_BYTES,
+    MAX_MESSAGE_BYTES,
+    SipBudget,
+    SipFramer,
+    Unit,
+    frame_datagram,
+)
 from captagent_tls.tls.events import (
     PLAINTEXT,
     AppData,
@@ -49,6 +56,8 @@ class PipelineOptions:
     session_cache_size: int = 20_000
     keys_may_arrive: bool = False  # key logs still being written: hold records for keys
     hold: HoldLimits = field(default_factory=HoldLimits)
+    max_sip_message_bytes: int = MAX_MESSAGE_BYTES  # one incomplete SIP message, per direction
+    max_sip_held_bytes: int = MAX_HELD_BYTES  # all incomplete SIP messages together
 
 
 @dataclass
@@ -88,6 +97,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self._framers: dict[tuple[Flow, int], SipFramer] = {}
         self._websockets: dict[Flow, WebSocketSession] = {}
+        self.sip_budget = SipBudget(options.max_sip_held_bytes, options.max_sip_message_bytes)
         self.defrag = Defragmenter()
         self._last_ts = 0
         self._next_tick = 0
@@ -182,7 +192,9 @@ class Pipeline:
             self.tcp.discard(flow)
             self.tls.discard(flow)
             for direction in (0, 1):
-                self._framers.pop((flow, direction), None)
+                framer = self._framers.pop((flow, direction), None)
+                if framer is not None:
+                    framer.flush()  # (gives back what it held to the shared budget)
             self._websockets.pop(flow, None)
         if self.on_problem is not None:
             self.on_problem(TlsProblem(
@@ -222,7 +234,7 @@ class Pipeline:
                 key = (event.flow, event.direction)
                 framer = self._framers.get(key)
                 if framer is None:
-                    framer = self._framers[key] = SipFramer()
+                    framer = self._framers[key] = SipFramer(self.sip_budget)
                 units = framer.feed(event.data)
                 if framer.idle:
                     del self._framers[key]  # nothing held: idle sessions keep no SIP state
@@ -294,7 +306,8 @@ class Pipeline:
                 if not start:
                     return False
                 session = self._websockets[flow] = WebSocketSession(
-                    self.stats.websocket, direction, start, event.data)
+                    self.stats.websocket, direction, start, event.data,
+                    sip_budget=self.sip_budget)
             client = direction if event.from_client else 1 - direction
             self._websocket_units(session, flow, session.feed(direction, event.data),
                                   event.ts_ns, event.info, client)

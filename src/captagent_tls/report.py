@@ -1,7 +1,8 @@
-"""What the user reads on stderr: problems (once each) and the final stats summary."""
+"""What the user reads on stderr: problems (once each, within limits) and the stats summary."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TextIO
 
 from captagent_tls.capture.live import KernelStats
@@ -10,26 +11,69 @@ from captagent_tls.sinks import Sink
 from captagent_tls.sinks.hep import HepSink
 from captagent_tls.tls.events import TlsProblem
 
+SEEN_PROBLEMS = 10_000  # (kind, server) pairs remembered; the least recently seen go first
+PROBLEMS_IN_FULL = 20  # per kind, the first distinct problems are printed as they come...
+PROBLEM_SUMMARY_INTERVAL_NS = 60_000_000_000  # ...then one count per minute (capture time)
+
 
 class ProblemReporter:
-    """Prints each distinct problem once (per kind and server), however many flows hit it."""
+    """Prints each distinct problem once (per kind and server), however many flows hit it.
+
+    Anyone can make new "servers" (addresses and ports) on the wire, so this is bounded too:
+    the first ``PROBLEMS_IN_FULL`` of each kind are printed, later ones are counted and
+    printed as one line per ``PROBLEM_SUMMARY_INTERVAL_NS`` of capture time (and by
+    ``flush`` at the end); at most ``SEEN_PROBLEMS`` pairs are remembered.
+    """
 
     def __init__(self, out: TextIO):
         self.out = out
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._printed: dict[str, int] = {}  # per kind
+        # per kind: problems not printed yet, capture time of the first of them, latest message
+        self._unprinted: dict[str, tuple[int, int, str]] = {}
+        self.suppressed = 0  # distinct problems not printed on their own line
 
     def report(self, problem: TlsProblem) -> None:
         key = (problem.kind, problem.server)
-        if key in self._seen:
+        seen = self._seen
+        if key in seen:
+            seen.move_to_end(key)
             return
-        self._seen.add(key)
-        print(f"captagent-tls: {problem.message}", file=self.out)
+        seen[key] = None
+        if len(seen) > SEEN_PROBLEMS:
+            seen.popitem(last=False)
+        kind = problem.kind
+        printed = self._printed.get(kind, 0)
+        if printed < PROBLEMS_IN_FULL:
+            self._printed[kind] = printed + 1
+            more = ("; further problems of this kind are counted and summed up once a minute"
+                    if printed + 1 == PROBLEMS_IN_FULL else "")
+            print(f"captagent-tls: {problem.message}{more}", file=self.out)
+            return
+        self.suppressed += 1
+        count, since, _ = self._unprinted.get(kind, (0, problem.ts_ns, ""))
+        self._unprinted[kind] = (count + 1, since, problem.message)
+        if problem.ts_ns - since >= PROBLEM_SUMMARY_INTERVAL_NS:
+            self._summary(kind)
+
+    def flush(self) -> None:
+        """Print the counts not printed yet (at the end of a run)."""
+        for kind in list(self._unprinted):
+            self._summary(kind)
+
+    def _summary(self, kind: str) -> None:
+        count, _, latest = self._unprinted.pop(kind)
+        print(f"captagent-tls: {count} more problem(s) of the same kind ({kind}) with other "
+              f"servers; the latest: {latest}", file=self.out)
 
 
 def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | None = None) -> str:
     tcp = pipeline.tcp.stats
     tls = pipeline.tls.stats
     stats = pipeline.stats
+    sip = pipeline.sip_budget
+    keys = pipeline.tls.keys
+    sources = keys.source_totals()
     skipped = sum(stats.skipped.values())
     fragments = pipeline.defrag.stats
     undecryptable = ", ".join(f"{reason.replace('_', ' ')} {count}"
@@ -65,6 +109,15 @@ def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | No
         f"SIP messages: {stats.sip_messages} ({stats.plain_sip_messages} unencrypted); other "
         f"decrypted application data: {stats.raw_chunks} chunks, {stats.raw_bytes} bytes; "
         f"unencrypted non-SIP TCP: {stats.plain_other_bytes} bytes (not passed on)",
+        f"SIP messages dropped: {sip.oversized_messages} over "
+        f"{sip.max_message_bytes >> 10} KiB, {sip.over_budget_messages} while incomplete "
+        f"messages held {sip.limit >> 20} MiB ({sip.dropped_bytes} bytes)",
+        f"key log: {keys.entries} entries held, {keys.evictions} evicted (at most "
+        f"{keys.max_entries})"
+        + (f"; followed files and listeners: {sources.lines_added} lines added, "
+           f"{sources.malformed_lines} malformed; listener connections closed: "
+           f"{sources.connections_evicted} to make room, {sources.connections_idle} idle"
+           if keys.source_stats else ""),
         *([f"internal errors: {stats.internal_errors} flows dropped"]
           if stats.internal_errors else []),
     ]

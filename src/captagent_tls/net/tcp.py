@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 from typing import Any, NamedTuple
 
 from captagent_tls.net.addresses import format_endpoint
@@ -24,6 +25,16 @@ SEQ_MASK = 0xFFFFFFFF
 SEQ_HALF = 0x80000000
 FAR_AHEAD = 1 << 30  # a segment this far beyond the stream is garbage, not a hole
 MAX_DISCARDED = 4096  # flows dropped after an internal error whose later segments are ignored
+REBASE_AFTER = 1 << 30  # held offsets are re-based once the stream is this far past the base
+# What one held segment costs beyond its payload bytes, charged against the direction's byte
+# cap so that the cap bounds memory, not only payload.  Its parts (CPython 3.11, x86-64): the
+# bytes object's header, 33 (sys.getsizeof(b"")), plus up to 15 of rounding; the int offset,
+# 32; the dict entry with its share of the table, 60 to 120 (most right after the table
+# doubles); the heap's list slot, ~9: up to ~210.  bench/held_segments.py measures the whole
+# with tracemalloc: 109-125 bytes a segment on average (30,000 to 1,000,000 two-byte segments
+# copied from frames).  With this charge, a flood of tiny segments at the cap held 0.65-0.9
+# of the cap in live memory, and 1.25 at the peak, while a dict copies its table to grow.
+HELD_SEGMENT_OVERHEAD = 200
 
 Endpoint = tuple[bytes, int]  # packed IP address, port
 
@@ -81,13 +92,20 @@ Event = StreamData | StreamGap | FlowClosed
 
 
 _NO_PENDING: dict[int, bytes] = {}  # shared, never written to
+_NO_ORDER: list[int] = []  # shared, never written to
 
 
 class _Half:
-    """One direction of a flow."""
+    """One direction of a flow.
 
-    __slots__ = ("flow", "direction", "peer", "next_seq", "pending", "pending_bytes", "fin_seq",
-                 "finished")
+    Segments that arrived ahead of the stream are held in ``pending``, keyed by their offset
+    from ``base`` (a sequence number at or before the stream position), with the same offsets
+    in a heap (``held_order``): the first held segment is found in O(1) and each one is taken
+    out in O(log n), however many are held.  Offsets are plain integers, so they do not wrap.
+    """
+
+    __slots__ = ("flow", "direction", "peer", "next_seq", "pending", "held_order", "base",
+                 "pending_bytes", "fin_seq", "finished")
 
     def __init__(self, flow: Flow, direction: int):
         self.flow = flow
@@ -95,28 +113,16 @@ class _Half:
         self.peer: _Half = self
         self.next_seq: int | None = None
         self.pending: dict[int, bytes] = _NO_PENDING  # its own dict once a segment waits
-        self.pending_bytes = 0
+        self.held_order: list[int] = _NO_ORDER  # heap of the keys of pending
+        self.base = 0
+        self.pending_bytes = 0  # payload plus HELD_SEGMENT_OVERHEAD per held segment
         self.fin_seq: int | None = None
         self.finished = False
 
 
 def _first_held(half: _Half) -> int:
     """The sequence number of the held segment nearest the stream position."""
-    start = half.next_seq or 0
-    return min(half.pending, key=lambda seq: seq_delta(seq, start))
-
-
-def _pop_overlapping(half: _Half, start: int) -> bytes | None:
-    """Held segments that begin before the stream position: drop those it has passed, and
-    return the new part of the first that reaches beyond it."""
-    for held_seq in list(half.pending):
-        behind = -seq_delta(held_seq, start)
-        if behind > 0:
-            held = half.pending.pop(held_seq)
-            half.pending_bytes -= len(held)
-            if len(held) > behind:
-                return held[behind:]
-    return None
+    return (half.base + half.held_order[0]) & SEQ_MASK
 
 
 @dataclass
@@ -292,32 +298,57 @@ class TcpReassembler:
         if delta > FAR_AHEAD:
             return
         self.stats.out_of_order += 1
-        held = half.pending.get(seq)
-        if held is None or len(held) < len(payload):
-            if half.pending is _NO_PENDING:
-                half.pending = {}
-            half.pending[seq] = bytes(payload)
-            half.pending_bytes += len(payload) - (len(held) if held else 0)
+        pending = half.pending
+        if pending is _NO_PENDING:
+            pending = half.pending = {}
+            half.held_order = []
+            half.base = half.next_seq
+        offset = ((half.next_seq - half.base) & SEQ_MASK) + delta
+        held = pending.get(offset)
+        if held is None:
+            pending[offset] = bytes(payload)
+            heappush(half.held_order, offset)
+            half.pending_bytes += len(payload) + HELD_SEGMENT_OVERHEAD
+        elif len(held) < len(payload):
+            pending[offset] = bytes(payload)
+            half.pending_bytes += len(payload) - len(held)
         if half.pending_bytes > self.max_direction_bytes:
             self.stats.buffer_overflows += 1
             self._skip_hole(half, ts_ns, events)
 
     def _drain(self, half: _Half, ts_ns: int, events: list[Event]) -> None:
-        """Deliver held segments that the stream has now reached."""
-        pending = half.pending
-        while pending:
-            assert half.next_seq is not None
-            start = half.next_seq
-            data = pending.pop(start, None)
-            if data is not None:
-                half.pending_bytes -= len(data)
-            else:
-                data = _pop_overlapping(half, start)
-                if data is None:
-                    return
-            half.next_seq = (start + len(data)) & SEQ_MASK
+        """Deliver held segments that the stream has now reached, first offset first: drop
+        those it has passed, and deliver the new part of those that reach beyond it."""
+        assert half.next_seq is not None
+        position = (half.next_seq - half.base) & SEQ_MASK
+        if position > REBASE_AFTER:
+            # keep the distance from the base far from 2**32, where it would wrap; every
+            # offset moves by the same amount, so the heap stays a heap
+            half.pending = {offset - position: data for offset, data in half.pending.items()}
+            half.held_order = [offset - position for offset in half.held_order]
+            half.base = half.next_seq
+            position = 0
+        pending, order = half.pending, half.held_order
+        start = position
+        while order:
+            first = order[0]
+            if first > position:
+                break
+            heappop(order)
+            data = pending.pop(first)
+            half.pending_bytes -= len(data) + HELD_SEGMENT_OVERHEAD
+            behind = position - first
+            if behind:
+                if behind >= len(data):
+                    continue  # the stream already has all of it
+                data = data[behind:]
+            position += len(data)
             events.append(StreamData(half.flow, half.direction, data, ts_ns))
-        half.pending = _NO_PENDING
+        if position != start:
+            half.next_seq = (half.base + position) & SEQ_MASK
+        if order:
+            return
+        half.pending, half.held_order = _NO_PENDING, _NO_ORDER
         self._check_finished(half, ts_ns, events)
 
     def _skip_hole(self, half: _Half, ts_ns: int, events: list[Event]) -> None:

@@ -3,15 +3,33 @@ messages by Content-Length, however the sender cut its writes.  Sans-IO.
 
 CRLF keep-alives (RFC 5626 §3.5.1) between messages are skipped.  Bytes that are not SIP are
 passed on as raw chunks rather than lost; so are the fragments of a message cut by a gap.
+
+What framers hold while a message is incomplete is bounded twice: per message
+(``max_message_bytes``) and for all framers together (``SipBudget.limit``).  A message over
+either bound is dropped whole, counted, and framing goes on after it: its bytes are skipped by
+its Content-Length, or, when its header block never completed, by hunting for the next start
+line as after a gap.  Nothing of it is emitted.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import NamedTuple
 
 MAX_HEADER_BYTES = 64 * 1024
-MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a longer Content-Length is not believed: the block is not SIP
+# The longest SIP message one direction may buffer until it is complete (one that arrives
+# whole in a single read needs no buffer and passes).  SIP servers bound a message on a stream
+# far lower: OpenSIPS reads each TCP message into a 65,535-byte buffer (TCP_BUF_SIZE) and
+# Kamailio's tcp_rd_buf_size (default 4,096; configurations often set 16,384-65,536) also
+# limits the largest message it can receive.  1 MiB is 16 times what either accepts by
+# default, so anything a real server takes comes through, and an attacker's flow costs at
+# most this much.
+MAX_MESSAGE_BYTES = 1 << 20
+# All framers together: 64 of the largest messages at once.  Messages that arrive in one
+# record (nearly all) are never buffered, so a busy agent holds a small part of this.
+MAX_HELD_BYTES = 64 << 20
 
 _START_LINE = re.compile(
     rb"SIP/2\.0 \d{3}[ \r]|[A-Za-z][A-Za-z0-9!%*_+`'~.-]* [^ \r\n]+ SIP/2\.0\r\n"
@@ -71,38 +89,65 @@ def frame_datagram(payload: bytes) -> Unit | None:
     return Unit(payload, call_id_of(headers), True)
 
 
+@dataclass(slots=True)
+class SipBudget:
+    """What all the SIP framers of a pipeline may hold together, and what the bounds dropped.
+
+    One object shared by the framers: each charges the bytes it holds and gives them back when
+    it lets go (``SipFramer.flush`` or ``gap``).
+    """
+
+    limit: int = MAX_HELD_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    held: int = 0
+    oversized_messages: int = 0  # longer than max_message_bytes: dropped
+    over_budget_messages: int = 0  # dropped because all framers together held the limit
+    dropped_bytes: int = 0  # bytes of the messages dropped by either bound
+
+
 class SipFramer:
     """Framing state for one direction of one connection."""
 
-    __slots__ = ("buf", "hunting", "started", "raw")
+    __slots__ = ("buf", "hunting", "started", "raw", "budget", "skip")
 
-    def __init__(self) -> None:
+    def __init__(self, budget: SipBudget | None = None) -> None:
         self.buf = bytearray()
         # out of step (after lost bytes or a broken message): look for a start line
         self.hunting = False
         self.started = False  # a first SIP message has been framed
         self.raw = False  # the stream did not begin with SIP: pass it on as it comes
+        self.budget = budget if budget is not None else SipBudget()  # charged len(buf)
+        self.skip = 0  # bytes still to come of a message that is being dropped
 
     @property
     def idle(self) -> bool:
         """Holds nothing a fresh framer would not know: it may be dropped between messages."""
-        return not self.buf and not self.hunting and not self.raw
+        return not self.buf and not self.hunting and not self.raw and not self.skip
 
     def feed(self, data: bytes) -> list[Unit]:
         if self.raw:
             return [Unit(data, None, False)]
+        if self.skip:
+            if len(data) <= self.skip:
+                self.skip -= len(data)
+                self.budget.dropped_bytes += len(data)
+                return []
+            self.budget.dropped_bytes += self.skip
+            data = data[self.skip :]
+            self.skip = 0
         units: list[Unit] = []
         buf = self.buf
         if buf:
+            held = len(buf)
             buf += data
-            view: bytes | bytearray = buf
-        else:
-            view = data
-        pos = self._frame(view, units)
-        if view is buf:
-            del buf[:pos]
-        elif pos < len(view):
-            buf += view[pos:]
+            del buf[: self._frame(buf, units)]
+            if len(buf) != held:
+                self._charge(len(buf) - held)
+        else:  # the usual case: the message is framed straight from data, nothing is held
+            pos = self._frame(data, units)
+            if pos < len(data):
+                buf += data[pos:]
+                self._charge(len(buf))
         return units
 
     def gap(self) -> list[Unit]:
@@ -114,11 +159,37 @@ class SipFramer:
 
     def flush(self) -> list[Unit]:
         """End of stream: what is left is an incomplete message, handed over as raw bytes."""
+        self.skip = 0
         if not self.buf:
             return []
         rest = bytes(self.buf)
+        self.budget.held -= len(rest)
         self.buf.clear()
         return [Unit(rest, None, False)] if rest.strip(b"\r\n") else []
+
+    def _charge(self, grown: int) -> None:
+        """The buffer changed by ``grown`` bytes in this feed (all of it was charged before)."""
+        budget = self.budget
+        if grown > 0 and budget.held + grown > budget.limit:
+            budget.over_budget_messages += 1
+            budget.held -= len(self.buf) - grown
+            self._drop_held()
+        else:
+            budget.held += grown
+
+    def _drop_held(self) -> None:
+        """Drop the incomplete message held: skip the rest of it by its Content-Length, or,
+        when its header block is not complete, hunt for the next start line."""
+        buf = self.buf
+        header_end = buf.find(b"\r\n\r\n") if not self.hunting else -1
+        if header_end >= 0 and _START_LINE.match(buf):
+            total = header_end + 4 + _content_length(buf, 0, header_end + 2)
+            self.skip = max(total - len(buf), 0)
+            self.started = True
+        else:
+            self.hunting = True
+        self.budget.dropped_bytes += len(buf)
+        buf.clear()
 
     def _frame(self, data: bytes | bytearray, units: list[Unit]) -> int:
         pos = 0
@@ -146,7 +217,8 @@ class SipFramer:
                 return end
             header_end = data.find(b"\r\n\r\n", pos)
             if header_end < 0:
-                if end - pos > MAX_HEADER_BYTES or not _maybe_start_line(data, pos):
+                if (end - pos > min(MAX_HEADER_BYTES, self.budget.max_message_bytes)
+                        or not _maybe_start_line(data, pos)):
                     self.hunting = True
                     pos = self._skip_line(data, pos, units)
                     continue
@@ -162,6 +234,13 @@ class SipFramer:
                 continue
             total_end = header_end + 4 + body
             if total_end > end:
+                if total_end - pos > self.budget.max_message_bytes:
+                    # too big to hold until it is complete: drop it, and frame what follows
+                    self.budget.oversized_messages += 1
+                    self.budget.dropped_bytes += end - pos
+                    self.started = True
+                    self.skip = total_end - end
+                    return end
                 break
             units.append(Unit(bytes(data[pos:total_end]),
                               _call_id(data, pos, header_end + 2), True))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from captagent_tls.tls.keys import KeyLogSecrets, KeyStore
+from captagent_tls.tls.keys import KeyStore
 
 TLS13_LABELS = frozenset((
     "CLIENT_EARLY_TRAFFIC_SECRET",
@@ -23,20 +23,26 @@ TLS13_LABELS = frozenset((
     "EXPORTER_SECRET",
     "EARLY_EXPORTER_SECRET",
 ))
+# each entry stores the one string object per label, not the copy split from its line
+_LABEL_OBJECTS = {label: label for label in TLS13_LABELS}
+MALFORMED_LINE_NUMBERS_KEPT = 10  # a result names this many; the rest are only counted
 
 
 @dataclass
 class KeyLogResult:
     added: int = 0
-    malformed_lines: list[int] = field(default_factory=list)  # line numbers, 1-based
+    malformed: int = 0
+    # the first MALFORMED_LINE_NUMBERS_KEPT malformed lines' numbers, 1-based
+    malformed_lines: list[int] = field(default_factory=list)
 
     def describe_malformed(self, line_numbers: bool = True) -> str:
-        count = len(self.malformed_lines)
+        """Counts and line numbers only: never a line's text, which may hold a secret."""
+        count = self.malformed
         text = f"{count} malformed key log line(s) ignored"
         if not line_numbers:
             return text
-        shown = ", ".join(str(n) for n in self.malformed_lines[:10])
-        return f"{text} (line {shown}{' ...' if count > 10 else ''})"
+        shown = ", ".join(str(n) for n in self.malformed_lines)
+        return f"{text} (line {shown}{' ...' if count > len(self.malformed_lines) else ''})"
 
 
 def _hex(text: str, sizes: tuple[int, ...]) -> bytes | None:
@@ -60,7 +66,7 @@ def parse_line(line: str, keys: KeyStore) -> bool | None:
                   if parts[2].startswith("Master-Key:") else None)
         if session_id is None or master is None:
             return False
-        keys.master_by_session_id[session_id] = master
+        keys.add_master_for_session(session_id, master)
         return True
     if len(parts) != 3:
         return False
@@ -68,7 +74,7 @@ def parse_line(line: str, keys: KeyStore) -> bool | None:
         prefix, pre_master = _hex(parts[1], (8,)), _hex(parts[2], (48,))
         if prefix is None or pre_master is None:
             return False
-        keys.pms_by_encrypted_prefix[prefix] = pre_master
+        keys.add_pre_master_for_prefix(prefix, pre_master)
         return True
     client_random = _hex(parts[1], (32,))
     if client_random is None:
@@ -83,15 +89,13 @@ def parse_line(line: str, keys: KeyStore) -> bool | None:
         return False
     if secret is None:
         return False
-    entry = keys.by_client_random.get(client_random)
-    if entry is None:
-        entry = keys.by_client_random[client_random] = KeyLogSecrets()
+    entry = keys.client_random_entry(client_random)
     if label == "CLIENT_RANDOM":
         entry.master_secret = secret
     elif label == "PMS_CLIENT_RANDOM":
         entry.pre_master = secret
     else:
-        entry.tls13[label] = secret
+        entry.add_tls13(_LABEL_OBJECTS[label], secret)
     return True
 
 
@@ -102,7 +106,9 @@ def load_key_log(text: str, keys: KeyStore, first_line: int = 1) -> KeyLogResult
         if outcome:
             result.added += 1
         elif outcome is False:
-            result.malformed_lines.append(number)
+            result.malformed += 1
+            if len(result.malformed_lines) < MALFORMED_LINE_NUMBERS_KEPT:
+                result.malformed_lines.append(number)
     if result.added:
         keys.generation += 1
     return result

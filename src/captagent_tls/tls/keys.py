@@ -5,14 +5,26 @@ module holds loaded objects and answers lookups.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 PMS_LENGTH = 48
+# Key-log secrets held at most (one entry per client random, encrypted pre-master prefix or
+# session ID); beyond it the oldest go first.  Measured with tracemalloc (CPython 3.11, x86-64,
+# 400,000 entries loaded by load_key_log): a CLIENT_RANDOM entry takes ~320 bytes, a TLS 1.3
+# client random with its five secrets ~830, an RSA or Session-ID line ~240-260.  400,000
+# entries are therefore ~130 MB for a TLS 1.2 key log and ~330 MB for TLS 1.3: the most we
+# want to spend.  That is over six minutes of history at a thousand new TLS sessions a
+# second, and live a secret is needed only until its handshake has been seen (or, held for
+# keys, within --key-wait).  An offline run with a bigger key log loses its oldest secrets:
+# the stats summary counts them, and the bound should be an option for that case.
+MAX_KEY_ENTRIES = 400_000
 
 
 @dataclass(eq=False)
@@ -40,23 +52,47 @@ class RsaKey:
         return pms if len(pms) == PMS_LENGTH else None
 
 
-@dataclass
+# shared by entries without TLS 1.3 secrets (most of a TLS 1.2 key log), read-only
+_NO_TLS13: Mapping[str, bytes] = MappingProxyType({})
+
+
+@dataclass(slots=True)
 class KeyLogSecrets:
     """Secrets from a key log for one client random."""
 
     master_secret: bytes | None = None
     pre_master: bytes | None = None
-    tls13: dict[str, bytes] = field(default_factory=dict)
+    tls13: Mapping[str, bytes] = field(default_factory=lambda: _NO_TLS13)
+
+    def add_tls13(self, label: str, secret: bytes) -> None:
+        if isinstance(self.tls13, dict):
+            self.tls13[label] = secret
+        else:
+            self.tls13 = {label: secret}
+
+
+@dataclass
+class KeySourceStats:
+    """What one source of key-log lines (a followed file, a listener) did."""
+
+    lines_added: int = 0
+    malformed_lines: int = 0  # including lines too long to be key-log lines (dropped unread)
+    connections_evicted: int = 0  # listener connections closed to make room for a new one
+    connections_idle: int = 0  # listener connections closed after the idle timeout
 
 
 class KeyStore:
     """Everything we can decrypt with.  Lookups are by certificate, client random, encrypted
     pre-master prefix, or session ID.
+
+    Key-log secrets are bounded: at most ``max_entries`` of them across the three maps, the
+    oldest evicted first (``evictions`` counts them).  Add them with ``client_random_entry``,
+    ``add_pre_master_for_prefix`` and ``add_master_for_session``, which keep that bound.
     """
 
     CERT_CACHE = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, max_entries: int = MAX_KEY_ENTRIES) -> None:
         self.rsa_keys: list[RsaKey] = []
         self._by_modulus: dict[int, RsaKey] = {}
         self._cert_moduli: OrderedDict[bytes, int | None] = OrderedDict()
@@ -64,6 +100,56 @@ class KeyStore:
         self.pms_by_encrypted_prefix: dict[bytes, bytes] = {}
         self.master_by_session_id: dict[bytes, bytes] = {}
         self.generation = 0  # bumped whenever secrets are added, so waiting flows can retry
+        self.max_entries = max_entries
+        self.evictions = 0
+        # every entry of the three maps, oldest first: evicting from a deque is O(1), where
+        # taking the first key of a dict again and again rescans the holes it leaves
+        self._age: deque[tuple[dict[bytes, KeyLogSecrets] | dict[bytes, bytes], bytes]] = deque()
+        # the counters of every key source that fills this store, for the stats summary
+        self.source_stats: list[KeySourceStats] = []
+
+    @property
+    def entries(self) -> int:
+        return len(self._age)
+
+    def client_random_entry(self, client_random: bytes) -> KeyLogSecrets:
+        """The secrets for a client random, a new entry if there was none."""
+        entry = self.by_client_random.get(client_random)
+        if entry is None:
+            entry = self.by_client_random[client_random] = KeyLogSecrets()
+            self._added(self.by_client_random, client_random)
+        return entry
+
+    def add_pre_master_for_prefix(self, prefix: bytes, pre_master: bytes) -> None:
+        self._put(self.pms_by_encrypted_prefix, prefix, pre_master)
+
+    def add_master_for_session(self, session_id: bytes, master: bytes) -> None:
+        self._put(self.master_by_session_id, session_id, master)
+
+    def _put(self, mapping: dict[bytes, bytes], key: bytes, value: bytes) -> None:
+        known = key in mapping
+        mapping[key] = value
+        if not known:
+            self._added(mapping, key)
+
+    def _added(self, mapping: dict[bytes, KeyLogSecrets] | dict[bytes, bytes],
+               key: bytes) -> None:
+        age = self._age
+        age.append((mapping, key))
+        while len(age) > self.max_entries:
+            oldest_map, oldest_key = age.popleft()
+            del oldest_map[oldest_key]
+            self.evictions += 1
+
+    def source_totals(self) -> KeySourceStats:
+        """All key sources' counters added up."""
+        total = KeySourceStats()
+        for stats in self.source_stats:
+            total.lines_added += stats.lines_added
+            total.malformed_lines += stats.malformed_lines
+            total.connections_evicted += stats.connections_evicted
+            total.connections_idle += stats.connections_idle
+        return total
 
     def add_rsa_key(self, private_key: rsa.RSAPrivateKey, label: str) -> RsaKey:
         key = RsaKey(private_key, label)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from captagent_tls.sip.framing import SipFramer, Unit, frame_datagram
+from captagent_tls.sip.framing import SipBudget, SipFramer, Unit, frame_datagram
 from captagent_tls.websocket.deflate import (
     MAX_WINDOW_BITS,
     DeflateParamError,
@@ -100,11 +100,13 @@ class WebSocketSession:
     direction once known."""
 
     __slots__ = ("stats", "max_frame", "max_message", "mode", "client_dir", "held", "request",
-                 "decoders", "framers", "problems", "_reported")
+                 "decoders", "framers", "problems", "_reported", "sip_budget")
 
     def __init__(self, stats: WebSocketStats, direction: int, start: str, first: bytes, *,
-                 max_frame: int = MAX_FRAME, max_message: int = MAX_MESSAGE):
+                 max_frame: int = MAX_FRAME, max_message: int = MAX_MESSAGE,
+                 sip_budget: SipBudget | None = None):
         self.stats = stats
+        self.sip_budget = sip_budget  # what SIP stream framing may hold, with every other flow
         self.max_frame = max_frame
         self.max_message = max_message
         self.held = (bytearray(), bytearray())
@@ -287,7 +289,7 @@ class WebSocketSession:
     def _frame(self, direction: int, data: bytes) -> list[tuple[int, Unit]]:
         framer = self.framers[direction]
         if framer is None:
-            framer = self.framers[direction] = SipFramer()
+            framer = self.framers[direction] = SipFramer(self.sip_budget)
         return [(direction, unit) for unit in framer.feed(data)]
 
     # -- messages ---------------------------------------------------------------------------
