@@ -38,8 +38,10 @@ class ByteSource:
         return int.from_bytes(self.take(size).ljust(size, b"\0"), "big")
 
     def below(self, bound: int) -> int:
-        """An integer in ``range(bound)`` (0 when bound <= 1)."""
+        """An integer in ``range(bound)`` (0 when bound <= 1; a byte is used all the same, so
+        that an input's layout does not depend on the sizes of what it chooses from)."""
         if bound <= 1:
+            self.take(1)
             return 0
         size = (bound.bit_length() + 7) // 8
         return self.uint(size) % bound

@@ -67,7 +67,7 @@ def write_pcap(linktype: int, packets: list[RawPacket], nanos: bool = False,
     return b"".join(out)
 
 
-def _block(btype: int, body: bytes) -> bytes:
+def block(btype: int, body: bytes) -> bytes:
     body += b"\0" * (-len(body) % 4)
     length = 12 + len(body)
     return struct.pack("<II", btype, length) + body + struct.pack("<I", length)
@@ -77,11 +77,11 @@ def write_pcapng(linktype: int, packets: list[RawPacket], secrets: bytes | None 
                  secrets_at: int = 0) -> bytes:
     """Section header, one interface (nanosecond timestamps), enhanced packet blocks, and a
     Decryption Secrets Block holding ``secrets`` (a TLS key log) before packet ``secrets_at``."""
-    shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
     options = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0)  # if_tsresol = 1e-9
-    idb = _block(0x00000001, struct.pack("<HHI", linktype, 0, 262144) + options)
+    idb = block(0x00000001, struct.pack("<HHI", linktype, 0, 262144) + options)
     out = [shb, idb]
-    dsb = (_block(0x0000000A, struct.pack("<II", 0x544C534B, len(secrets)) + secrets)
+    dsb = (block(0x0000000A, struct.pack("<II", 0x544C534B, len(secrets)) + secrets)
            if secrets is not None else b"")
     for index, packet in enumerate(packets):
         if index == secrets_at and dsb:
@@ -90,7 +90,7 @@ def write_pcapng(linktype: int, packets: list[RawPacket], secrets: bytes | None 
         ts = packet.ts_ns & 0xFFFFFFFFFFFFFFFF
         body = struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(packet.data),
                            len(packet.data)) + packet.data
-        out.append(_block(0x00000006, body))
+        out.append(block(0x00000006, body))
     if dsb:
         out.append(dsb)
     return b"".join(out)

@@ -227,6 +227,9 @@ class Work:
     keylog: str | None = None
     operations: list[str] = field(default_factory=list)  # for the finding's description
 
+    def rsa_keys_loaded(self) -> list[rsa.RSAPrivateKey]:
+        return [load_key(path) for path in self.key_paths]
+
     def stream(self, conn: int, direction: int) -> tuple[bytearray, list[int]]:
         key = (conn, direction)
         if key not in self.streams:

@@ -66,7 +66,7 @@ class CollectingSink:
 _scratch: Path | None = None
 
 
-def _scratch_dir() -> Path:
+def scratch_dir() -> Path:
     global _scratch
     if _scratch is None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -119,7 +119,7 @@ def run(path: str, mutated: mutate.Mutated) -> list[Message]:
 
 def prepare(data: bytes) -> tuple[mutate.Mutated, Path]:
     mutated = mutate.mutate(data)
-    path = _scratch_dir() / f"input{mutated.suffix}"
+    path = scratch_dir() / f"input{mutated.suffix}"
     path.write_bytes(mutated.data)
     return mutated, path
 

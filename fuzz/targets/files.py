@@ -1,0 +1,110 @@
+"""capture/files.py: the pcap / pcapng reader, plain (memory-mapped) and gzip (streamed).
+
+Input: one option byte, then the file's content.  The content is read as a file; when the
+option byte says so it is also gzip-compressed and read through the streaming window, whose
+read size is made tiny (1 to 97 bytes) so that every refill and slide of the window runs.
+
+Oracle: only ``CaptureError`` may escape (the command line prints it as one line); every
+frame's bytes are bytes of the file; the Decryption Secrets Blocks' contents are bytes of the
+file; and the compressed reading gives exactly the frames, secrets, truncation flag and
+error/no-error outcome of the plain one.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+from captagent_tls.capture import CaptureError
+from captagent_tls.capture import files as capture_files
+from captagent_tls.capture.files import CaptureReader
+from fuzz import capmodel, mutate
+from fuzz.capmodel import block
+from fuzz.oracle import OracleFailure
+from fuzz.targets.pipeline import scratch_dir
+
+MAX_LEN = 4096
+CHUNK_SIZES = (1, 2, 3, 5, 8, 13, 64, 97)
+
+Outcome = tuple[list[tuple[int, int, bytes]], list[bytes], bool, bool]
+
+
+def read(path: Path, content: bytes) -> Outcome:
+    """(frames, secrets, truncated, failed with CaptureError)."""
+    frames: list[tuple[int, int, bytes]] = []
+    secrets: list[bytes] = []
+    failed = False
+    reader = None
+    try:
+        reader = CaptureReader(str(path), on_secrets=secrets.append)
+        with reader:
+            _ = reader.is_pcapng
+            for frame in reader:
+                data = bytes(frame.data)
+                if not isinstance(frame.ts_ns, int) or not isinstance(frame.linktype, int):
+                    raise OracleFailure("frame-fields", f"{frame.ts_ns!r} {frame.linktype!r}")
+                if data and data not in content:
+                    raise OracleFailure("frame-bytes", "a frame's bytes are not in the file")
+                frames.append((frame.ts_ns, frame.linktype, data))
+    except CaptureError:
+        failed = True
+    for secret in secrets:
+        if secret and secret not in content:
+            raise OracleFailure("secret-bytes", "a secrets block's bytes are not in the file")
+    return frames, secrets, bool(reader is not None and reader.truncated), failed
+
+
+def one_input(data: bytes) -> None:
+    if not data:
+        return
+    option, content = data[0], data[1:]
+    plain = scratch_dir() / "files-input.pcap"
+    plain.write_bytes(content)
+    expected = read(plain, content)
+    if not option & 1:
+        return
+    packed = scratch_dir() / "files-input.pcap.gz"
+    packed.write_bytes(gzip.compress(content, compresslevel=1, mtime=0))
+    saved = capture_files.CHUNK
+    capture_files.CHUNK = CHUNK_SIZES[(option >> 1) % len(CHUNK_SIZES)]
+    try:
+        streamed = read(packed, content)
+    finally:
+        capture_files.CHUNK = saved
+    if not content:
+        return  # an empty file is refused as such; its gzip form as "too short"
+    if streamed != expected:
+        what = [name for name, a, b in zip(("frames", "secrets", "truncated", "error"),
+                                           expected, streamed, strict=True) if a != b]
+        raise OracleFailure("gzip-differs",
+                            f"the gzip-compressed file reads differently: {', '.join(what)}")
+
+
+def _pcapng_blocks() -> bytes:
+    """A section with two interfaces (one with if_tsresol and if_tsoffset), simple and
+    obsolete packet blocks, a secrets block, and a block of an unknown type."""
+    shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    opts = (struct.pack("<HHB3x", 9, 1, 0x86) + struct.pack("<HHq", 14, 8, 1_600_000_000)
+            + struct.pack("<HH", 0, 0))
+    idb0 = block(1, struct.pack("<HHI", 1, 0, 65535) + opts)
+    idb1 = block(1, struct.pack("<HHI", 101, 0, 65535))
+    frame = bytes.fromhex("45000028000100004006" "0000" "7f0000017f000001") + bytes(20)
+    epb = block(6, struct.pack("<IIIII", 1, 1, 2, len(frame), len(frame)) + frame)
+    spb = block(3, struct.pack("<I", len(frame)) + frame)
+    opb = block(2, struct.pack("<HHIIII", 1, 0, 1, 2, len(frame), len(frame)) + frame)
+    dsb = block(10, struct.pack("<II", 0x544C534B, 12) + b"CLIENT_RANDOM")
+    unknown = block(0x0BAD, b"abcd")
+    return shb + idb0 + idb1 + epb + spb + opb + dsb + unknown
+
+
+def seeds() -> list[bytes]:
+    out = []
+    for seed in mutate.seeds()[:12]:
+        packets = seed.packets[:5]
+        pcap = capmodel.write_pcap(seed.linktype, packets)
+        out += [b"\x00" + pcap, b"\x03" + capmodel.write_pcap(seed.linktype, packets, True, True)]
+        secrets = (seed.keylog or "CLIENT_RANDOM 00 00\n").encode()[:300]
+        out.append(b"\x05" + capmodel.write_pcapng(seed.linktype, packets[:3], secrets, 1))
+    out.append(b"\x07" + _pcapng_blocks())
+    return [s for s in out if len(s) <= MAX_LEN]
