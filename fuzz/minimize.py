@@ -98,15 +98,44 @@ def minimize_finding(target: str, folder: Path) -> int:
     (folder / "input.min.bin").write_bytes(small)
     print(f"{folder}: {len(data)} -> {len(small)} bytes (input.min.bin)")
     if target == "pipeline":
+        from fuzz import mutate
         from fuzz.targets.pipeline import minimize_capture
 
-        name, capture, command = minimize_capture(small)
-        (folder / name).write_bytes(capture)
-        (folder / "command.min.txt").write_text(command)
-        print(f"{folder}: capture reduced to {len(capture)} bytes ({name})")
+        reduced = minimize_capture(mutate.mutate(small))
+        (folder / f"capture.min{reduced.suffix}").write_bytes(reduced.data)
+        print(f"{folder}: capture reduced to {len(reduced.data)} bytes "
+              f"(capture.min{reduced.suffix})")
     meta = folder / "finding.json"
     if meta.exists():
         info = json.loads(meta.read_text())
         info["minimized_size"] = len(small)
         meta.write_text(json.dumps(info, indent=1) + "\n")
+    return 0
+
+
+def minimize_capture_folder(folder: Path) -> int:
+    """Reduce a pipeline finding's saved capture (``capture.*``, ``command.txt`` and
+    ``keylog.txt``), independently of the program that made it: for findings of an older
+    version of the mutation code, whose inputs no longer decode the same."""
+    import shlex
+
+    from fuzz import mutate
+    from fuzz.paths import REPO
+    from fuzz.targets.pipeline import minimize_capture
+
+    lines = (folder / "command.txt").read_text().splitlines()
+    fixture = lines[0].split()[2].rstrip(";")
+    args = shlex.split(lines[1])
+    capture = folder / args[args.index("-r") + 1]
+    keys = [REPO / args[i + 1] for i, a in enumerate(args) if a == "-k"]
+    keylog = ((folder / "keylog.txt").read_text(errors="replace")
+              if "--keylog" in args else None)
+    seed = next(s for s in mutate.seeds() if s.name == fixture)
+    suffix = "".join(capture.suffixes)
+    found = mutate.Mutated(seed, capture.read_bytes(), suffix, keys, keylog,
+                           ["(a saved capture)"])
+    reduced = minimize_capture(found)
+    out = folder / f"capture.min{reduced.suffix}"
+    out.write_bytes(reduced.data)
+    print(f"{folder}: {len(found.data)} -> {len(reduced.data)} bytes ({out.name})")
     return 0

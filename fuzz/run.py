@@ -5,6 +5,7 @@
     python -m fuzz.run all --budget SECONDS    (the budget split between the targets)
     python -m fuzz.run replay TARGET FILE...   (run saved inputs once; failures raise)
     python -m fuzz.run minimize TARGET FINDING_FOLDER
+    python -m fuzz.run minimize-capture FINDING_FOLDER...   (pipeline: shrink the capture)
 
 Options: ``--seed`` (libFuzzer's random seed; fixed by default so a run is repeatable),
 ``--work DIR`` (default ``.fuzz``) holds ``findings/``, ``corpus/`` (the inputs libFuzzer
@@ -210,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         from fuzz.minimize import minimize_finding
 
         return minimize_finding(args.rest[0], Path(args.rest[1]))
+    if args.target == "minimize-capture":
+        from fuzz.minimize import minimize_capture_folder
+
+        return max(minimize_capture_folder(Path(folder)) for folder in args.rest)
 
     corpus_root = args.corpus or args.work / "corpus"
     if args.fresh:

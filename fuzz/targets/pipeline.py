@@ -14,6 +14,7 @@ changes nothing, messages that differ from those sent.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import shlex
@@ -126,6 +127,11 @@ def prepare(data: bytes) -> tuple[mutate.Mutated, Path]:
 
 def one_input(data: bytes) -> None:
     mutated, path = prepare(data)
+    check(mutated, path)
+
+
+def check(mutated: mutate.Mutated, path: Path) -> None:
+    """Run the capture at ``path`` and apply the oracle; raises on a failure."""
     messages = run(str(path), mutated)
     check_messages(messages, mutated.seed.sent, lambda: wire_pieces(str(path)))
     if not mutated.operations:
@@ -165,3 +171,41 @@ def seeds() -> list[bytes]:
 
 def warm_up() -> None:
     mutate.seeds()
+
+
+def capture_signature(mutated: mutate.Mutated) -> str | None:
+    """The finding signature of a capture (with its keys), or None when it passes."""
+    from fuzz import findings
+
+    path = scratch_dir() / f"minimize{mutated.suffix}"
+    path.write_bytes(mutated.data)
+    try:
+        check(mutated, path)
+    except Exception as exc:
+        return findings.from_exception("pipeline", exc, b"", mutated.seed.name).signature
+    return None
+
+
+def minimize_capture(mutated: mutate.Mutated) -> mutate.Mutated:
+    """Drop the packets of a failing classic pcap capture that it does not need to fail the
+    same way (delta debugging over packets); other formats are returned as they are."""
+    from fuzz import capmodel
+    from fuzz.minimize import minimize_list
+
+    wanted = capture_signature(mutated)
+    if wanted is None or mutated.suffix != ".pcap":
+        return mutated
+    linktype, packets = capmodel.read_pcap(mutated.data)
+    nanos = mutated.data[:4] in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    big = mutated.data[:4] in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d")
+
+    def with_packets(chosen: list[capmodel.RawPacket]) -> mutate.Mutated:
+        content = capmodel.write_pcap(linktype, chosen, nanos=nanos, big_endian=big)
+        return dataclasses.replace(mutated, data=content)
+
+    def fails(chosen: list[bytes]) -> bool:
+        raw = [packets[int.from_bytes(c, "big")] for c in chosen]
+        return capture_signature(with_packets(raw)) == wanted
+
+    kept = minimize_list([i.to_bytes(4, "big") for i in range(len(packets))], fails)
+    return with_packets([packets[int.from_bytes(c, "big")] for c in kept])
