@@ -3,6 +3,7 @@
     python -m fuzz.run list
     python -m fuzz.run TARGET --seconds N      (or --runs N)
     python -m fuzz.run all --budget SECONDS    (the budget split between the targets)
+    python -m fuzz.run tcp,sip --budget SECONDS (the same, for the targets named)
     python -m fuzz.run replay TARGET FILE...   (run saved inputs once; failures raise)
     python -m fuzz.run minimize TARGET FINDING_FOLDER
     python -m fuzz.run minimize-capture FINDING_FOLDER...   (pipeline: shrink the capture)
@@ -93,6 +94,12 @@ def fuzz_target(name: str, *, seconds: float | None, runs: int | None, seed: int
                 if left < 1:
                     break
                 options.append(f"-max_total_time={max(1, int(left))}")
+            dictionary = getattr(module, "DICTIONARY", None)
+            if dictionary:
+                dict_path = work / "seeds" / f"{name}.dict"
+                dict_path.write_text("".join(
+                    '"' + "".join(f"\\x{b:02x}" for b in token) + '"\n' for token in dictionary))
+                options.append(f"-dict={dict_path}")
             (findings_root / name).mkdir(parents=True, exist_ok=True)
             command = [sys.executable, "-m", "fuzz.harness", name, "--findings",
                        str(findings_root), "--hits", str(hits), "--", *options, str(corpus),
@@ -181,7 +188,8 @@ def replay(name: str, files: list[Path]) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz.run", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", help="a target, 'all', 'list', 'replay' or 'minimize'")
+    parser.add_argument("target", help="a target, a comma-separated list, 'all', 'list', "
+                                       "'replay', 'minimize' or 'minimize-capture'")
     parser.add_argument("rest", nargs="*", help="for replay / minimize: TARGET and files")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--runs", type=int)
@@ -221,12 +229,14 @@ def main(argv: list[str] | None = None) -> int:
         corpus_root = Path(tempfile.mkdtemp(prefix="captagent-fuzz-corpus-"))
     common = dict(seed=args.seed, findings_root=args.findings or args.work / "findings",
                   corpus_root=corpus_root, work=args.work, timeout=args.timeout)
-    if args.target == "all":
+    if args.target == "all" or "," in args.target:
         if args.budget is None:
-            parser.error("all needs --budget SECONDS")
+            parser.error("all (or a list of targets) needs --budget SECONDS")
         results = []
         started = time.monotonic()
-        names = list(TARGETS)
+        names = list(TARGETS) if args.target == "all" else args.target.split(",")
+        for name in names:
+            _target(name)
         for index, name in enumerate(names):
             left = args.budget - (time.monotonic() - started)
             weights = sum(TARGETS[n] for n in names[index:])

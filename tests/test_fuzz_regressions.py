@@ -70,6 +70,8 @@ def _arguments(name: str, arguments: list[str]) -> list[str]:
     for arg in arguments:
         if arg == "FILE":
             out.append(str(REGRESSIONS / name))
+        elif arg.startswith("tests/"):
+            out.append(str(REPO / arg))  # a fixture's key or key log
         elif arg.startswith(("support/", "fuzz/")) or arg.rstrip("/") in {r[0].rstrip("/")
                                                                           for r in ROWS}:
             out.append(str(REGRESSIONS / arg))

@@ -3,8 +3,9 @@
 Each module holds ``one_input(data: bytes) -> None`` (raises on a failure: an exception the
 product let escape, or an oracle rule broken), ``seeds() -> list[bytes]`` (a starting
 corpus) and ``MAX_LEN`` (the longest input libFuzzer should make); optionally
-``SLOW_SECONDS`` (one input taking longer is a finding), ``warm_up()``, ``context(data)``
-and ``artifacts(data)`` (files saved with a finding).  None of them needs atheris: a saved
+``SLOW_SECONDS`` (one input taking longer is a finding), ``DICTIONARY`` (tokens for
+libFuzzer's ``-dict``), ``warm_up()``, ``context(data)`` and ``artifacts(data)`` (files
+saved with a finding).  None of them needs atheris: a saved
 input replays with ``one_input`` alone (tests/test_fuzz_regressions.py).
 """
 

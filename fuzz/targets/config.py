@@ -20,6 +20,10 @@ from fuzz.paths import REPO
 from fuzz.targets.pipeline import scratch_dir
 
 MAX_LEN = 8192
+DICTIONARY = [b"[tuning]", b"[hep]", b"[keys]", b" = ", b"[[", b"]]", b'"""', b"'''", b"{ a = 1 }",
+              b'<xi:include href="inc.xml"/>', b"<!DOCTYPE", b"<!ENTITY", b"&#",
+              b'<param name="', b'value="', b'<profile name="', b'enable="true"',
+              b'<module name="', b'<load module="', b'<configuration name="']
 
 
 def one_input(data: bytes) -> None:

@@ -26,6 +26,12 @@ from fuzz.targets.pipeline import scratch_dir
 
 MAX_LEN = 4096
 CHUNK_SIZES = (1, 2, 3, 5, 8, 13, 64, 97)
+#: tokens for libFuzzer (-dict): magics, block types and lengths, option codes
+DICTIONARY = [b"\x0a\x0d\x0d\x0a", b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d", b"\xd4\xc3\xb2\xa1",
+              b"\x4d\x3c\xb2\xa1", b"\x1f\x8b", b"\x06\x00\x00\x00", b"\x02\x00\x00\x00",
+              b"\x03\x00\x00\x00", b"\x0a\x00\x00\x00", b"\x01\x00\x00\x00", b"\x0c\x00\x00\x00",
+              b"\x10\x00\x00\x00", b"KSLT", b"\x09\x00\x01\x00", b"\x0e\x00\x08\x00",
+              b"\xff\xff\xff\xff"]
 
 Outcome = tuple[list[tuple[int, int, bytes]], list[bytes], bool, bool]
 

@@ -21,6 +21,9 @@ PARSERS = ("client_hello", "server_hello", "server_hello_draft", "sslv2_client_h
            "certificate", "certificate13", "ticket", "ticket13", "extensions", "pre_master",
            "pre_master_ssl3")
 _keys = KeyStore()
+DICTIONARY = [b"\x00\x2b", b"\x00\x17", b"\x00\x16", b"\x00\x23", b"\x00\x29", b"\x00\x2a",
+              b"\x03\x03", b"\x03\x04", b"\x7f\x17", b"\x30\x82", b"\xa0\x03\x02\x01\x02",
+              b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01"]
 
 
 def _check_hello(hello: hsk.ClientHello | hsk.ServerHello, body: bytes) -> None:

@@ -19,6 +19,8 @@ from fuzz import mutate
 from fuzz.oracle import OracleFailure
 
 MAX_LEN = 8192
+DICTIONARY = [b"SIP/2.0", b"SIP/2.0 200 ", b"INVITE ", b"\r\n\r\n", b"\r\n", b"Content-Length:",
+              b"\nl:", b"Call-ID:", b"\ni:", b" 99999999"]
 # RFC 3261 §7.1 / §7.2 start lines, written here independently of the product's pattern
 START_LINE = re.compile(
     rb"(SIP/2\.0 \d{3}[ \r]|[A-Za-z][A-Za-z0-9!%*_+`'~.-]* [^ \r\n]+ SIP/2\.0\r\n)")
@@ -76,5 +78,5 @@ def seeds() -> list[bytes]:
             gap = bytes([separator, separator]).join([stream[:300], stream[450:900]])
             out.append((bytes([2, separator]) + gap)[:MAX_LEN])
         message = seed.truth.messages[0].payload
-        out.append(bytes([1, 0]) + message)
+        out.append((bytes([1, 0]) + message)[:MAX_LEN])
     return out
