@@ -66,7 +66,7 @@ def test_each_operation_changes_the_capture():
     for op in range(len(mutate.ALL_OPS)):
         for variant in range(8):
             operands = bytes((variant * 37 + k * 11 + 3) & 0xFF for k in range(16))
-            result = mutate.mutate(bytes([index, op, len(operands)]) + operands)
+            result = mutate.mutate(bytes([index, 0, op, len(operands)]) + operands)
             if result.data != original or result.key_paths != mutate.seeds()[index].key_paths \
                     or result.keylog != mutate.seeds()[index].keylog:
                 changed += 1
