@@ -92,7 +92,6 @@ def main() -> None:
 
     import atheris
 
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 1000))
     with atheris.instrument_imports(include=["captagent_tls"]):
         module = importlib.import_module(f"fuzz.targets.{args.target}")
     warm_up = getattr(module, "warm_up", None)

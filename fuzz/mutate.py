@@ -1,8 +1,9 @@
 """Structure-aware mutation of the fixture captures: a fuzz input is a small program.
 
-The first byte picks a fixture capture; what follows is a list of operations, each an opcode
-and its operands, read with :class:`~fuzz.bytesource.ByteSource`.  Operations act at three
-levels, applied in this order whatever their order in the input:
+The first byte picks a fixture capture, the second whether to keep all its connections or
+only the first few (fewer packets, more inputs per second); what follows is a list of
+operations, each an opcode and its operands, read with :class:`~fuzz.bytesource.ByteSource`.
+Operations act at three levels, applied in this order whatever their order in the input:
 
 1. **TLS stream** of one direction of one connection (the TCP payload bytes in sequence
    order): flip bits in record headers, handshake fields (versions, randoms, session IDs,
