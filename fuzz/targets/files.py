@@ -1,8 +1,11 @@
 """capture/files.py: the pcap / pcapng reader, plain (memory-mapped) and gzip (streamed).
 
-Input: one option byte, then the file's content.  The content is read as a file; when the
-option byte says so it is also gzip-compressed and read through the streaming window, whose
-read size is made tiny (1 to 97 bytes) so that every refill and slide of the window runs.
+Input: one option byte, then the file's content, or (option bit 7) a pcapng block program
+(:func:`build_pcapng`: block types, bodies, and length fields that lie), so that a block cut
+at the end of the file or a length that disagrees with the body costs a byte or two.  The
+content is read as a file; when the option byte says so it is also gzip-compressed and read
+through the streaming window, whose read size is made tiny (1 to 97 bytes) so that every
+refill and slide of the window runs.
 
 Oracle: only ``CaptureError`` may escape (the command line prints it as one line); every
 frame's bytes are bytes of the file; the Decryption Secrets Blocks' contents are bytes of the
@@ -20,6 +23,7 @@ from captagent_tls.capture import CaptureError
 from captagent_tls.capture import files as capture_files
 from captagent_tls.capture.files import CaptureReader
 from fuzz import capmodel, mutate
+from fuzz.bytesource import ByteSource
 from fuzz.capmodel import block
 from fuzz.oracle import OracleFailure
 from fuzz.targets.pipeline import scratch_dir
@@ -61,10 +65,40 @@ def read(path: Path, content: bytes) -> Outcome:
     return frames, secrets, bool(reader is not None and reader.truncated), failed
 
 
+BLOCK_TYPES = (0x0A0D0D0A, 0x00000001, 0x00000006, 0x00000003, 0x00000002, 0x0000000A,
+               0x00000BAD)
+
+
+def build_pcapng(src: ByteSource) -> bytes:
+    """A pcapng file from a block program: per block a type, a body, and how its length
+    fields lie (right, short, long, or only the 12 bytes of an empty block)."""
+    out = bytearray()
+    while src.remaining:
+        btype = BLOCK_TYPES[src.below(len(BLOCK_TYPES))]
+        body = src.sized_bytes(96)
+        if btype == 0x0A0D0D0A and src.flag():
+            body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) + body
+        body += b"\0" * (-len(body) % 4)
+        length = 12 + len(body)
+        lie = src.below(5)
+        if lie == 1:
+            length -= 4 * (1 + src.below(4))
+        elif lie == 2:
+            length += 4 * (1 + src.below(4))
+        elif lie == 3:
+            body, length = b"", 12
+        out += struct.pack("<II", btype, length & 0xFFFFFFFF) + body
+        if lie != 4:  # (4: the file ends before the trailing length)
+            out += struct.pack("<I", length & 0xFFFFFFFF)
+    return bytes(out)
+
+
 def one_input(data: bytes) -> None:
     if not data:
         return
     option, content = data[0], data[1:]
+    if option & 0x80:  # a block program rather than the file itself
+        content = build_pcapng(ByteSource(content))
     plain = scratch_dir() / "files-input.pcap"
     plain.write_bytes(content)
     expected = read(plain, content)
@@ -113,4 +147,8 @@ def seeds() -> list[bytes]:
         secrets = (seed.keylog or "CLIENT_RANDOM 00 00\n").encode()[:300]
         out.append(b"\x05" + capmodel.write_pcapng(seed.linktype, packets[:3], secrets, 1))
     out.append(b"\x07" + _pcapng_blocks())
+    # block programs: a section, an interface, a packet, secrets, a block of unknown type
+    out.append(b"\x81" + bytes([0, 0, 1, 0, 1, 8]) + bytes(8) + b"\x00"
+               + bytes([2, 24]) + bytes(24) + b"\x00" + bytes([5, 8]) + b"KSLT\x00\x00\x00\x00"
+               + b"\x00" + bytes([6, 4]) + b"abcd" + b"\x00")
     return [s for s in out if len(s) <= MAX_LEN]
