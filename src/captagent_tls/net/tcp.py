@@ -376,10 +376,10 @@ class TcpReassembler:
     def _close(self, flow: Flow, reason: str, ts_ns: int, events: list[Event]) -> None:
         if flow.closed:
             return
+        flow.closed = True  # first: delivering what is held may find both halves finished
         for half in flow.halves:
             while half.pending:
                 self._skip_hole(half, ts_ns, events)
-        flow.closed = True
         (a, b) = flow.endpoints
         key = (a[0], a[1], b[0], b[1])
         if self._halves.get(key) is flow.halves[0]:

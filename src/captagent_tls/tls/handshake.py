@@ -153,6 +153,8 @@ def parse_sslv2_client_hello(record: bytes) -> ClientHello:
         raise ParseError("not an SSLv2 CLIENT-HELLO")
     version = r.uint(2)
     specs_len, session_len, challenge_len = r.uint(2), r.uint(2), r.uint(2)
+    if specs_len % 3:
+        raise ParseError("SSLv2 cipher specs are 3 bytes each")  # RFC 5246 E.2
     specs = r.take(specs_len)
     session_id = r.take(session_len)
     challenge = r.take(challenge_len)
