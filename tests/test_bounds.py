@@ -19,6 +19,7 @@ from captagent_tls.net.packet import TCP_ACK
 from captagent_tls.net.tcp import Flow
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.report import ProblemReporter, format_stats
+from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 from captagent_tls.tls.events import TlsProblem
 from captagent_tls.tls.keylog import load_key_log
@@ -30,7 +31,7 @@ LINKTYPE_RAW = 101
 PSH = 0x08
 
 
-class Collect:
+class Collect(Sink):
     def __init__(self) -> None:
         self.messages: list[Message] = []
 
@@ -97,7 +98,7 @@ def test_eight_flows_with_fifteen_mib_bodies_hold_nothing_of_them():
     assert budget.dropped_bytes > 8 * (15 << 20)
     assert [m.payload for m in sink.messages] == [INVITE] * 8  # nothing of the big ones
     assert peak < 4 << 20, peak  # a frame or two in flight, not the bodies
-    text = format_stats(pipeline, [sink])
+    text = format_stats(pipeline.counters(), [sink])
     assert "SIP messages dropped: 8 over 1024 KiB, 0 while incomplete messages held 64 MiB" in text
 
 
@@ -236,7 +237,7 @@ def test_metrics_show_each_bound():
     for frame in huge_body_flood(1, 2 << 20):
         pipeline.frame(frame)
     samples = {}
-    for family in AgentCollector(pipeline, lambda: None, list).collect():
+    for family in AgentCollector(pipeline.counters).collect():
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     assert samples[("captagent_tls_sip_messages_dropped_total", (("bound", "message_size"),))] == 1

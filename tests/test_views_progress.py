@@ -20,6 +20,7 @@ from support.terminal import run_on_terminal
 
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.capture.live import KernelStats
+from captagent_tls.counters import Counters
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.views.progress import FileProgress, LiveStatus, TerminalLine
@@ -136,14 +137,13 @@ def test_a_pcapng_file_position_is_close(tmp_path):
 def test_live_status_text():
     pipeline = Pipeline(KeyStore(), [])
 
-    class Queue:
-        scheme = "tcp"
+    def snapshot() -> Counters:
+        counters = pipeline.counters()
+        KernelStats(10, 3, 4).add_counters(counters)
+        counters.set("hep_queued", 1234, "tcp://127.0.0.1:9061")
+        return counters
 
-        class stats:  # noqa: N801 - stands in for a CollectorStats
-            queued = 1234
-
-    status = LiveStatus(TerminalLine(Terminal()), pipeline, lambda: KernelStats(10, 3, 4),
-                        [Queue()])  # type: ignore[list-item]
+    status = LiveStatus(TerminalLine(Terminal()), snapshot)
     status._last = (100.0, 0, 0)
     pipeline.stats.frames, pipeline.stats.sip_messages = 5000, 2000
     text = status.text(102.0)

@@ -22,6 +22,7 @@ from captagent_tls.capture.bpf import FrameFilter
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.capture.live import KernelStats
 from captagent_tls.config import ConfigError, load_captagent, load_native, resolve
+from captagent_tls.counters import Counters
 from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
 from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
 from captagent_tls.pipeline import Pipeline, PipelineOptions, SinkError
@@ -399,7 +400,7 @@ def run_offline(args: argparse.Namespace) -> int:
         print(f"captagent-tls: warning: {args.read} is truncated; everything before the cut "
               "was processed", file=sys.stderr)
     if not args.quiet:
-        print(format_stats(pipeline, sinks), file=sys.stderr)
+        print(format_stats(snapshot(pipeline, sinks), sinks), file=sys.stderr)
         for line in views.summary_lines():
             print(f"captagent-tls: {line}", file=sys.stderr)
     dropped = pipeline.stats.internal_errors
@@ -435,7 +436,7 @@ def run_live(args: argparse.Namespace) -> int:
         drop_privileges(args.user)
 
     def report() -> None:
-        log.warning("%s", format_stats(pipeline, sinks, agent.kernel))
+        log.warning("%s", format_stats(snapshot(pipeline, sinks, agent.kernel), sinks))
 
     agent = Agent(capture, pipeline, key_files, listeners,
                   reload_keys=lambda: load_rsa_key_files(args, keys, live=True),
@@ -443,7 +444,7 @@ def run_live(args: argparse.Namespace) -> int:
     if args.metrics:
         start_metrics(args.metrics, pipeline, sinks, lambda: agent.kernel)
     log.info("capturing on %s", args.interface)
-    views.start_status(pipeline, lambda: agent.kernel, sinks)
+    views.start_status(lambda: snapshot(pipeline, sinks, agent.kernel))
     try:
         agent.run()
     finally:
@@ -452,19 +453,29 @@ def run_live(args: argparse.Namespace) -> int:
         views.close()
         reporter.flush()
     if not args.quiet:
-        print(format_stats(pipeline, sinks, agent.kernel), file=sys.stderr)
+        print(format_stats(snapshot(pipeline, sinks, agent.kernel), sinks), file=sys.stderr)
         for line in views.summary_lines():
             print(f"captagent-tls: {line}", file=sys.stderr)
     return 0
+
+
+def snapshot(pipeline: Pipeline, sinks: Sequence[Sink], kernel: KernelStats | None = None
+             ) -> Counters:
+    """Every counter of the run, once: for the summary, /metrics and the status line."""
+    counters = pipeline.counters()
+    for sink in sinks:
+        sink.add_counters(counters)
+    if kernel is not None:
+        kernel.add_counters(counters)
+    return counters
 
 
 def start_metrics(address: str, pipeline: Pipeline, sinks: list[Sink],
                   kernel: Callable[[], KernelStats | None]) -> None:
     from captagent_tls.metrics import AgentCollector, serve_metrics
 
-    collectors = [c for sink in sinks if isinstance(sink, HepSink) for c in sink.collectors]
     try:
-        serve_metrics(address, AgentCollector(pipeline, kernel, lambda: collectors))
+        serve_metrics(address, AgentCollector(lambda: snapshot(pipeline, sinks, kernel())))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot serve metrics on {address}: "
                         f"{getattr(exc, 'strerror', None) or exc}") from None

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TextIO
 
-from captagent_tls.capture.live import KernelStats
-from captagent_tls.pipeline import Pipeline
+from captagent_tls.counters import Counters
 from captagent_tls.sinks import Sink
-from captagent_tls.sinks.hep import HepSink
 from captagent_tls.tls.events import TlsProblem
 
 SEEN_PROBLEMS = 10_000  # (kind, server) pairs remembered; the least recently seen go first
@@ -67,61 +66,82 @@ class ProblemReporter:
               f"servers; the latest: {latest}", file=self.out)
 
 
-def format_stats(pipeline: Pipeline, sinks: list[Sink], kernel: KernelStats | None = None) -> str:
-    tcp = pipeline.tcp.stats
-    tls = pipeline.tls.stats
-    stats = pipeline.stats
-    sip = pipeline.sip_budget
-    keys = pipeline.tls.keys
-    sources = keys.source_totals()
-    skipped = sum(stats.skipped.values())
-    fragments = pipeline.defrag.stats
-    undecryptable = ", ".join(f"{reason.replace('_', ' ')} {count}"
-                              for reason, count in sorted(tls.undecryptable.items())) or "0"
+def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:
+    """The end-of-run (and periodic) summary: the counters for people, then what each output
+    has to say about itself."""
+    c = counters
+    skipped = c.labelled("packets_skipped")
+    fragments = c.labelled("ip_fragments")
+    sessions = c.labelled("tls_sessions")
+    undecryptable = ", ".join(
+        f"{labels[0].replace('_', ' ')} {int(count)}" for labels, count in sorted(sessions.items())
+        if labels[0] not in ("full", "resumed", "incomplete")) or "0"
+    records = {labels[0]: int(v) for labels, v in c.labelled("tls_records").items()}
+    events = {labels[0]: int(v) for labels, v in c.labelled("tls_events").items()}
+    websocket = {labels[0]: int(v) for labels, v in c.labelled("websocket").items()}
+    kernel = ([f"kernel: {c['kernel_received_packets']} packets received, "
+               f"{c['kernel_dropped_packets']} dropped, {c['interface_dropped_packets']} "
+               "dropped by the interface"] if "kernel_received_packets" in c.values else [])
     lines = [
         "--- captagent-tls stats ---",
-        *([f"kernel: {kernel.received} packets received, {kernel.dropped} dropped, "
-           f"{kernel.interface_dropped} dropped by the interface"] if kernel else []),
-        f"packets: {stats.frames} read, {tcp.segments} TCP, {skipped} skipped"
-        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(stats.skipped.items()))})"
+        *kernel,
+        f"packets: {c['packets']} read, {c['tcp_segments']} TCP, "
+        f"{int(c.total('packets_skipped'))} skipped"
+        + (f" ({', '.join(f'{k[0]} {int(v)}' for k, v in sorted(skipped.items()))})"
            if skipped else "")
-        + (f"; IP fragments {fragments.fragments} ({fragments.reassembled} datagrams "
-           f"reassembled, {fragments.expired} expired, {fragments.overflows} over the cap)"
-           if fragments.fragments else ""),
-        f"flows: {tcp.flows} TCP, {tls.connections} TLS, {tls.non_tls_flows} not TLS; out of "
-        f"order {tcp.out_of_order}, duplicates {tcp.duplicates}, gaps {tcp.gaps} "
-        f"({tcp.gap_bytes} bytes), buffer overflows {tcp.buffer_overflows}; evicted: "
-        f"{tcp.evictions} flows, {tcp.timeouts} idle, {pipeline.tls.sessions.evictions} cached "
-        "sessions",
-        f"TLS sessions: {tls.sessions_full} full, {tls.sessions_resumed} resumed, "
-        f"{tls.sessions_incomplete} ended before any protected record, "
+        + (f"; IP fragments {int(fragments.get(('fragments',), 0))} "
+           f"({int(fragments.get(('reassembled',), 0))} datagrams reassembled, "
+           f"{int(fragments.get(('expired',), 0))} expired, "
+           f"{int(fragments.get(('overflows',), 0))} over the cap)"
+           if fragments.get(("fragments",)) else ""),
+        f"flows: {c['flows']} TCP, {c['tls_connections']} TLS, {c['non_tls_flows']} not TLS; "
+        f"out of order {c['tcp_out_of_order']}, duplicates {c['tcp_duplicates']}, gaps "
+        f"{c['tcp_gaps']} ({c['tcp_gap_bytes']} bytes), buffer overflows "
+        f"{c['tcp_buffer_overflows']}; evicted: {c['flow_evictions']} flows, "
+        f"{c['flow_timeouts']} idle, {c['session_cache_evictions']} cached sessions",
+        f"TLS sessions: {int(sessions.get(('full',), 0))} full, "
+        f"{int(sessions.get(('resumed',), 0))} resumed, "
+        f"{int(sessions.get(('incomplete',), 0))} ended before any protected record, "
         f"undecryptable: {undecryptable}",
-        f"TLS records: {tls.records_decrypted} decrypted, {tls.records_failed} failed "
-        f"authentication (dropped), {tls.records_unproven} with an unproven CBC IV "
-        f"(dropped), {tls.records_undecrypted} without keys, {tls.records_expired} dropped "
-        f"waiting for keys, {tls.records_over_hold_cap} over the hold cap; Finished verified "
-        f"{tls.finished_verified}, failed {tls.finished_failed}",
-        f"TLS events: {tls.alerts} alerts, {tls.key_updates} key updates, early data "
-        f"{tls.early_data_records} records decrypted / {tls.early_data_skipped} skipped, "
-        f"{tls.resyncs} resyncs after gaps, {tls.framing_errors} framing errors, "
-        f"{tls.handshake_errors} unreadable handshake messages, "
-        f"{tls.handshakes_too_large} handshakes too large",
-        f"SIP messages: {stats.sip_messages} ({stats.plain_sip_messages} unencrypted); other "
-        f"decrypted application data: {stats.raw_chunks} chunks, {stats.raw_bytes} bytes; "
-        f"unencrypted non-SIP TCP: {stats.plain_other_bytes} bytes (not passed on)",
-        f"SIP messages dropped: {sip.oversized_messages} over "
-        f"{sip.max_message_bytes >> 10} KiB, {sip.over_budget_messages} while incomplete "
-        f"messages held {sip.limit >> 20} MiB ({sip.dropped_bytes} bytes)",
-        f"key log: {keys.entries} entries held, {keys.evictions} evicted (at most "
-        f"{keys.max_entries})"
-        + (f"; followed files and listeners: {sources.lines_added} lines added, "
-           f"{sources.malformed_lines} malformed; listener connections closed: "
-           f"{sources.connections_evicted} to make room, {sources.connections_idle} idle"
-           if keys.source_stats else ""),
-        *([f"internal errors: {stats.internal_errors} flows dropped"]
-          if stats.internal_errors else []),
+        f"TLS records: {records.get('decrypted', 0)} decrypted, "
+        f"{records.get('failed_authentication', 0)} failed authentication (dropped), "
+        f"{records.get('unproven_iv', 0)} with an unproven CBC IV (dropped), "
+        f"{records.get('no_keys', 0)} without keys, "
+        f"{records.get('expired_waiting_for_keys', 0)} dropped waiting for keys, "
+        f"{records.get('over_hold_cap', 0)} over the hold cap; Finished verified "
+        f"{int(c.get('tls_finished', 'verified'))}, failed {int(c.get('tls_finished', 'failed'))}",
+        f"TLS events: {events.get('alerts', 0)} alerts, {events.get('key_updates', 0)} key "
+        f"updates, early data {events.get('early_data_records', 0)} records decrypted / "
+        f"{events.get('early_data_skipped', 0)} skipped, {events.get('resyncs', 0)} resyncs "
+        f"after gaps, {events.get('framing_errors', 0)} framing errors, "
+        f"{events.get('handshake_errors', 0)} unreadable handshake messages, "
+        f"{events.get('handshakes_too_large', 0)} handshakes too large",
+        f"SIP messages: {c['sip_messages']} ({c['sip_messages_unencrypted']} unencrypted); "
+        f"other decrypted application data: {c['raw_chunks']} chunks, {c['raw_bytes']} bytes; "
+        f"unencrypted non-SIP TCP: {c['plain_other_bytes']} bytes (not passed on)",
+        f"SIP messages dropped: {int(c.get('sip_messages_dropped', 'message_size'))} over "
+        f"{int(c.get('sip_bound_bytes', 'message_size')) >> 10} KiB, "
+        f"{int(c.get('sip_messages_dropped', 'all_flows_held'))} while incomplete messages "
+        f"held {int(c.get('sip_bound_bytes', 'all_flows_held')) >> 20} MiB "
+        f"({c['sip_dropped_bytes']} bytes)",
+        *([f"WebSocket: {websocket.get('upgrades', 0)} upgrades "
+           f"({websocket.get('sip_connections', 0)} SIP, "
+           f"{websocket.get('other_connections', 0)} other, {websocket.get('refused', 0)} "
+           f"refused), {websocket.get('picked_up', 0)} picked up mid-stream; "
+           f"{websocket.get('messages', 0)} messages ({websocket.get('inflated', 0)} "
+           f"inflated, {websocket.get('keepalives', 0)} keep-alives), "
+           f"{websocket.get('control_frames', 0)} control frames"]
+          if any(websocket.values()) else []),
+        f"key log: {c['key_log_secrets']} entries held, {c['key_log_evictions']} evicted (at "
+        f"most {c['key_log_max_secrets']}); "
+        f"lines from followed files and listeners: "
+        f"{int(c.get('key_log_lines', 'added'))} added, "
+        f"{int(c.get('key_log_lines', 'malformed'))} malformed; listener connections closed: "
+        f"{int(c.get('key_log_connections_closed', 'make_room'))} to make room, "
+        f"{int(c.get('key_log_connections_closed', 'idle'))} idle",
+        *([f"internal errors: {c['internal_errors']} flows dropped"]
+          if c["internal_errors"] else []),
     ]
     for sink in sinks:
-        if isinstance(sink, HepSink):
-            lines.extend(sink.summary_lines())
+        lines.extend(sink.summary_lines())
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from captagent_tls.capture import CaptureError, Frame
+from captagent_tls.counters import Counters
 
 _META = struct.Struct("=IIII")  # sec, usec, offset, caplen
 
@@ -20,6 +21,11 @@ class KernelStats(NamedTuple):
     received: int
     dropped: int  # by the kernel: no room in the buffer
     interface_dropped: int
+
+    def add_counters(self, counters: Counters) -> None:
+        counters.set("kernel_received_packets", self.received)
+        counters.set("kernel_dropped_packets", self.dropped)
+        counters.set("interface_dropped_packets", self.interface_dropped)
 
 
 class LiveCapture:

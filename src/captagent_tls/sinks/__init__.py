@@ -1,13 +1,24 @@
-"""Edge stage: where messages go (console, JSON lines, HEPv3)."""
+"""Edge stage: where messages go (console, JSON lines, HEPv3, pcap files)."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
+from captagent_tls.counters import Counters
 from captagent_tls.sip import Message
 
 
-class Sink(Protocol):
-    def emit(self, message: Message) -> None: ...
+class Sink:
+    """An output.  Those with something to count or to say at the end of a run say it
+    themselves: the summary and /metrics never ask what kind of output they have."""
 
-    def close(self) -> None: ...
+    def emit(self, message: Message) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and let go of what the output holds."""
+
+    def add_counters(self, counters: Counters) -> None:
+        """Add what this output counts to a snapshot (see counters.py)."""
+
+    def summary_lines(self) -> list[str]:
+        """Lines for the end-of-run summary."""
+        return []

@@ -6,6 +6,7 @@ import time
 from typing import TextIO
 
 from captagent_tls.net.addresses import format_endpoint
+from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 
 
@@ -14,7 +15,7 @@ def format_time(ts_ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}"
 
 
-class ConsoleSink:
+class ConsoleSink(Sink):
     def __init__(self, out: TextIO, flush_each: bool = False):
         self.out = out
         self.flush_each = flush_each

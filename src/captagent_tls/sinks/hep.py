@@ -15,6 +15,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from captagent_tls.counters import Counters
+from captagent_tls.sinks import Sink
 from captagent_tls.sinks.hep_transport import (
     Collector,
     CollectorAddressError,
@@ -179,7 +181,7 @@ class HepSinkStats:
     skipped_too_large: int = 0
 
 
-class HepSink:
+class HepSink(Sink):
     """Encodes each SIP message once as HEPv3 and hands the packet to every collector.
 
     ``collectors`` are ``[udp://|tcp://|tls://]HOST:PORT`` strings.  Every address is checked
@@ -245,6 +247,22 @@ class HepSink:
             collector.begin_close(deadline)
         for collector in self.collectors:
             collector.wait_closed(deadline)
+
+    def add_counters(self, counters: Counters) -> None:
+        s = self.stats
+        counters.set("hep_packets", s.packets, "made")
+        counters.set("hep_packets", s.skipped_not_sip, "not_sip")
+        counters.set("hep_packets", s.skipped_short, "too_short")
+        counters.set("hep_packets", s.skipped_too_large, "too_large")
+        for collector in self.collectors:
+            c = collector.stats
+            label = collector.address
+            counters.set("hep_sent", c.sent, label)
+            counters.set("hep_dropped", getattr(c, "dropped", 0)
+                         + getattr(c, "dropped_at_shutdown", 0), label)
+            counters.set("hep_send_errors", c.send_errors, label)
+            counters.set("hep_reconnects", getattr(c, "reconnects", 0), label)
+            counters.set("hep_queued", getattr(c, "queued", 0), label)
 
     def summary_lines(self) -> list[str]:
         """The end-of-run summary: one line for the sink, one per collector."""

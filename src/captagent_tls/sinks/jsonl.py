@@ -12,13 +12,14 @@ import json
 from typing import TextIO
 
 from captagent_tls.net.addresses import ip_text
+from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 
 # ASCII-only output: no line separators (U+2028) or encodings to trip over in consumers
 _string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 
 
-class JsonLinesSink:
+class JsonLinesSink(Sink):
     """The line is put together by hand: the fixed fields need no escaping, and this runs
     once per message."""
 

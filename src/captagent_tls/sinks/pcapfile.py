@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from typing import BinaryIO
 
+from captagent_tls.sinks import Sink
 from captagent_tls.sip import Message
 
 LINKTYPE_WIRESHARK_UPPER_PDU = 252
@@ -45,7 +46,7 @@ def exported_pdu(message: Message) -> bytes:
     ))
 
 
-class PcapFileSink:
+class PcapFileSink(Sink):
     def __init__(self, out: BinaryIO, flush_each: bool = False):
         self.out = out
         self.flush_each = flush_each

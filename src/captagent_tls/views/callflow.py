@@ -33,6 +33,7 @@ from typing import TextIO
 from captagent_tls import __version__
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.pipeline import SinkError
+from captagent_tls.sinks import Sink
 from captagent_tls.sip import Endpoint, Message
 from captagent_tls.sip.headers import address_of, summarize
 
@@ -77,7 +78,7 @@ def _json_for_html(text: str) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-class CallFlowReport:
+class CallFlowReport(Sink):
     """A sink: SIP messages in, ``path`` written on :meth:`close`."""
 
     def __init__(self, path: str, max_calls: int = MAX_CALLS):

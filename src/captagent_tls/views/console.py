@@ -17,6 +17,7 @@ import time
 from typing import TextIO
 
 from captagent_tls.net.addresses import format_endpoint
+from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
 from captagent_tls.sip import Message
 from captagent_tls.sip.headers import summarize
@@ -54,7 +55,7 @@ def _start_line_status(text: str) -> int:
     return 0
 
 
-class ColourConsoleSink:
+class ColourConsoleSink(Sink):
     """The plain console view, coloured, with control characters escaped."""
 
     def __init__(self, out: TextIO, flush_each: bool = False):
@@ -103,7 +104,7 @@ def _time_of_day(ts_ns: int) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) + f".{nanos // 1000:06d}"
 
 
-class BriefSink:
+class BriefSink(Sink):
     """One line per message, like sngrep's list: UTC time of day, source -> destination,
     method or status, Call-ID, then the TLS version and suite (or the transport)."""
 

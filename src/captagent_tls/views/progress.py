@@ -22,12 +22,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from captagent_tls.capture import Frame
-from captagent_tls.capture.live import KernelStats
-from captagent_tls.sinks.hep_transport import Collector
+from captagent_tls.counters import Counters
 from captagent_tls.views.colour import is_terminal
 
 if TYPE_CHECKING:
@@ -233,40 +232,37 @@ class LiveStatus:
     and SIP messages per second, kernel drops, what waits for HEP collectors, TCP flows, and
     TLS sessions waiting for keys."""
 
-    def __init__(self, line: TerminalLine, pipeline: Pipeline,
-                 kernel: Callable[[], KernelStats | None],
-                 collectors: Sequence[Collector] = (), interval_s: float = STATUS_REFRESH_S):
+    def __init__(self, line: TerminalLine, snapshot: Callable[[], Counters],
+                 interval_s: float = STATUS_REFRESH_S):
         self.line = line
-        self.pipeline = pipeline
-        self.kernel = kernel
-        self.collectors = [c for c in collectors if c.scheme != "udp"]  # UDP queues nothing
-        self.has_hep = bool(collectors)
+        self.snapshot = snapshot
         self.interval_s = interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last = (time.monotonic(), 0, 0)
 
     def text(self, now: float) -> str:
-        stats = self.pipeline.stats
-        then, frames, messages = self._last
+        counters = self.snapshot()
+        packets, messages = counters["packets"], counters["sip_messages"]
+        then, frames_before, messages_before = self._last
         span = max(now - then, 1e-9)
-        self._last = (now, stats.frames, stats.sip_messages)
-        kernel = self.kernel()
-        parts = [f"{_count((stats.frames - frames) / span)} packets/s",
-                 f"{_count((stats.sip_messages - messages) / span)} SIP messages/s",
-                 f"kernel drops {_count(kernel.dropped + kernel.interface_dropped)}"
-                 if kernel is not None else "kernel drops ?"]
-        if self.has_hep:
-            parts.append(f"HEP queue {_count(sum(c.stats.queued for c in self.collectors))}")
-        parts.append(f"flows {_count(self.pipeline.tcp.active_flows)}")
-        parts.append(f"waiting for keys {_count(self.pipeline.tls.waiting_connections)}")
+        self._last = (now, packets, messages)
+        drops = (counters["kernel_dropped_packets"] + counters["interface_dropped_packets"]
+                 if "kernel_received_packets" in counters.values else None)
+        parts = [f"{_count((packets - frames_before) / span)} packets/s",
+                 f"{_count((messages - messages_before) / span)} SIP messages/s",
+                 f"kernel drops {_count(drops)}" if drops is not None else "kernel drops ?"]
+        if "hep_queued" in counters.values:
+            parts.append(f"HEP queue {_count(counters.total('hep_queued'))}")
+        parts.append(f"flows {_count(counters['active_flows'])}")
+        parts.append(f"waiting for keys {_count(counters['tls_waiting_connections'])}")
         return " | ".join(parts)
 
     def start(self) -> None:
         self.line.show(_tqdm(leave=False, total=None, file=self.line.out,
                              bar_format="{desc}", desc="capturing..."))
-        self._last = (time.monotonic(), self.pipeline.stats.frames,
-                      self.pipeline.stats.sip_messages)
+        counters = self.snapshot()
+        self._last = (time.monotonic(), counters["packets"], counters["sip_messages"])
         self._thread = threading.Thread(target=self._run, name="status line", daemon=True)
         self._thread.start()
 

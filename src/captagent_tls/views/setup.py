@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from captagent_tls.capture import Frame
-from captagent_tls.capture.live import KernelStats, LiveCapture
+from captagent_tls.capture.live import LiveCapture
+from captagent_tls.counters import Counters
 from captagent_tls.pipeline import SinkError
 from captagent_tls.sinks import Sink
 from captagent_tls.tls.events import SessionSecret
@@ -131,18 +132,15 @@ class Views:
         self.progress = FileProgress(self.line, self.args.read, reader, pipeline)
         return self.progress.frames(reader)
 
-    def start_status(self, pipeline: Pipeline, kernel: Callable[[], KernelStats | None],
-                     sinks: Sequence[Sink]) -> None:
+    def start_status(self, snapshot: Callable[[], Counters]) -> None:
         if self.line is None:
             if self.args.status and self.live:
                 print("captagent-tls: warning: --status needs stderr to be a terminal; "
                       "the stats are logged every --stats-interval instead", file=self._stderr)
             return
-        from captagent_tls.sinks.hep import HepSink
         from captagent_tls.views.progress import LiveStatus
 
-        collectors = [c for sink in sinks if isinstance(sink, HepSink) for c in sink.collectors]
-        self.status = LiveStatus(self.line, pipeline, kernel, collectors)
+        self.status = LiveStatus(self.line, snapshot)
         self.status.start()
 
     # -- the end -----------------------------------------------------------------------------
