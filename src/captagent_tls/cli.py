@@ -8,6 +8,7 @@ one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import logging
@@ -241,8 +242,10 @@ def embedded_secrets(path: str, keys: KeyStore) -> None:
 
     with CaptureReader(path, on_secrets=add) as reader:
         if reader.is_pcapng:
-            for _ in reader:
-                pass
+            # damage is reported by the pass that decrypts: what comes before it still counts
+            with contextlib.suppress(CaptureError):
+                for _ in reader:
+                    pass
 
 
 class KeyLogExporter:
@@ -351,12 +354,21 @@ def run_offline(args: argparse.Namespace) -> int:
                 for frame in reader:
                     if matches(frame):
                         feed(frame)
+    except CaptureError as exc:
+        if not reader.format:
+            raise
+        raise UserError(f"{exc}; the {pipeline.stats.frames} packets before it were "
+                        "processed") from None
     finally:
         # whatever was read, even from a broken file, is decrypted and delivered
         finish(pipeline, sinks, exporter)
+    if reader.malformed:
+        print(f"captagent-tls: warning: {args.read}: {reader.describe_malformed()}",
+              file=sys.stderr)
     if reader.truncated:
-        print(f"captagent-tls: warning: {args.read} is truncated; everything before the cut "
-              "was processed", file=sys.stderr)
+        print(f"captagent-tls: warning: {args.read} is truncated (a record cut at byte "
+              f"{reader.truncated_at}); everything before the cut was processed",
+              file=sys.stderr)
     if not args.quiet:
         print(format_stats(pipeline, sinks), file=sys.stderr)
     return 0
