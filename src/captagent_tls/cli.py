@@ -16,6 +16,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from captagent_tls import __version__
 from captagent_tls.capture import CaptureError
@@ -25,17 +26,12 @@ from captagent_tls.capture.live import KernelStats
 from captagent_tls.config import ConfigError, load_captagent, load_native, resolve
 from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
 from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
+from captagent_tls.options import MIB, parse_queue_limits, value_type
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
-from captagent_tls.sinks.hep import (
-    HepConfigError,
-    HepOptions,
-    HepSink,
-    TlsOptions,
-    parse_queue_limits,
-)
+from captagent_tls.sinks.hep import HepConfigError, HepOptions, HepSink, TlsOptions
 from captagent_tls.sinks.jsonl import JsonLinesSink
 from captagent_tls.sinks.pcapfile import PcapFileSink
 from captagent_tls.tls.events import SessionSecret
@@ -53,90 +49,126 @@ class UserError(Exception):
     pass
 
 
+def one_line(text: str) -> str:
+    """A message as one line: control characters (a newline in a file name...) and bytes
+    that are not UTF-8 (surrogates, from argv) are shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every mistake on the command line in one line (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="captagent-tls",
         description="Rebuild TCP streams, decrypt TLS and pass on the SIP inside: to the "
                     "console, as JSON lines, or to a HOMER collector as HEPv3.",
     )
     source = parser.add_argument_group("input (one of -r or -i)")
-    source.add_argument("-r", "--read", metavar="FILE",
+    source.add_argument("-r", "--read", metavar="FILE", type=value_type("read"),
                         help="capture file to read: pcap or pcapng, optionally .gz; - for stdin")
-    source.add_argument("-i", "--interface", metavar="IFACE",
+    source.add_argument("-i", "--interface", metavar="IFACE", type=value_type("interface"),
                         help="capture live from this interface (any: all of them)")
-    source.add_argument("-f", "--filter", metavar="BPF",
+    source.add_argument("-f", "--filter", metavar="BPF", type=value_type("filter"),
                         help='BPF filter, tcpdump syntax, e.g. "tcp port 5061"')
     source.add_argument("--promisc", action=argparse.BooleanOptionalAction, default=True,
                         help="put the interface into promiscuous mode (default: yes)")
-    source.add_argument("-s", "--snaplen", metavar="BYTES", type=int, default=262144,
+    source.add_argument("-s", "--snaplen", metavar="BYTES", type=value_type("snaplen"),
+                        default=262144,
                         help="bytes to capture per packet (default 262144)")
-    source.add_argument("-B", "--buffer-size", metavar="KIB", type=int, default=32768,
+    source.add_argument("-B", "--buffer-size", metavar="KIB", type=value_type("buffer_size"),
+                        default=32768,
                         help="kernel capture buffer in KiB (default 32768)")
     keys = parser.add_argument_group("keys")
     keys.add_argument("-k", "--key", metavar="KEYFILE", action="append", default=[],
+                      type=value_type("key"),
                       help="server RSA private key (PEM, DER or PKCS#12); repeatable. Each key "
                            "is matched to servers by their certificate")
-    keys.add_argument("--key-password", metavar="PASSWORD",
+    keys.add_argument("--key-password", metavar="PASSWORD", type=value_type("key_password"),
                       help="password of encrypted key files")
     keys.add_argument("--keylog", metavar="FILE", action="append", default=[],
+                      type=value_type("keylog"),
                       help="NSS key log (SSLKEYLOGFILE format); repeatable. Decrypts ECDHE, "
                            "DHE and TLS 1.3 sessions. Followed as it grows when capturing live")
     keys.add_argument("--keylog-listen", metavar="udp|tcp://HOST:PORT", action="append",
-                      default=[], help="accept key-log lines over the network (live capture); "
-                                       "e.g. from Kamailio's keylog_peer")
+                      default=[], type=value_type("keylog_listen"),
+                      help="accept key-log lines over the network (live capture); e.g. from "
+                           "Kamailio's keylog_peer")
     keys.add_argument("--keylog-listen-remote", action=argparse.BooleanOptionalAction,
                       default=False,
                       help="allow --keylog-listen on an address other than loopback")
-    keys.add_argument("--key-wait", metavar="SECONDS", type=float, default=10.0,
+    keys.add_argument("--key-wait", metavar="SECONDS", type=value_type("key_wait"), default=10.0,
                       help="how long records wait for keys that may still arrive (default 10)")
-    keys.add_argument("--export-keylog", metavar="FILE",
+    keys.add_argument("--key-hold-flow", metavar="BYTES", type=value_type("key_hold_flow"),
+                      default=16 * MIB,
+                      help="records one connection may hold while they wait for keys "
+                           "(default 16M; K, M and G suffixes); more are dropped and counted")
+    keys.add_argument("--key-hold-total", metavar="BYTES", type=value_type("key_hold_total"),
+                      default=256 * MIB,
+                      help="records all connections together may hold while they wait for "
+                           "keys (default 256M); a connection holds at most this much too")
+    keys.add_argument("--export-keylog", metavar="FILE", type=value_type("export_keylog"),
                       help="write a CLIENT_RANDOM line for every session decrypted with an "
                            "RSA key, so Wireshark can open the capture without the key")
     out = parser.add_argument_group("outputs (default: the console)")
     out.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                      help="one JSON object per message on stdout")
-    out.add_argument("-w", "--write", metavar="FILE",
+    out.add_argument("-w", "--write", metavar="FILE", type=value_type("write"),
                      help="write the decrypted SIP messages to a pcap file that Wireshark "
                           "opens as SIP, with the real addresses, ports and times")
     out.add_argument("--console", action=argparse.BooleanOptionalAction, default=False,
                      help="print messages on the console even when another output is chosen")
     out.add_argument("--hep", metavar="[udp|tcp|tls://]HOST:PORT", action="append", default=[],
+                     type=value_type("hep"),
                      help="send each SIP message as a HEPv3 packet to this collector (UDP when "
                           "no scheme is given); repeatable: every collector gets every message")
-    out.add_argument("--hep-id", metavar="N", type=int, default=2001,
+    out.add_argument("--hep-id", metavar="N", type=value_type("hep_id"), default=2001,
                      help="HEP capture agent id (default 2001)")
     out.add_argument("--hep-password", metavar="KEY", default="",
+                     type=value_type("hep_password"),
                      help="HEP authentication key (chunk 0x000e)")
-    out.add_argument("--hep-ip-proto", metavar="N", type=int, default=22,
+    out.add_argument("--hep-ip-proto", metavar="N", type=value_type("hep_ip_proto"), default=22,
                      help="IP protocol number sent for decrypted TLS: 22 (default, shown as "
                           "'tls' by HOMER) or 6 for the real TCP value")
     out.add_argument("--hep-node-name", metavar="NAME", default=socket.gethostname(),
+                     type=value_type("hep_node_name"),
                      help="HEP node name (chunk 0x0013; default: the host name)")
     out.add_argument("--hep-correlation", action=argparse.BooleanOptionalAction, default=False,
                      help="send the SIP Call-ID as HEP correlation id (chunk 0x0011)")
-    out.add_argument("--hep-ca", metavar="FILE",
+    out.add_argument("--hep-ca", metavar="FILE", type=value_type("hep_ca"),
                      help="trust this CA for tls:// collectors (heplify-server makes its own)")
     out.add_argument("--hep-insecure", action=argparse.BooleanOptionalAction, default=False,
                      help="do not verify the certificate of tls:// collectors")
     out.add_argument("--hep-queue", metavar="MESSAGES[,BYTES]", default="100000,64M",
+                     type=value_type("hep_queue"),
                      help="per tcp/tls collector, what may wait while it is unreachable "
                           "(default 100000,64M); what does not fit is counted as dropped")
     agent = parser.add_argument_group("running as an agent")
-    agent.add_argument("--user", metavar="NAME",
+    agent.add_argument("--user", metavar="NAME", type=value_type("user"),
                        help="drop root to this user once the capture is open and keys are read")
-    agent.add_argument("--stats-interval", metavar="SECONDS", type=float, default=60.0,
+    agent.add_argument("--stats-interval", metavar="SECONDS", type=value_type("stats_interval"),
+                       default=60.0,
                        help="log stats this often when capturing live (default 60)")
-    agent.add_argument("--metrics", metavar="HOST:PORT",
+    agent.add_argument("--metrics", metavar="HOST:PORT", type=value_type("metrics"),
                        help="serve Prometheus metrics over HTTP here")
     tuning = parser.add_argument_group("tuning")
-    tuning.add_argument("--flow-timeout", metavar="SECONDS", type=float, default=180.0,
+    tuning.add_argument("--flow-timeout", metavar="SECONDS", type=value_type("flow_timeout"),
+                        default=180.0,
                         help="close flows idle this long, in capture time (default 180)")
-    tuning.add_argument("--max-flow-buffer", metavar="BYTES", type=int, default=4 << 20,
-                        help="out-of-order bytes one direction may hold (default 4 MiB)")
-    tuning.add_argument("--max-flows", metavar="N", type=int, default=200_000,
+    tuning.add_argument("--max-flow-buffer", metavar="BYTES", default=4 * MIB,
+                        type=value_type("max_flow_buffer"),
+                        help="out-of-order bytes one direction may hold (default 4M)")
+    tuning.add_argument("--max-flows", metavar="N", type=value_type("max_flows"), default=200_000,
                         help="TCP flows tracked at once; the least recently active go first "
                              "(default 200000)")
-    tuning.add_argument("--session-cache", metavar="N", type=int, default=20_000,
+    tuning.add_argument("--session-cache", metavar="N", type=value_type("session_cache"),
+                        default=20_000,
                         help="TLS sessions remembered for resumption, by ID and by ticket "
                              "(default 20000 each)")
     parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, default=False,
@@ -178,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_arguments(parser, argv)
     except ConfigError as exc:
-        print(f"captagent-tls: error: {exc}", file=sys.stderr)
+        print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
@@ -192,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError("give a capture file (-r FILE) or an interface (-i IFACE)")
         return run_live(args) if args.interface else run_offline(args)
     except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError) as exc:
-        print(f"captagent-tls: error: {exc}", file=sys.stderr)
+        print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         sys.stderr.close()  # the reader of our output went away (| head): not an error
@@ -204,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- keys ------------------------------------------------------------------------------------
 
 def load_rsa_key_files(args: argparse.Namespace, keys: KeyStore, live: bool = False) -> None:
-    password = args.key_password.encode() if args.key_password is not None else None
+    # the bytes that were typed, even when they are not UTF-8 (argv keeps them as surrogates)
+    password = os.fsencode(args.key_password) if args.key_password is not None else None
     loaded = [(path, load_rsa_keys(path, password)) for path in args.key]
     keys.clear_rsa_keys()
     for path, private_keys in loaded:
@@ -274,10 +307,6 @@ class KeyLogExporter:
 
 def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
     sinks: list[Sink] = []
-    if not 0 <= args.hep_ip_proto <= 255:
-        raise UserError("--hep-ip-proto must be an IP protocol number (0-255)")
-    if not 0 <= args.hep_id <= 0xFFFFFFFF:
-        raise UserError("--hep-id must fit in 32 bits")
     if args.hep:
         if args.hep_insecure and any(a.lower().startswith("tls://") for a in args.hep):
             log.warning("--hep-insecure: the certificates of tls:// collectors are not verified")
@@ -302,15 +331,14 @@ def build_sinks(args: argparse.Namespace, live: bool) -> list[Sink]:
 
 
 def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> PipelineOptions:
-    if args.flow_timeout <= 0 or args.key_wait < 0:
-        raise UserError("--flow-timeout must be positive and --key-wait not negative")
-    if min(args.max_flows, args.session_cache, args.max_flow_buffer) < 1:
-        raise UserError("--max-flows, --session-cache and --max-flow-buffer must be positive")
+    """The options' values were checked as they were read (captagent_tls.options)."""
+    hold = HoldLimits(max_wait_s=args.key_wait,
+                      max_bytes_per_flow=min(args.key_hold_flow, args.key_hold_total),
+                      max_bytes_total=args.key_hold_total)
     return PipelineOptions(flow_timeout_s=args.flow_timeout,
                            max_direction_bytes=args.max_flow_buffer,
                            max_flows=args.max_flows, session_cache_size=args.session_cache,
-                           keys_may_arrive=keys_may_arrive,
-                           hold=HoldLimits(max_wait_s=args.key_wait))
+                           keys_may_arrive=keys_may_arrive, hold=hold)
 
 
 def finish(pipeline: Pipeline, sinks: list[Sink], exporter: KeyLogExporter | None) -> None:

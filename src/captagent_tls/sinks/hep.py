@@ -25,7 +25,6 @@ from captagent_tls.sinks.hep_transport import (
     TlsOptions,
     open_collector,
     parse_collector,
-    parse_queue_limits,
 )
 from captagent_tls.sip import Message
 
@@ -46,7 +45,6 @@ __all__ = [
     "TlsOptions",
     "encode_hep3",
     "parse_collector",
-    "parse_queue_limits",
 ]
 
 HEP_MAGIC = b"HEP3"

@@ -113,21 +113,6 @@ class QueueLimits:
             raise HepConfigError("HEP queue limits must be at least 1 message and 1 byte")
 
 
-def parse_queue_limits(text: str) -> QueueLimits:
-    """``MESSAGES[,BYTES]`` (``--hep-queue``); bytes may end in K, M or G."""
-    messages_text, _, bytes_text = text.replace(" ", "").partition(",")
-    try:
-        messages = int(messages_text)
-        size = QueueLimits().max_bytes
-        if bytes_text:
-            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(bytes_text[-1:].upper(), 1)
-            size = int(bytes_text.rstrip("KkMmGg")) * unit
-    except ValueError:
-        raise HepConfigError(f"bad HEP queue {text!r}: expected MESSAGES or MESSAGES,BYTES, "
-                             "e.g. 100000,64M") from None
-    return QueueLimits(messages, size)
-
-
 @dataclass(frozen=True)
 class TlsOptions:
     """How ``tls://`` collectors are verified.
