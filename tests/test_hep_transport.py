@@ -429,6 +429,27 @@ def test_collector_comes_back_within_close_timeout(servers):
         server.stop("abrupt")
 
 
+def test_shutdown_tries_a_collector_that_came_back_at_once(servers):
+    """The collector returns while the sender waits out a long backoff: close() does not wait
+    for that attempt (past its deadline) but tries at once, and delivers everything."""
+    port = free_port()
+    slow = RetryPolicy(backoff_initial=30.0, backoff_max=30.0, idle_check=0.05,
+                       connect_timeout=2.0)
+    collector = open_collector(f"tcp://127.0.0.1:{port}", retry=slow)
+    for i in range(10):
+        collector.submit(packet(i))
+    assert wait_until(lambda: collector.stats.connect_failures >= 1, 5)
+    server = servers()
+    server.stop("abrupt")
+    server.port = port
+    server.start()
+    started = time.monotonic()
+    collector.close(timeout=3)
+    assert time.monotonic() - started < 3
+    assert wait_for(server, 10, 2) == list(range(10))
+    assert (collector.stats.sent, collector.stats.dropped_at_shutdown) == (10, 0)
+
+
 # --------------------------------------------------------------------------- configuration
 
 
