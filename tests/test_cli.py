@@ -451,3 +451,29 @@ def test_key_hold_options_reach_the_hold_limits():
         3.0, 2 << 20, 1 << 30)
     # one connection can never hold more than all of them together
     assert hold("--key-hold-flow", "512M") == (10.0, 256 << 20, 256 << 20)
+
+
+def test_write_skips_messages_too_large_for_pcap_readers(tmp_path, caplog):
+    """One packet longer than 262144 bytes makes Wireshark refuse the whole -w file: such a
+    message is counted and left out, the others are written."""
+    from captagent_tls.capture.files import CaptureReader
+    from captagent_tls.sinks.pcapfile import PcapFileSink
+    from captagent_tls.sip import Message
+
+    def sip(body: bytes) -> Message:
+        payload = (b"MESSAGE sip:b@example.test SIP/2.0\r\nCall-ID: c\r\nContent-Length: "
+                   + str(len(body)).encode() + b"\r\n\r\n" + body)
+        return Message(1_700_000_000_000_000_000, (b"\x0a\0\0\x01", 5060),
+                       (b"\x0a\0\0\x02", 5060), "tcp", payload, "c", True, True, "", "")
+
+    path = tmp_path / "out.pcap"
+    sink = PcapFileSink(open(path, "wb"))  # noqa: SIM115 - the sink closes it
+    for body in (b"small", b"x" * 300_000, b"small again"):
+        sink.emit(sip(body))
+    with caplog.at_level(logging.WARNING):
+        sink.close()
+    assert (sink.written, sink.skipped_too_large) == (2, 1)
+    assert "1 SIP messages larger than 262144 bytes were not written" in caplog.text
+    with CaptureReader(str(path)) as reader:
+        assert [bytes(f.data).endswith(b"small") or bytes(f.data).endswith(b"again")
+                for f in reader] == [True, True]
