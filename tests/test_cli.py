@@ -8,6 +8,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -477,3 +478,14 @@ def test_write_skips_messages_too_large_for_pcap_readers(tmp_path, caplog):
     with CaptureReader(str(path)) as reader:
         assert [bytes(f.data).endswith(b"small") or bytes(f.data).endswith(b"again")
                 for f in reader] == [True, True]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["--json"], [], ["-w", "/dev/full"],
+                                  ["--export-keylog", "/dev/full"]])
+def test_an_output_that_cannot_be_written_is_one_line(args):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "captagent_tls", "-r", str(CAPTURE),
+                               "-k", str(KEY), "-q", *args], stdout=full,
+                              stderr=subprocess.PIPE, text=True, env=_env())
+    assert_one_line_error(proc, "cannot write ", "No space left on device")

@@ -29,7 +29,7 @@ from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
 from captagent_tls.options import MIB, parse_queue_limits, value_type
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
-from captagent_tls.sinks import Sink
+from captagent_tls.sinks import OutputError, Sink, write_failed
 from captagent_tls.sinks.console import ConsoleSink
 from captagent_tls.sinks.hep import HepConfigError, HepOptions, HepSink, TlsOptions
 from captagent_tls.sinks.jsonl import JsonLinesSink
@@ -223,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bool(args.read) == bool(args.interface):
             raise UserError("give a capture file (-r FILE) or an interface (-i IFACE)")
         return run_live(args) if args.interface else run_offline(args)
-    except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError) as exc:
+    except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError,
+            OutputError) as exc:
         print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
@@ -295,12 +296,18 @@ class KeyLogExporter:
         if secret.source == "key log" or secret.client_random in self._written:
             return
         self._written.add(secret.client_random)
-        self.out.write(f"CLIENT_RANDOM {secret.client_random.hex()} "
-                       f"{secret.master_secret.hex()}\n")
-        self.out.flush()
+        try:
+            self.out.write(f"CLIENT_RANDOM {secret.client_random.hex()} "
+                           f"{secret.master_secret.hex()}\n")
+            self.out.flush()
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
 
     def close(self) -> None:
-        self.out.close()
+        try:
+            self.out.close()
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -342,12 +349,19 @@ def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> Pipelin
 
 
 def finish(pipeline: Pipeline, sinks: list[Sink], exporter: KeyLogExporter | None) -> None:
-    """Deliver what is complete, flush the outputs and close them."""
-    pipeline.finish()
-    for sink in sinks:
-        sink.close()
+    """Deliver what is complete, flush the outputs and close them: all of them, even when
+    one cannot be written (the HEP queues are still flushed); then the first failure."""
+    steps = [pipeline.finish, *(sink.close for sink in sinks)]
     if exporter is not None:
-        exporter.close()
+        steps.append(exporter.close)
+    failure: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except (OutputError, BrokenPipeError) as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 # -- offline ---------------------------------------------------------------------------------

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 from captagent_tls.sip import Message
+
+
+class OutputError(Exception):
+    """An output that cannot be written (disk full, device gone); the message is one line
+    naming it.  It ends the run: unlike a packet, it concerns every flow."""
+
+
+def write_failed(out: IO[Any], exc: OSError) -> OutputError:
+    name = getattr(out, "name", None)
+    where = "standard output" if name in ("<stdout>", 1) else str(name or "the output")
+    return OutputError(f"cannot write {where}: {exc.strerror or exc}")
 
 
 class Sink(Protocol):

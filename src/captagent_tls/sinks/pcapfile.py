@@ -11,6 +11,7 @@ import logging
 import struct
 from typing import BinaryIO
 
+from captagent_tls.sinks import write_failed
 from captagent_tls.sip import Message
 
 LINKTYPE_WIRESHARK_UPPER_PDU = 252
@@ -56,8 +57,11 @@ class PcapFileSink:
         self.written = 0
         self.skipped_not_sip = 0
         self.skipped_too_large = 0
-        out.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, SNAPLEN,
-                              LINKTYPE_WIRESHARK_UPPER_PDU))
+        try:
+            out.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, SNAPLEN,
+                                  LINKTYPE_WIRESHARK_UPPER_PDU))
+        except OSError as exc:
+            raise write_failed(out, exc) from None
 
     def emit(self, message: Message) -> None:
         if not message.is_sip:
@@ -68,13 +72,21 @@ class PcapFileSink:
             self.skipped_too_large += 1
             return
         seconds, nanos = divmod(message.ts_ns, 1_000_000_000)
-        self.out.write(_record_header(seconds, nanos, len(packet), len(packet)) + packet)
+        try:
+            self.out.write(_record_header(seconds, nanos, len(packet), len(packet)) + packet)
+            if self.flush_each:
+                self.out.flush()
+        except BrokenPipeError:
+            raise  # the reader went away (-w /dev/stdout | ...): not an error
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
         self.written += 1
-        if self.flush_each:
-            self.out.flush()
 
     def close(self) -> None:
-        self.out.close()
+        try:
+            self.out.close()
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
         if self.skipped_too_large:
             log.warning("-w: %d SIP messages larger than %d bytes were not written (pcap "
                         "readers refuse the file otherwise)", self.skipped_too_large, SNAPLEN)
