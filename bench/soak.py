@@ -241,7 +241,7 @@ def scrape(address: str) -> dict[str, float]:
 
 
 COLUMNS = (
-    "t_s", "round", "rss_kib", "rss_anon_kib", "threads", "packets", "sip_messages",
+    "t_s", "round", "rss_kib", "rss_anon_kib", "threads", "cpu_s", "packets", "sip_messages",
     "hep_received", "active_flows", "session_cache_evictions", "tls_held_bytes", "hep_queued",
     "kernel_dropped",
 )  # fmt: skip
@@ -272,6 +272,7 @@ class Sampler:
             "rss_kib": status.get("VmRSS", 0),
             "rss_anon_kib": status.get("RssAnon", 0),
             "threads": status.get("Threads", 0),
+            "cpu_s": round(live.proc_cpu_s(self.pid), 2),
             "packets": m.get("captagent_tls_packets_total", -1),
             "sip_messages": m.get("captagent_tls_sip_messages_total", -1),
             "hep_received": self.received(),

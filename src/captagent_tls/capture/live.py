@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -86,7 +87,7 @@ class LiveCapture:
 def capture_devices() -> list[str]:
     """What ``-i`` may name: libpcap's devices (``any``, ``nflog``...) and every network
     interface, up or down."""
-    names: dict[str, None] = {}
+    names: dict[str, None] = {"any": None} if sys.platform.startswith("linux") else {}
     try:
         import pcapy
 
