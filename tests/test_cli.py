@@ -489,3 +489,20 @@ def test_an_output_that_cannot_be_written_is_one_line(args):
                                "-k", str(KEY), "-q", *args], stdout=full,
                               stderr=subprocess.PIPE, text=True, env=_env())
     assert_one_line_error(proc, "cannot write ", "No space left on device")
+
+
+def test_exported_key_log_is_private_and_its_memory_bounded(tmp_path, monkeypatch):
+    from captagent_tls.cli import KeyLogExporter
+    from captagent_tls.tls.events import SessionSecret
+
+    path = tmp_path / "exported.keys"
+    run(["-r", str(CAPTURE), "-k", str(KEY), "-q", "--export-keylog", str(path)])
+    assert path.stat().st_mode & 0o777 == 0o600  # it holds master secrets
+    monkeypatch.setattr(KeyLogExporter, "REMEMBERED", 2)
+    exporter = KeyLogExporter(str(tmp_path / "other.keys"))
+    for i in (1, 2, 3, 1, 3):  # 1 was forgotten once 3 came: written again, which is harmless
+        exporter.write(SessionSecret(None, bytes([i]) * 32, b"m" * 48, "rsa"))  # type: ignore[arg-type]
+    exporter.close()
+    lines = (tmp_path / "other.keys").read_text().splitlines()
+    assert [line.split()[1][:2] for line in lines] == ["01", "02", "03", "01"]
+    assert len(exporter._written) == 2

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -283,19 +284,33 @@ def embedded_secrets(path: str, keys: KeyStore) -> None:
 
 
 class KeyLogExporter:
-    """Writes CLIENT_RANDOM lines for sessions whose secret did not come from a key log."""
+    """Writes CLIENT_RANDOM lines for sessions whose secret did not come from a key log.
+
+    The file holds secrets: it is created 0600.  A session seen again (a resumption) is not
+    written twice, as far as the last REMEMBERED sessions go: a daemon must not remember every
+    session it ever saw, and a line written twice does no harm.
+    """
+
+    REMEMBERED = 65_536
 
     def __init__(self, path: str):
         try:
-            self.out = open(path, "a", encoding="ascii")  # noqa: SIM115 - closed in close()
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self.out = open(fd, "a", encoding="ascii")  # noqa: SIM115 - closed in close()
+            mode = os.fstat(fd).st_mode
         except OSError as exc:
             raise UserError(f"cannot write key log {path}: {exc.strerror or exc}") from None
-        self._written: set[bytes] = set()
+        if mode & 0o077:
+            log.warning("%s is readable or writable by group or others, and it will hold "
+                        "session secrets (chmod 600 it)", path)
+        self._written: OrderedDict[bytes, None] = OrderedDict()
 
     def write(self, secret: SessionSecret) -> None:
         if secret.source == "key log" or secret.client_random in self._written:
             return
-        self._written.add(secret.client_random)
+        self._written[secret.client_random] = None
+        if len(self._written) > self.REMEMBERED:
+            self._written.popitem(last=False)
         try:
             self.out.write(f"CLIENT_RANDOM {secret.client_random.hex()} "
                            f"{secret.master_secret.hex()}\n")
