@@ -498,6 +498,11 @@ def test_exported_key_log_is_private_and_its_memory_bounded(tmp_path, monkeypatc
     path = tmp_path / "exported.keys"
     run(["-r", str(CAPTURE), "-k", str(KEY), "-q", "--export-keylog", str(path)])
     assert path.stat().st_mode & 0o777 == 0o600  # it holds master secrets
+    shared = tmp_path / "shared.keys"
+    shared.write_text("")
+    shared.chmod(0o644)
+    proc = run(["-r", str(CAPTURE), "-k", str(KEY), "-q", "--export-keylog", str(shared)])
+    assert proc.returncode == 0 and "readable or writable by group or others" in proc.stderr
     monkeypatch.setattr(KeyLogExporter, "REMEMBERED", 2)
     exporter = KeyLogExporter(str(tmp_path / "other.keys"))
     for i in (1, 2, 3, 1, 3):  # 1 was forgotten once 3 came: written again, which is harmless

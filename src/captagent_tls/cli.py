@@ -14,6 +14,7 @@ import io
 import logging
 import os
 import socket
+import stat
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -300,7 +301,8 @@ class KeyLogExporter:
             mode = os.fstat(fd).st_mode
         except OSError as exc:
             raise UserError(f"cannot write key log {path}: {exc.strerror or exc}") from None
-        if mode & 0o077:
+        self.path = path
+        if stat.S_ISREG(mode) and mode & 0o077:
             log.warning("%s is readable or writable by group or others, and it will hold "
                         "session secrets (chmod 600 it)", path)
         self._written: OrderedDict[bytes, None] = OrderedDict()
@@ -316,13 +318,13 @@ class KeyLogExporter:
                            f"{secret.master_secret.hex()}\n")
             self.out.flush()
         except OSError as exc:
-            raise write_failed(self.out, exc) from None
+            raise write_failed(self.out, exc, self.path) from None
 
     def close(self) -> None:
         try:
             self.out.close()
         except OSError as exc:
-            raise write_failed(self.out, exc) from None
+            raise write_failed(self.out, exc, self.path) from None
 
 
 # -- outputs ---------------------------------------------------------------------------------

@@ -12,10 +12,12 @@ class OutputError(Exception):
     naming it.  It ends the run: unlike a packet, it concerns every flow."""
 
 
-def write_failed(out: IO[Any], exc: OSError) -> OutputError:
-    name = getattr(out, "name", None)
-    where = "standard output" if name in ("<stdout>", 1) else str(name or "the output")
-    return OutputError(f"cannot write {where}: {exc.strerror or exc}")
+def write_failed(out: IO[Any], exc: OSError, name: str | None = None) -> OutputError:
+    """The OutputError for a failed write to ``out`` (``name``: what to call it)."""
+    if name is None:
+        known = getattr(out, "name", None)
+        name = "standard output" if known in ("<stdout>", 1) else str(known or "the output")
+    return OutputError(f"cannot write {name}: {exc.strerror or exc}")
 
 
 class Sink(Protocol):
