@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,61 @@ def wait_reap(pid: int, timeout: float) -> tuple[int, Any] | None:
         time.sleep(0.05)
 
 
+def start_agent(argv: list[str], err: Any) -> tuple[subprocess.Popen[bytes], float]:
+    """Start the agent with stderr to the file ``err``; return it once it logs "capturing
+    on", with its start-up time in seconds."""
+    agent = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        env=bench.AGENT_ENV,
+    )
+    t_spawn = time.perf_counter()
+    while b"capturing on" not in Path(err.name).read_bytes():
+        if agent.poll() is not None:
+            raise bench.WrongOutput(
+                f"agent exited ({agent.returncode}) before capturing:\n"
+                + Path(err.name).read_text(errors="replace")[-3000:]
+            )
+        if time.perf_counter() - t_spawn > READY_TIMEOUT_S:
+            agent.kill()
+            raise bench.WrongOutput("agent did not log 'capturing on' in time")
+        time.sleep(0.02)
+    return agent, round(time.perf_counter() - t_spawn, 3)
+
+
+def wait_caught_up(pid: int, received: Callable[[], int]) -> float:
+    """Wait until no new message arrived (``received()`` unchanged) and the agent was (nearly)
+    idle for CATCH_UP_QUIET_S; return the time (perf_counter) of its last sign of work."""
+    started = time.perf_counter()
+    last_n, last_cpu, quiet_since = received(), proc_cpu_s(pid), started
+    while True:
+        time.sleep(0.1)
+        now, n, cpu = time.perf_counter(), received(), proc_cpu_s(pid)
+        busy = cpu - last_cpu > 0.05 * (now - quiet_since) + 0.02
+        if n != last_n or busy:
+            last_n, last_cpu, quiet_since = n, cpu, now
+        elif now - quiet_since >= CATCH_UP_QUIET_S:
+            return quiet_since
+        if now - started > CATCH_UP_MAX_S:
+            return quiet_since
+
+
+def stop_agent(agent: subprocess.Popen[bytes]) -> Any:
+    """SIGTERM; the agent's resource usage once it exited (its exit status is left in
+    ``agent.returncode`` for the caller to judge).  WrongOutput if it is still running
+    60 s later."""
+    agent.send_signal(signal.SIGTERM)
+    reaped = wait_reap(agent.pid, 60)
+    if reaped is None:
+        agent.kill()
+        wait_reap(agent.pid, 10)
+        raise bench.WrongOutput("agent did not exit within 60 s of SIGTERM")
+    agent.returncode, agent_ru = reaped
+    return agent_ru
+
+
 def agent_argv(port: int, buffer_kib: int | None) -> list[str]:
     argv = [
         *bench.agent_cmd(),
@@ -239,24 +295,7 @@ def run_rate(
     res: dict[str, Any] = {"rate": rate}
     try:
         res["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
-        agent = subprocess.Popen(
-            agent_argv(rx.port, buffer_kib),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            env=bench.AGENT_ENV,
-        )
-        t_spawn = time.perf_counter()
-        while b"capturing on lo" not in Path(err.name).read_bytes():
-            if agent.poll() is not None:
-                raise bench.WrongOutput(
-                    f"agent exited ({agent.returncode}) before capturing:\n"
-                    + Path(err.name).read_text(errors="replace")[-3000:]
-                )
-            if time.perf_counter() - t_spawn > READY_TIMEOUT_S:
-                raise bench.WrongOutput("agent did not log 'capturing on lo' in time")
-            time.sleep(0.02)
-        res["startup_s"] = round(time.perf_counter() - t_spawn, 3)
+        agent, res["startup_s"] = start_agent(agent_argv(rx.port, buffer_kib), err)
         if profile is not None:
             spy = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(agent.pid), "--format", "raw",
@@ -285,30 +324,13 @@ def run_rate(
         if sent != packets:
             raise RuntimeError(f"tcpreplay sent {sent} of {packets} packets:\n{out[-2000:]}")
 
-        # catching up: no new datagram and the agent (nearly) idle for CATCH_UP_QUIET_S
-        last_n, last_cpu, quiet_since = rx.count, proc_cpu_s(agent.pid), time.perf_counter()
-        while True:
-            time.sleep(0.1)
-            now, n, cpu = time.perf_counter(), rx.count, proc_cpu_s(agent.pid)
-            busy = cpu - last_cpu > 0.05 * (now - quiet_since) + 0.02
-            if n != last_n or busy:
-                last_n, last_cpu, quiet_since = n, cpu, now
-            elif now - quiet_since >= CATCH_UP_QUIET_S:
-                break
-            if now - t1 > CATCH_UP_MAX_S:
-                break
+        # the agent's last sign of work (a datagram or CPU time)
+        t_idle = wait_caught_up(agent.pid, lambda: rx.count)
         user_done, sys_done = proc_times(agent.pid)
-        t_idle = quiet_since  # the agent's last sign of work (a datagram or CPU time)
         before_term = rx.count
         t_last = rx.last_rx
 
-        agent.send_signal(signal.SIGTERM)
-        reaped = wait_reap(agent.pid, 60)
-        if reaped is None:
-            agent.kill()
-            reaped = wait_reap(agent.pid, 10)
-            raise bench.WrongOutput("agent did not exit within 60 s of SIGTERM")
-        agent.returncode, agent_ru = reaped
+        agent_ru = stop_agent(agent)
         if spy is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)

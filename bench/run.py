@@ -225,9 +225,12 @@ def _matches(gt: dict[str, Any], kind: str, want: dict[str, Any]) -> bool:
 
 
 def make_capture(
-    out: Path, name: str, kind: str, size: dict[str, Any], reuse: bool
+    out: Path, name: str, kind: str, size: dict[str, Any], reuse: bool, port: int = 5061
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Generate (or reuse) one capture; returns (ground truth, generation info)."""
+    """Generate (or reuse) one capture; returns (ground truth, generation info).
+
+    ``port`` is the server's port while recording (tcpdump filters on it, so two recordings
+    on different ports do not see each other's traffic)."""
     pcap, js = capture_paths(out, name)
     if reuse and pcap.exists() and js.exists():
         gt = json.loads(js.read_text())
@@ -244,16 +247,19 @@ def make_capture(
     js.unlink(missing_ok=True)  # a failed recording must not leave a stale pair for --reuse
     print(f"[{name}] recording {kind} capture {size} ...", flush=True)
     t0 = time.perf_counter()
-    gt = _record(pcap, js, name, kind, size)
+    gt = _record(pcap, js, name, kind, size, port)
     secs = time.perf_counter() - t0
     print(f"[{name}] recorded {_mb(pcap):.1f} MB in {secs:.1f} s", flush=True)
     return gt, {"reused": False, "seconds": round(secs, 1), "pcap_mb": _mb(pcap)}
 
 
-def _record(pcap: Path, js: Path, name: str, kind: str, size: dict[str, Any]) -> dict[str, Any]:
+def _record(
+    pcap: Path, js: Path, name: str, kind: str, size: dict[str, Any], port: int = 5061
+) -> dict[str, Any]:
     if kind == "bulk":
         gt = peers.make_bulk_capture(
             pcap,
+            port=port,
             connections=size["connections"],
             messages=size["messages"],
             cipher=size["cipher"],
@@ -273,6 +279,7 @@ def _record(pcap: Path, js: Path, name: str, kind: str, size: dict[str, Any]) ->
 
         gt = peers.make_handshake_capture(
             pcap,
+            port=port,
             handshakes=total,
             concurrency=size["concurrency"],
             cipher=size["cipher"],

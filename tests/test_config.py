@@ -453,6 +453,77 @@ def test_bad_numbers_elsewhere(tmp_path: Path) -> None:
         load_captagent, install(tmp_path / "b", {"socket_pcap": pcap}))
 
 
+def test_captagent_values_follow_the_command_line_rules(tmp_path: Path) -> None:
+    """A value captagent accepts but that means nothing here is refused with the rule the
+    command line uses, naming the file, line and captagent setting."""
+    tls = module_file("protocol_tls", profile("t", ("flow-timeout", "1e308")))
+    message = error_of(load_captagent, install(tmp_path / "a", {"protocol_tls": tls}))
+    assert re.match(rf"{re.escape(str(tmp_path / 'a' / 'protocol_tls.xml'))}:\d+: "
+                    r"protocol_tls flow-timeout: must be more than 0 and at most 86400", message)
+    pcap = module_file("socket_pcap", profile("p", ("dev", "eth0"), ("stats-enable", "true"),
+                                              ("stats-interval", "100000000")))
+    message = error_of(load_captagent, install(tmp_path / "b", {"socket_pcap": pcap}))
+    assert "socket_pcap stats-interval: must be between 1 and 86400 seconds" in message
+    hep = module_file("transport_hep", profile("h", ("capture-host", "h"),
+                                               ("capture-port", "9"),
+                                               ("capture-password", "p" * 70_000)))
+    message = error_of(load_captagent, install(tmp_path / "c", {"transport_hep": hep}))
+    assert "capture-password: 70000 bytes in UTF-8, more than a HEP chunk holds" in message
+    assert "ppppp" not in message  # a password is never shown
+
+
+def test_deep_xml_and_long_include_chains_end_in_one_line(tmp_path: Path) -> None:
+    deep = write(tmp_path / "deep.xml", "<document>" + "<a>" * 1000 + "</a>" * 1000
+                 + "</document>")
+    assert "deep.xml:1: nested too deeply (more than 64 elements" in error_of(load_captagent,
+                                                                               deep)
+    # 60 levels are fine: nothing recursive is left in reading them
+    ok = write(tmp_path / "ok.xml", '<document type="captagent/xml">' + "<a>" * 60
+               + "</a>" * 60 + "</document>")
+    assert load_captagent(ok) == ({}, [])
+    for i in range(400):
+        target = f'<xi:include href="{i + 1}.xml"/>' if i < 399 else "<module/>"
+        write(tmp_path / "chain" / f"{i}.xml", f"<document>{target}</document>")
+    assert "includes nested too deeply (more than 16" in error_of(
+        load_captagent, tmp_path / "chain" / "0.xml")
+    # a fan-out (each file includes the next ten times) is bounded by the files read
+    for i in range(6):
+        body = f'<xi:include href="f{i + 1}.xml"/>' * 10 if i < 5 else "<module/>"
+        write(tmp_path / "fan" / f"f{i}.xml", f"<document>{body}</document>")
+    assert "more than 256 files read" in error_of(load_captagent, tmp_path / "fan" / "f0.xml")
+
+
+def test_deeply_nested_toml_ends_in_one_line(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "agent.toml", "x = " + "[" * 1000 + "]" * 1000 + "\n")
+    assert error_of(load_native, cfg) == (f"{cfg}: nested too deeply (arrays or inline tables "
+                                          "within one another, hundreds deep)")
+    cfg = write(tmp_path / "b.toml", "x = " + "{a = " * 1000 + "1" + "}" * 1000 + "\n")
+    assert "nested too deeply" in error_of(load_native, cfg)
+
+
+def test_files_too_large_to_be_configurations(tmp_path: Path) -> None:
+    assert "too large for a configuration file" in error_of(load_native, "/dev/zero")
+    big = tmp_path / "captagent.xml"
+    big.write_bytes(b"<document>" + b" " * (5 << 20) + b"</document>")
+    assert "too large for a configuration file" in error_of(load_captagent, big)
+
+
+def test_sizes_and_hold_limits_in_toml(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "agent.toml", '[keys]\nkey_hold_flow = "2M"\nkey_hold_total = '
+                                         '1073741824\n[tuning]\nmax_flow_buffer = "64k"\n')
+    assert load_native(cfg) == {"key_hold_flow": 2 << 20, "key_hold_total": 1 << 30,
+                                "max_flow_buffer": 64 << 10}
+    args = resolve(build_parser(), ["-r", "x.pcap", "--key-hold-flow", "1M"], load_native(cfg))
+    assert (args.key_hold_flow, args.key_hold_total) == (1 << 20, 1 << 30)
+    defaults = build_parser().parse_args(["-r", "x.pcap"])
+    assert (defaults.key_hold_flow, defaults.key_hold_total) == (16 << 20, 256 << 20)
+    for text, needle in (('key_hold_flow = "2T"', "expected a size in bytes"),
+                         ("key_hold_flow = 1.5", "expected a size in bytes"),
+                         ('key_hold_flow = "0"', "must be between 16384"),
+                         ('filter = "a\\u0000b"', "must not contain a NUL character")):
+        assert needle in error_of(load_native, write(tmp_path / "bad.toml", text + "\n"))
+
+
 def test_not_captagent_files(tmp_path: Path) -> None:
     assert "not found" in error_of(load_captagent, tmp_path / "nowhere")
     assert "no captagent.xml" in error_of(load_captagent, tmp_path)

@@ -429,6 +429,27 @@ def test_collector_comes_back_within_close_timeout(servers):
         server.stop("abrupt")
 
 
+def test_shutdown_tries_a_collector_that_came_back_at_once(servers):
+    """The collector returns while the sender waits out a long backoff: close() does not wait
+    for that attempt (past its deadline) but tries at once, and delivers everything."""
+    port = free_port()
+    slow = RetryPolicy(backoff_initial=30.0, backoff_max=30.0, idle_check=0.05,
+                       connect_timeout=2.0)
+    collector = open_collector(f"tcp://127.0.0.1:{port}", retry=slow)
+    for i in range(10):
+        collector.submit(packet(i))
+    assert wait_until(lambda: collector.stats.connect_failures >= 1, 5)
+    server = servers()
+    server.stop("abrupt")
+    server.port = port
+    server.start()
+    started = time.monotonic()
+    collector.close(timeout=3)
+    assert time.monotonic() - started < 3
+    assert wait_for(server, 10, 2) == list(range(10))
+    assert (collector.stats.sent, collector.stats.dropped_at_shutdown) == (10, 0)
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -461,3 +482,25 @@ def test_udp_send_errors_are_counted():
     assert "too long" in stats.last_error
     assert not collector.submit(packet(2)) and collector.stats.dropped_at_shutdown == 1
 
+
+
+def test_a_call_id_too_long_for_its_chunk_is_counted_never_raised():
+    """Bytes that are not UTF-8 in a Call-ID become U+FFFD, three bytes each: 30,000 of them
+    on the wire do not fit in the correlation chunk.  The message is counted as too large."""
+    sink = HepSink([f"udp://127.0.0.1:{free_port()}"], HepOptions(correlation_id=True))
+    try:
+        sink.emit(message(1, call_id="\ufffd" * 30_000))
+        sink.emit(message(2))
+    finally:
+        sink.close(0.5)
+    assert (sink.stats.skipped_too_large, sink.stats.packets) == (1, 1)
+
+
+@pytest.mark.parametrize("options", [HepOptions(password="\udcff"),
+                                     HepOptions(node_name="n" * 70_000),
+                                     HepOptions(capture_id=1 << 32),
+                                     HepOptions(ip_proto_tls=256)])
+def test_hep_options_that_cannot_be_encoded_fail_at_construction(options):
+    with pytest.raises(HepConfigError) as info:
+        HepSink([f"udp://127.0.0.1:{free_port()}"], options)
+    assert "\n" not in str(info.value)

@@ -1,6 +1,7 @@
 """The agent on loopback shipping to local HEP collectors over UDP, TCP and TLS: every message
-exactly once at each, through a collector outage, with a queue too small for it, driven by a
-captagent XML configuration, and watched through Prometheus.  Needs root; skips otherwise."""
+exactly once at each, through a 60-second outage of a TCP and a TLS collector, with a queue
+too small for it, driven by a captagent XML configuration, and watched through Prometheus.
+Needs root; skips otherwise."""
 
 from __future__ import annotations
 
@@ -78,50 +79,80 @@ def test_every_message_exactly_once_at_udp_tcp_and_tls_collectors(tmp_path):
     assert all(chunk_value(p, 0x0013) == b"edge-1" for p in udp_packets)
 
 
-def run_with_outage(tmp_path, queue: str, outage_s: float, calls_before: int = 3,
-                    calls_during: int = 6, calls_after: int = 3):
+def run_with_outage(tmp_path, queue: str, outage_s: float, collectors: list[StreamServer],
+                    call_every_s: float = 2.0, calls_before: int = 3, calls_after: int = 3,
+                    extra: tuple[str, ...] = (), expect_all: bool = True):
+    """Calls before, during and after an outage of every collector; the collectors come
+    back on their ports.  Returns the calls, the agent's stderr, and how long the messages
+    sent so far took to arrive once the collectors were back (None: not all arrived)."""
     port = free_port()
     server = TlsSipServer(port)
-    collector = StreamServer().start()
-    with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--hep", collector.address,
-               "--hep-queue", queue) as agent:
+    hep = [arg for c in collectors for arg in ("--hep", c.address)]
+    with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY), *hep, "--hep-queue", queue,
+               *extra) as agent:
         calls = [sip_call(server, seed=i) for i in range(calls_before)]
-        collector.wait_for_packets(7 * calls_before, timeout=10)
-        collector.stop("abrupt")
+        for collector in collectors:
+            collector.wait_for_packets(7 * calls_before, timeout=10)
+            collector.stop("abrupt")
         started = time.monotonic()
         seed = calls_before
-        while time.monotonic() - started < outage_s or seed < calls_before + calls_during:
-            if seed < calls_before + calls_during:
-                calls.append(sip_call(server, seed=seed))
-                seed += 1
-            time.sleep(outage_s / (calls_during + 1))
-        collector.start()  # the same port again
+        while time.monotonic() - started < outage_s:  # a steady trickle of calls
+            calls.append(sip_call(server, seed=seed))
+            seed += 1
+            time.sleep(call_every_s)
+        for collector in collectors:
+            collector.start()  # the same port again
+        back = time.monotonic()
         for _ in range(calls_after):
             calls.append(sip_call(server, seed=seed))
             seed += 1
-        time.sleep(3)  # reconnect backoff and resend
+        wanted = len(sent_messages(calls))
+        caught_up = expect_all and all(len(c.wait_for_packets(wanted, timeout=20)) >= wanted
+                                       for c in collectors)
+        delay = time.monotonic() - back if caught_up else None
         assert agent.stop() == 0
-    collector.stop()
+    for collector in collectors:
+        collector.stop()
     server.close()
-    return calls, collector.packets, agent.stderr
+    return calls, agent.stderr, delay
 
 
-def test_collector_outage_of_ten_seconds_loses_nothing_and_keeps_order(tmp_path):
-    calls, packets, stderr = run_with_outage(tmp_path, queue="100000,64M", outage_s=10)
-    assert Counter(payloads(packets)) == Counter(sent_messages(calls))
-    assert per_flow_order(calls, packets)
-    assert "0 dropped (queue full)" in stderr
+def collector_line(stderr: str, address: str) -> str:
+    return next(line for line in stderr.splitlines() if line.startswith(f"HEP {address}:"))
+
+
+def test_collector_outage_of_sixty_seconds_over_tcp_and_tls_loses_nothing(tmp_path):
+    """Both collectors are down for 60 s at once while calls go on: each gets every message
+    exactly once, in order within each connection, soon after it is back (not only when the
+    agent shuts down), and nothing is dropped."""
+    pki = make_pki(tmp_path)
+    tcp, tls = StreamServer().start(), StreamServer(pki.server).start()
+    calls, stderr, delay = run_with_outage(tmp_path, "100000,64M", 60, [tcp, tls],
+                                           extra=("--hep-ca", pki.ca_file))
+    expected = Counter(sent_messages(calls))
+    assert len(calls) >= 30
+    for collector in (tcp, tls):
+        assert Counter(payloads(collector.packets)) == expected, collector.address
+        assert per_flow_order(calls, collector.packets), collector.address
+        line = collector_line(stderr, collector.address)
+        assert "0 dropped (queue full), 0 dropped at shutdown" in line, line
+        assert int(re.search(r"(\d+) failed connection attempts", line)[1]) >= 1, line
+        assert int(re.search(r"(\d+) reconnects", line)[1]) >= 1, line
+    # reconnection backs off to at most 5 s (RetryPolicy.backoff_max), plus the calls after
+    assert delay is not None and delay < 15, delay
 
 
 def test_queue_too_small_drops_exactly_what_it_reports(tmp_path):
-    calls, packets, stderr = run_with_outage(tmp_path, queue="10", outage_s=3)
+    collector = StreamServer().start()
+    calls, stderr, _ = run_with_outage(tmp_path, "10", 3, [collector], call_every_s=0.5,
+                                       expect_all=False)
     dropped = int(re.search(r"(\d+) dropped \(queue full\)", stderr).group(1))
     sent = sent_messages(calls)
-    got = payloads(packets)
+    got = payloads(collector.packets)
     assert dropped > 0
     assert len(got) + dropped == len(sent)
     assert not Counter(got) - Counter(sent)  # nothing that was not sent, nothing twice
-    assert per_flow_order(calls, packets)
+    assert per_flow_order(calls, collector.packets)
 
 
 SEED_SOCKET_PCAP = """<?xml version="1.0"?>

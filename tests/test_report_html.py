@@ -227,7 +227,7 @@ def test_ten_thousand_calls_a_ladder_on_demand(big_report):
 def test_a_full_disk_at_the_end_is_an_output_error(tmp_path):
     import errno
 
-    from captagent_tls.pipeline import SinkError
+    from captagent_tls.sinks import OutputError
 
     report = CallFlowReport(str(tmp_path / "calls.html"))
     report.emit(message(10, sip("OPTIONS sip:b@y SIP/2.0", "c1", "1 OPTIONS"), "c1"))
@@ -236,5 +236,5 @@ def test_a_full_disk_at_the_end_is_an_output_error(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     report._out.write = full  # type: ignore[method-assign]
-    with pytest.raises(SinkError, match=r"report .*calls\.html: No space left on device"):
+    with pytest.raises(OutputError, match=r"report .*calls\.html: No space left on device"):
         report.close()

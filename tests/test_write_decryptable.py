@@ -242,7 +242,7 @@ def test_a_full_disk_is_an_output_error_not_a_traceback(tmp_path):
     import errno
 
     from captagent_tls.capture import Frame
-    from captagent_tls.pipeline import SinkError
+    from captagent_tls.sinks import OutputError
     from captagent_tls.sinks.decryptable import DecryptableCaptureWriter
 
     writer = DecryptableCaptureWriter(str(tmp_path / "out.pcapng"))
@@ -251,5 +251,5 @@ def test_a_full_disk_is_an_output_error_not_a_traceback(tmp_path):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     writer._spool.write = full  # type: ignore[method-assign]
-    with pytest.raises(SinkError, match=r"out\.pcapng: No space left on device"):
+    with pytest.raises(OutputError, match=r"out\.pcapng: No space left on device"):
         writer.frame(Frame(1, 1, b"\0" * 60))

@@ -8,13 +8,17 @@ one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import logging
 import os
 import socket
+import stat
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from captagent_tls import __version__
 from captagent_tls.capture import CaptureError
@@ -25,16 +29,11 @@ from captagent_tls.config import ConfigError, load_captagent, load_native, resol
 from captagent_tls.counters import Counters
 from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
 from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
-from captagent_tls.pipeline import Pipeline, PipelineOptions, SinkError
+from captagent_tls.options import MIB, parse_queue_limits, value_type
+from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
-from captagent_tls.sinks import Sink
-from captagent_tls.sinks.hep import (
-    HepConfigError,
-    HepOptions,
-    HepSink,
-    TlsOptions,
-    parse_queue_limits,
-)
+from captagent_tls.sinks import OutputError, Sink, write_failed
+from captagent_tls.sinks.hep import HepConfigError, HepOptions, HepSink, TlsOptions
 from captagent_tls.sinks.jsonl import JsonLinesSink
 from captagent_tls.sinks.pcapfile import PcapFileSink
 from captagent_tls.tls.events import SessionSecret
@@ -54,90 +53,126 @@ class UserError(Exception):
     pass
 
 
+def one_line(text: str) -> str:
+    """A message as one line: control characters (a newline in a file name...) and bytes
+    that are not UTF-8 (surrogates, from argv) are shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with every mistake on the command line in one line (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="captagent-tls",
         description="Rebuild TCP streams, decrypt TLS and pass on the SIP inside: to the "
                     "console, as JSON lines, or to a HOMER collector as HEPv3.",
     )
     source = parser.add_argument_group("input (one of -r or -i)")
-    source.add_argument("-r", "--read", metavar="FILE",
+    source.add_argument("-r", "--read", metavar="FILE", type=value_type("read"),
                         help="capture file to read: pcap or pcapng, optionally .gz; - for stdin")
-    source.add_argument("-i", "--interface", metavar="IFACE",
+    source.add_argument("-i", "--interface", metavar="IFACE", type=value_type("interface"),
                         help="capture live from this interface (any: all of them)")
-    source.add_argument("-f", "--filter", metavar="BPF",
+    source.add_argument("-f", "--filter", metavar="BPF", type=value_type("filter"),
                         help='BPF filter, tcpdump syntax, e.g. "tcp port 5061"')
     source.add_argument("--promisc", action=argparse.BooleanOptionalAction, default=True,
                         help="put the interface into promiscuous mode (default: yes)")
-    source.add_argument("-s", "--snaplen", metavar="BYTES", type=int, default=262144,
+    source.add_argument("-s", "--snaplen", metavar="BYTES", type=value_type("snaplen"),
+                        default=262144,
                         help="bytes to capture per packet (default 262144)")
-    source.add_argument("-B", "--buffer-size", metavar="KIB", type=int, default=32768,
+    source.add_argument("-B", "--buffer-size", metavar="KIB", type=value_type("buffer_size"),
+                        default=32768,
                         help="kernel capture buffer in KiB (default 32768)")
     keys = parser.add_argument_group("keys")
     keys.add_argument("-k", "--key", metavar="KEYFILE", action="append", default=[],
+                      type=value_type("key"),
                       help="server RSA private key (PEM, DER or PKCS#12); repeatable. Each key "
                            "is matched to servers by their certificate")
-    keys.add_argument("--key-password", metavar="PASSWORD",
+    keys.add_argument("--key-password", metavar="PASSWORD", type=value_type("key_password"),
                       help="password of encrypted key files")
     keys.add_argument("--keylog", metavar="FILE", action="append", default=[],
+                      type=value_type("keylog"),
                       help="NSS key log (SSLKEYLOGFILE format); repeatable. Decrypts ECDHE, "
                            "DHE and TLS 1.3 sessions. Followed as it grows when capturing live")
     keys.add_argument("--keylog-listen", metavar="udp|tcp://HOST:PORT", action="append",
-                      default=[], help="accept key-log lines over the network (live capture); "
-                                       "e.g. from Kamailio's keylog_peer")
+                      default=[], type=value_type("keylog_listen"),
+                      help="accept key-log lines over the network (live capture); e.g. from "
+                           "Kamailio's keylog_peer")
     keys.add_argument("--keylog-listen-remote", action=argparse.BooleanOptionalAction,
                       default=False,
                       help="allow --keylog-listen on an address other than loopback")
-    keys.add_argument("--key-wait", metavar="SECONDS", type=float, default=10.0,
+    keys.add_argument("--key-wait", metavar="SECONDS", type=value_type("key_wait"), default=10.0,
                       help="how long records wait for keys that may still arrive (default 10)")
-    keys.add_argument("--export-keylog", metavar="FILE",
+    keys.add_argument("--key-hold-flow", metavar="BYTES", type=value_type("key_hold_flow"),
+                      default=16 * MIB,
+                      help="records one connection may hold while they wait for keys "
+                           "(default 16M; K, M and G suffixes); more are dropped and counted")
+    keys.add_argument("--key-hold-total", metavar="BYTES", type=value_type("key_hold_total"),
+                      default=256 * MIB,
+                      help="records all connections together may hold while they wait for "
+                           "keys (default 256M); a connection holds at most this much too")
+    keys.add_argument("--export-keylog", metavar="FILE", type=value_type("export_keylog"),
                       help="write a CLIENT_RANDOM line for every session decrypted with an "
                            "RSA key, so Wireshark can open the capture without the key")
     out = parser.add_argument_group("outputs (default: the console)")
     out.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
                      help="one JSON object per message on stdout")
-    out.add_argument("-w", "--write", metavar="FILE",
+    out.add_argument("-w", "--write", metavar="FILE", type=value_type("write"),
                      help="write the decrypted SIP messages to a pcap file that Wireshark "
                           "opens as SIP, with the real addresses, ports and times")
     out.add_argument("--console", action=argparse.BooleanOptionalAction, default=False,
                      help="print messages on the console even when another output is chosen")
     out.add_argument("--hep", metavar="[udp|tcp|tls://]HOST:PORT", action="append", default=[],
+                     type=value_type("hep"),
                      help="send each SIP message as a HEPv3 packet to this collector (UDP when "
                           "no scheme is given); repeatable: every collector gets every message")
-    out.add_argument("--hep-id", metavar="N", type=int, default=2001,
+    out.add_argument("--hep-id", metavar="N", type=value_type("hep_id"), default=2001,
                      help="HEP capture agent id (default 2001)")
     out.add_argument("--hep-password", metavar="KEY", default="",
+                     type=value_type("hep_password"),
                      help="HEP authentication key (chunk 0x000e)")
-    out.add_argument("--hep-ip-proto", metavar="N", type=int, default=22,
+    out.add_argument("--hep-ip-proto", metavar="N", type=value_type("hep_ip_proto"), default=22,
                      help="IP protocol number sent for decrypted TLS: 22 (default, shown as "
                           "'tls' by HOMER) or 6 for the real TCP value")
     out.add_argument("--hep-node-name", metavar="NAME", default=socket.gethostname(),
+                     type=value_type("hep_node_name"),
                      help="HEP node name (chunk 0x0013; default: the host name)")
     out.add_argument("--hep-correlation", action=argparse.BooleanOptionalAction, default=False,
                      help="send the SIP Call-ID as HEP correlation id (chunk 0x0011)")
-    out.add_argument("--hep-ca", metavar="FILE",
+    out.add_argument("--hep-ca", metavar="FILE", type=value_type("hep_ca"),
                      help="trust this CA for tls:// collectors (heplify-server makes its own)")
     out.add_argument("--hep-insecure", action=argparse.BooleanOptionalAction, default=False,
                      help="do not verify the certificate of tls:// collectors")
     out.add_argument("--hep-queue", metavar="MESSAGES[,BYTES]", default="100000,64M",
+                     type=value_type("hep_queue"),
                      help="per tcp/tls collector, what may wait while it is unreachable "
                           "(default 100000,64M); what does not fit is counted as dropped")
     agent = parser.add_argument_group("running as an agent")
-    agent.add_argument("--user", metavar="NAME",
+    agent.add_argument("--user", metavar="NAME", type=value_type("user"),
                        help="drop root to this user once the capture is open and keys are read")
-    agent.add_argument("--stats-interval", metavar="SECONDS", type=float, default=60.0,
+    agent.add_argument("--stats-interval", metavar="SECONDS", type=value_type("stats_interval"),
+                       default=60.0,
                        help="log stats this often when capturing live (default 60)")
-    agent.add_argument("--metrics", metavar="HOST:PORT",
+    agent.add_argument("--metrics", metavar="HOST:PORT", type=value_type("metrics"),
                        help="serve Prometheus metrics over HTTP here")
     tuning = parser.add_argument_group("tuning")
-    tuning.add_argument("--flow-timeout", metavar="SECONDS", type=float, default=180.0,
+    tuning.add_argument("--flow-timeout", metavar="SECONDS", type=value_type("flow_timeout"),
+                        default=180.0,
                         help="close flows idle this long, in capture time (default 180)")
-    tuning.add_argument("--max-flow-buffer", metavar="BYTES", type=int, default=4 << 20,
-                        help="out-of-order bytes one direction may hold (default 4 MiB)")
-    tuning.add_argument("--max-flows", metavar="N", type=int, default=200_000,
+    tuning.add_argument("--max-flow-buffer", metavar="BYTES", default=4 * MIB,
+                        type=value_type("max_flow_buffer"),
+                        help="out-of-order bytes one direction may hold (default 4M)")
+    tuning.add_argument("--max-flows", metavar="N", type=value_type("max_flows"), default=200_000,
                         help="TCP flows tracked at once; the least recently active go first "
                              "(default 200000)")
-    tuning.add_argument("--session-cache", metavar="N", type=int, default=20_000,
+    tuning.add_argument("--session-cache", metavar="N", type=value_type("session_cache"),
+                        default=20_000,
                         help="TLS sessions remembered for resumption, by ID and by ticket "
                              "(default 20000 each)")
     # -- views: progress and status lines, colour, --brief, --report, --write-decryptable --
@@ -203,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse_arguments(parser, argv)
     except ConfigError as exc:
-        print(f"captagent-tls: error: {exc}", file=sys.stderr)
+        print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
@@ -216,14 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bool(args.read) == bool(args.interface):
             raise UserError("give a capture file (-r FILE) or an interface (-i IFACE)")
         return run_live(args) if args.interface else run_offline(args)
-    except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError) as exc:
-        print(f"captagent-tls: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except SinkError as exc:
-        if isinstance(exc.__cause__, BrokenPipeError):
-            sys.stderr.close()  # the reader of our output went away (| head): not an error
-            return 0
-        print(f"captagent-tls: error: cannot write the output: {exc}", file=sys.stderr)
+    except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError,
+            OutputError) as exc:
+        print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
         sys.stderr.close()  # the reader of our output went away (| head): not an error
@@ -235,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- keys ------------------------------------------------------------------------------------
 
 def load_rsa_key_files(args: argparse.Namespace, keys: KeyStore, live: bool = False) -> None:
-    password = args.key_password.encode() if args.key_password is not None else None
+    # the bytes that were typed, even when they are not UTF-8 (argv keeps them as surrogates)
+    password = os.fsencode(args.key_password) if args.key_password is not None else None
     loaded = [(path, load_rsa_keys(path, password)) for path in args.key]
     keys.clear_rsa_keys()
     for path, private_keys in loaded:
@@ -273,42 +304,59 @@ def embedded_secrets(path: str, keys: KeyStore) -> None:
 
     with CaptureReader(path, on_secrets=add) as reader:
         if reader.is_pcapng:
-            for _ in reader:
-                pass
+            # damage is reported by the pass that decrypts: what comes before it still counts
+            with contextlib.suppress(CaptureError):
+                for _ in reader:
+                    pass
 
 
 class KeyLogExporter:
-    """Writes CLIENT_RANDOM lines for sessions whose secret did not come from a key log."""
+    """Writes CLIENT_RANDOM lines for sessions whose secret did not come from a key log.
+
+    The file holds secrets: it is created 0600.  A session seen again (a resumption) is not
+    written twice, as far as the last REMEMBERED sessions go: a daemon must not remember every
+    session it ever saw, and a line written twice does no harm.
+    """
+
+    REMEMBERED = 65_536
 
     def __init__(self, path: str):
         try:
-            # session secrets: readable by the owner only, like a private key
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self.out = open(fd, "a", encoding="ascii")  # noqa: SIM115 - closed in close()
+            mode = os.fstat(fd).st_mode
         except OSError as exc:
             raise UserError(f"cannot write key log {path}: {exc.strerror or exc}") from None
-        self._written: set[bytes] = set()
+        self.path = path
+        if stat.S_ISREG(mode) and mode & 0o077:
+            log.warning("%s is readable or writable by group or others, and it will hold "
+                        "session secrets (chmod 600 it)", path)
+        self._written: OrderedDict[bytes, None] = OrderedDict()
 
     def write(self, secret: SessionSecret) -> None:
         if secret.source == "key log" or secret.client_random in self._written:
             return
-        self._written.add(secret.client_random)
-        self.out.write(f"CLIENT_RANDOM {secret.client_random.hex()} "
-                       f"{secret.master_secret.hex()}\n")
-        self.out.flush()
+        self._written[secret.client_random] = None
+        if len(self._written) > self.REMEMBERED:
+            self._written.popitem(last=False)
+        try:
+            self.out.write(f"CLIENT_RANDOM {secret.client_random.hex()} "
+                           f"{secret.master_secret.hex()}\n")
+            self.out.flush()
+        except OSError as exc:
+            raise write_failed(self.out, exc, self.path) from None
 
     def close(self) -> None:
-        self.out.close()
+        try:
+            self.out.close()
+        except OSError as exc:
+            raise write_failed(self.out, exc, self.path) from None
 
 
 # -- outputs ---------------------------------------------------------------------------------
 
 def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink]:
     sinks: list[Sink] = []
-    if not 0 <= args.hep_ip_proto <= 255:
-        raise UserError("--hep-ip-proto must be an IP protocol number (0-255)")
-    if not 0 <= args.hep_id <= 0xFFFFFFFF:
-        raise UserError("--hep-id must fit in 32 bits")
     if args.hep:
         if args.hep_insecure and any(a.lower().startswith("tls://") for a in args.hep):
             log.warning("--hep-insecure: the certificates of tls:// collectors are not verified")
@@ -336,24 +384,30 @@ def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink
 
 
 def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> PipelineOptions:
-    if args.flow_timeout <= 0 or args.key_wait < 0:
-        raise UserError("--flow-timeout must be positive and --key-wait not negative")
-    if min(args.max_flows, args.session_cache, args.max_flow_buffer) < 1:
-        raise UserError("--max-flows, --session-cache and --max-flow-buffer must be positive")
+    """The options' values were checked as they were read (captagent_tls.options)."""
+    hold = HoldLimits(max_wait_s=args.key_wait,
+                      max_bytes_per_flow=min(args.key_hold_flow, args.key_hold_total),
+                      max_bytes_total=args.key_hold_total)
     return PipelineOptions(flow_timeout_s=args.flow_timeout,
                            max_direction_bytes=args.max_flow_buffer,
                            max_flows=args.max_flows, session_cache_size=args.session_cache,
-                           keys_may_arrive=keys_may_arrive,
-                           hold=HoldLimits(max_wait_s=args.key_wait))
+                           keys_may_arrive=keys_may_arrive, hold=hold)
 
 
 def finish(pipeline: Pipeline, sinks: list[Sink], exporter: KeyLogExporter | None) -> None:
-    """Deliver what is complete, flush the outputs and close them."""
-    pipeline.finish()
-    for sink in sinks:
-        sink.close()
+    """Deliver what is complete, flush the outputs and close them: all of them, even when
+    one cannot be written (the HEP queues are still flushed); then the first failure."""
+    steps = [pipeline.finish, *(sink.close for sink in sinks)]
     if exporter is not None:
-        exporter.close()
+        steps.append(exporter.close)
+    failure: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except (OutputError, BrokenPipeError) as exc:
+            failure = failure or exc
+    if failure is not None:
+        raise failure
 
 
 # -- offline ---------------------------------------------------------------------------------
@@ -390,15 +444,24 @@ def run_offline(args: argparse.Namespace) -> int:
                 for frame in frames:
                     if matches(frame):
                         feed(frame)
+    except CaptureError as exc:
+        if not reader.format:
+            raise
+        raise UserError(f"{exc}; the {pipeline.stats.frames} packets before it were "
+                        "processed") from None
     finally:
         views.stop_lines()
         # whatever was read, even from a broken file, is decrypted and delivered
         finish(pipeline, sinks, exporter)
         views.close()
         reporter.flush()
+    if reader.malformed:
+        print(f"captagent-tls: warning: {args.read}: {reader.describe_malformed()}",
+              file=sys.stderr)
     if reader.truncated:
-        print(f"captagent-tls: warning: {args.read} is truncated; everything before the cut "
-              "was processed", file=sys.stderr)
+        print(f"captagent-tls: warning: {args.read} is truncated (a record cut at byte "
+              f"{reader.truncated_at}); everything before the cut was processed",
+              file=sys.stderr)
     if not args.quiet:
         print(format_stats(snapshot(pipeline, sinks), sinks), file=sys.stderr)
         for line in views.summary_lines():

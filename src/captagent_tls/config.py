@@ -21,19 +21,13 @@ import difflib
 import math
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.parsers import expat
 
-from captagent_tls.keysources import KeySourceError, parse_listen_url
-from captagent_tls.net.addresses import split_host_port
-from captagent_tls.sinks.hep import (
-    CollectorAddressError,
-    HepConfigError,
-    parse_collector,
-    parse_queue_limits,
-)
+from captagent_tls.options import OPTIONS, check, describe_kind, type_name
+from captagent_tls.sinks.hep_transport import CollectorAddressError, parse_collector
 
 __all__ = [
     "ALTERNATIVES",
@@ -54,30 +48,11 @@ class ConfigError(Exception):
 
 # --------------------------------------------------------------------------------- options
 
-STR, BOOL, INT, FLOAT, LIST = "string", "boolean", "integer", "number", "list"
-
-#: Every option a file may set: argparse ``dest`` -> kind of value.
-OPTIONS: dict[str, str] = {
-    # capture
-    "read": STR, "interface": STR, "filter": STR, "promisc": BOOL, "snaplen": INT,
-    "buffer_size": INT,
-    # keys
-    "key": LIST, "key_password": STR, "keylog": LIST, "keylog_listen": LIST,
-    "keylog_listen_remote": BOOL, "key_wait": FLOAT, "export_keylog": STR,
-    # outputs
-    "json": BOOL, "console": BOOL, "write": STR,
-    # HEP
-    "hep": LIST, "hep_id": INT, "hep_password": STR, "hep_node_name": STR,
-    "hep_correlation": BOOL, "hep_ip_proto": INT, "hep_ca": STR, "hep_insecure": BOOL,
-    "hep_queue": STR,
-    # tuning
-    "flow_timeout": FLOAT, "max_flow_buffer": INT, "max_flows": INT, "session_cache": INT,
-    # the agent itself
-    "user": STR, "metrics": STR, "stats_interval": FLOAT, "quiet": BOOL, "verbose": INT,
-}  # fmt: skip
-
 #: Options holding file names: relative names in a file are relative to that file's folder.
 PATH_OPTIONS = frozenset({"read", "key", "keylog", "export_keylog", "hep_ca", "write"})
+
+#: The most a configuration file may hold: captagent's and ours are a few KiB.
+MAX_CONFIG_BYTES = 4 << 20
 
 
 def _table(*dests: str, **aliases: str) -> dict[str, str]:
@@ -91,7 +66,7 @@ def _table(*dests: str, **aliases: str) -> dict[str, str]:
 TABLES: dict[str, dict[str, str]] = {
     "capture": _table("read", "interface", "filter", "promisc", "snaplen", "buffer_size"),
     "keys": _table("key", "key_password", "keylog", "keylog_listen", "keylog_listen_remote",
-                   "key_wait", "export_keylog"),
+                   "key_wait", "key_hold_flow", "key_hold_total", "export_keylog"),
     "output": _table("json", "console", "write"),
     "hep": _table(collectors="hep", id="hep_id", password="hep_password",
                   node_name="hep_node_name", correlation="hep_correlation",
@@ -101,156 +76,15 @@ TABLES: dict[str, dict[str, str]] = {
     "agent": _table("user", "metrics", "stats_interval", "quiet", "verbose"),
 }
 
-_EXPECTED = {
-    STR: "a string", BOOL: "true or false", INT: "an integer", FLOAT: "a number",
-    LIST: "a string or an array of strings",
-}  # fmt: skip
 
-
-def _toml_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    for kind, name in ((str, "string"), (int, "integer"), (float, "float"), (list, "array"),
-                       (dict, "table")):
-        if isinstance(value, kind):
-            return name
-    return "date/time"
-
-
-def _typed(kind: str, value: object) -> object:
-    """The value as the option's kind, or raise ValueError with what is wrong."""
-    wrong = ValueError(f"expected {_EXPECTED[kind]}, got {_toml_type(value)} {value!r}")
-    if kind == STR:
-        if not isinstance(value, str):
-            raise wrong
-        return value
-    if kind == BOOL:
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if kind == INT:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong
-        return value
-    if kind == FLOAT:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise wrong
-        if not math.isfinite(value):
-            raise ValueError(f"expected a finite number, got {value!r}")
-        return float(value)
-    # LIST: one string stands for a list of one
-    if isinstance(value, str):
-        return [value]
-    if not isinstance(value, list):
-        raise wrong
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ValueError(f"item {i + 1}: expected a string, got {_toml_type(item)} {item!r}")
-    return list(value)
-
-
-_Check = Callable[[object], "str | None"]
-
-
-def _host_port_problem(text: str) -> str | None:
-    try:
-        split_host_port(text)
-    except ValueError as exc:
-        return f"{exc}, got {text!r}"
-    return None
-
-
-def _at_least(low: float, high: float | None = None) -> _Check:
-    def check(value: object) -> str | None:
-        assert isinstance(value, int | float)
-        if value < low or (high is not None and value > high):
-            if high is None:
-                return f"must be at least {low}, got {value!r}"
-            return f"must be between {low} and {high}, got {value!r}"
-        return None
-
-    return check
-
-
-def _positive(value: object) -> str | None:
-    assert isinstance(value, int | float)
-    return None if value > 0 else f"must be more than 0, got {value!r}"
-
-
-def _not_empty(value: object) -> str | None:
-    return None if value else "must not be empty"
-
-
-def _hep_queue(value: object) -> str | None:
-    assert isinstance(value, str)
-    try:
-        parse_queue_limits(value)
-    except HepConfigError as exc:
-        return str(exc)
-    return None
-
-
-def _collectors(value: object) -> str | None:
-    assert isinstance(value, list)
-    for address in value:
-        try:
-            parse_collector(address)
-        except CollectorAddressError as exc:
-            return str(exc)
-    return None
-
-
-def _listeners(value: object) -> str | None:
-    assert isinstance(value, list)
-    for url in value:
-        try:
-            parse_listen_url(url)
-        except KeySourceError as exc:
-            return str(exc)
-    return None
-
-
-def _metrics(value: object) -> str | None:
-    assert isinstance(value, str)
-    return _host_port_problem(value)
-
-
-_CHECKS: dict[str, _Check] = {
-    "interface": _not_empty,
-    "snaplen": _at_least(1, 262144),
-    "buffer_size": _positive,
-    "keylog_listen": _listeners,
-    "key_wait": _at_least(0),
-    "hep": _collectors,
-    "hep_id": _at_least(0, 0xFFFFFFFF),
-    "hep_ip_proto": _at_least(0, 255),
-    "hep_queue": _hep_queue,
-    "flow_timeout": _positive,
-    "max_flow_buffer": _positive,
-    "max_flows": _positive,
-    "session_cache": _positive,
-    "user": _not_empty,
-    "metrics": _metrics,
-    "stats_interval": _at_least(0),
-    "verbose": _at_least(0),
-}
-
-
-#: Options whose values never appear in messages.
-SECRET_OPTIONS = frozenset({"key_password", "hep_password"})
-
-
-def _check(dest: str, value: object) -> object:
-    """Type and range check one option's value; ValueError says what is wrong."""
-    if dest in SECRET_OPTIONS and not isinstance(value, str):
-        raise ValueError(f"expected {_EXPECTED[OPTIONS[dest]]}, got {_toml_type(value)} "
-                         "(value not shown)")
-    value = _typed(OPTIONS[dest], value)
-    check = _CHECKS.get(dest)
-    problem = check(value) if check else None
-    if problem:
-        raise ValueError(problem)
-    return value
+def _read_limited(path: str | Path) -> bytes:
+    """A configuration file's bytes; ConfigError for one too large to be one (/dev/zero)."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES >> 20} MiB, too large for a "
+                          "configuration file")
+    return data
 
 
 def _relative_to(base: Path, name: str) -> str:
@@ -298,14 +132,16 @@ def load_native(path: str | Path) -> dict[str, object]:
     """
     name = str(path)
     try:
-        with open(path, "rb") as fh:
-            document = tomllib.load(fh)
+        document = tomllib.loads(_read_limited(path).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {name}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start + 1})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_toml_syntax_error(name, exc)) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError(f"{name}: nested too deeply (arrays or inline tables within one "
+                          "another, hundreds deep)") from None
 
     values: dict[str, object] = {}
     set_by: dict[str, str] = {}
@@ -314,7 +150,7 @@ def load_native(path: str | Path) -> dict[str, object]:
         if dest in set_by:
             raise ConfigError(f"{name}: {key}: {dest} is already set by {set_by[dest]}")
         try:
-            values[dest] = _check(dest, value)
+            values[dest] = check(dest, value)
         except ValueError as exc:
             raise ConfigError(f"{name}: {key}: {exc}") from None
         set_by[dest] = key
@@ -329,17 +165,17 @@ def load_native(path: str | Path) -> dict[str, object]:
                 if dest is None:
                     raise _unknown(name, dotted, sorted(names), table=key)
                 if isinstance(sub_value, dict):
-                    raise ConfigError(f"{name}: {dotted}: expected {_EXPECTED[OPTIONS[dest]]}, "
+                    raise ConfigError(f"{name}: {dotted}: expected {describe_kind(dest)}, "
                                       "got a table")
                 put(dest, dotted, sub_value)
         elif bare in OPTIONS:
             if isinstance(value, dict):
-                raise ConfigError(f"{name}: {key}: expected {_EXPECTED[OPTIONS[bare]]}, "
+                raise ConfigError(f"{name}: {key}: expected {describe_kind(bare)}, "
                                   "got a table")
             put(bare, key, value)
         elif bare in TABLES:
             raise ConfigError(f"{name}: {key}: expected a table ([{key}]), "
-                              f"got {_toml_type(value)} {value!r}")
+                              f"got {type_name(value)} {value!r}")
         else:
             raise _unknown(name, key, sorted([*OPTIONS, *TABLES]))
     _resolve_paths(values, Path(path).parent)
@@ -365,16 +201,39 @@ class _Node:
         return f"{self.file}:{self.line}"
 
     def iter(self, tag: str) -> Iterator[_Node]:
-        if self.tag == tag:
-            yield self
-        for child in self.children:
-            yield from child.iter(tag)
+        """This element and those within it named ``tag``, in document order (without
+        recursion: a deep file must not reach Python's recursion limit)."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            if node.tag == tag:
+                yield node
+            stack.extend(reversed(node.children))
 
 
-def _parse_xml(path: Path) -> _Node:
+#: Limits of a captagent configuration, far above what one holds (a few files, elements six
+#: deep, a few hundred in all), so that no file can make reading it run away.
+MAX_XML_DEPTH = 64  # elements within one another, in one file
+MAX_INCLUDE_DEPTH = 16  # files including files including files...
+MAX_XML_FILES = 256  # files read, counting a file each time it is included
+MAX_XML_ELEMENTS = 100_000  # elements in all files read
+
+
+class _XmlBudget:
+    """What one configuration has read so far, against the limits above."""
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.elements = 0
+
+
+def _parse_xml(path: Path, budget: _XmlBudget) -> _Node:
     """Parse one file with expat (no namespace processing: captagent's parser has none)."""
+    budget.files += 1
+    if budget.files > MAX_XML_FILES:
+        raise ConfigError(f"{path}: more than {MAX_XML_FILES} files read (includes)")
     try:
-        data = path.read_bytes()
+        data = _read_limited(path)
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     parser = expat.ParserCreate()
@@ -383,6 +242,13 @@ def _parse_xml(path: Path) -> _Node:
     roots: list[_Node] = []
 
     def start(tag: str, attrib: dict[str, str]) -> None:
+        if len(stack) >= MAX_XML_DEPTH:
+            raise ConfigError(f"{path}:{parser.CurrentLineNumber}: nested too deeply (more "
+                              f"than {MAX_XML_DEPTH} elements within one another)")
+        budget.elements += 1
+        if budget.elements > MAX_XML_ELEMENTS:
+            raise ConfigError(f"{path}:{parser.CurrentLineNumber}: more than "
+                              f"{MAX_XML_ELEMENTS} elements in the configuration")
         node = _Node(tag, attrib, str(path), parser.CurrentLineNumber)
         (stack[-1].children if stack else roots).append(node)
         stack.append(node)
@@ -410,33 +276,40 @@ def _is_include(node: _Node) -> bool:
     return local == "include" and (bool(colon) or "href" in node.attrib)
 
 
-def _load_xml(path: Path, including: tuple[Path, ...] = ()) -> _Node:
+def _load_xml(path: Path, budget: _XmlBudget | None = None,
+              including: tuple[Path, ...] = ()) -> _Node:
     """Parse a file and replace its ``<xi:include href=...>`` elements by what they name."""
-    root = _parse_xml(path)
-    _expand(root, (*including, path.resolve()))
+    budget = budget or _XmlBudget()
+    root = _parse_xml(path, budget)
+    including = (*including, path.resolve())
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for i, child in enumerate(node.children):
+            if _is_include(child):
+                node.children[i] = _include(child, budget, including)  # expanded already
+            else:
+                stack.append(child)
     return root
 
 
-def _expand(node: _Node, including: tuple[Path, ...]) -> None:
-    for i, child in enumerate(node.children):
-        if _is_include(child):
-            node.children[i] = _include(child, including)
-        else:
-            _expand(child, including)
-
-
-def _include(node: _Node, including: tuple[Path, ...]) -> _Node:
+def _include(node: _Node, budget: _XmlBudget, including: tuple[Path, ...]) -> _Node:
     href = node.attrib.get("href", "").strip()
     if not href:
         raise ConfigError(f"{node.where}: <{node.tag}> has no href")
     if node.attrib.get("parse", "xml") != "xml" or "xpointer" in node.attrib:
         raise ConfigError(f"{node.where}: <{node.tag}>: only whole XML files can be included")
+    if "\0" in href:
+        raise ConfigError(f"{node.where}: <{node.tag}>: href holds a NUL character")
     target = Path(node.file).parent / href
     if target.resolve() in including:
         raise ConfigError(f"{node.where}: {target} includes itself")
+    if len(including) >= MAX_INCLUDE_DEPTH:
+        raise ConfigError(f"{node.where}: includes nested too deeply (more than "
+                          f"{MAX_INCLUDE_DEPTH} files including one another)")
     if not target.is_file():
         raise ConfigError(f"{node.where}: included file {target} not found")
-    return _load_xml(target, including)
+    return _load_xml(target, budget, including)
 
 
 def _is_main(root: _Node) -> bool:
@@ -542,8 +415,10 @@ class _PcapProfile:
 
 class _CaptagentReader:
     def __init__(self) -> None:
+        self.budget = _XmlBudget()
         self.values: dict[str, object] = {}
-        self.origin: dict[str, str] = {}
+        self.origin: dict[str, str] = {}  # dest -> file:line that set it
+        self.labels: dict[str, str] = {}  # dest -> the captagent setting that set it
         self.warnings: list[str] = []
         self._warned: set[tuple[str, ...]] = set()
 
@@ -570,6 +445,7 @@ class _CaptagentReader:
         if dest not in self.values:
             self.values[dest] = value
             self.origin[dest] = node.where
+            self.labels[dest] = label
 
     @staticmethod
     def integer(node: _Node, name: str, value: str, low: int, high: int) -> int:
@@ -778,8 +654,8 @@ def _module_elements(root: _Node) -> dict[str, _Node]:
     return found
 
 
-def _module_from_file(path: Path, name: str) -> _Node:
-    root = _load_xml(path)
+def _module_from_file(path: Path, name: str, budget: _XmlBudget) -> _Node:
+    root = _load_xml(path, budget)
     element = _module_elements(root).get(name)
     if element is None:
         raise ConfigError(f"{path}: no <module name=\"{name}\"> in it")
@@ -810,7 +686,7 @@ def _read_main(reader: _CaptagentReader, main: Path, root: _Node) -> None:
         if found is None:
             raise ConfigError(f"{load.where}: module {name} is loaded but "
                               f"{' or '.join(map(str, candidates))} is missing")
-        elements[name] = _module_from_file(found, name)
+        elements[name] = _module_from_file(found, name, reader.budget)
     for name in _HANDLED:
         if name in elements:
             reader.module(name, elements[name])
@@ -846,10 +722,14 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
     """
     given = Path(path)
     reader = _CaptagentReader()
-    if given.is_dir():
+    try:
+        is_dir, is_file = given.is_dir(), given.is_file()
+    except OSError as exc:  # e.g. a name too long
+        raise ConfigError(f"captagent configuration {given}: {exc.strerror or exc}") from None
+    if is_dir:
         main = given / "captagent.xml"
         if main.is_file():
-            _read_main(reader, main, _load_xml(main))
+            _read_main(reader, main, _load_xml(main, reader.budget))
         else:
             files = [given / f"{name}.xml" for name in _HANDLED
                      if (given / f"{name}.xml").is_file()]
@@ -859,9 +739,9 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
             reader.warn(("no-main",), f"{given}: no captagent.xml: reading "
                                       f"{', '.join(f.name for f in files)} as if loaded")
             for file in files:
-                reader.module(file.stem, _module_from_file(file, file.stem))
-    elif given.is_file():
-        root = _load_xml(given)
+                reader.module(file.stem, _module_from_file(file, file.stem, reader.budget))
+    elif is_file:
+        root = _load_xml(given, reader.budget)
         if _is_main(root):
             _read_main(reader, given, root)
         elif not _read_modules(reader, root):
@@ -869,6 +749,12 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
     else:
         raise ConfigError(f"captagent configuration {given} not found")
     values = reader.values
+    for dest, value in values.items():  # the same rules as the command line's and agent.toml's
+        try:
+            values[dest] = check(dest, value)
+        except ValueError as exc:
+            raise ConfigError(f"{reader.origin.get(dest, given)}: "
+                              f"{reader.labels.get(dest, dest)}: {exc}") from None
     return values, reader.warnings
 
 

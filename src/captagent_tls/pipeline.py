@@ -5,7 +5,7 @@ The same pipeline serves capture files and live capture; only the frame source d
 No packet can end it: an unexpected exception while one flow is handled is caught here, at
 the flow's boundary, counted and reported with the flow, and that flow's state is dropped;
 every other flow goes on.  Errors of the outputs are not the packet's fault: they reach the
-caller as ``SinkError``.
+caller as ``OutputError`` (or ``BrokenPipeError``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from captagent_tls.net.ip import Defragmenter
 from captagent_tls.net.packet import Datagram, Fragment, Segment, Skip, decode
 from captagent_tls.net.tcp import Event as NetEvent
 from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
-from captagent_tls.sinks import Sink
+from captagent_tls.sinks import OutputError, Sink
 from captagent_tls.sip import Message
 from captagent_tls.sip.framing import (
     MAX_HELD_BYTES,
@@ -78,10 +78,6 @@ TRANSPORTS = {(False, False): "tls", (False, True): "tcp", (True, False): "wss",
               (True, True): "ws"}  # by (WebSocket, unencrypted)
 
 
-class SinkError(Exception):
-    """An output failed (``__cause__`` says how): the run cannot go on as asked."""
-
-
 class Pipeline:
     def __init__(self, keys: KeyStore, sinks: list[Sink],
                  on_problem: Callable[[TlsProblem], None] | None = None,
@@ -118,7 +114,7 @@ class Pipeline:
                     skipped = self.stats.skipped
                     skipped[packet.reason] = skipped.get(packet.reason, 0) + 1
                 return  # (None: a fragment waiting for the rest of its datagram)
-        except SinkError:
+        except (OutputError, BrokenPipeError):
             raise
         except Exception as exc:  # the last line of defence: see the module docstring
             self._internal_error(exc, None, ts)
@@ -235,7 +231,7 @@ class Pipeline:
         try:
             for event in events:
                 self._net_event(event)
-        except SinkError:
+        except (OutputError, BrokenPipeError):
             raise
         except Exception as exc:
             assert event is not None
@@ -247,7 +243,7 @@ class Pipeline:
     def _guarded(self, flow: Flow, step: Callable[..., list[TlsEvent]], *args: object) -> None:
         try:
             self._tls_events(step(*args))
-        except SinkError:
+        except (OutputError, BrokenPipeError):
             raise
         except Exception as exc:
             self._internal_error(exc, flow, self._last_ts)
@@ -355,8 +351,10 @@ class Pipeline:
         for sink in self.sinks:
             try:
                 sink.emit(message)
-            except Exception as exc:
-                raise SinkError(str(exc)) from exc
+            except (OutputError, BrokenPipeError):
+                raise
+            except Exception as exc:  # not the packet's fault: it concerns every flow
+                raise OutputError(f"an output failed: {type(exc).__name__}: {exc}") from exc
 
     # -- SIP over WebSocket (RFC 7118) ------------------------------------------------------
 

@@ -23,7 +23,7 @@ class FrameFilter:
         if program is None:
             try:
                 program = self._pcapy.compile(linktype, SNAPLEN, self.expression, 1, 0)
-            except self._pcapy.PcapError as exc:
+            except (self._pcapy.PcapError, UnicodeError, ValueError) as exc:
                 raise CaptureError(f"bad filter {self.expression!r}: {exc}") from None
             self._programs[linktype] = program
         return program

@@ -3,6 +3,15 @@
 Our own reader rather than libpcap: libpcap refuses pcapng files whose interfaces mix link
 types, and dpkt applies the first interface's link type to every packet.  Parsing with
 ``struct`` over a sliding ``memoryview`` window is also several times faster than dpkt.
+
+Any bytes may come in.  A structure that is malformed but whose framing holds (a pcapng
+block too short for its type, a packet longer than its block, an option running past its
+block, a timestamp out of range) is counted in ``malformed`` and skipped (a timestamp is
+clamped instead, so that the packet still reaches its TCP stream); a broken framing (a block
+length that cannot be, a pcap record longer than any frame, gzip data that does not
+decompress) ends the read with a :class:`CaptureError` saying where; a file that stops in the
+middle of a record sets ``truncated``.  In every case the frames before the damage have been
+yielded, and nothing else than :class:`CaptureError` is raised.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BYTE_ORDER_MAGIC = 0x1A2B3C4D
+PCAPNG_BYTE_ORDER_SWAPPED = 0x4D3C2B1A
 
 BLOCK_IDB = 0x00000001
 BLOCK_OPB = 0x00000002
@@ -31,12 +41,29 @@ BLOCK_EPB = 0x00000006
 BLOCK_DSB = 0x0000000A
 SECRETS_TLS_KEY_LOG = 0x544C534B
 
+#: The smallest total length of each block type: 12 bytes of framing plus its fixed fields.
+MIN_BLOCK_LENGTH = {
+    PCAPNG_SHB: 28,  # byte-order magic, version, section length
+    BLOCK_IDB: 20,  # link type, reserved, snap length
+    BLOCK_OPB: 32,  # interface, drops, timestamp, captured and original length
+    BLOCK_SPB: 16,  # original length
+    BLOCK_EPB: 32,  # interface, timestamp, captured and original length
+    BLOCK_DSB: 20,  # secrets type and length
+}
+BLOCK_NAMES = {
+    PCAPNG_SHB: "section header", BLOCK_IDB: "interface description",
+    BLOCK_OPB: "obsolete packet", BLOCK_SPB: "simple packet", BLOCK_EPB: "enhanced packet",
+    BLOCK_DSB: "decryption secrets",
+}  # fmt: skip
+
 OPTION_IF_TSRESOL = 9
 OPTION_IF_TSOFFSET = 14
 
 CHUNK = 4 << 20
 MAX_BLOCK = 64 << 20  # larger than any real frame: a bigger length means corruption
 GZIP_MAGIC = b"\x1f\x8b"
+#: Frame times stay within pcap's (and HEP's) unsigned 32-bit seconds since the epoch.
+MAX_TS_NS = (1 << 32) * 1_000_000_000 - 1
 
 
 class _Window:
@@ -46,7 +73,10 @@ class _Window:
         self._stream = stream
         self.buf = memoryview(data if data is not None else b"")
         self.base = 0  # file offset of buf[0]
-        self.damaged = ""
+        # when the stream failed: why, whether it merely ended early, and the offset reached
+        self.damage = ""
+        self.damage_is_cut = False
+        self.damage_at = 0
 
     def fetch(self, pos: int, size: int) -> tuple[int, bool]:
         """Make ``size`` bytes at ``pos`` available.
@@ -64,7 +94,9 @@ class _Window:
                 chunk = read(max(CHUNK, size - have))
             except (EOFError, zlib.error, OSError) as exc:
                 # a cut or damaged gzip stream: keep what was decompressed before the damage
-                self.damaged = str(exc) or type(exc).__name__
+                self.damage = str(exc) or type(exc).__name__
+                self.damage_is_cut = isinstance(exc, EOFError)
+                self.damage_at = self.base + pos + have
                 self._stream = None
                 break
             if not chunk:
@@ -82,15 +114,21 @@ class CaptureReader:
 
     ``on_secrets`` receives the text of every pcapng Decryption Secrets Block holding a TLS
     key log, at the point in the file where it appears.  ``truncated`` is set when the file
-    ends in the middle of a block: everything before the cut has been yielded.
+    ends in the middle of a block (``truncated_at`` is where that block began): everything
+    before the cut has been yielded.  ``malformed`` counts the structures skipped (see the
+    module's description), :meth:`describe_malformed` says what the first one was.
     """
 
     def __init__(self, path: str, on_secrets: Callable[[bytes], None] | None = None):
         self.path = path
         self.on_secrets = on_secrets
         self.truncated = False
+        self.truncated_at = 0
+        self.malformed = 0
+        self.first_malformed = ""
         self.format = ""
         self._closers: list[Callable[[], None]] = []
+        self._gzip = False
         self._window = self._open(path)
 
     def _open(self, path: str) -> _Window:
@@ -99,17 +137,22 @@ class CaptureReader:
                 stream: BinaryIO = sys.stdin.buffer
                 head = stream.peek(2)[:2] if hasattr(stream, "peek") else b""
                 if head == GZIP_MAGIC:
+                    self._gzip = True
                     stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
                 return _Window(stream)
             fh = open(path, "rb")  # noqa: SIM115 - closed in close()
         except OSError as exc:
             raise CaptureError(f"cannot open capture {path}: {exc.strerror or exc}") from None
         self._closers.append(fh.close)
-        head = fh.read(2)
-        fh.seek(0)
+        try:
+            head = fh.read(2)
+            fh.seek(0)
+            size = os.fstat(fh.fileno()).st_size
+        except OSError as exc:
+            raise CaptureError(f"cannot read capture {path}: {exc.strerror or exc}") from None
         if head == GZIP_MAGIC:
+            self._gzip = True
             return _Window(gzip.GzipFile(fileobj=fh))  # type: ignore[arg-type]
-        size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise CaptureError(f"{path}: empty file, not a capture")
         try:
@@ -157,11 +200,45 @@ class CaptureReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def describe_malformed(self) -> str:
+        """One line: how many structures were skipped and what the first one was."""
+        if not self.malformed:
+            return ""
+        return (f"{self.malformed} malformed {self.format or 'capture'} structure(s) skipped "
+                f"(the first {self.first_malformed})")
+
+    def _skip(self, offset: int, what: str) -> None:
+        self.malformed += 1
+        if self.malformed == 1:
+            self.first_malformed = f"at byte {offset}: {what}"
+
+    def _corrupt(self, offset: int, what: str) -> CaptureError:
+        where = " of the decompressed data" if self._gzip else ""
+        return CaptureError(f"{self.path}: corrupt {self.format or 'capture'} file at byte "
+                            f"{offset}{where}: {what}")
+
+    def _cut(self, offset: int) -> None:
+        self.truncated = True
+        self.truncated_at = offset
+
+    def _damaged_stream(self, window: _Window) -> CaptureError:
+        if self._gzip:
+            what = "gzip file ends early" if window.damage_is_cut else "damaged gzip data"
+            if window.damage_at == 0:
+                return CaptureError(f"{self.path}: cannot decompress: {what} "
+                                    f"({window.damage})")
+            return CaptureError(f"{self.path}: {what} after {window.damage_at} decompressed "
+                                f"bytes ({window.damage})")
+        return CaptureError(f"{self.path}: cannot read at byte {window.damage_at}: "
+                            f"{window.damage}")
+
     def __iter__(self) -> Iterator[Frame]:
         window = self._window
         try:
             _, ok = window.fetch(0, 4)
             if not ok:
+                if window.damage:
+                    raise self._damaged_stream(window)
                 raise CaptureError(f"{self.path}: not a pcap or pcapng file (too short)")
             magic_le, magic_be = struct.unpack_from("<I", window.buf)[0], struct.unpack_from(
                 ">I", window.buf
@@ -173,19 +250,25 @@ class CaptureReader:
                 self.format = "pcap"
                 yield from self._pcap(window)
             else:
-                raise CaptureError(f"{self.path}: not a pcap or pcapng file")
-        except (OSError, EOFError, zlib.error) as exc:
+                kind = " (gzip-compressed)" if self._gzip else ""
+                raise CaptureError(f"{self.path}: not a pcap or pcapng file{kind}")
+        except (OSError, EOFError, zlib.error) as exc:  # reading stdin or a non-mappable file
             if not self.format:
                 raise CaptureError(f"{self.path}: cannot read: {exc}") from None
-            self.truncated = True
-        if window.damaged:
-            if not self.format:
-                raise CaptureError(f"{self.path}: cannot read: {window.damaged}")
+            self._cut(window.base)
+        except struct.error as exc:  # a check missing below: still one line, never a traceback
+            raise CaptureError(f"{self.path}: corrupt {self.format or 'capture'} file near "
+                               f"byte {window.base}: {exc}") from None
+        if window.damage:
+            if not window.damage_is_cut or not self.format:
+                raise self._damaged_stream(window)
             self.truncated = True
 
     def _pcap(self, w: _Window) -> Iterator[Frame]:
         pos, ok = w.fetch(0, 24)
         if not ok:
+            if w.damage:
+                return  # reported by __iter__
             raise CaptureError(f"{self.path}: pcap header is truncated")
         little = struct.unpack_from("<I", w.buf)[0] in (PCAP_MAGIC_US, PCAP_MAGIC_NS)
         endian = "<" if little else ">"
@@ -199,23 +282,25 @@ class CaptureReader:
                 pos, ok = w.fetch(pos, 16)
                 buf, size = w.buf, len(w.buf)
                 if not ok:
-                    self.truncated = pos < size
+                    if pos < size:
+                        self._cut(w.base + pos)
                     return
             sec, frac, caplen, _origlen = unpack(buf, pos)
             if caplen > MAX_BLOCK:
-                raise CaptureError(
-                    f"{self.path}: corrupt pcap record at byte {w.base + pos} (length {caplen})"
-                )
+                raise self._corrupt(w.base + pos, f"record of {caplen} bytes")
             start = pos + 16
             if start + caplen > size:
                 pos, ok = w.fetch(pos, 16 + caplen)
                 buf, size = w.buf, len(w.buf)
                 if not ok:
-                    self.truncated = True
+                    self._cut(w.base + pos)
                     return
                 start = pos + 16
-            yield Frame(sec * 1_000_000_000 + frac * frac_ns, linktype,
-                        buf[start : start + caplen])
+            ts = sec * 1_000_000_000 + frac * frac_ns
+            if ts > MAX_TS_NS:  # a fraction field of more than a second, at the end of time
+                self._skip(w.base + pos, "timestamp out of range")
+                ts = MAX_TS_NS
+            yield Frame(ts, linktype, buf[start : start + caplen])
             pos = start + caplen
 
     def _pcapng(self, w: _Window) -> Iterator[Frame]:
@@ -225,63 +310,88 @@ class CaptureReader:
         while True:
             pos, ok = w.fetch(pos, 12)
             if not ok:
-                self.truncated = pos < len(w.buf)
+                if pos < len(w.buf):
+                    self._cut(w.base + pos)
                 return
+            offset = w.base + pos
             btype = struct.unpack_from(endian + "I", w.buf, pos)[0]
-            if btype == PCAPNG_SHB:
+            if btype == PCAPNG_SHB:  # the same in either byte order
                 bom = struct.unpack_from("<I", w.buf, pos + 8)[0]
                 if bom == PCAPNG_BYTE_ORDER_MAGIC:
                     endian = "<"
-                elif bom == 0x4D3C2B1A:
+                elif bom == PCAPNG_BYTE_ORDER_SWAPPED:
                     endian = ">"
                 else:
-                    raise CaptureError(f"{self.path}: corrupt pcapng section header")
+                    raise self._corrupt(offset, "section header without the byte-order magic")
                 interfaces = []
             blen = struct.unpack_from(endian + "I", w.buf, pos + 4)[0]
             if blen < 12 or blen % 4 or blen > MAX_BLOCK:
-                raise CaptureError(
-                    f"{self.path}: corrupt pcapng block at byte {w.base + pos} (length {blen})"
-                )
+                raise self._corrupt(offset, f"block length {blen}")
             pos, ok = w.fetch(pos, blen)
             if not ok:
-                self.truncated = True
+                self._cut(offset)
                 return
-            body = pos + 8
-            end = pos + blen - 4
             buf = w.buf
+            end = pos + blen - 4
+            trailer = struct.unpack_from(endian + "I", buf, end)[0]
+            if trailer != blen:
+                raise self._corrupt(offset, f"block length {blen} at its start but {trailer} "
+                                            "at its end")
+            if blen < MIN_BLOCK_LENGTH.get(btype, 12):
+                what = f"{BLOCK_NAMES[btype]} block of {blen} bytes, too short for its fields"
+                if btype == PCAPNG_SHB:
+                    raise self._corrupt(offset, what)
+                self._skip(offset, what)
+                pos += blen
+                continue
+            body = pos + 8
             if btype in (BLOCK_EPB, BLOCK_OPB):
                 if btype == BLOCK_EPB:
                     iface, ts_hi, ts_lo, caplen = struct.unpack_from(endian + "IIII", buf, body)
                 else:
                     iface, _, ts_hi, ts_lo, caplen = struct.unpack_from(endian + "HHIII", buf, body)
-                if iface < len(interfaces):
-                    linktype, mult, div, offset = interfaces[iface]
-                    start = body + 20
-                    ts = ((ts_hi << 32) | ts_lo) * mult // div + offset
-                    yield Frame(ts, linktype, buf[start : min(start + caplen, end)])
+                start = body + 20
+                if caplen > end - start:
+                    self._skip(offset, f"packet of {caplen} bytes in a block of {blen}")
+                elif iface >= len(interfaces):
+                    self._skip(offset, f"packet on undeclared interface {iface}")
+                else:
+                    linktype, mult, div, ts_offset = interfaces[iface]
+                    ts = ((ts_hi << 32) | ts_lo) * mult // div + ts_offset
+                    if not 0 <= ts <= MAX_TS_NS:
+                        self._skip(offset, "timestamp out of range")
+                        ts = min(max(ts, 0), MAX_TS_NS)
+                    yield Frame(ts, linktype, buf[start : start + caplen])
             elif btype == BLOCK_SPB:
                 if interfaces:
                     caplen = min(struct.unpack_from(endian + "I", buf, body)[0], end - body - 4)
                     yield Frame(0, interfaces[0][0], buf[body + 4 : body + 4 + caplen])
+                else:
+                    self._skip(offset, "simple packet block before any interface")
             elif btype == BLOCK_IDB:
-                interfaces.append(self._interface(buf, body, end, endian))
+                interfaces.append(self._interface(buf, body, end, endian, offset))
             elif btype == BLOCK_DSB:
                 stype, slen = struct.unpack_from(endian + "II", buf, body)
-                if stype == SECRETS_TLS_KEY_LOG and self.on_secrets is not None:
+                if slen > end - body - 8:
+                    self._skip(offset, f"decryption secrets of {slen} bytes in a block of {blen}")
+                elif stype == SECRETS_TLS_KEY_LOG and self.on_secrets is not None:
                     self.on_secrets(bytes(buf[body + 8 : body + 8 + slen]))
             pos += blen
 
-    @staticmethod
-    def _interface(buf: bytes | memoryview, body: int, end: int, endian: str
-                   ) -> tuple[int, int, int, int]:
+    def _interface(self, buf: bytes | memoryview, body: int, end: int, endian: str,
+                   offset: int) -> tuple[int, int, int, int]:
         linktype = struct.unpack_from(endian + "H", buf, body)[0]
-        mult, div, offset = 1000, 1, 0  # default resolution: microseconds
+        mult, div, ts_offset = 1000, 1, 0  # default resolution: microseconds
         opt = body + 8
         while opt + 4 <= end:
             code, olen = struct.unpack_from(endian + "HH", buf, opt)
             if code == 0:
                 break
             value = opt + 4
+            if value + olen > end:
+                # the interface is still used: its packets matter more than its options
+                self._skip(offset, f"interface option {code} running past its block")
+                break
             if code == OPTION_IF_TSRESOL and olen >= 1:
                 resol = buf[value]
                 if resol & 0x80:
@@ -290,6 +400,6 @@ class CaptureReader:
                     exp = resol & 0x7F
                     mult, div = (10 ** (9 - exp), 1) if exp <= 9 else (1, 10 ** (exp - 9))
             elif code == OPTION_IF_TSOFFSET and olen >= 8:
-                offset = struct.unpack_from(endian + "q", buf, value)[0] * 1_000_000_000
+                ts_offset = struct.unpack_from(endian + "q", buf, value)[0] * 1_000_000_000
             opt = value + ((olen + 3) & ~3)
-        return (linktype, mult, div, offset)
+        return (linktype, mult, div, ts_offset)

@@ -7,7 +7,10 @@ packets) to keep the per-packet cost low.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import struct
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -36,6 +39,12 @@ class LiveCapture:
         except ImportError as exc:  # pragma: no cover - pcapy-ng is a dependency
             raise CaptureError(f"live capture needs pcapy-ng (libpcap): {exc}") from None
         self.interface = interface
+        devices = capture_devices()
+        if interface not in devices:
+            # libpcap would open a socket and fail later with an unrelated error (F_GETFL)
+            raise CaptureError(f"no such interface {interface} (there are: "
+                               f"{', '.join(devices) or 'none'})")
+        reader = None
         try:
             reader = pcapy.create(interface)
             reader.set_snaplen(snaplen)
@@ -43,17 +52,22 @@ class LiveCapture:
             reader.set_buffer_size(buffer_kib * 1024)
             reader.set_timeout(timeout_ms)
             reader.activate()
-        except pcapy.PcapError as exc:
-            raise CaptureError(f"cannot capture on {interface}: {_reason(exc)}") from None
-        if bpf:
-            try:
-                reader.setfilter(bpf)
-            except pcapy.PcapError as exc:
+            if bpf:
+                try:
+                    reader.setfilter(bpf)
+                except pcapy.PcapError as exc:
+                    raise CaptureError(f"bad filter {bpf!r}: {_reason(exc)}") from None
+            reader.setnonblock(1)
+            self.linktype = reader.datalink()
+        except (pcapy.PcapError, UnicodeError, ValueError) as exc:
+            if reader is not None:
                 reader.close()
-                raise CaptureError(f"bad filter {bpf!r}: {_reason(exc)}") from None
-        reader.setnonblock(1)
+            raise CaptureError(f"cannot capture on {interface}: {_reason(exc)}") from None
+        except CaptureError:
+            if reader is not None:
+                reader.close()
+            raise
         self._reader = reader
-        self.linktype = reader.datalink()
 
     def fileno(self) -> int:
         return int(self._reader.getfd())
@@ -74,6 +88,21 @@ class LiveCapture:
 
     def close(self) -> None:
         self._reader.close()
+
+
+def capture_devices() -> list[str]:
+    """What ``-i`` may name: libpcap's devices (``any``, ``nflog``...) and every network
+    interface, up or down."""
+    names: dict[str, None] = {"any": None} if sys.platform.startswith("linux") else {}
+    try:
+        import pcapy
+
+        names.update(dict.fromkeys(pcapy.findalldevs()))
+    except Exception:  # noqa: BLE001 - pcapy raises PcapError when it finds none
+        pass
+    with contextlib.suppress(OSError):
+        names.update(dict.fromkeys(name for _, name in socket.if_nameindex()))
+    return list(names)
 
 
 def _reason(exc: Exception) -> str:

@@ -6,7 +6,7 @@ import time
 from typing import TextIO
 
 from captagent_tls.net.addresses import format_endpoint
-from captagent_tls.sinks import Sink
+from captagent_tls.sinks import Sink, write_failed
 from captagent_tls.sip import Message
 
 
@@ -29,12 +29,22 @@ class ConsoleSink(Sink):
         text = message.payload.decode("utf-8", "backslashreplace")
         if not text.endswith("\n"):
             text += "\n"
-        self.out.write(
-            f"{format_time(message.ts_ns)} UTC {format_endpoint(message.src)} -> "
-            f"{format_endpoint(message.dst)} {security}{kind}\n{text}\n"
-        )
-        if self.flush_each:
-            self.out.flush()
+        try:
+            self.out.write(
+                f"{format_time(message.ts_ns)} UTC {format_endpoint(message.src)} -> "
+                f"{format_endpoint(message.dst)} {security}{kind}\n{text}\n"
+            )
+            if self.flush_each:
+                self.out.flush()
+        except BrokenPipeError:
+            raise  # the reader went away (| head): not an error
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
 
     def close(self) -> None:
-        self.out.flush()
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None

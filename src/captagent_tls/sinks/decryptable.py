@@ -34,7 +34,7 @@ from typing import IO, BinaryIO
 from captagent_tls import __version__
 from captagent_tls.capture import Frame
 from captagent_tls.capture.live import LiveCapture
-from captagent_tls.pipeline import SinkError
+from captagent_tls.sinks import OutputError
 from captagent_tls.tls.events import SessionSecret
 
 BLOCK_SHB = 0x0A0D0D0A
@@ -126,7 +126,7 @@ class DecryptableCaptureWriter:
             write(data)
             write(b"\0" * padding + (32 + size + padding).to_bytes(4, "little"))
         except OSError as exc:  # the disk is full: the run cannot give what was asked
-            raise SinkError(f"{self.path}: {exc.strerror or exc}") from None
+            raise OutputError(f"{self.path}: {exc.strerror or exc}") from None
         self.frames += 1
 
     def secret(self, secret: SessionSecret) -> None:

@@ -27,7 +27,6 @@ from captagent_tls.sinks.hep_transport import (
     TlsOptions,
     open_collector,
     parse_collector,
-    parse_queue_limits,
 )
 from captagent_tls.sip import Message
 
@@ -48,7 +47,6 @@ __all__ = [
     "TlsOptions",
     "encode_hep3",
     "parse_collector",
-    "parse_queue_limits",
 ]
 
 HEP_MAGIC = b"HEP3"
@@ -77,7 +75,17 @@ MAX_HEP_PACKET = 0xFFFF
 _chunk_header = struct.Struct("!HHH").pack
 
 
+class HepTooLarge(ValueError):
+    pass
+
+
+
+MAX_CHUNK_VALUE = 0xFFFF - 6  # a chunk's 16-bit length counts its 6-byte header
+
+
 def _chunk(chunk_type: int, value: bytes) -> bytes:
+    if len(value) > MAX_CHUNK_VALUE:
+        raise HepTooLarge(f"{len(value)} bytes do not fit in a HEP chunk")
     return _chunk_header(0, chunk_type, 6 + len(value)) + value
 
 
@@ -90,10 +98,6 @@ class HepOptions:
     correlation_id: bool = False  # chunk 0x0011 = the message's SIP Call-ID, when it has one
 
 
-class HepTooLarge(ValueError):
-    pass
-
-
 class HepEncoder:
     """Builds HEPv3 packets.  The chunks that depend only on the endpoints and the options are
     built once per (source, destination, transport) and reused: per message only the time,
@@ -103,12 +107,18 @@ class HepEncoder:
 
     def __init__(self, options: HepOptions):
         self.options = options
-        static = [_chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_SIP])),
-                  _chunk(CHUNK_CAPTURE_ID, options.capture_id.to_bytes(4, "big"))]
-        if options.password:
-            static.append(_chunk(CHUNK_AUTH_KEY, options.password.encode()))
-        if options.node_name:
-            static.append(_chunk(CHUNK_NODE_NAME, options.node_name.encode()))
+        if not 0 <= options.capture_id <= 0xFFFFFFFF or not 0 <= options.ip_proto_tls <= 255:
+            raise HepConfigError("HEP capture id must fit in 32 bits and the IP protocol in 8")
+        try:
+            static = [_chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_SIP])),
+                      _chunk(CHUNK_CAPTURE_ID, options.capture_id.to_bytes(4, "big"))]
+            if options.password:
+                static.append(_chunk(CHUNK_AUTH_KEY, options.password.encode()))
+            if options.node_name:
+                static.append(_chunk(CHUNK_NODE_NAME, options.node_name.encode()))
+        except (UnicodeEncodeError, HepTooLarge):
+            raise HepConfigError("the HEP password and node name must be UTF-8 text that fits "
+                                 f"in a HEP chunk ({MAX_CHUNK_VALUE} bytes)") from None
         self._static = b"".join(static)
         self._addresses: dict[tuple[tuple[bytes, int], tuple[bytes, int], str], bytes] = {}
         # Kamailio's siptrace sends SIP over TLS, WS and WSS all with IP protocol 22
@@ -143,6 +153,8 @@ class HepEncoder:
         seconds, micros = divmod(message.ts_ns // 1000, 1_000_000)
         correlation = b""
         if self.options.correlation_id and message.call_id:
+            # a Call-ID from the wire: bytes that are not UTF-8 grew threefold when decoded,
+            # so a chunk may not hold it (HepTooLarge: the message is counted as too large)
             correlation = _chunk(CHUNK_CORRELATION_ID, message.call_id.encode())
         body = b"".join((
             self._address_chunks(message),

@@ -9,8 +9,10 @@ or down, so every collector is fed through :meth:`Collector.submit`, which never
 * **TCP and TLS**: a sender thread per collector behind a queue bounded in packets and in
   bytes.  When the queue is full the *new* packet is dropped and counted, so what does arrive
   is always an in-order prefix-plus-suffix of what was submitted, never reordered.  The thread
-  reconnects with capped exponential backoff while the collector is unreachable and sends the
-  queue in order once it is back.
+  reconnects with exponential backoff capped at 5 s while the collector is unreachable and
+  sends the queue in order once it is back; at shutdown it tries again at once.  Nothing is
+  lost to an outage as long as the queue (``--hep-queue``) holds the traffic of the outage
+  plus those 5 s.
 
 What happens to packets in flight when a connection breaks
 ----------------------------------------------------------
@@ -113,21 +115,6 @@ class QueueLimits:
             raise HepConfigError("HEP queue limits must be at least 1 message and 1 byte")
 
 
-def parse_queue_limits(text: str) -> QueueLimits:
-    """``MESSAGES[,BYTES]`` (``--hep-queue``); bytes may end in K, M or G."""
-    messages_text, _, bytes_text = text.replace(" ", "").partition(",")
-    try:
-        messages = int(messages_text)
-        size = QueueLimits().max_bytes
-        if bytes_text:
-            unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(bytes_text[-1:].upper(), 1)
-            size = int(bytes_text.rstrip("KkMmGg")) * unit
-    except ValueError:
-        raise HepConfigError(f"bad HEP queue {text!r}: expected MESSAGES or MESSAGES,BYTES, "
-                             "e.g. 100000,64M") from None
-    return QueueLimits(messages, size)
-
-
 @dataclass(frozen=True)
 class TlsOptions:
     """How ``tls://`` collectors are verified.
@@ -151,7 +138,11 @@ class RetryPolicy:
     """Reconnection backoff and the timeouts of TCP/TLS collectors (seconds)."""
 
     backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    # A collector that is back gets its queue within this long.  Each attempt on a collector
+    # that is down costs one refused or unanswered SYN, so a short cap is cheap; a long one
+    # (it was 30 s) made the queue hold that much more traffic after an outage and, at
+    # shutdown, left the queue unsent while waiting for an attempt past the close deadline.
+    backoff_max: float = 5.0
     backoff_jitter: float = 0.2  # each delay is shortened by up to this fraction
     stable_after: float = 10.0  # a connection that lived this long resets the backoff
     connect_timeout: float = 5.0  # TCP connect, and again the TLS handshake
@@ -464,6 +455,7 @@ class StreamCollector(Collector):
         self._conn: _Connection | None = None
         self._delay = self.retry.backoff_initial
         self._next_attempt = 0.0
+        self._retry_at_close = False
         self._failing_since: float | None = None
         self._logged_error = ""
         self._thread = threading.Thread(target=self._run, name=f"hep {self.address}",
@@ -563,6 +555,12 @@ class StreamCollector(Collector):
             if conn is None:
                 if closing and not pending:
                     return
+                if closing and not self._retry_at_close:
+                    # shutting down with packets held: the collector may be back, and there is
+                    # only until the deadline to find out; try now, then at the first delays
+                    self._retry_at_close = True
+                    self._delay = self.retry.backoff_initial
+                    self._next_attempt = now
                 if now < self._next_attempt:
                     with cond:
                         cond.wait(min(self._next_attempt, deadline) - now)

@@ -12,7 +12,7 @@ import json
 from typing import TextIO
 
 from captagent_tls.net.addresses import ip_text
-from captagent_tls.sinks import Sink
+from captagent_tls.sinks import Sink, write_failed
 from captagent_tls.sip import Message
 
 # ASCII-only output: no line separators (U+2028) or encodings to trip over in consumers
@@ -39,17 +39,27 @@ class JsonLinesSink(Sink):
         call_id = "null" if message.call_id is None else _string(message.call_id)
         version = _string(message.tls_version) if message.tls_version else "null"
         suite = _string(message.cipher_suite) if message.cipher_suite else "null"
-        self.out.write(
-            f'{{"ts": {seconds}.{nanos // 1000:06d}, "src_ip": "{ip_text(src_addr)}", '
-            f'"src_port": {src_port}, "dst_ip": "{ip_text(dst_addr)}", "dst_port": {dst_port}, '
-            f'"transport": "{message.transport}", '
-            f'"direction": "{"c2s" if message.from_client else "s2c"}", '
-            f'"tls_version": {version}, "cipher_suite": {suite}, '
-            f'"kind": "{"sip" if message.is_sip else "raw"}", "call_id": {call_id}, '
-            f"{payload}}}\n"
-        )
-        if self.flush_each:
-            self.out.flush()
+        try:
+            self.out.write(
+                f'{{"ts": {seconds}.{nanos // 1000:06d}, "src_ip": "{ip_text(src_addr)}", '
+                f'"src_port": {src_port}, "dst_ip": "{ip_text(dst_addr)}", "dst_port": {dst_port}, '
+                f'"transport": "{message.transport}", '
+                f'"direction": "{"c2s" if message.from_client else "s2c"}", '
+                f'"tls_version": {version}, "cipher_suite": {suite}, '
+                f'"kind": "{"sip" if message.is_sip else "raw"}", "call_id": {call_id}, '
+                f"{payload}}}\n"
+            )
+            if self.flush_each:
+                self.out.flush()
+        except BrokenPipeError:
+            raise  # the reader went away (| head): not an error
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
 
     def close(self) -> None:
-        self.out.flush()
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None

@@ -7,14 +7,18 @@ nanosecond.  No made-up TCP or IP headers: nothing to confuse a TLS dissector on
 
 from __future__ import annotations
 
+import logging
 import struct
 from typing import BinaryIO
 
-from captagent_tls.sinks import Sink
+from captagent_tls.sinks import Sink, write_failed
 from captagent_tls.sip import Message
 
 LINKTYPE_WIRESHARK_UPPER_PDU = 252
 PCAP_MAGIC_NS = 0xA1B23C4D
+SNAPLEN = 262144  # Wireshark and tshark refuse a file holding a longer packet
+
+log = logging.getLogger("captagent_tls")
 
 TAG_END = 0
 TAG_DISSECTOR_NAME = 12
@@ -52,19 +56,37 @@ class PcapFileSink(Sink):
         self.flush_each = flush_each
         self.written = 0
         self.skipped_not_sip = 0
-        out.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, 262144,
-                              LINKTYPE_WIRESHARK_UPPER_PDU))
+        self.skipped_too_large = 0
+        try:
+            out.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, SNAPLEN,
+                                  LINKTYPE_WIRESHARK_UPPER_PDU))
+        except OSError as exc:
+            raise write_failed(out, exc) from None
 
     def emit(self, message: Message) -> None:
         if not message.is_sip:
             self.skipped_not_sip += 1
             return
         packet = exported_pdu(message)
+        if len(packet) > SNAPLEN:  # one such packet would make the whole file unreadable
+            self.skipped_too_large += 1
+            return
         seconds, nanos = divmod(message.ts_ns, 1_000_000_000)
-        self.out.write(_record_header(seconds, nanos, len(packet), len(packet)) + packet)
+        try:
+            self.out.write(_record_header(seconds, nanos, len(packet), len(packet)) + packet)
+            if self.flush_each:
+                self.out.flush()
+        except BrokenPipeError:
+            raise  # the reader went away (-w /dev/stdout | ...): not an error
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
         self.written += 1
-        if self.flush_each:
-            self.out.flush()
 
     def close(self) -> None:
-        self.out.close()
+        try:
+            self.out.close()
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
+        if self.skipped_too_large:
+            log.warning("-w: %d SIP messages larger than %d bytes were not written (pcap "
+                        "readers refuse the file otherwise)", self.skipped_too_large, SNAPLEN)

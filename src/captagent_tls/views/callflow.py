@@ -32,8 +32,7 @@ from typing import TextIO
 
 from captagent_tls import __version__
 from captagent_tls.net.addresses import format_endpoint
-from captagent_tls.pipeline import SinkError
-from captagent_tls.sinks import Sink
+from captagent_tls.sinks import OutputError, Sink
 from captagent_tls.sip import Endpoint, Message
 from captagent_tls.sip.headers import address_of, summarize
 
@@ -42,7 +41,7 @@ SPOOL_BUFFER = 1 << 20
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-class ReportError(SinkError):
+class ReportError(OutputError):
     """The report cannot be written; the message is one line naming the file."""
 
 

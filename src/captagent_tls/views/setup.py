@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from captagent_tls.capture import Frame
 from captagent_tls.capture.live import LiveCapture
 from captagent_tls.counters import Counters
-from captagent_tls.pipeline import SinkError
-from captagent_tls.sinks import Sink
+from captagent_tls.sinks import OutputError, Sink
 from captagent_tls.tls.events import SessionSecret
 from captagent_tls.views.colour import colour_wanted, is_terminal
 
@@ -55,7 +54,7 @@ class Views:
             try:
                 self.writer = DecryptableCaptureWriter(args.write_decryptable)
             except OSError as exc:
-                raise SinkError(str(exc)) from None
+                raise OutputError(str(exc)) from None
 
     # -- outputs ---------------------------------------------------------------------------
 
@@ -84,7 +83,7 @@ class Views:
             return None
         from captagent_tls.views.callflow import CallFlowReport
 
-        self.report = CallFlowReport(self.args.report)  # or a ReportError, a SinkError
+        self.report = CallFlowReport(self.args.report)  # or a ReportError, a OutputError
         return self.report
 
     # -- taps --------------------------------------------------------------------------------
@@ -162,7 +161,7 @@ class Views:
             try:
                 self.writer.close()
             except OSError as exc:
-                raise SinkError(f"{self.writer.path}: {exc.strerror or exc}") from None
+                raise OutputError(f"{self.writer.path}: {exc.strerror or exc}") from None
 
     def summary_lines(self) -> list[str]:
         lines = []
