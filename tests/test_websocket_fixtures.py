@@ -61,7 +61,7 @@ def test_websocket_capture_gives_the_messages_sent(name):
         assert obj["transport"] == conn["transport"]
         assert obj["tls_version"] == (conn["version"] or None)
         assert obj["call_id"] and f"Call-ID: {obj['call_id']}\r\n" in obj["payload"]
-    assert "WebSocket" not in stderr  # no problem to report
+    assert "captagent-tls: WebSocket" not in stderr  # no problem to report
     assert f"SIP messages: {len(truth.messages)} " in stderr
 
 

@@ -19,7 +19,7 @@ TARGETS: dict[str, float] = {
     "defrag": 0.5,  # net/ip.py Defragmenter
     "tcp": 1.0,  # net/tcp.py TcpReassembler
     "handshake": 0.5,  # tls/handshake.py parsers
-    "records": 0.5,  # tls/records.py find_record_start
+    "records": 0.5,  # tls/record_stream.py find_record_start
     "connection": 1.5,  # tls/connection.py: record streams through TlsTracker
     "sip": 1.0,  # sip/framing.py SipFramer and frame_datagram
     "keylog": 0.5,  # tls/keylog.py load_key_log

@@ -107,8 +107,7 @@ def one_input(data: bytes) -> None:
                 if not any(event.data in piece for piece in fed[event.direction]):
                     raise OracleFailure("tls-invented-plain", f"{event.data[:60]!r}")
                 continue
-            client_dir = flow.context.client_dir if flow.context is not None else 0
-            label = "c2s" if event.direction == client_dir else "s2c"
+            label = "c2s" if event.from_client else "s2c"
             streams = sent.candidates(conn.client[1], conn.server[1], label)
             if not any(event.data in stream for stream in streams):
                 raise OracleFailure("tls-invented-bytes",
@@ -118,21 +117,36 @@ def one_input(data: bytes) -> None:
         ts += 1_000_000
         if step == keylog_after and seed.keylog:
             load_key_log(seed.keylog, keys)
-            check(tracker.keys_changed(ts))
+            check(keys_changed(tracker, ts))
         if kind == "gap":
             fed[direction].append(bytearray())
             check(tracker.gap(flow, direction, ts))
         elif kind == "wait":
             ts += 11_000_000_000  # past the default key wait
-            check(tracker.expire(ts))
+            check(expire(tracker, ts))
         else:
             fed[direction][-1] += chunk
             check(tracker.data(flow, direction, chunk, ts))
     if seed.keylog and keylog_after >= len(chunks):
         load_key_log(seed.keylog, keys)
-        check(tracker.keys_changed(ts))
+        check(keys_changed(tracker, ts))
     check(tracker.closed(flow, ts))
-    check(tracker.close_all(ts))
+    check(give_up(tracker, ts))
+
+
+def keys_changed(tracker: TlsTracker, ts: int) -> list[object]:
+    """What the pipeline does when secrets are added: each waiting connection tries again."""
+    if not tracker.keys_pending():
+        return []
+    return [e for conn in tracker.waiting() for e in tracker.retry(conn, ts)]
+
+
+def expire(tracker: TlsTracker, ts: int) -> list[object]:
+    return [e for conn in tracker.waiting() for e in tracker.expire(conn, ts)]
+
+
+def give_up(tracker: TlsTracker, ts: int) -> list[object]:
+    return [e for conn in tracker.waiting() for e in tracker.give_up(conn, ts)]
 
 
 def seeds() -> list[bytes]:

@@ -25,6 +25,7 @@ from captagent_tls.capture import CaptureError
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
+from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
 from captagent_tls.sinks.hep import HepEncoder, HepOptions, HepTooLarge
 from captagent_tls.sinks.jsonl import JsonLinesSink
@@ -41,7 +42,7 @@ MAX_LEN = 512
 SLOW_SECONDS = 20.0
 
 
-class CollectingSink:
+class CollectingSink(Sink):
     """Keeps every message, after passing it through each real encoder."""
 
     def __init__(self) -> None:
@@ -114,7 +115,7 @@ def run(path: str, mutated: mutate.Mutated) -> list[Message]:
             sink.close()
     except CaptureError:
         pass  # the command line reports it in one line, after delivering what was read
-    format_stats(pipeline, [sink])
+    format_stats(pipeline.counters(), [sink])
     return sink.messages
 
 

@@ -1,4 +1,4 @@
-"""tls/records.py: finding the next record header in a stream whose framing was lost.
+"""tls/record_stream.py: finding the next record header in a stream whose framing was lost.
 
 Input: the record version (one of the real ones, or any), the start offset, and the data.
 
@@ -9,7 +9,7 @@ sane (1 to 2**14 + 2048).
 
 from __future__ import annotations
 
-from captagent_tls.tls.records import CONTENT_TYPES, MAX_RECORD, find_record_start
+from captagent_tls.tls.record_stream import CONTENT_TYPES, MAX_RECORD, find_record_start
 from fuzz import mutate
 from fuzz.oracle import OracleFailure
 
@@ -27,9 +27,13 @@ def one_input(data: bytes) -> None:
         found = find_record_start(buffer, start, version)
         if found == -1:
             continue
-        marker = bytes([(version or 0x0303) >> 8, (version or 0x0303) & 0xFF])
+        # a known version must match; an unknown one may be any of SSLv3 to TLS 1.3
+        version_ok = (stream[found + 1 : found + 3] == bytes([version >> 8, version & 0xFF])
+                      if version else
+                      stream[found + 1 : found + 2] == b"\x03"
+                      and stream[found + 2 : found + 3] <= b"\x04")
         if not (start <= found < len(stream)) or stream[found] not in CONTENT_TYPES or \
-                stream[found + 1 : found + 3] != marker:
+                not version_ok:
             raise OracleFailure("record-start", f"{found} is not a record header")
         if found + 5 <= len(stream):
             length = int.from_bytes(stream[found + 3 : found + 5], "big")

@@ -19,7 +19,14 @@ call, walking that call's events backwards):
 from __future__ import annotations
 
 from captagent_tls.net.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Segment
-from captagent_tls.net.tcp import FlowClosed, StreamData, StreamGap, TcpReassembler, seq_delta
+from captagent_tls.net.tcp import (
+    HELD_SEGMENT_OVERHEAD,
+    FlowClosed,
+    StreamData,
+    StreamGap,
+    TcpReassembler,
+    seq_delta,
+)
 from fuzz.bytesource import ByteSource
 from fuzz.oracle import OracleFailure
 
@@ -86,9 +93,11 @@ class Checker:
         for flow in list(tcp._flows.values()):
             for half in flow.halves:
                 held = sum(len(p) for p in half.pending.values())
-                if held != half.pending_bytes:
+                # each held segment is charged its overhead too (net/tcp.py)
+                charged = held + HELD_SEGMENT_OVERHEAD * len(half.pending)
+                if charged != half.pending_bytes:
                     raise OracleFailure("tcp-accounting",
-                                        f"{half.pending_bytes} bytes counted, {held} held")
+                                        f"{half.pending_bytes} bytes counted, {charged} held")
                 if held > tcp.max_direction_bytes + 65535:
                     raise OracleFailure("tcp-unbounded", f"{held} bytes held")
 
