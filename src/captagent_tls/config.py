@@ -73,7 +73,8 @@ TABLES: dict[str, dict[str, str]] = {
                   ip_proto="hep_ip_proto", ca="hep_ca", insecure="hep_insecure",
                   queue="hep_queue"),
     "tuning": _table("flow_timeout", "max_flow_buffer", "max_flows", "session_cache"),
-    "agent": _table("user", "metrics", "stats_interval", "quiet", "verbose"),
+    "agent": _table("user", "metrics", "stats_interval", "workers", "quiet",
+                    "verbose"),
 }
 
 

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 STR, BOOL, INT, FLOAT, LIST, SIZE = "string", "boolean", "integer", "number", "list", "size"
+COUNT_OR_AUTO = "count or auto"
 
 DAY_S = 86_400
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -56,6 +57,7 @@ _EXPECTED = {
     STR: "a string", BOOL: "true or false", INT: "an integer", FLOAT: "a number",
     LIST: "a string or an array of strings",
     SIZE: "a size in bytes (an integer, or a number ending in K, M or G)",
+    COUNT_OR_AUTO: 'an integer or "auto"',
 }  # fmt: skip
 
 Check = Callable[[object], "str | None"]
@@ -123,6 +125,12 @@ def _typed(kind: str, value: object) -> object:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
         return value
+    if kind == COUNT_OR_AUTO:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
     if kind == SIZE:
         if isinstance(value, str):
             return parse_size(value)
@@ -162,6 +170,13 @@ def _from_text(kind: str, text: str) -> object:
         return _typed(FLOAT, number)
     if kind == SIZE:
         return parse_size(text)
+    if kind == COUNT_OR_AUTO and text.strip().lower() != "auto":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected {_EXPECTED[kind]}, got {_shown(text)}") from None
+    if kind == COUNT_OR_AUTO:
+        return "auto"
     return text  # STR, and one item of a LIST
 
 
@@ -270,6 +285,15 @@ def _listeners(value: object) -> str | None:
     return None
 
 
+MAX_WORKERS = 1024
+
+
+def _workers(value: object) -> str | None:
+    if value == "auto":
+        return None
+    return _between(1, MAX_WORKERS)(value)
+
+
 def _host_port(value: object) -> str | None:
     assert isinstance(value, str)
     try:
@@ -321,6 +345,7 @@ OPTIONS: dict[str, Option] = {
     "user": Option(STR, _not_empty),
     "metrics": Option(STR, _host_port),
     "stats_interval": Option(FLOAT, _between(1, DAY_S, "seconds (a day)")),
+    "workers": Option(COUNT_OR_AUTO, _workers),
     "quiet": Option(BOOL),
     "verbose": Option(INT, _between(0, 10)),
 }

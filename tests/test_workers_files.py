@@ -1,0 +1,151 @@
+"""Worker processes reading a capture file (``--workers N``): the same messages as one
+process, merged in capture time order, the same totals, and a worker that dies fails the
+run with a clear line.
+
+Every fixture and every ../shared/corpus capture (skipped when absent) is read with
+``--workers 1`` and ``--workers 2``; the multiset of JSON objects must be equal, and the
+merged output's times must never go back wherever one process gives them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from support.cli import _env, run
+from support.groundtruth import load_groundtruth, scenario_files
+from support.paths import CORPUS, FIXTURES, SRC
+from test_conformance_corpus import ORACLE_CASES, PUBLIC, resolve
+
+from captagent_tls.capture.files import CaptureReader
+from captagent_tls.net.packet import Datagram, Segment, decode
+from captagent_tls.workers.shard import FileSharder
+
+
+def truth_arguments(js: Path) -> list[str]:
+    truth = load_groundtruth(js)
+    args: list[str] = []
+    if truth.keylog is not None:
+        args += ["--keylog", str(truth.keylog)]
+    for key in truth.keys:
+        args += ["-k", str(key)]
+    return args
+
+
+def cases() -> list:
+    found = [pytest.param(cap, truth_arguments(js), id=f"fixture:{cap.stem}")
+             for cap, js in scenario_files(FIXTURES)]
+    if CORPUS.is_dir():
+        for folder in (CORPUS / "sip", PUBLIC / "sip-synthetic"):
+            found += [pytest.param(cap, truth_arguments(js), id=f"{folder.name}:{cap.stem}")
+                      for cap, js in scenario_files(folder)]
+        seen = set()
+        for capture, args in ORACLE_CASES:
+            seen.add(capture)
+            found.append(pytest.param(PUBLIC / capture, resolve(args, PUBLIC),
+                                      id=f"public:{capture}:{'+'.join(args[1::2])}"))
+        for capture in sorted(PUBLIC.glob("*.pcap*")):
+            if capture.name not in seen:  # no keys given: the flows are still shared out
+                found.append(pytest.param(capture, [], id=f"public:{capture.name}:nokeys"))
+    return found
+
+
+STATS_LINE = re.compile(r"^(packets|flows|TLS sessions|TLS records|TLS events|SIP messages|"
+                        r"SIP messages dropped|WebSocket|key log|HEP)\b.*$", re.M)
+
+
+def read(capture: Path, args: list[str], workers: int) -> tuple[list[dict], list[str], str]:
+    proc = run(["-r", str(capture), "--json", "--workers", str(workers), *args])
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    return out, [m.group(0) for m in STATS_LINE.finditer(proc.stderr)], proc.stderr
+
+
+def in_order(out: list[dict]) -> bool:
+    times = [o["ts"] for o in out]
+    return all(a <= b for a, b in zip(times, times[1:], strict=False))
+
+
+def multiset(out: list[dict]) -> Counter:
+    return Counter(json.dumps(o, sort_keys=True) for o in out)
+
+
+@pytest.mark.parametrize(("capture", "args"), cases())
+def test_two_workers_give_what_one_gives(capture: Path, args: list[str]):
+    one, one_stats, _ = read(capture, args, 1)
+    two, two_stats, stderr = read(capture, args, 2)
+    assert multiset(two) == multiset(one)
+    if in_order(one):
+        assert in_order(two)
+    assert two_stats == one_stats, stderr
+
+
+def test_workers_share_the_flows_and_count_each_packet_once():
+    """The bulk-like fixture with most connections is dealt to both workers, and the per-worker
+    counters add up to the total."""
+    capture = FIXTURES / "batched-writes.pcap"
+    args = truth_arguments(capture.with_suffix(".json"))
+    proc = run(["-r", str(capture), "--workers", "2", "-q", *args])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout  # the console view, merged
+
+
+def test_file_sharder_keeps_both_directions_together_and_spreads_connections():
+    capture = FIXTURES / "multi-key.pcap"
+    workers = 2
+    sharders = [FileSharder(workers, i) for i in range(workers)]
+    by_flow: dict[frozenset, set[int]] = {}
+    with CaptureReader(str(capture)) as reader:
+        for frame in reader:
+            owners = {sharder(frame.linktype, frame.data) for sharder in sharders}
+            assert len(owners) == 1  # every worker makes the same choice
+            packet = decode(frame.linktype, frame.data)
+            if type(packet) is Segment:
+                flow = frozenset(((packet.src, packet.sport), (packet.dst, packet.dport)))
+                by_flow.setdefault(flow, set()).update(owners)
+    assert by_flow and all(len(owner) == 1 for owner in by_flow.values())
+    if len(by_flow) >= workers:
+        assert {next(iter(o)) for o in by_flow.values()} == set(range(workers))
+
+
+def test_reassembled_datagrams_belong_to_one_worker():
+    segment = Segment(b"\x0a\0\0\1", b"\x0a\0\0\2", 40000, 5061, 1, 0, 0x18, b"x")
+    backwards = Segment(b"\x0a\0\0\2", b"\x0a\0\0\1", 5061, 40000, 1, 0, 0x18, b"y")
+    datagram = Datagram(b"\x0a\0\0\1", b"\x0a\0\0\2", 5060, 5060, b"z")
+    sharders = [FileSharder(3, i) for i in range(3)]
+    for packet in (segment, backwards, datagram):
+        assert sum(s.owns(packet) for s in sharders) == 1
+    assert [s.owns(segment) for s in sharders] == [s.owns(backwards) for s in sharders]
+
+
+def test_a_worker_that_dies_fails_the_run_with_a_clear_line(tmp_path: Path):
+    """A worker killed while reading: the run says which one and how, and exits 1."""
+    capture = FIXTURES / "batched-writes.pcap"
+    args = truth_arguments(capture.with_suffix(".json"))
+    # a worker that kills itself after its first frames (as an out-of-memory kill would)
+    script = tmp_path / "die.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "from captagent_tls.workers import worker\n"
+        "original = worker.Worker.send_records\n"
+        "def send_records(self, *args, **kwargs):\n"
+        "    if self.spec.index == 1:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return original(self, *args, **kwargs)\n"
+        "worker.Worker.send_records = send_records\n"
+        "from captagent_tls.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, str(script), "-r", str(capture), "--json",
+                           "--workers", "2", *args], capture_output=True, text=True,
+                          timeout=120, env=_env(), cwd=SRC)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert lines == [f"captagent-tls: error: worker 1 (pid {pid}) was killed by SIGKILL before "
+                     "it finished: its share of the flows is missing"
+                     for pid in re.findall(r"\(pid (\d+)\)", proc.stderr)][:1], proc.stderr
+    assert "Traceback" not in proc.stderr
