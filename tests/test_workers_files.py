@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
 import sys
 from collections import Counter
@@ -20,7 +21,7 @@ import pytest
 from support.cli import _env, run
 from support.groundtruth import load_groundtruth, scenario_files
 from support.paths import CORPUS, FIXTURES, SRC
-from test_conformance_corpus import ORACLE_CASES, PUBLIC, resolve
+from test_conformance_corpus import ORACLE_CASES, PUBLIC, SYNTHETIC, SYNTHETIC_CASES, resolve
 
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.net.packet import Datagram, Segment, decode
@@ -44,6 +45,14 @@ def cases() -> list:
         for folder in (CORPUS / "sip", PUBLIC / "sip-synthetic"):
             found += [pytest.param(cap, truth_arguments(js), id=f"{folder.name}:{cap.stem}")
                       for cap, js in scenario_files(folder)]
+        for name, args in SYNTHETIC_CASES:
+            args = [a.format(name=name) for a in args]
+            found.append(pytest.param(SYNTHETIC / f"{name}.pcap", resolve(args, SYNTHETIC),
+                                      id=f"sip-synthetic:{name}:{'+'.join(args[1::2])}"))
+        lost = "sip-tls12-rsa-aes256gcm-ems-ticketresume-seg500-lost1"
+        found.append(pytest.param(SYNTHETIC / f"{lost}.pcap",
+                                  ["-k", str(SYNTHETIC / "sip-server.key")],
+                                  id=f"sip-synthetic:{lost}"))
         seen = set()
         for capture, args in ORACLE_CASES:
             seen.add(capture)
@@ -85,14 +94,80 @@ def test_two_workers_give_what_one_gives(capture: Path, args: list[str]):
     assert two_stats == one_stats, stderr
 
 
-def test_workers_share_the_flows_and_count_each_packet_once():
-    """The bulk-like fixture with most connections is dealt to both workers, and the per-worker
-    counters add up to the total."""
-    capture = FIXTURES / "batched-writes.pcap"
-    args = truth_arguments(capture.with_suffix(".json"))
-    proc = run(["-r", str(capture), "--workers", "2", "-q", *args])
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout  # the console view, merged
+# -- IP fragments: UDP datagrams and TCP segments, between several hosts --------------------
+
+def ipv4(payload: bytes, src: bytes, dst: bytes, protocol: int, ident: int = 0,
+         fragment: int = 0) -> bytes:
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, fragment, 64,
+                       protocol, 0, src, dst) + payload
+
+
+def fragmented(packet: bytes, src: bytes, dst: bytes, protocol: int, ident: int,
+               size: int = 600) -> list[bytes]:
+    pieces = []
+    for offset in range(0, len(packet), size):
+        more = 0x2000 if offset + size < len(packet) else 0
+        pieces.append(ipv4(packet[offset : offset + size], src, dst, protocol, ident,
+                           more | offset // 8))
+    return pieces
+
+
+def tcp(sport: int, dport: int, seq: int, flags: int, payload: bytes = b"") -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, seq, 0, 5 << 4, flags, 65535, 0, 0) + payload
+
+
+def sip(method: str, call: str) -> bytes:
+    body = b"v=0\r\n" + b"a=x\r\n" * 300  # larger than a fragment
+    return (f"{method} sip:bob@example.test SIP/2.0\r\nCall-ID: {call}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def fragments_capture(path: Path) -> None:
+    """Plain SIP over TCP (some segments fragmented) and over UDP (some datagrams fragmented)
+    between six clients and one server, interleaved."""
+    server = bytes([10, 0, 1, 1])
+    frames: list[bytes] = []
+    ident = 100
+    for round_ in range(3):
+        for client in range(6):
+            src = bytes([10, 0, 0, 10 + client])
+            sport = 40000 + client
+            if round_ == 0:
+                frames.append(ipv4(tcp(sport, 5060, 999, 0x02), src, server, 6))
+                frames.append(ipv4(tcp(5060, sport, 4999, 0x12), server, src, 6))
+            message = sip("INVITE" if round_ else "OPTIONS", f"tcp-{client}-{round_}")
+            seq = 1000 + sum(len(sip("INVITE" if r else "OPTIONS", f"tcp-{client}-{r}"))
+                             for r in range(round_))
+            segment = tcp(sport, 5060, seq, 0x18, message)
+            ident += 1
+            if client % 2:
+                frames += fragmented(segment, src, server, 6, ident)
+            else:
+                frames.append(ipv4(segment, src, server, 6))
+            datagram = struct.pack("!HHHH", 5060, 5060, 8 + len(message), 0) + message
+            ident += 1
+            if round_ % 2:
+                frames += fragmented(datagram.replace(b"tcp-", b"udp-"), src, server, 17,
+                                     ident)
+            else:
+                frames.append(ipv4(datagram.replace(b"tcp-", b"udp-"), src, server, 17))
+    with open(path, "wb") as out:
+        out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
+        for n, frame in enumerate(frames):
+            out.write(struct.pack("<IIII", 1_700_000_000 + n // 100, (n % 100) * 10_000,
+                                  len(frame), len(frame)) + frame)
+
+
+def test_fragments_go_to_every_worker_and_each_datagram_to_one(tmp_path: Path):
+    capture = tmp_path / "fragments.pcap"
+    fragments_capture(capture)
+    one, one_stats, _ = read(capture, [], 1)
+    two, two_stats, stderr = read(capture, [], 2)
+    assert multiset(two) == multiset(one)
+    assert len(one) == 36  # 18 over TCP, 18 over UDP: every message once
+    assert in_order(two)
+    assert two_stats == one_stats, stderr
+    assert "IP fragments" in one_stats[0]
 
 
 def test_file_sharder_keeps_both_directions_together_and_spreads_connections():
