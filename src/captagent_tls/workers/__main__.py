@@ -26,7 +26,7 @@ def main() -> int:
     channel = Channel(read_fd, write_fd, blocking_writes=True)
     keys = KeyStore()
     try:
-        load_rsa_key_files(args, keys, live=True)
+        load_rsa_key_files(args, keys)  # (the parent warned about the files already)
     except (KeyFileError, UserError) as exc:
         channel.send(("fatal", one_line(str(exc))))
         return 1

@@ -14,6 +14,7 @@ flows over the sockets that are left.
 from __future__ import annotations
 
 import socket
+import struct
 
 SOL_PACKET = 263
 PACKET_FANOUT = 18
@@ -35,7 +36,8 @@ def join_fanout(fd: int, group: int) -> None:
     mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
     sock = socket.socket(fileno=fd)
     try:
-        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, (mode << 16) | group)
+        # as bytes: with the defragment flag the value does not fit a signed int
+        sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("=I", (mode << 16) | group))
     except OSError as exc:
         raise FanoutError(f"cannot share the capture between workers (PACKET_FANOUT): "
                           f"{exc.strerror or exc}; use --workers 1") from None
