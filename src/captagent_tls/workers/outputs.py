@@ -51,6 +51,9 @@ class Tap:
     def isatty(self) -> bool:
         return False
 
+    def close(self) -> None:
+        pass
+
     def take(self, empty: str | bytes) -> Any:
         parts = self.parts
         if not parts:
