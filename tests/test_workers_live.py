@@ -26,7 +26,7 @@ from support.live import (
 pytestmark = pytest.mark.usefixtures("live_capture")
 
 WORKERS_LINE = re.compile(r"^workers: 2; packets (\d+) / (\d+), SIP messages (\d+) / (\d+), "
-                          r"kernel drops (\d+) / (\d+); (\d+) restarted$", re.M)
+                          r"kernel drops (\d+) / (\d+); (\d+) restarted; CPU [\d. /]+ s$", re.M)
 
 
 @pytest.fixture(scope="module")

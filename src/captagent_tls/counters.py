@@ -87,6 +87,8 @@ CATALOGUE: dict[str, Spec] = {
     "worker_sip_messages": Spec(C, "SIP messages framed, by worker", ("worker",)),
     "worker_kernel_dropped_packets": Spec(C, "Packets the kernel dropped, by worker",
                                           ("worker",)),
+    "worker_cpu_seconds": Spec(C, "CPU time (user and system) of each worker process",
+                               ("worker",)),
 }
 
 Labels = tuple[str, ...]

@@ -79,8 +79,11 @@ def worker_lines(c: Counters) -> list[str]:
 
     kernel = (f", kernel drops {each('worker_kernel_dropped_packets')}"
               if c.labelled("worker_kernel_dropped_packets") else "")
+    cpu = c.labelled("worker_cpu_seconds")
+    seconds = " / ".join(f"{cpu.get(w, 0):.2f}" for w in workers)
     return [f"workers: {len(workers)}; packets {each('worker_packets')}, SIP messages "
-            f"{each('worker_sip_messages')}{kernel}; {c['worker_restarts']} restarted"]
+            f"{each('worker_sip_messages')}{kernel}; {c['worker_restarts']} restarted; "
+            f"CPU {seconds} s"]
 
 
 def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:

@@ -30,6 +30,11 @@ from captagent_tls.sip import Message
 JSON, CONSOLE, PCAP, REPORT, FRAME = range(5)
 SLOTS = 5
 NOTHING = (None,) * SLOTS
+# a record's parts with one output's value in its slot
+_SHAPES: tuple[Callable[[Any], tuple[Any, ...]], ...] = (
+    lambda v: (v, None, None, None, None), lambda v: (None, v, None, None, None),
+    lambda v: (None, None, v, None, None), lambda v: (None, None, None, v, None),
+    lambda v: (None, None, None, None, v))
 
 Record = tuple[int, tuple[Any, ...]]  # (capture time in ns, parts)
 Entry = tuple[int, int, int, tuple[Any, ...]]  # (capture time, arrival, worker, parts)
@@ -80,6 +85,20 @@ class RecordingSink(Sink):
         tap.parts.clear()  # a file header (-w): the parent writes its own
         self._taps.append((slot, sink, tap, b"" if binary else ""))
         return sink
+
+    def ready(self) -> None:
+        """The outputs are all added: with one output and no report (the common case, e.g.
+        ``--json``), each message takes the short way."""
+        if len(self._taps) == 1 and not self.report:
+            self.emit = self._emit_one  # type: ignore[method-assign]
+
+    def _emit_one(self, message: Message) -> None:
+        slot, sink, tap, empty = self._taps[0]
+        sink.emit(message)
+        parts = tap.parts
+        value = parts[0] if len(parts) == 1 else empty.join(parts) if parts else None
+        parts.clear()
+        self.records.append((message.ts_ns, _SHAPES[slot](value)))
 
     def emit(self, message: Message) -> None:
         parts: list[Any] = [None] * SLOTS

@@ -13,8 +13,8 @@ that carry no flow (not IP, truncated, an unknown link type) go to worker 0, whi
 
 A capture file is read by every worker, in the same order, so the workers can agree on more
 than a hash without talking to each other: :class:`FileSharder` deals the TCP connections in
-turn, in the order they first appear (to the worker given the fewest connections so far, the
-fewest bytes among those), and remembers each choice for the connections seen last.  Every
+turn, in the order they first appear, and remembers each choice for the connections seen
+last.  Every
 worker makes the same choices, and the work is spread evenly even when a capture holds few
 connections: with the 20 connections of the bulk benchmark, a hash of the connections split
 the packets 65 % / 35 % over two workers, dealing them splits it 50 / 50.
@@ -120,26 +120,23 @@ class FileSharder:
         self.workers = workers
         self.index = index
         self.generation_size = max(1, remembered // 2)
-        self.connections = [0] * workers  # given to each worker so far...
-        self.sizes = [0] * workers  # ...and their bytes
+        self._next = 0  # the worker the next new connection goes to
         self._recent: dict[int, int] = {}
         self._older: dict[int, int] = {}
         self.tcp = False  # the last frame was a TCP segment
 
-    def owner(self, key: int, size: int) -> int:
+    def owner(self, key: int) -> int:
         """The worker of the TCP connection ``key``; a new connection is dealt one."""
         owner = self._recent.get(key)
         if owner is None:
             owner = self._older.pop(key, None)
             if owner is None:
-                connections, sizes = self.connections, self.sizes
-                owner = min(range(self.workers), key=lambda i: (connections[i], sizes[i]))
-                connections[owner] += 1
+                owner = self._next
+                self._next = (owner + 1) % self.workers
             if len(self._recent) >= self.generation_size:
                 self._older = self._recent
                 self._recent = {}
             self._recent[key] = owner
-        self.sizes[owner] += size
         return owner
 
     def __call__(self, linktype: int, data: bytes | memoryview) -> int:
@@ -150,11 +147,13 @@ class FileSharder:
                 if len(data) >= l4 + 4:
                     sport, dport = _ports(data, l4)
                     self.tcp = True
-                    return self.owner(connection_key(src, sport, dst, dport), len(data))
+                    key = ((src + dst) << 17) | (sport + dport)  # connection_key, inlined
+                    owner = self._recent.get(key)
+                    return self.owner(key) if owner is None else owner
         tcp, number = _flow_of(linktype, data)
         self.tcp = tcp
         if tcp:
-            return self.owner(number, len(data))
+            return self.owner(number)
         if number >= 0:
             return number % self.workers
         return -2 - ((-1 - number) % self.workers)
@@ -164,7 +163,7 @@ class FileSharder:
         if type(packet) is Segment:
             key = connection_key(int.from_bytes(packet.src, "big"), packet.sport,
                                  int.from_bytes(packet.dst, "big"), packet.dport)
-            return self.owner(key, len(packet.payload)) == self.index
+            return self.owner(key) == self.index
         if type(packet) is Datagram:
             return pair_hash(packet.src, packet.dst) % self.workers == self.index
         return self.index == 0

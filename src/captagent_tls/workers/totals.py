@@ -25,6 +25,7 @@ SHARED = frozenset(("key_log_secrets", "key_log_evictions", "key_log_max_secrets
                     "sip_bound_bytes"))
 PER_WORKER = (("packets", "worker_packets"), ("sip_messages", "worker_sip_messages"),
               ("kernel_dropped_packets", "worker_kernel_dropped_packets"))
+CPU = "worker_cpu_seconds"  # set by each worker for itself
 
 
 def combine(snapshots: Iterable[tuple[int, Counters]]) -> Counters:
@@ -39,7 +40,9 @@ def combine(snapshots: Iterable[tuple[int, Counters]]) -> Counters:
                     mine[labels] = max(mine.get(labels, 0), value)
         summed = Counters()
         summed.values = {name: values for name, values in snapshot.values.items()
-                         if name not in SHARED}
+                         if name not in SHARED and name != CPU}
+        if CPU in snapshot.values:
+            total.set(CPU, snapshot.get(CPU, "self"), str(index))
         total.add(summed)
         for name, per_worker in PER_WORKER:
             if name in snapshot.values:

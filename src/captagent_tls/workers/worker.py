@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import logging
 import os
+import resource
 import signal
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -179,6 +180,7 @@ def build_outputs(spec: WorkerSpec) -> tuple[list[Sink], RecordingSink]:
     if args.console or not (args.hep or args.write or args.report or args.json):
         recording.add(CONSOLE, lambda tap: console_sink(cast(TextIO, tap), spec))
     recording.frames = bool(args.write_decryptable)
+    recording.ready()
     sinks.append(recording)
     return sinks, recording
 
@@ -227,6 +229,8 @@ class Worker:
         from captagent_tls import cli
 
         counters = cli.snapshot(self.pipeline, self.sinks, self.kernel)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        counters.set("worker_cpu_seconds", round(usage.ru_utime + usage.ru_stime, 3), "self")
         if self.foreign_fragments:
             counters.set("packets", counters["packets"] - self.foreign_fragments)
         return counters
