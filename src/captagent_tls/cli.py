@@ -82,17 +82,19 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None
     args = parser.parse_args(argv)
     if not (args.config or args.captagent_config):
         return args
-    from captagent_tls.config.captagent import load_captagent
     from captagent_tls.config.layering import resolve
-    from captagent_tls.config.toml import load_native
 
     file_values: dict[str, object] = {}
     if args.captagent_config:
+        from captagent_tls.config.captagent import load_captagent
+
         values, warnings = load_captagent(args.captagent_config)
         for line in warnings:
             print(f"captagent-tls: warning: {line}", file=sys.stderr)
         file_values.update(values)
     if args.config:
+        from captagent_tls.config.toml import load_native
+
         file_values.update(load_native(args.config))  # our own file wins over captagent's
     for dest in sorted(file_values.keys() - vars(args).keys()):
         print(f"captagent-tls: warning: {dest}: not supported by this version; ignored",
