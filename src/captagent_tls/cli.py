@@ -27,12 +27,10 @@ from captagent_tls.config import ConfigError
 from captagent_tls.config.parser import add_options
 from captagent_tls.config.values import parse_queue_limits
 from captagent_tls.counters import Counters
-from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
-from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
+from captagent_tls.errors import UserFacingError
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import OutputError, Sink, write_failed
-from captagent_tls.sinks.hep import HepConfigError, HepOptions, HepSink, TlsOptions
 from captagent_tls.sinks.jsonl import JsonLinesSink
 from captagent_tls.sinks.pcapfile import PcapFileSink
 from captagent_tls.tls.events import SessionSecret
@@ -47,7 +45,7 @@ OFFLINE_WAIT_FOR_ROOM_S = 30.0  # then a collector that does not take anything i
 log = logging.getLogger("captagent_tls")
 
 
-class UserError(Exception):
+class UserError(UserFacingError):
     pass
 
 
@@ -121,8 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bool(args.read) == bool(args.interface):
             raise UserError("give a capture file (-r FILE) or an interface (-i IFACE)")
         return run_live(args) if args.interface else run_offline(args)
-    except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError,
-            OutputError) as exc:
+    except UserFacingError as exc:
         print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
@@ -135,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- keys ------------------------------------------------------------------------------------
 
 def load_rsa_key_files(args: argparse.Namespace, keys: KeyStore, live: bool = False) -> None:
+    if not args.key:
+        keys.clear_rsa_keys()
+        return
+    from captagent_tls.keyfiles import key_file_mode_warning, load_rsa_keys
+
     # the bytes that were typed, even when they are not UTF-8 (argv keeps them as surrogates)
     password = os.fsencode(args.key_password) if args.key_password is not None else None
     loaded = [(path, load_rsa_keys(path, password)) for path in args.key]
@@ -228,6 +230,8 @@ class KeyLogExporter:
 def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink]:
     sinks: list[Sink] = []
     if args.hep:
+        from captagent_tls.sinks.hep import HepOptions, HepSink, TlsOptions
+
         if args.hep_insecure and any(a.lower().startswith("tls://") for a in args.hep):
             log.warning("--hep-insecure: the certificates of tls:// collectors are not verified")
         options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
@@ -348,6 +352,7 @@ def run_offline(args: argparse.Namespace) -> int:
 
 def run_live(args: argparse.Namespace) -> int:
     from captagent_tls.agent import Agent
+    from captagent_tls.keysources import KeyLogFile, KeyLogListener
 
     keys = KeyStore()
     load_rsa_key_files(args, keys, live=True)
@@ -366,6 +371,7 @@ def run_live(args: argparse.Namespace) -> int:
     capture = views.live_capture(args.interface, args.filter, args.promisc, args.snaplen,
                                  args.buffer_size)
     if args.user:
+        import_what_packets_may_need()
         drop_privileges(args.user)
 
     def report() -> None:
@@ -413,6 +419,15 @@ def start_metrics(address: str, pipeline: Pipeline, sinks: list[Sink],
         raise UserError(f"cannot serve metrics on {address}: "
                         f"{getattr(exc, 'strerror', None) or exc}") from None
     log.info("metrics on http://%s/metrics", address)
+
+
+def import_what_packets_may_need() -> None:
+    """Modules the packet path imports only when it meets what needs them (start-up stays
+    short) are imported now, while their files can be read: the user we switch to may not
+    read the interpreter's library (a Python under /root, say)."""
+    import cryptography.x509  # noqa: F401 - certificates
+
+    import captagent_tls.websocket  # noqa: F401
 
 
 def drop_privileges(user: str) -> None:

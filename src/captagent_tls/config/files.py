@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from captagent_tls.config.options import PATH_OPTIONS
+from captagent_tls.errors import UserFacingError
 
 #: The most a configuration file may hold: captagent's and ours are a few KiB.
 MAX_CONFIG_BYTES = 4 << 20
 
 
-class ConfigError(Exception):
+class ConfigError(UserFacingError):
     """A configuration file that cannot be used; the message is one line naming the file."""
 
 
