@@ -11,6 +11,7 @@ caller as ``OutputError`` (or ``BrokenPipeError``).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ from captagent_tls.tls.events import (
 from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.problems import Notice
+from captagent_tls.tls.rsa_pool import RsaPool
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
 from captagent_tls.websocket import WebSocketSession, WebSocketStats, looks_like_start
 
@@ -57,6 +59,7 @@ class PipelineOptions:
     session_cache_size: int = 20_000
     keys_may_arrive: bool = False  # key logs still being written: hold records for keys
     hold: HoldLimits = field(default_factory=HoldLimits)
+    rsa_threads: int | None = None  # RSA off the packet path (None: cores - 1; 0: no threads)
     max_sip_message_bytes: int = MAX_MESSAGE_BYTES  # one incomplete SIP message, per direction
     max_sip_held_bytes: int = MAX_HELD_BYTES  # all incomplete SIP messages together
 
@@ -86,8 +89,10 @@ class Pipeline:
         options = options or PipelineOptions()
         self.tcp = TcpReassembler(options.flow_timeout_s, options.max_direction_bytes,
                                   options.max_flows)
+        rsa = RsaPool(options.rsa_threads) if options.rsa_threads != 0 else None
         self.tls = TlsTracker(keys, options.session_cache_size, options.keys_may_arrive,
-                              options.hold)
+                              options.hold, rsa)
+        self._rsa_completed = rsa.completed if rsa is not None else deque()
         self.on_secret = on_secret
         self.sinks = sinks
         self.on_problem = on_problem
@@ -102,6 +107,8 @@ class Pipeline:
     def frame(self, frame: Frame) -> None:
         self.stats.frames += 1
         ts = frame.ts_ns
+        if self._rsa_completed:
+            self._rsa_done(self._last_ts)
         try:
             packet: Segment | Datagram | Fragment | Skip | None = decode(frame.linktype,
                                                                           frame.data)
@@ -201,14 +208,32 @@ class Pipeline:
         c.set("key_log_connections_closed", sources.connections_idle, "idle")
         return c
 
+    def _rsa_done(self, ts: int) -> None:
+        """Pre-master secrets decrypted off the packet path: their records can go on."""
+        done = self.tls.rsa_done()
+        for conn in done:
+            self._guarded(conn.flow, self.tls.retry, conn, ts)
+        # their sessions may be what resumed connections wait for
+        for conn in self.tls.waiting():
+            if conn not in done:
+                self._guarded(conn.flow, self.tls.retry, conn, ts)
+
+    def _wait_for_rsa(self) -> None:
+        while self.tls.wait_for_rsa():
+            self._rsa_done(self._last_ts)
+
     def finish(self) -> None:
         """End of input: flush held-back bytes, close every flow, deliver what is complete."""
+        self._wait_for_rsa()
         self._net_events(self.tcp.flush(self._last_ts))
+        self._wait_for_rsa()
         for conn in self.tls.waiting():
             self._guarded(conn.flow, self.tls.give_up, conn, self._last_ts)
 
     def expire(self, now_ns: int) -> None:
         """Time passes without packets (live capture): idle flows and held records expire."""
+        if self._rsa_completed:
+            self._rsa_done(now_ns)
         self._net_events(self.tcp.expire(now_ns))
         self._expire_held(now_ns)
 

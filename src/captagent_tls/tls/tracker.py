@@ -12,6 +12,7 @@ from captagent_tls.tls.connection import TlsConnection
 from captagent_tls.tls.context import HoldLimits, TlsContext, TlsStats
 from captagent_tls.tls.events import PLAINTEXT, ConnectionDone, Event
 from captagent_tls.tls.keys import KeyStore
+from captagent_tls.tls.rsa_pool import RsaPool
 from captagent_tls.tls.sessions import SessionCache
 
 __all__ = ["HoldLimits", "TlsStats", "TlsTracker"]
@@ -19,10 +20,11 @@ __all__ = ["HoldLimits", "TlsStats", "TlsTracker"]
 
 class TlsTracker:
     def __init__(self, keys: KeyStore | None = None, session_cache_size: int = 20_000,
-                 keys_may_arrive: bool = False, hold: HoldLimits | None = None):
+                 keys_may_arrive: bool = False, hold: HoldLimits | None = None,
+                 rsa: RsaPool | None = None):
         self.context = TlsContext(keys if keys is not None else KeyStore(),
                                   SessionCache(session_cache_size), TlsStats(),
-                                  hold or HoldLimits(), keys_may_arrive)
+                                  hold or HoldLimits(), keys_may_arrive, rsa)
         self.keys = self.context.keys
         self.sessions = self.context.sessions
         self.stats = self.context.stats
@@ -60,7 +62,7 @@ class TlsTracker:
         if conn is None:
             return [ConnectionDone(flow, ts, PLAINTEXT, 0)]
         conn.closed = True
-        if conn.waiting and self.context.keys_may_arrive:
+        if conn.waiting and (self.context.keys_may_arrive or conn.keys_coming):
             return []
         return self._finish(conn, ts)
 
@@ -112,6 +114,26 @@ class TlsTracker:
         events = conn.expire_held(now, int(self.context.hold.max_wait_s * 1e9))
         self._settle(conn, now, events)
         return events
+
+    def rsa_done(self) -> list[TlsConnection]:
+        """Connections whose pre-master secret was decrypted since the last call."""
+        rsa = self.context.rsa
+        if rsa is None or not rsa.completed:
+            return []
+        done = []
+        while rsa.completed:
+            conn = rsa.completed.popleft().owner
+            if isinstance(conn, TlsConnection) and conn.flow.context is conn:
+                done.append(conn)  # (not a connection dropped meanwhile)
+        return done
+
+    def wait_for_rsa(self) -> bool:
+        """Until the pre-master secrets submitted so far are decrypted; False if none were."""
+        rsa = self.context.rsa
+        if rsa is None or not (rsa.busy or rsa.completed):
+            return False
+        rsa.wait()
+        return True
 
     def give_up(self, conn: TlsConnection, ts: int) -> list[Event]:
         """End of input: records still waiting will get no keys now."""
