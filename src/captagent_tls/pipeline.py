@@ -210,13 +210,11 @@ class Pipeline:
 
     def _rsa_done(self, ts: int) -> None:
         """Pre-master secrets decrypted off the packet path: their records can go on."""
-        done = self.tls.rsa_done()
-        for conn in done:
+        for conn in self.tls.rsa_done():
             self._guarded(conn.flow, self.tls.retry, conn, ts)
         # their sessions may be what resumed connections wait for
-        for conn in self.tls.waiting():
-            if conn not in done:
-                self._guarded(conn.flow, self.tls.retry, conn, ts)
+        for conn in self.tls.awaiting_sessions():
+            self._guarded(conn.flow, self.tls.retry, conn, ts)
 
     def _wait_for_rsa(self) -> None:
         while self.tls.wait_for_rsa():

@@ -146,6 +146,12 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         return bool(self.held)
 
     @property
+    def awaiting_session(self) -> bool:
+        """Records wait while this resumed session's master is not known (yet)."""
+        hs = self.handshake
+        return bool(self.held) and hs is not None and hs.missing is Reason.SESSION_UNKNOWN
+
+    @property
     def keys_coming(self) -> bool:
         """Keys this connection waits for are being worked out off the packet path: its own
         pre-master secret, or (resuming) the session of another connection whose RSA

@@ -14,6 +14,7 @@ the capture loop's thread through ``completed``, which only it reads.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -24,6 +25,9 @@ from captagent_tls.tls.keys import RsaKey
 
 if TYPE_CHECKING:
     from captagent_tls.tls.state import ConnectionState
+
+
+SWITCH_INTERVAL_S = 0.001
 
 
 class RsaJob:
@@ -71,6 +75,10 @@ class RsaPool:
                ) -> RsaJob:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="rsa")
+            # a thread that finished a decryption needs the GIL back to hand its result over
+            # and take the next job; the busy capture loop would keep it up to the default
+            # 5 ms switch interval, longer than the decryption itself
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         job = RsaJob(self._executor.submit(_decrypt_all, tuple(keys), encrypted), owner)
         with self._lock:
             self._pending.add(job)

@@ -29,6 +29,9 @@ class TlsTracker:
         self.sessions = self.context.sessions
         self.stats = self.context.stats
         self._waiting: dict[TlsConnection, None] = {}  # insertion-ordered set
+        # of those, the resumed sessions whose master is not cached yet: the session may be
+        # one whose RSA decryption is still running
+        self._awaiting_session: dict[TlsConnection, None] = {}
         self._generation = self.keys.generation
 
     @property
@@ -50,6 +53,8 @@ class TlsTracker:
         events = conn.data(direction, data, ts)
         if conn.held is not None:
             self._waiting[conn] = None
+            if conn.awaiting_session:
+                self._awaiting_session[conn] = None
         return events
 
     def gap(self, flow: Flow, direction: int, ts: int) -> list[Event]:
@@ -126,6 +131,13 @@ class TlsTracker:
             if isinstance(conn, TlsConnection) and conn.flow.context is conn:
                 done.append(conn)  # (not a connection dropped meanwhile)
         return done
+
+    def awaiting_sessions(self) -> list[TlsConnection]:
+        """Waiting connections that resume a session not known yet (forgotten once they no
+        longer wait for it)."""
+        waiting = [conn for conn in self._awaiting_session if conn.awaiting_session]
+        self._awaiting_session = dict.fromkeys(waiting)
+        return waiting
 
     def wait_for_rsa(self) -> bool:
         """Until the pre-master secrets submitted so far are decrypted; False if none were."""
