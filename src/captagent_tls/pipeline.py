@@ -46,6 +46,7 @@ from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.problems import Notice
 from captagent_tls.tls.rsa_pool import RsaPool
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
+from captagent_tls.websocket import START_BYTES as WEBSOCKET_START
 from captagent_tls.websocket import WebSocketSession, WebSocketStats, looks_like_start
 
 log = logging.getLogger("captagent_tls")
@@ -100,6 +101,7 @@ class Pipeline:
         self._framers: dict[tuple[Flow, int], SipFramer] = {}
         self._websockets: dict[Flow, WebSocketSession] = {}
         self.sip_budget = SipBudget(options.max_sip_held_bytes, options.max_sip_message_bytes)
+        self._spare_framer = SipFramer(self.sip_budget)
         self.defrag = Defragmenter()
         self._last_ts = 0
         self._next_tick = 0
@@ -315,21 +317,39 @@ class Pipeline:
                            "udp", unit.data, unit.call_id, True, is_request, "", ""))
 
     def _tls_events(self, events: list[TlsEvent]) -> None:
+        framers = self._framers
         for event in events:
-            if self._websocket(event):
-                continue
             if type(event) is AppData:
+                if self._websockets and event.flow in self._websockets:
+                    self._websocket(event)
+                    continue
                 key = (event.flow, event.direction)
-                framer = self._framers.get(key)
+                framer = framers.get(key)
+                data = event.data
                 if framer is None:
-                    framer = self._framers[key] = SipFramer(self.sip_budget)
-                units = framer.feed(event.data)
-                if framer.idle:
-                    del self._framers[key]  # nothing held: idle sessions keep no SIP state
+                    # a direction between messages keeps no SIP state (idle sessions cost
+                    # nothing): a spare framer frames what arrives, and stays with the
+                    # direction only when it has to hold something
+                    if data[0] in WEBSOCKET_START and self._websocket(event):
+                        continue
+                    framer = self._spare_framer
+                    units = framer.feed(data)
+                    if framer.idle:
+                        framer.started = False  # as a new one would be
+                    else:
+                        framers[key] = framer
+                        self._spare_framer = SipFramer(self.sip_budget)
+                else:
+                    units = framer.feed(data)
+                    if framer.idle:
+                        del framers[key]
                 if units:
                     self._deliver(event.flow, event.direction, units, event.ts_ns, event.info,
                                   event.from_client)
-            elif type(event) is AppGap:
+                continue
+            if self._websockets and self._websocket(event):
+                continue
+            if type(event) is AppGap:
                 framer = self._framers.get((event.flow, event.direction))
                 if framer is not None:
                     self._deliver(event.flow, event.direction, framer.gap(), event.ts_ns,

@@ -21,7 +21,7 @@ from captagent_tls.tls.held import HeldRecord
 from captagent_tls.tls.negotiation import Negotiation
 from captagent_tls.tls.opening import RecordOpening, try_open
 from captagent_tls.tls.problems import FINAL, Reason
-from captagent_tls.tls.protection import UNPROVEN
+from captagent_tls.tls.protection import LIVE_CONTEXTS, UNPROVEN
 from captagent_tls.tls.record_stream import (
     ALERT,
     APPLICATION_DATA,
@@ -114,6 +114,10 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         if self.held:
             self._drop_held(ts, events, "the connection closed first")
         self._settle_session()
+        for side in self.sides:  # its keys need not outlive it in OpenSSL's contexts
+            for decryptor in (side.decryptor, side.fallback):
+                if decryptor is not None:
+                    LIVE_CONTEXTS.forget(decryptor)
         return events
 
     def retry(self, ts: int) -> list[Event]:
