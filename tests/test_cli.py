@@ -17,7 +17,7 @@ from support.cli import run, run_json
 from support.groundtruth import load_groundtruth
 from support.paths import FIXTURES, REPO
 
-from captagent_tls.options import OPTIONS
+from captagent_tls.config.options import OPTIONS
 
 KEYS = FIXTURES.parent / "keys"
 CAPTURE = FIXTURES / "tls12-aes128gcm-ems.pcap"

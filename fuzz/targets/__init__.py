@@ -23,5 +23,5 @@ TARGETS: dict[str, float] = {
     "connection": 1.5,  # tls/connection.py: record streams through TlsTracker
     "sip": 1.0,  # sip/framing.py SipFramer and frame_datagram
     "keylog": 0.5,  # tls/keylog.py load_key_log
-    "config": 1.0,  # config.py load_native (TOML) and load_captagent (XML)
+    "config": 1.0,  # config/ load_native (TOML) and load_captagent (XML)
 }

@@ -1,4 +1,4 @@
-"""config.py: captagent-tls's TOML file (``load_native``) and a captagent XML installation
+"""config/: captagent-tls's TOML file (``load_native``) and a captagent XML installation
 (``load_captagent``: captagent.xml, module files, XInclude).
 
 Input: one option byte, then the content.  For TOML the content is the file.  For XML it is

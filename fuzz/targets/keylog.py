@@ -23,9 +23,9 @@ def one_input(data: bytes) -> None:
     result = load_key_log(text, keys)
     lines = text.splitlines()
     ignored = sum(1 for line in lines if not line.strip() or line.strip().startswith("#"))
-    if result.added + len(result.malformed_lines) + ignored != len(lines):
+    if result.added + result.malformed + ignored != len(lines):
         raise OracleFailure("keylog-count", f"{len(lines)} lines: {result.added} added, "
-                            f"{len(result.malformed_lines)} malformed, {ignored} ignored")
+                            f"{result.malformed} malformed, {ignored} ignored")
     if result.malformed_lines:
         result.describe_malformed()
     for random, secrets in keys.by_client_random.items():

@@ -13,34 +13,30 @@ import dataclasses
 import io
 import logging
 import os
-import socket
 import stat
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from captagent_tls import __version__
 from captagent_tls.capture import CaptureError
 from captagent_tls.capture.bpf import FrameFilter
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.capture.live import KernelStats
-from captagent_tls.config import ConfigError, load_captagent, load_native, resolve
+from captagent_tls.config import ConfigError
+from captagent_tls.config.parser import add_options
+from captagent_tls.config.values import parse_queue_limits
 from captagent_tls.counters import Counters
-from captagent_tls.keyfiles import KeyFileError, key_file_mode_warning, load_rsa_keys
-from captagent_tls.keysources import KeyLogFile, KeyLogListener, KeySourceError
-from captagent_tls.options import MIB, parse_queue_limits, value_type
+from captagent_tls.errors import UserFacingError
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import OutputError, Sink, write_failed
-from captagent_tls.sinks.hep import HepConfigError, HepOptions, HepSink, TlsOptions
 from captagent_tls.sinks.jsonl import JsonLinesSink
 from captagent_tls.sinks.pcapfile import PcapFileSink
 from captagent_tls.tls.events import SessionSecret
 from captagent_tls.tls.keylog import KeyLogResult, load_key_log
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.tracker import HoldLimits
-from captagent_tls.views.colour import CHOICES as COLOR_CHOICES
 from captagent_tls.views.setup import Views
 
 EXIT_ERROR = 1
@@ -49,7 +45,7 @@ OFFLINE_WAIT_FOR_ROOM_S = 30.0  # then a collector that does not take anything i
 log = logging.getLogger("captagent_tls")
 
 
-class UserError(Exception):
+class UserError(UserFacingError):
     pass
 
 
@@ -69,150 +65,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: every option of the table (captagent_tls.config.options)."""
     parser = _Parser(
         prog="captagent-tls",
         description="Rebuild TCP streams, decrypt TLS and pass on the SIP inside: to the "
                     "console, as JSON lines, or to a HOMER collector as HEPv3.",
     )
-    source = parser.add_argument_group("input (one of -r or -i)")
-    source.add_argument("-r", "--read", metavar="FILE", type=value_type("read"),
-                        help="capture file to read: pcap or pcapng, optionally .gz; - for stdin")
-    source.add_argument("-i", "--interface", metavar="IFACE", type=value_type("interface"),
-                        help="capture live from this interface (any: all of them)")
-    source.add_argument("-f", "--filter", metavar="BPF", type=value_type("filter"),
-                        help='BPF filter, tcpdump syntax, e.g. "tcp port 5061"')
-    source.add_argument("--promisc", action=argparse.BooleanOptionalAction, default=True,
-                        help="put the interface into promiscuous mode (default: yes)")
-    source.add_argument("-s", "--snaplen", metavar="BYTES", type=value_type("snaplen"),
-                        default=262144,
-                        help="bytes to capture per packet (default 262144)")
-    source.add_argument("-B", "--buffer-size", metavar="KIB", type=value_type("buffer_size"),
-                        default=32768,
-                        help="kernel capture buffer in KiB (default 32768)")
-    keys = parser.add_argument_group("keys")
-    keys.add_argument("-k", "--key", metavar="KEYFILE", action="append", default=[],
-                      type=value_type("key"),
-                      help="server RSA private key (PEM, DER or PKCS#12); repeatable. Each key "
-                           "is matched to servers by their certificate")
-    keys.add_argument("--key-password", metavar="PASSWORD", type=value_type("key_password"),
-                      help="password of encrypted key files")
-    keys.add_argument("--keylog", metavar="FILE", action="append", default=[],
-                      type=value_type("keylog"),
-                      help="NSS key log (SSLKEYLOGFILE format); repeatable. Decrypts ECDHE, "
-                           "DHE and TLS 1.3 sessions. Followed as it grows when capturing live")
-    keys.add_argument("--keylog-listen", metavar="udp|tcp://HOST:PORT", action="append",
-                      default=[], type=value_type("keylog_listen"),
-                      help="accept key-log lines over the network (live capture); e.g. from "
-                           "Kamailio's keylog_peer")
-    keys.add_argument("--keylog-listen-remote", action=argparse.BooleanOptionalAction,
-                      default=False,
-                      help="allow --keylog-listen on an address other than loopback")
-    keys.add_argument("--key-wait", metavar="SECONDS", type=value_type("key_wait"), default=10.0,
-                      help="how long records wait for keys that may still arrive (default 10)")
-    keys.add_argument("--key-hold-flow", metavar="BYTES", type=value_type("key_hold_flow"),
-                      default=16 * MIB,
-                      help="records one connection may hold while they wait for keys "
-                           "(default 16M; K, M and G suffixes); more are dropped and counted")
-    keys.add_argument("--key-hold-total", metavar="BYTES", type=value_type("key_hold_total"),
-                      default=256 * MIB,
-                      help="records all connections together may hold while they wait for "
-                           "keys (default 256M); a connection holds at most this much too")
-    keys.add_argument("--export-keylog", metavar="FILE", type=value_type("export_keylog"),
-                      help="write a CLIENT_RANDOM line for every session decrypted with an "
-                           "RSA key, so Wireshark can open the capture without the key")
-    out = parser.add_argument_group("outputs (default: the console)")
-    out.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
-                     help="one JSON object per message on stdout")
-    out.add_argument("-w", "--write", metavar="FILE", type=value_type("write"),
-                     help="write the decrypted SIP messages to a pcap file that Wireshark "
-                          "opens as SIP, with the real addresses, ports and times")
-    out.add_argument("--console", action=argparse.BooleanOptionalAction, default=False,
-                     help="print messages on the console even when another output is chosen")
-    out.add_argument("--hep", metavar="[udp|tcp|tls://]HOST:PORT", action="append", default=[],
-                     type=value_type("hep"),
-                     help="send each SIP message as a HEPv3 packet to this collector (UDP when "
-                          "no scheme is given); repeatable: every collector gets every message")
-    out.add_argument("--hep-id", metavar="N", type=value_type("hep_id"), default=2001,
-                     help="HEP capture agent id (default 2001)")
-    out.add_argument("--hep-password", metavar="KEY", default="",
-                     type=value_type("hep_password"),
-                     help="HEP authentication key (chunk 0x000e)")
-    out.add_argument("--hep-ip-proto", metavar="N", type=value_type("hep_ip_proto"), default=22,
-                     help="IP protocol number sent for decrypted TLS: 22 (default, shown as "
-                          "'tls' by HOMER) or 6 for the real TCP value")
-    out.add_argument("--hep-node-name", metavar="NAME", default=socket.gethostname(),
-                     type=value_type("hep_node_name"),
-                     help="HEP node name (chunk 0x0013; default: the host name)")
-    out.add_argument("--hep-correlation", action=argparse.BooleanOptionalAction, default=False,
-                     help="send the SIP Call-ID as HEP correlation id (chunk 0x0011)")
-    out.add_argument("--hep-ca", metavar="FILE", type=value_type("hep_ca"),
-                     help="trust this CA for tls:// collectors (heplify-server makes its own)")
-    out.add_argument("--hep-insecure", action=argparse.BooleanOptionalAction, default=False,
-                     help="do not verify the certificate of tls:// collectors")
-    out.add_argument("--hep-queue", metavar="MESSAGES[,BYTES]", default="100000,64M",
-                     type=value_type("hep_queue"),
-                     help="per tcp/tls collector, what may wait while it is unreachable "
-                          "(default 100000,64M); what does not fit is counted as dropped")
-    agent = parser.add_argument_group("running as an agent")
-    agent.add_argument("--user", metavar="NAME", type=value_type("user"),
-                       help="drop root to this user once the capture is open and keys are read")
-    agent.add_argument("--stats-interval", metavar="SECONDS", type=value_type("stats_interval"),
-                       default=60.0,
-                       help="log stats this often when capturing live (default 60)")
-    agent.add_argument("--metrics", metavar="HOST:PORT", type=value_type("metrics"),
-                       help="serve Prometheus metrics over HTTP here")
-    agent.add_argument("--workers", metavar="N|auto", type=value_type("workers"), default=1,
-                       help="worker processes, each taking a share of the flows (default 1); "
-                            "auto: one per core this process may use (one for a small file)")
-    tuning = parser.add_argument_group("tuning")
-    tuning.add_argument("--flow-timeout", metavar="SECONDS", type=value_type("flow_timeout"),
-                        default=180.0,
-                        help="close flows idle this long, in capture time (default 180)")
-    tuning.add_argument("--max-flow-buffer", metavar="BYTES", default=4 * MIB,
-                        type=value_type("max_flow_buffer"),
-                        help="out-of-order bytes one direction may hold (default 4M)")
-    tuning.add_argument("--max-flows", metavar="N", type=value_type("max_flows"), default=200_000,
-                        help="TCP flows tracked at once; the least recently active go first "
-                             "(default 200000)")
-    tuning.add_argument("--session-cache", metavar="N", type=value_type("session_cache"),
-                        default=20_000,
-                        help="TLS sessions remembered for resumption, by ID and by ticket "
-                             "(default 20000 each)")
-    # -- views: progress and status lines, colour, --brief, --report, --write-decryptable --
-    views = parser.add_argument_group("views")
-    views.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                       help="with -r, a progress bar on stderr when it is a terminal (default: "
-                            "yes; also off with --quiet)")
-    views.add_argument("--status", action=argparse.BooleanOptionalAction, default=False,
-                       help="with -i, a status line on stderr when it is a terminal, once a "
-                            "second: packets/s, messages/s, kernel drops, HEP queue, flows, "
-                            "sessions waiting for keys")
-    views.add_argument("--color", "--colour", choices=COLOR_CHOICES, default="auto",
-                       metavar="WHEN",
-                       help="colour the console view: auto (default: on a terminal, unless "
-                            "NO_COLOR is set), always or never")
-    views.add_argument("--brief", action=argparse.BooleanOptionalAction, default=False,
-                       help="console: one line per message (time, source -> destination, "
-                            "method or status, Call-ID, TLS version and suite)")
-    views.add_argument("--report", metavar="FILE.html",
-                       help="write a call-flow report: the list of calls and a ladder diagram "
-                            "per call, in one HTML file that needs no network")
-    views.add_argument("--write-decryptable", metavar="FILE.pcapng",
-                       help="write the captured packets with the secrets of every session "
-                            "decrypted, so that Wireshark and tshark decrypt the file with no "
-                            "key. The file holds secrets: it is created with mode 0600")
-    # -- end of views --
-    parser.add_argument("-q", "--quiet", action=argparse.BooleanOptionalAction, default=False,
-                        help="no stats summary at the end")
-    parser.add_argument("-c", "--config", metavar="FILE",
-                        help="read options from this TOML file (contrib/agent.toml.example); "
-                             "options on the command line override it")
-    parser.add_argument("--captagent-config", metavar="PATH",
-                        help="read options from a captagent installation (the folder holding "
-                             "captagent.xml, or the file); settings without effect are listed")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
+    return add_options(parser)
 
 
 def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None
@@ -221,13 +80,19 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None
     args = parser.parse_args(argv)
     if not (args.config or args.captagent_config):
         return args
+    from captagent_tls.config.layering import resolve
+
     file_values: dict[str, object] = {}
     if args.captagent_config:
+        from captagent_tls.config.captagent import load_captagent
+
         values, warnings = load_captagent(args.captagent_config)
         for line in warnings:
             print(f"captagent-tls: warning: {line}", file=sys.stderr)
         file_values.update(values)
     if args.config:
+        from captagent_tls.config.toml import load_native
+
         file_values.update(load_native(args.config))  # our own file wins over captagent's
     for dest in sorted(file_values.keys() - vars(args).keys()):
         print(f"captagent-tls: warning: {dest}: not supported by this version; ignored",
@@ -254,8 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bool(args.read) == bool(args.interface):
             raise UserError("give a capture file (-r FILE) or an interface (-i IFACE)")
         return run_live(args) if args.interface else run_offline(args)
-    except (UserError, CaptureError, KeyFileError, HepConfigError, KeySourceError,
-            OutputError) as exc:
+    except UserFacingError as exc:
         print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:
@@ -268,6 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- keys ------------------------------------------------------------------------------------
 
 def load_rsa_key_files(args: argparse.Namespace, keys: KeyStore, live: bool = False) -> None:
+    if not args.key:
+        keys.clear_rsa_keys()
+        return
+    from captagent_tls.keyfiles import key_file_mode_warning, load_rsa_keys
+
     # the bytes that were typed, even when they are not UTF-8 (argv keeps them as surrogates)
     password = os.fsencode(args.key_password) if args.key_password is not None else None
     loaded = [(path, load_rsa_keys(path, password)) for path in args.key]
@@ -358,7 +227,9 @@ class KeyLogExporter:
 
 # -- outputs ---------------------------------------------------------------------------------
 
-def hep_sink(args: argparse.Namespace, live: bool, warn: bool = True) -> HepSink:
+def hep_sink(args: argparse.Namespace, live: bool, warn: bool = True) -> Sink:
+    from captagent_tls.sinks.hep import HepOptions, HepSink, TlsOptions
+
     if warn and args.hep_insecure and any(a.lower().startswith("tls://") for a in args.hep):
         log.warning("--hep-insecure: the certificates of tls:// collectors are not verified")
     options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
@@ -391,7 +262,7 @@ def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink
 
 
 def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> PipelineOptions:
-    """The options' values were checked as they were read (captagent_tls.options)."""
+    """The options' values were checked as they were read (captagent_tls.config.options)."""
     hold = HoldLimits(max_wait_s=args.key_wait,
                       max_bytes_per_flow=min(args.key_hold_flow, args.key_hold_total),
                       max_bytes_total=args.key_hold_total)
@@ -492,6 +363,7 @@ def run_offline(args: argparse.Namespace) -> int:
 
 def run_live(args: argparse.Namespace) -> int:
     from captagent_tls.agent import Agent
+    from captagent_tls.keysources import KeyLogFile, KeyLogListener
     from captagent_tls.workers import workers_for
 
     workers = workers_for(args, live=True)
@@ -517,6 +389,7 @@ def run_live(args: argparse.Namespace) -> int:
     capture = views.live_capture(args.interface, args.filter, args.promisc, args.snaplen,
                                  args.buffer_size)
     if args.user:
+        import_what_packets_may_need()
         drop_privileges(args.user)
 
     def report() -> None:
@@ -564,6 +437,15 @@ def start_metrics(address: str, pipeline: Pipeline, sinks: list[Sink],
         raise UserError(f"cannot serve metrics on {address}: "
                         f"{getattr(exc, 'strerror', None) or exc}") from None
     log.info("metrics on http://%s/metrics", address)
+
+
+def import_what_packets_may_need() -> None:
+    """Modules the packet path imports only when it meets what needs them (start-up stays
+    short) are imported now, while their files can be read: the user we switch to may not
+    read the interpreter's library (a Python under /root, say)."""
+    import cryptography.x509  # noqa: F401 - certificates
+
+    import captagent_tls.websocket  # noqa: F401
 
 
 def drop_privileges(user: str) -> None:

@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import (
     load_der_private_key,
     load_pem_private_key,
-    pkcs12,
 )
+
+from captagent_tls.errors import UserFacingError
 
 _PEM_KEY = re.compile(
     rb"-----BEGIN ((?:RSA |EC |DSA |ENCRYPTED )?PRIVATE KEY)-----.*?-----END \1-----", re.DOTALL
@@ -26,7 +27,7 @@ _PEM_KEY = re.compile(
 _ENCRYPTED_PEM = re.compile(rb"\A-----BEGIN ENCRYPTED|^Proc-Type: 4,ENCRYPTED", re.MULTILINE)
 
 
-class KeyFileError(Exception):
+class KeyFileError(UserFacingError):
     """A key file cannot be used; the message says why, for the user."""
 
 
@@ -89,11 +90,14 @@ def _load(path: str, data: bytes, password: bytes | None,
 
 def _load_pkcs12(path: str, data: bytes, password: bytes | None,
                  prompt: Callable[[str], bytes | None]) -> object:
+    # imported here: it brings all of x509 (tens of ms of start-up) for this one format
+    from cryptography.hazmat.primitives.serialization.pkcs12 import load_key_and_certificates
+
     def load(pw: bytes | None) -> object:
         with warnings.catch_warnings():
             # older tools write BER; pyca reads it and warns, which would only confuse here
             warnings.simplefilter("ignore", UserWarning)
-            return pkcs12.load_key_and_certificates(data, pw)[0]
+            return load_key_and_certificates(data, pw)[0]
 
     # PKCS#12 does not say whether it has a password: pyca tells by how it fails
     try:

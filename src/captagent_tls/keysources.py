@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from captagent_tls.errors import UserFacingError
 from captagent_tls.net.addresses import split_url
 from captagent_tls.tls.keylog import KeyLogResult, load_key_log
 from captagent_tls.tls.keys import KeySourceStats, KeyStore
@@ -48,7 +49,7 @@ WARNINGS_IN_FULL = 3  # per source, the first warnings of a kind are logged as t
 WARNING_SUMMARY_INTERVAL_S = 60.0  # ...then one count per interval
 
 
-class KeySourceError(Exception):
+class KeySourceError(UserFacingError):
     """A key source cannot be set up; the message is for the user as it is."""
 
 

@@ -11,6 +11,7 @@ caller as ``OutputError`` (or ``BrokenPipeError``).
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,7 +44,9 @@ from captagent_tls.tls.events import (
 from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.problems import Notice
+from captagent_tls.tls.rsa_pool import RsaPool
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
+from captagent_tls.websocket import START_BYTES as WEBSOCKET_START
 from captagent_tls.websocket import WebSocketSession, WebSocketStats, looks_like_start
 
 log = logging.getLogger("captagent_tls")
@@ -57,6 +60,7 @@ class PipelineOptions:
     session_cache_size: int = 20_000
     keys_may_arrive: bool = False  # key logs still being written: hold records for keys
     hold: HoldLimits = field(default_factory=HoldLimits)
+    rsa_threads: int | None = None  # RSA off the packet path (None: cores - 1; 0: no threads)
     max_sip_message_bytes: int = MAX_MESSAGE_BYTES  # one incomplete SIP message, per direction
     max_sip_held_bytes: int = MAX_HELD_BYTES  # all incomplete SIP messages together
 
@@ -86,8 +90,10 @@ class Pipeline:
         options = options or PipelineOptions()
         self.tcp = TcpReassembler(options.flow_timeout_s, options.max_direction_bytes,
                                   options.max_flows)
+        rsa = RsaPool(options.rsa_threads) if options.rsa_threads != 0 else None
         self.tls = TlsTracker(keys, options.session_cache_size, options.keys_may_arrive,
-                              options.hold)
+                              options.hold, rsa)
+        self._rsa_completed = rsa.completed if rsa is not None else deque()
         self.on_secret = on_secret
         self.sinks = sinks
         self.on_problem = on_problem
@@ -95,6 +101,7 @@ class Pipeline:
         self._framers: dict[tuple[Flow, int], SipFramer] = {}
         self._websockets: dict[Flow, WebSocketSession] = {}
         self.sip_budget = SipBudget(options.max_sip_held_bytes, options.max_sip_message_bytes)
+        self._spare_framer = SipFramer(self.sip_budget)
         self.defrag = Defragmenter()
         # with worker processes reading one file, each reassembles every fragmented datagram
         # and keeps those that are its own (captagent_tls.workers.shard)
@@ -105,6 +112,8 @@ class Pipeline:
     def frame(self, frame: Frame) -> None:
         self.stats.frames += 1
         ts = frame.ts_ns
+        if self._rsa_completed:
+            self._rsa_done(self._last_ts)
         try:
             packet: Segment | Datagram | Fragment | Skip | None = decode(frame.linktype,
                                                                           frame.data)
@@ -206,14 +215,30 @@ class Pipeline:
         c.set("key_log_connections_closed", sources.connections_idle, "idle")
         return c
 
+    def _rsa_done(self, ts: int) -> None:
+        """Pre-master secrets decrypted off the packet path: their records can go on."""
+        for conn in self.tls.rsa_done():
+            self._guarded(conn.flow, self.tls.retry, conn, ts)
+        # their sessions may be what resumed connections wait for
+        for conn in self.tls.awaiting_sessions():
+            self._guarded(conn.flow, self.tls.retry, conn, ts)
+
+    def _wait_for_rsa(self) -> None:
+        while self.tls.wait_for_rsa():
+            self._rsa_done(self._last_ts)
+
     def finish(self) -> None:
         """End of input: flush held-back bytes, close every flow, deliver what is complete."""
+        self._wait_for_rsa()
         self._net_events(self.tcp.flush(self._last_ts))
+        self._wait_for_rsa()
         for conn in self.tls.waiting():
             self._guarded(conn.flow, self.tls.give_up, conn, self._last_ts)
 
     def expire(self, now_ns: int) -> None:
         """Time passes without packets (live capture): idle flows and held records expire."""
+        if self._rsa_completed:
+            self._rsa_done(now_ns)
         self._net_events(self.tcp.expire(now_ns))
         self._expire_held(now_ns)
 
@@ -256,7 +281,7 @@ class Pipeline:
             return  # (held for keys: they wait --key-wait, sessions included)
         for conn in self.tls.waiting():
             held = conn.held
-            if held is not None and held.since < progress_ns:
+            if held is not None and held.since < progress_ns and not conn.keys_coming:
                 self._guarded(conn.flow, self.tls.settle, conn, self._last_ts)
 
     def oldest_held_ts(self) -> int | None:
@@ -341,21 +366,39 @@ class Pipeline:
                            "udp", unit.data, unit.call_id, True, is_request, "", ""))
 
     def _tls_events(self, events: list[TlsEvent]) -> None:
+        framers = self._framers
         for event in events:
-            if self._websocket(event):
-                continue
             if type(event) is AppData:
+                if self._websockets and event.flow in self._websockets:
+                    self._websocket(event)
+                    continue
                 key = (event.flow, event.direction)
-                framer = self._framers.get(key)
+                framer = framers.get(key)
+                data = event.data
                 if framer is None:
-                    framer = self._framers[key] = SipFramer(self.sip_budget)
-                units = framer.feed(event.data)
-                if framer.idle:
-                    del self._framers[key]  # nothing held: idle sessions keep no SIP state
+                    # a direction between messages keeps no SIP state (idle sessions cost
+                    # nothing): a spare framer frames what arrives, and stays with the
+                    # direction only when it has to hold something
+                    if data[0] in WEBSOCKET_START and self._websocket(event):
+                        continue
+                    framer = self._spare_framer
+                    units = framer.feed(data)
+                    if framer.idle:
+                        framer.started = False  # as a new one would be
+                    else:
+                        framers[key] = framer
+                        self._spare_framer = SipFramer(self.sip_budget)
+                else:
+                    units = framer.feed(data)
+                    if framer.idle:
+                        del framers[key]
                 if units:
                     self._deliver(event.flow, event.direction, units, event.ts_ns, event.info,
                                   event.from_client)
-            elif type(event) is AppGap:
+                continue
+            if self._websockets and self._websocket(event):
+                continue
+            if type(event) is AppGap:
                 framer = self._framers.get((event.flow, event.direction))
                 if framer is not None:
                     self._deliver(event.flow, event.direction, framer.gap(), event.ts_ns,

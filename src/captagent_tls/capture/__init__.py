@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from captagent_tls.errors import UserFacingError
+
 
 class Frame(NamedTuple):
     ts_ns: int  # capture time, nanoseconds since the epoch
@@ -11,5 +13,5 @@ class Frame(NamedTuple):
     data: bytes | memoryview
 
 
-class CaptureError(Exception):
+class CaptureError(UserFacingError):
     """A capture source cannot be used; the message is meant for the user as it is."""

@@ -114,7 +114,7 @@ Decoded = Segment | Datagram | Fragment | Skip
 
 def decode(linktype: int, data: bytes | memoryview) -> Decoded:
     """Decode a frame down to its TCP segment or UDP datagram, or say why it has none."""
-    if linktype == LINKTYPE_ETHERNET and data[12:14] == b"\x08\x00":
+    if linktype == LINKTYPE_ETHERNET and len(data) > 14 and data[12] == 8 and data[13] == 0:
         offset = 14  # the common case, without the general link-layer walk
     else:
         found = ip_offset(linktype, data)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import IO, Any
 
 from captagent_tls.counters import Counters
+from captagent_tls.errors import UserFacingError
 from captagent_tls.sip import Message
 
 
-class OutputError(Exception):
+class OutputError(UserFacingError):
     """An output that cannot be written (disk full, device gone); the message is one line
     naming it.  It ends the run: unlike a packet, it concerns every flow."""
 

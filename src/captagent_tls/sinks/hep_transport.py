@@ -69,6 +69,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from captagent_tls.errors import UserFacingError
 from captagent_tls.net.addresses import split_url
 
 log = logging.getLogger("captagent_tls.hep")
@@ -76,7 +77,7 @@ log = logging.getLogger("captagent_tls.hep")
 SCHEMES = ("udp", "tcp", "tls")
 
 
-class HepConfigError(ValueError):
+class HepConfigError(UserFacingError, ValueError):
     """A HEP output that cannot work as configured (address, CA file, limits)."""
 
 

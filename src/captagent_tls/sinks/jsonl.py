@@ -17,6 +17,7 @@ from captagent_tls.sip import Message
 
 # ASCII-only output: no line separators (U+2028) or encodings to trip over in consumers
 _string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+FIXED_FIELDS_KEPT = 4096  # flows' shared fields remembered (then forgotten all at once)
 
 
 class JsonLinesSink(Sink):
@@ -26,10 +27,29 @@ class JsonLinesSink(Sink):
     def __init__(self, out: TextIO, flush_each: bool = False):
         self.out = out
         self.flush_each = flush_each
+        # the fields a flow's messages share, written once per flow and direction
+        self._fixed: dict[tuple[object, ...], str] = {}
+
+    def _fixed_fields(self, message: Message) -> str:
+        key = (message.src, message.dst, message.transport, message.from_client,
+               message.tls_version, message.cipher_suite, message.is_sip)
+        fixed = self._fixed.get(key)
+        if fixed is None:
+            if len(self._fixed) >= FIXED_FIELDS_KEPT:
+                self._fixed.clear()
+            (src_addr, src_port), (dst_addr, dst_port) = message.src, message.dst
+            version = _string(message.tls_version) if message.tls_version else "null"
+            suite = _string(message.cipher_suite) if message.cipher_suite else "null"
+            fixed = self._fixed[key] = (
+                f'"src_ip": "{ip_text(src_addr)}", "src_port": {src_port}, '
+                f'"dst_ip": "{ip_text(dst_addr)}", "dst_port": {dst_port}, '
+                f'"transport": "{message.transport}", '
+                f'"direction": "{"c2s" if message.from_client else "s2c"}", '
+                f'"tls_version": {version}, "cipher_suite": {suite}, '
+                f'"kind": "{"sip" if message.is_sip else "raw"}", ')
+        return fixed
 
     def emit(self, message: Message) -> None:
-        src_addr, src_port = message.src
-        dst_addr, dst_port = message.dst
         seconds, nanos = divmod(message.ts_ns, 1_000_000_000)
         try:
             payload = '"payload": ' + _string(message.payload.decode("utf-8"))
@@ -37,17 +57,10 @@ class JsonLinesSink(Sink):
             payload = ('"payload_b64": "'
                        + base64.b64encode(message.payload).decode("ascii") + '"')
         call_id = "null" if message.call_id is None else _string(message.call_id)
-        version = _string(message.tls_version) if message.tls_version else "null"
-        suite = _string(message.cipher_suite) if message.cipher_suite else "null"
         try:
             self.out.write(
-                f'{{"ts": {seconds}.{nanos // 1000:06d}, "src_ip": "{ip_text(src_addr)}", '
-                f'"src_port": {src_port}, "dst_ip": "{ip_text(dst_addr)}", "dst_port": {dst_port}, '
-                f'"transport": "{message.transport}", '
-                f'"direction": "{"c2s" if message.from_client else "s2c"}", '
-                f'"tls_version": {version}, "cipher_suite": {suite}, '
-                f'"kind": "{"sip" if message.is_sip else "raw"}", "call_id": {call_id}, '
-                f"{payload}}}\n"
+                f'{{"ts": {seconds}.{nanos // 1000:06d}, {self._fixed_fields(message)}'
+                f'"call_id": {call_id}, {payload}}}\n'
             )
             if self.flush_each:
                 self.out.flush()

@@ -20,8 +20,8 @@ from captagent_tls.tls.events import PLAINTEXT, AppData, AppGap, Event, TlsAlert
 from captagent_tls.tls.held import HeldRecord
 from captagent_tls.tls.negotiation import Negotiation
 from captagent_tls.tls.opening import RecordOpening, try_open
-from captagent_tls.tls.problems import FINAL
-from captagent_tls.tls.protection import UNPROVEN
+from captagent_tls.tls.problems import FINAL, Reason
+from captagent_tls.tls.protection import LIVE_CONTEXTS, UNPROVEN
 from captagent_tls.tls.record_stream import (
     ALERT,
     APPLICATION_DATA,
@@ -82,7 +82,7 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         for content_type, version, fragment in side.stream.feed(chunk):
             if content_type == FRAMING_LOST:
                 self.stats.framing_errors += 1
-                self._lost(direction, events, ts)
+                self._lost_in_order(direction, ts, events)
             else:
                 self._record(direction, content_type, version, fragment, ts, events)
         return events
@@ -92,8 +92,16 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         side = self.sides[direction]
         side.stream.gap()
         events: list[Event] = []
-        self._lost(direction, events, ts)
+        self._lost_in_order(direction, ts, events)
         return events
+
+    def _lost_in_order(self, direction: int, ts: int, events: list[Event]) -> None:
+        """Bytes were lost here: if records wait for keys, the loss waits behind them (what it
+        does to the record sequence must come after the records before it)."""
+        if self.held and not self._replaying:
+            self._hold(HeldRecord(direction, FRAMING_LOST, 0, b"", ts, False), events)
+        else:
+            self._lost(direction, events, ts)
 
     def close(self, ts: int) -> list[Event]:
         events: list[Event] = []
@@ -106,6 +114,10 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         if self.held:
             self._drop_held(ts, events, "the connection closed first")
         self._settle_session()
+        for side in self.sides:  # its keys need not outlive it in OpenSSL's contexts
+            for decryptor in (side.decryptor, side.fallback):
+                if decryptor is not None:
+                    LIVE_CONTEXTS.forget(decryptor)
         return events
 
     def retry(self, ts: int) -> list[Event]:
@@ -114,6 +126,8 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         if self.refused:
             return events
         hs = self.handshake
+        if hs is not None and hs.rsa_job is not None and hs.rsa_job.done:
+            self._collect_rsa(hs)
         if (hs is not None and hs.master is None and hs.server_hello is not None
                 and not is_tls13(hs.version) and not self.failed_for_good):
             self._find_master(hs)
@@ -134,6 +148,26 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
     @property
     def waiting(self) -> bool:
         return bool(self.held)
+
+    @property
+    def awaiting_session(self) -> bool:
+        """Records wait while this resumed session's master is not known (yet)."""
+        hs = self.handshake
+        return bool(self.held) and hs is not None and hs.missing is Reason.SESSION_UNKNOWN
+
+    @property
+    def keys_coming(self) -> bool:
+        """Keys this connection waits for are being worked out off the packet path: its own
+        pre-master secret, or (resuming) the session of another connection whose RSA
+        decryption is not done yet."""
+        hs = self.handshake
+        if hs is None:
+            return False
+        if hs.rsa_job is not None:
+            return True
+        rsa = self.ctx.rsa
+        return (hs.missing is Reason.SESSION_UNKNOWN and rsa is not None
+                and (rsa.busy or bool(rsa.completed)))
 
     @property
     def held_bytes(self) -> int:

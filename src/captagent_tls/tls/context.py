@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from captagent_tls.tls.keys import KeyStore
+from captagent_tls.tls.rsa_pool import RsaPool
 from captagent_tls.tls.sessions import SessionCache
 
 
@@ -72,6 +73,7 @@ class TlsContext:
     stats: TlsStats
     hold: HoldLimits
     keys_may_arrive: bool  # key logs still being written: hold records for their keys
+    rsa: RsaPool | None = None  # None: RSA decryption in the capture loop's thread
     held: HoldBudget = field(init=False)
     # worker processes share their session caches: a resumed session that is not in the cache
     # may still come from another worker, so its records are held until it does or until every

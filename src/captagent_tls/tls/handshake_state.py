@@ -7,13 +7,17 @@ key store; the connection decides what to do with the answer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from captagent_tls.tls import handshake as hsk
-from captagent_tls.tls.keys import KeyStore
+from captagent_tls.tls.keys import KeyStore, RsaKey
 from captagent_tls.tls.keyschedule import SSL3, TLS12, key_block, master_secret, version_name
 from captagent_tls.tls.problems import Reason
 from captagent_tls.tls.protection import Decryptor, make_decryptor
 from captagent_tls.tls.suites import CipherSuite, suite_name
+
+if TYPE_CHECKING:
+    from captagent_tls.tls.rsa_pool import RsaJob
 
 # a handshake larger than this is not followed (real ones, certificate chains included, stay
 # far below it); without a cap, an endless handshake would hold its transcript forever
@@ -49,6 +53,8 @@ class HandshakeState:
     gap: bool = False  # bytes of this handshake were lost: its transcript is incomplete
     transcript_bytes: int = 0
     proven: bool = False  # a Finished message verified
+    rsa_job: RsaJob | None = None  # the pre-master being decrypted off the packet path
+    rsa_proven: bool = False  # the job's key is the certificate's
 
     @property
     def key_exchange_seen(self) -> bool:
@@ -132,33 +138,40 @@ def master_from_pre_master(hs: HandshakeState, pre_master: bytes) -> bytes:
                          hello.random, hs.session_hash)
 
 
-def rsa_masters(hs: HandshakeState, keys: KeyStore) -> tuple[list[bytes], bool, Reason | None]:
-    """Master secrets from decrypting the pre-master with our RSA keys.
+def rsa_candidates(hs: HandshakeState, keys: KeyStore
+                   ) -> tuple[list[RsaKey], bool, Reason | None]:
+    """The RSA keys that may decrypt this handshake's pre-master secret.
 
-    Returns (masters, proven by the certificate, why none).  With the server's certificate
-    in sight only the key that matches it is used; without one (or one we cannot read) every
-    key is tried, and the first protected record will tell which master is right.
+    Returns (keys, proven by the certificate, why none).  With the server's certificate in
+    sight only the key that matches it is used; without one (or one we cannot read) every key
+    is tried, and the first protected record will tell which master is right.
     """
-    assert hs.key_exchange is not None
-    encrypted = hsk.rsa_encrypted_pre_master(hs.key_exchange, ssl3=hs.version == SSL3)
-    candidates = keys.rsa_keys
     modulus = keys.certificate_modulus(hs.certificate) if hs.certificate else None
     if modulus is not None:
         key = keys.rsa_key_for_modulus(modulus)
         if key is None:
             return [], False, Reason.NO_KEY
-        candidates = [key]
-    elif not candidates:
+        return [key], True, None
+    if not keys.rsa_keys:
         return [], False, Reason.NO_KEY
+    return list(keys.rsa_keys), False, None
+
+
+def encrypted_pre_master(hs: HandshakeState) -> bytes:
+    assert hs.key_exchange is not None
+    return hsk.rsa_encrypted_pre_master(hs.key_exchange, ssl3=hs.version == SSL3)
+
+
+def rsa_masters(hs: HandshakeState, pre_masters: list[bytes | None], proven: bool
+                ) -> tuple[list[bytes], Reason | None]:
+    """Master secrets from the pre-master secrets the candidate keys decrypted to (None where
+    a key refused).  A pre-master must carry a version one of the hellos named."""
     versions = (hs.client_hello.version, hs.version)
-    masters = []
-    for key in candidates:
-        pre_master = key.decrypt_pre_master(encrypted)
-        if pre_master is not None and int.from_bytes(pre_master[:2], "big") in versions:
-            masters.append(master_from_pre_master(hs, pre_master))
+    masters = [master_from_pre_master(hs, pre_master) for pre_master in pre_masters
+               if pre_master is not None and int.from_bytes(pre_master[:2], "big") in versions]
     if not masters:
-        return [], False, Reason.NO_KEY if modulus is not None else Reason.KEY_MISMATCH
-    return masters, modulus is not None, None
+        return [], Reason.NO_KEY if proven else Reason.KEY_MISMATCH
+    return masters, None
 
 
 def derive_decryptors(hs: HandshakeState, master: bytes) -> tuple[Decryptor, Decryptor]:

@@ -10,8 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 PMS_LENGTH = 48
@@ -167,6 +165,10 @@ class KeyStore:
         """The RSA modulus of a certificate's public key, or None when it is not RSA."""
         if cert_der in self._cert_moduli:
             return self._cert_moduli[cert_der]
+        # imported here: x509 costs tens of ms of start-up, and few runs see a certificate
+        from cryptography import x509
+        from cryptography.exceptions import UnsupportedAlgorithm
+
         try:
             public_key = x509.load_der_x509_certificate(cert_der).public_key()
         except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):

@@ -12,10 +12,12 @@ from captagent_tls.tls.events import Event, HandshakeDone
 from captagent_tls.tls.handshake_state import (
     HandshakeState,
     derive_decryptors,
+    encrypted_pre_master,
     hello_inconsistency,
     logged_master,
     logged_pre_master,
     master_from_pre_master,
+    rsa_candidates,
     rsa_masters,
 )
 from captagent_tls.tls.held import HeldRecord
@@ -218,12 +220,38 @@ class Negotiation(ConnectionState):
             # the session hash covers handshake messages the capture lost
             hs.missing = Reason.HANDSHAKE_LOST
         else:
-            masters, proven, hs.missing = rsa_masters(hs, self.ctx.keys)
-            if proven:
-                self._set_master(hs, masters[0], "rsa")
-            elif masters:
-                hs.candidates, hs.master_source = masters, "rsa"
-                hs.missing = Reason.KEY_MISMATCH  # unless the first protected record says
+            keys, proven, missing = rsa_candidates(hs, self.ctx.keys)
+            if not keys:
+                hs.missing = missing
+            elif self.ctx.rsa is None:
+                encrypted = encrypted_pre_master(hs)
+                self._rsa_decrypted(hs, [k.decrypt_pre_master(encrypted) for k in keys], proven)
+            else:  # the records wait (in order) until the job is done
+                hs.rsa_proven = proven
+                hs.rsa_job = self.ctx.rsa.submit(self, keys, encrypted_pre_master(hs))
+
+    def _collect_rsa(self, hs: HandshakeState) -> None:
+        """The pre-master secret was decrypted off the packet path: take up the result."""
+        job, hs.rsa_job = hs.rsa_job, None
+        assert job is not None
+        try:
+            pre_masters = job.result()
+        except Exception:  # noqa: BLE001 - an RSA error is "no key", never the agent's end
+            pre_masters = []
+        self._rsa_decrypted(hs, pre_masters, hs.rsa_proven)
+
+    def _rsa_decrypted(self, hs: HandshakeState, pre_masters: list[bytes | None],
+                       proven: bool) -> None:
+        masters, hs.missing = rsa_masters(hs, pre_masters, proven)
+        if proven and masters:
+            self._set_master(hs, masters[0], "rsa")
+        elif masters:
+            hs.candidates, hs.master_source = masters, "rsa"
+            hs.missing = Reason.KEY_MISMATCH  # unless the first protected record says
+            if self.client_dir is not None:
+                client = self.sides[self.client_dir]
+                if client.encrypted and not client.trials and client.decryptor is None:
+                    self._start_trials(hs, self.client_dir)
 
     def _set_master(self, hs: HandshakeState, master: bytes, source: str) -> None:
         hs.master = master

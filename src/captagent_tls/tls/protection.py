@@ -8,7 +8,6 @@ Cipher objects are built once per direction; each decryptor counts its own seque
 from __future__ import annotations
 
 import struct
-from collections import OrderedDict
 from hmac import compare_digest
 
 from cryptography.exceptions import InvalidTag
@@ -79,29 +78,32 @@ class Decryptor:
 
 
 class LiveContexts:
-    """Keeps OpenSSL cipher and MAC contexts for the most recently used decryptors only.
+    """Keeps OpenSSL cipher and MAC contexts for the most recently started decryptors only.
 
     A context costs 1-2 KB of C memory (AES-GCM precomputes its GHASH tables), and an agent
     may hold 100,000 idle sessions: their keys stay, their contexts go, and come back in a few
-    microseconds when a record arrives.
+    microseconds when a record arrives.  Contexts are admitted when they are built and the
+    oldest built goes first: no bookkeeping per record, and an active session whose context
+    went simply builds it again.
     """
 
     def __init__(self, limit: int = 8192):
         self.limit = limit
-        self._live: OrderedDict[Decryptor, None] = OrderedDict()
+        self._live: dict[Decryptor, None] = {}  # insertion-ordered
 
-    def touch(self, decryptor: Decryptor) -> None:
+    def admit(self, decryptor: Decryptor) -> None:
         live = self._live
-        if decryptor in live:
-            live.move_to_end(decryptor)
-            return
+        live.pop(decryptor, None)
         live[decryptor] = None
         if len(live) > self.limit:
-            oldest, _ = live.popitem(last=False)
+            oldest = next(iter(live))
+            del live[oldest]
             oldest.release()
 
     def forget(self, decryptor: Decryptor) -> None:
+        """Its connection is over: the context (and the key in it) goes now."""
         self._live.pop(decryptor, None)
+        decryptor.release()
 
 
 LIVE_CONTEXTS = LiveContexts()
@@ -127,6 +129,7 @@ class AeadDecryptor(Decryptor):
         self.aead: AESGCM | AESCCM | ChaCha20Poly1305 | None = None
 
     def _context(self) -> AESGCM | AESCCM | ChaCha20Poly1305:
+        LIVE_CONTEXTS.admit(self)
         if self.algorithm == "AESGCM":
             aead: AESGCM | AESCCM | ChaCha20Poly1305 = AESGCM(self.key)
         elif self.algorithm == "AESCCM":
@@ -142,7 +145,6 @@ class AeadDecryptor(Decryptor):
         self.aead = None
 
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
-        LIVE_CONTEXTS.touch(self)
         aead = self.aead or self._context()
         seq = self.seq
         explicit = self.explicit
@@ -246,7 +248,8 @@ class CbcDecryptor(Decryptor):
         return Cipher(self.algorithm, modes.CBC(iv)).decryptor().update(data)
 
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
-        LIVE_CONTEXTS.touch(self)
+        if self.mac.keyed is None:
+            LIVE_CONTEXTS.admit(self)  # (the MAC context is built on first use)
         seq = self.seq
         mac_len = self.mac.size
         block = self.block
@@ -314,7 +317,8 @@ class StreamDecryptor(Decryptor):
         self.mac.keyed = None  # the RC4 state cannot be rebuilt: it stays
 
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
-        LIVE_CONTEXTS.touch(self)
+        if self.mac.keyed is None:
+            LIVE_CONTEXTS.admit(self)  # (the MAC context is built on first use)
         plaintext = self.stream.update(fragment) if self.stream is not None else fragment
         mac_len = self.mac.size
         if len(plaintext) < mac_len:

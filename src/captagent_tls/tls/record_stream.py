@@ -23,9 +23,10 @@ Record = tuple[int, int, bytes]  # content type, record version, fragment
 
 
 def _plausible_header(data: bytes | bytearray, at: int, version: int) -> bool:
+    """``version``: the connection's record version (3.x), or 0 when not known."""
     if data[at] not in CONTENT_TYPES or data[at + 1] != 3:
         return False
-    if version:
+    if version >> 8 == 3:
         return data[at + 2] == version & 0xFF
     return data[at + 2] <= 4
 

@@ -57,6 +57,10 @@ class ConnectionState:
     def failed_for_good(self) -> bool:
         raise NotImplementedError
 
+    @property
+    def keys_coming(self) -> bool:
+        raise NotImplementedError
+
     def _role(self, direction: int) -> int:
         raise NotImplementedError
 
@@ -72,6 +76,9 @@ class ConnectionState:
         raise NotImplementedError
 
     def _install(self, direction: int) -> None:
+        raise NotImplementedError
+
+    def _collect_rsa(self, hs: HandshakeState) -> None:
         raise NotImplementedError
 
     def _take_pending(self, hs: HandshakeState, direction: int) -> None:

@@ -12,6 +12,7 @@ from captagent_tls.tls.connection import TlsConnection
 from captagent_tls.tls.context import HoldLimits, TlsContext, TlsStats
 from captagent_tls.tls.events import PLAINTEXT, ConnectionDone, Event
 from captagent_tls.tls.keys import KeyStore
+from captagent_tls.tls.rsa_pool import RsaPool
 from captagent_tls.tls.sessions import SessionCache
 
 __all__ = ["HoldLimits", "TlsStats", "TlsTracker"]
@@ -19,14 +20,18 @@ __all__ = ["HoldLimits", "TlsStats", "TlsTracker"]
 
 class TlsTracker:
     def __init__(self, keys: KeyStore | None = None, session_cache_size: int = 20_000,
-                 keys_may_arrive: bool = False, hold: HoldLimits | None = None):
+                 keys_may_arrive: bool = False, hold: HoldLimits | None = None,
+                 rsa: RsaPool | None = None):
         self.context = TlsContext(keys if keys is not None else KeyStore(),
                                   SessionCache(session_cache_size), TlsStats(),
-                                  hold or HoldLimits(), keys_may_arrive)
+                                  hold or HoldLimits(), keys_may_arrive, rsa)
         self.keys = self.context.keys
         self.sessions = self.context.sessions
         self.stats = self.context.stats
         self._waiting: dict[TlsConnection, None] = {}  # insertion-ordered set
+        # of those, the resumed sessions whose master is not cached yet: the session may be
+        # one whose RSA decryption is still running
+        self._awaiting_session: dict[TlsConnection, None] = {}
         self._generation = self.keys.generation
 
     @property
@@ -48,6 +53,8 @@ class TlsTracker:
         events = conn.data(direction, data, ts)
         if conn.held is not None:
             self._waiting[conn] = None
+            if conn.awaiting_session:
+                self._awaiting_session[conn] = None
         return events
 
     def gap(self, flow: Flow, direction: int, ts: int) -> list[Event]:
@@ -60,7 +67,8 @@ class TlsTracker:
         if conn is None:
             return [ConnectionDone(flow, ts, PLAINTEXT, 0)]
         conn.closed = True
-        if conn.waiting and (self.context.keys_may_arrive or self.context.sessions_shared):
+        if conn.waiting and (self.context.keys_may_arrive or conn.keys_coming
+                             or self.context.sessions_shared):
             return []
         return self._finish(conn, ts)
 
@@ -109,8 +117,8 @@ class TlsTracker:
 
     def expire(self, conn: TlsConnection, now: int) -> list[Event]:
         """Drop the connection's held records if they are older than the wait limit."""
-        if not self.context.keys_may_arrive:
-            return []  # waiting for a shared session: see settle
+        if self.context.sessions_shared and not self.context.keys_may_arrive:
+            return []  # waiting for a session another worker may have: see settle
         events = conn.expire_held(now, int(self.context.hold.max_wait_s * 1e9))
         self._settle(conn, now, events)
         return events
@@ -123,9 +131,36 @@ class TlsTracker:
         self._settle(conn, ts, events)
         return events
 
+    def rsa_done(self) -> list[TlsConnection]:
+        """Connections whose pre-master secret was decrypted since the last call."""
+        rsa = self.context.rsa
+        if rsa is None or not rsa.completed:
+            return []
+        done = []
+        while rsa.completed:
+            conn = rsa.completed.popleft().owner
+            if isinstance(conn, TlsConnection) and conn.flow.context is conn:
+                done.append(conn)  # (not a connection dropped meanwhile)
+        return done
+
+    def awaiting_sessions(self) -> list[TlsConnection]:
+        """Waiting connections that resume a session not known yet (forgotten once they no
+        longer wait for it)."""
+        waiting = [conn for conn in self._awaiting_session if conn.awaiting_session]
+        self._awaiting_session = dict.fromkeys(waiting)
+        return waiting
+
+    def wait_for_rsa(self) -> bool:
+        """Until the pre-master secrets submitted so far are decrypted; False if none were."""
+        rsa = self.context.rsa
+        if rsa is None or not (rsa.busy or rsa.completed):
+            return False
+        rsa.wait()
+        return True
+
     def give_up(self, conn: TlsConnection, ts: int) -> list[Event]:
         """End of input: records still waiting will get no keys now."""
-        if not self.context.keys_may_arrive:
+        if self.context.sessions_shared and not self.context.keys_may_arrive:
             return self.settle(conn, ts)
         events = conn.expire_held(ts, -1, "no keys by the end of the capture")
         self._settle(conn, ts, events)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from captagent_tls.tls.events import Event, TlsProblem
 from captagent_tls.tls.held import HeldRecord, HeldRecords
 from captagent_tls.tls.problems import Notice, Reason
+from captagent_tls.tls.record_stream import FRAMING_LOST
 from captagent_tls.tls.side import Phase
 from captagent_tls.tls.state import ConnectionState
 
@@ -14,6 +15,15 @@ class KeyWaiting(ConnectionState):
     __slots__ = ()
 
     def _no_keys(self, record: HeldRecord, events: list[Event]) -> None:
+        hs = self.handshake
+        if hs is not None and hs.rsa_job is not None and hs.rsa_job.done:
+            self._collect_rsa(hs)
+            if self.sides[record.direction].has_keys:
+                self._record(*record[:5], events)
+                return
+        if self.keys_coming:  # being worked out off the packet path: wait for them
+            self._hold(record, events)
+            return
         ctx = self.ctx
         if (ctx.keys_may_arrive or (ctx.sessions_shared and not ctx.settling
                                     and self._why_no_keys() is Reason.SESSION_UNKNOWN)) \
@@ -72,6 +82,8 @@ class KeyWaiting(ConnectionState):
                     return
                 if record.dropped:
                     self._skip_dropped(record, events)
+                elif record.content_type == FRAMING_LOST:  # bytes lost after those before
+                    self._lost(record.direction, events, record.ts_ns)
                 else:
                     self._record(record.direction, record.content_type, record.version,
                                  record.fragment, record.ts_ns, events)

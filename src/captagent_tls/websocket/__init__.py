@@ -5,6 +5,11 @@ The opening handshake (:mod:`.handshake`), framing (:mod:`.frames`), permessage-
 Sans-IO, like ``net``, ``tls`` and ``sip``: bytes in, SIP units and problems out.
 """
 
-from captagent_tls.websocket.session import WebSocketSession, WebSocketStats, looks_like_start
+from captagent_tls.websocket.session import (
+    START_BYTES,
+    WebSocketSession,
+    WebSocketStats,
+    looks_like_start,
+)
 
-__all__ = ["WebSocketSession", "WebSocketStats", "looks_like_start"]
+__all__ = ["START_BYTES", "WebSocketSession", "WebSocketStats", "looks_like_start"]

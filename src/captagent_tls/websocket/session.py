@@ -51,6 +51,8 @@ from captagent_tls.websocket.handshake import (
 SUBPROTOCOL = "sip"  # RFC 7118 §4.1
 _GET = b"GET "
 _FRAME_START = frozenset((0x01, 0x02, 0x81, 0x82, 0xC1, 0xC2))
+# what any WebSocket connection's first byte is: "G" of the GET, or a frame's first byte
+START_BYTES = frozenset((0x47, *_FRAME_START))
 
 
 @dataclass

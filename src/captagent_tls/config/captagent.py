@@ -1,331 +1,40 @@
-"""Configuration files: captagent-tls's own TOML, and a captagent installation's XML.
+"""A captagent installation's configuration, read as captagent-tls options.
 
-Both become the same mapping, keyed by the command line's argparse ``dest`` names, so a file
-can say anything the command line can and the two combine without translation:
-
-* :func:`load_native` reads ``agent.toml`` (``-c``);
-* :func:`load_captagent` reads an existing captagent setup (``captagent.xml`` and the module
-  files it loads) for people who switch over from the C agent, and lists, once each, the
-  captagent settings that have no effect here;
-* :func:`merge` layers defaults < file < command line, and :func:`explicit_args` tells which
-  options the user actually typed, so a default on the command line never hides a file value.
-
-Every problem is a :class:`ConfigError` whose message is one line naming the file (and the
-line, or the key, when there is one).
+For people who switch over from the C agent: ``captagent.xml`` and the module files it loads
+(``socket_pcap``, ``protocol_tls``/``protocol_tcp``, ``transport_hep``) become the same
+``{dest: value}`` mapping as ``agent.toml``, and the captagent settings that have no effect
+here are listed, once each.  Which captagent settings feed which option is written in the
+option table (:data:`captagent_tls.config.options.TABLE`, ``captagent=``); how they are
+translated (merging profiles, units, captagent's booleans) is here.
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import math
-import re
-import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.parsers import expat
 
-from captagent_tls.options import OPTIONS, check, describe_kind, type_name
-from captagent_tls.sinks.hep_transport import CollectorAddressError, parse_collector
+from captagent_tls.config.files import ConfigError, relative_to
+from captagent_tls.config.options import check
+from captagent_tls.config.xml import XmlBudget, XmlNode, load_xml
 
-__all__ = [
-    "ALTERNATIVES",
-    "OPTIONS",
-    "TABLES",
-    "ConfigError",
-    "explicit_args",
-    "load_captagent",
-    "load_native",
-    "merge",
-    "resolve",
-]
+__all__ = ["load_captagent"]
 
 
-class ConfigError(Exception):
-    """A configuration file that cannot be used; the message is one line naming the file."""
-
-
-# --------------------------------------------------------------------------------- options
-
-#: Options holding file names: relative names in a file are relative to that file's folder.
-PATH_OPTIONS = frozenset({"read", "key", "keylog", "export_keylog", "hep_ca", "write"})
-
-#: The most a configuration file may hold: captagent's and ours are a few KiB.
-MAX_CONFIG_BYTES = 4 << 20
-
-
-def _table(*dests: str, **aliases: str) -> dict[str, str]:
-    names = {dest: dest for dest in dests}
-    names.update(aliases)
-    names.update({dest: dest for dest in aliases.values()})
-    return names
-
-
-#: TOML tables: name inside the table -> dest.  A table also accepts its dests' full names.
-TABLES: dict[str, dict[str, str]] = {
-    "capture": _table("read", "interface", "filter", "promisc", "snaplen", "buffer_size"),
-    "keys": _table("key", "key_password", "keylog", "keylog_listen", "keylog_listen_remote",
-                   "key_wait", "key_hold_flow", "key_hold_total", "export_keylog"),
-    "output": _table("json", "console", "write"),
-    "hep": _table(collectors="hep", id="hep_id", password="hep_password",
-                  node_name="hep_node_name", correlation="hep_correlation",
-                  ip_proto="hep_ip_proto", ca="hep_ca", insecure="hep_insecure",
-                  queue="hep_queue"),
-    "tuning": _table("flow_timeout", "max_flow_buffer", "max_flows", "session_cache"),
-    "agent": _table("user", "metrics", "stats_interval", "workers", "quiet",
-                    "verbose"),
-}
-
-
-def _read_limited(path: str | Path) -> bytes:
-    """A configuration file's bytes; ConfigError for one too large to be one (/dev/zero)."""
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_CONFIG_BYTES + 1)
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES >> 20} MiB, too large for a "
-                          "configuration file")
-    return data
-
-
-def _relative_to(base: Path, name: str) -> str:
-    if name == "-" or not name:
-        return name
-    path = Path(name).expanduser()
-    return str(path if path.is_absolute() else base / path)
-
-
-def _resolve_paths(values: dict[str, object], base: Path) -> None:
-    for dest in PATH_OPTIONS & values.keys():
-        value = values[dest]
-        if isinstance(value, list):
-            values[dest] = [_relative_to(base, v) for v in value]
-        elif isinstance(value, str):
-            values[dest] = _relative_to(base, value)
-
-
-# ------------------------------------------------------------------------------ native TOML
-
-_TOML_WHERE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
-
-
-def _toml_syntax_error(name: str, exc: tomllib.TOMLDecodeError) -> str:
-    message = str(exc)
-    where = _TOML_WHERE.search(message)
-    if where:
-        return f"{name}:{where[1]}:{where[2]}: TOML syntax error: {message[:where.start()]}"
-    return f"{name}: TOML syntax error: {message}"
-
-
-def _unknown(name: str, key: str, known: Sequence[str], table: str | None = None) -> ConfigError:
-    bare = key.rpartition(".")[2].replace("-", "_")
-    close = difflib.get_close_matches(bare, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    where = f" in [{table}]" if table else ""
-    return ConfigError(f"{name}: {key}: unknown key{where}{hint}")
-
-
-def load_native(path: str | Path) -> dict[str, object]:
-    """Read captagent-tls's TOML file into ``{dest: value}``.
-
-    Keys are the command line's dest names (``hep_id``; ``hep-id`` too), at the top level or
-    in the tables of :data:`TABLES`.  Relative file names are taken from the file's folder.
-    """
-    name = str(path)
-    try:
-        document = tomllib.loads(_read_limited(path).decode("utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {name}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{name}: not UTF-8 text (byte {exc.start + 1})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_toml_syntax_error(name, exc)) from None
-    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
-        raise ConfigError(f"{name}: nested too deeply (arrays or inline tables within one "
-                          "another, hundreds deep)") from None
-
-    values: dict[str, object] = {}
-    set_by: dict[str, str] = {}
-
-    def put(dest: str, key: str, value: object) -> None:
-        if dest in set_by:
-            raise ConfigError(f"{name}: {key}: {dest} is already set by {set_by[dest]}")
-        try:
-            values[dest] = check(dest, value)
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {key}: {exc}") from None
-        set_by[dest] = key
-
-    for key, value in document.items():
-        bare = key.replace("-", "_")
-        if isinstance(value, dict) and bare in TABLES:
-            names = TABLES[bare]
-            for sub, sub_value in value.items():
-                dotted = f"{key}.{sub}"
-                dest = names.get(sub.replace("-", "_"))
-                if dest is None:
-                    raise _unknown(name, dotted, sorted(names), table=key)
-                if isinstance(sub_value, dict):
-                    raise ConfigError(f"{name}: {dotted}: expected {describe_kind(dest)}, "
-                                      "got a table")
-                put(dest, dotted, sub_value)
-        elif bare in OPTIONS:
-            if isinstance(value, dict):
-                raise ConfigError(f"{name}: {key}: expected {describe_kind(bare)}, "
-                                  "got a table")
-            put(bare, key, value)
-        elif bare in TABLES:
-            raise ConfigError(f"{name}: {key}: expected a table ([{key}]), "
-                              f"got {type_name(value)} {value!r}")
-        else:
-            raise _unknown(name, key, sorted([*OPTIONS, *TABLES]))
-    _resolve_paths(values, Path(path).parent)
-    return values
-
-
-# --------------------------------------------------------------------------- captagent XML
-
-
-@dataclass(eq=False)
-class _Node:
-    """One XML element, remembering its file and line for messages."""
-
-    tag: str
-    attrib: dict[str, str]
-    file: str
-    line: int
-    children: list[_Node] = field(default_factory=list)
-    text: str = ""
-
-    @property
-    def where(self) -> str:
-        return f"{self.file}:{self.line}"
-
-    def iter(self, tag: str) -> Iterator[_Node]:
-        """This element and those within it named ``tag``, in document order (without
-        recursion: a deep file must not reach Python's recursion limit)."""
-        stack = [self]
-        while stack:
-            node = stack.pop()
-            if node.tag == tag:
-                yield node
-            stack.extend(reversed(node.children))
-
-
-#: Limits of a captagent configuration, far above what one holds (a few files, elements six
-#: deep, a few hundred in all), so that no file can make reading it run away.
-MAX_XML_DEPTH = 64  # elements within one another, in one file
-MAX_INCLUDE_DEPTH = 16  # files including files including files...
-MAX_XML_FILES = 256  # files read, counting a file each time it is included
-MAX_XML_ELEMENTS = 100_000  # elements in all files read
-
-
-class _XmlBudget:
-    """What one configuration has read so far, against the limits above."""
-
-    def __init__(self) -> None:
-        self.files = 0
-        self.elements = 0
-
-
-def _parse_xml(path: Path, budget: _XmlBudget) -> _Node:
-    """Parse one file with expat (no namespace processing: captagent's parser has none)."""
-    budget.files += 1
-    if budget.files > MAX_XML_FILES:
-        raise ConfigError(f"{path}: more than {MAX_XML_FILES} files read (includes)")
-    try:
-        data = _read_limited(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    parser = expat.ParserCreate()
-    parser.buffer_text = True
-    stack: list[_Node] = []
-    roots: list[_Node] = []
-
-    def start(tag: str, attrib: dict[str, str]) -> None:
-        if len(stack) >= MAX_XML_DEPTH:
-            raise ConfigError(f"{path}:{parser.CurrentLineNumber}: nested too deeply (more "
-                              f"than {MAX_XML_DEPTH} elements within one another)")
-        budget.elements += 1
-        if budget.elements > MAX_XML_ELEMENTS:
-            raise ConfigError(f"{path}:{parser.CurrentLineNumber}: more than "
-                              f"{MAX_XML_ELEMENTS} elements in the configuration")
-        node = _Node(tag, attrib, str(path), parser.CurrentLineNumber)
-        (stack[-1].children if stack else roots).append(node)
-        stack.append(node)
-
-    def end(tag: str) -> None:
-        stack.pop()
-
-    def text(data: str) -> None:
-        if stack:
-            stack[-1].text += data
-
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = text
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}:{exc.offset + 1}: XML error: "
-                          f"{expat.ErrorString(exc.code)}") from None
-    return roots[0]
-
-
-def _is_include(node: _Node) -> bool:
-    prefix, colon, local = node.tag.rpartition(":")
-    return local == "include" and (bool(colon) or "href" in node.attrib)
-
-
-def _load_xml(path: Path, budget: _XmlBudget | None = None,
-              including: tuple[Path, ...] = ()) -> _Node:
-    """Parse a file and replace its ``<xi:include href=...>`` elements by what they name."""
-    budget = budget or _XmlBudget()
-    root = _parse_xml(path, budget)
-    including = (*including, path.resolve())
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        for i, child in enumerate(node.children):
-            if _is_include(child):
-                node.children[i] = _include(child, budget, including)  # expanded already
-            else:
-                stack.append(child)
-    return root
-
-
-def _include(node: _Node, budget: _XmlBudget, including: tuple[Path, ...]) -> _Node:
-    href = node.attrib.get("href", "").strip()
-    if not href:
-        raise ConfigError(f"{node.where}: <{node.tag}> has no href")
-    if node.attrib.get("parse", "xml") != "xml" or "xpointer" in node.attrib:
-        raise ConfigError(f"{node.where}: <{node.tag}>: only whole XML files can be included")
-    if "\0" in href:
-        raise ConfigError(f"{node.where}: <{node.tag}>: href holds a NUL character")
-    target = Path(node.file).parent / href
-    if target.resolve() in including:
-        raise ConfigError(f"{node.where}: {target} includes itself")
-    if len(including) >= MAX_INCLUDE_DEPTH:
-        raise ConfigError(f"{node.where}: includes nested too deeply (more than "
-                          f"{MAX_INCLUDE_DEPTH} files including one another)")
-    if not target.is_file():
-        raise ConfigError(f"{node.where}: included file {target} not found")
-    return _load_xml(target, budget, including)
-
-
-def _is_main(root: _Node) -> bool:
+def _is_main(root: XmlNode) -> bool:
     """captagent.xml (core and module list) rather than one module's file?"""
     if root.tag == "document" and root.attrib.get("type", "").startswith("captagent/"):
         return True
     return any(True for _ in root.iter("configuration")) or any(True for _ in root.iter("load"))
 
 
-def _enabled(profile: _Node) -> bool:
+def _enabled(profile: XmlNode) -> bool:
     # captagent compares the first four characters with "true"
     return profile.attrib.get("enable", "").strip().startswith("true")
 
 
-def _params(element: _Node) -> Iterator[tuple[str, str, _Node]]:
+def _params(element: XmlNode) -> Iterator[tuple[str, str, XmlNode]]:
     """``<param name= value=>`` or ``<param name=><value>...</value></param>``."""
     for param in element.iter("param"):
         name = param.attrib.get("name")
@@ -416,7 +125,7 @@ class _PcapProfile:
 
 class _CaptagentReader:
     def __init__(self) -> None:
-        self.budget = _XmlBudget()
+        self.budget = XmlBudget()
         self.values: dict[str, object] = {}
         self.origin: dict[str, str] = {}  # dest -> file:line that set it
         self.labels: dict[str, str] = {}  # dest -> the captagent setting that set it
@@ -430,14 +139,14 @@ class _CaptagentReader:
             self._warned.add(key)
             self.warnings.append(text)
 
-    def ignored(self, module: str, name: str, value: str, node: _Node) -> None:
+    def ignored(self, module: str, name: str, value: str, node: XmlNode) -> None:
         if (name, value) in _SAME_AS_OURS:
             return
         reason = _SETTING_REASONS.get(name, "unrecognised setting")
         self.warn((module, name),
                   f"{node.where}: {module}: {name}={value!r} ignored: {reason}")
 
-    def set(self, dest: str, value: object, node: _Node, label: str) -> None:
+    def set(self, dest: str, value: object, node: XmlNode, label: str) -> None:
         if dest in self.values and self.values[dest] != value:
             self.warn(("conflict", dest),
                       f"{node.where}: {label} ignored: {dest} is already "
@@ -449,7 +158,7 @@ class _CaptagentReader:
             self.labels[dest] = label
 
     @staticmethod
-    def integer(node: _Node, name: str, value: str, low: int, high: int) -> int:
+    def integer(node: XmlNode, name: str, value: str, low: int, high: int) -> int:
         try:
             number = int(value)
         except ValueError:
@@ -460,7 +169,7 @@ class _CaptagentReader:
         return number
 
     @staticmethod
-    def seconds(node: _Node, name: str, value: str) -> float:
+    def seconds(node: XmlNode, name: str, value: str) -> float:
         try:
             number = float(value)
         except ValueError:
@@ -470,7 +179,7 @@ class _CaptagentReader:
                               f"got {value!r}")
         return number
 
-    def boolean(self, module: str, node: _Node, name: str, value: str) -> bool:
+    def boolean(self, module: str, node: XmlNode, name: str, value: str) -> bool:
         if value not in ("true", "false"):
             self.warn((module, name, "bool"),
                       f"{node.where}: {module}: {name}={value!r} read as "
@@ -479,7 +188,7 @@ class _CaptagentReader:
 
     # ---- core.conf
 
-    def core(self, main: _Node) -> str | None:
+    def core(self, main: XmlNode) -> str | None:
         config_path = None
         for conf in main.iter("configuration"):
             if conf.attrib.get("name") != "core.conf":
@@ -498,7 +207,7 @@ class _CaptagentReader:
 
     # ---- modules
 
-    def module(self, name: str, element: _Node) -> None:
+    def module(self, name: str, element: XmlNode) -> None:
         profiles = [p for p in element.iter("profile") if _enabled(p)]
         if name == "socket_pcap":
             self.socket_pcap(element, profiles)
@@ -507,7 +216,7 @@ class _CaptagentReader:
         else:
             self.protocol_tls(name, profiles)
 
-    def socket_pcap(self, module: _Node, profiles: list[_Node]) -> None:
+    def socket_pcap(self, module: XmlNode, profiles: list[XmlNode]) -> None:
         if not profiles:
             self.warn(("socket_pcap", "none"),
                       f"{module.where}: socket_pcap has no enabled profile: no interface or "
@@ -545,7 +254,7 @@ class _CaptagentReader:
                       f"{first.where}: socket_pcap: enabled profiles {names} are merged into "
                       f"one capture (filter: {self.values.get('filter', 'none')})")
 
-    def pcap_profile(self, profile: _Node) -> _PcapProfile:
+    def pcap_profile(self, profile: XmlNode) -> _PcapProfile:
         capture = _PcapProfile()
         for name, value, node in _params(profile):
             if name == "dev":
@@ -574,13 +283,13 @@ class _CaptagentReader:
                 self.ignored("socket_pcap", name, value, node)
         return capture
 
-    def protocol_tls(self, module: str, profiles: list[_Node]) -> None:
+    def protocol_tls(self, module: str, profiles: list[XmlNode]) -> None:
         keys: list[str] = []
         for profile in profiles:
             for name, value, node in _params(profile):
                 if name == "private-key-path":
                     if value:
-                        keys.append(_relative_to(Path(node.file).parent, value))
+                        keys.append(relative_to(Path(node.file).parent, value))
                 elif name == "flow-timeout":
                     self.set("flow_timeout", self.seconds(node, name, value), node,
                              f"{module} flow-timeout")
@@ -591,11 +300,13 @@ class _CaptagentReader:
             assert isinstance(known, list)
             known.extend(k for k in dict.fromkeys(keys) if k not in known)
 
-    def transport_hep(self, module: _Node, profiles: list[_Node]) -> None:
+    def transport_hep(self, module: XmlNode, profiles: list[XmlNode]) -> None:
+        from captagent_tls.sinks.hep_transport import CollectorAddressError, parse_collector
+
         collectors: list[str] = []
         for profile in profiles:
             pname = profile.attrib.get("name", "?")
-            settings: dict[str, tuple[str, _Node]] = {}
+            settings: dict[str, tuple[str, XmlNode]] = {}
             for name, value, node in _params(profile):
                 if name in ("capture-host", "capture-port", "capture-proto", "capture-id",
                             "capture-password", "version"):
@@ -646,8 +357,8 @@ class _CaptagentReader:
                       "is configured")
 
 
-def _module_elements(root: _Node) -> dict[str, _Node]:
-    found: dict[str, _Node] = {}
+def _module_elements(root: XmlNode) -> dict[str, XmlNode]:
+    found: dict[str, XmlNode] = {}
     for element in root.iter("module"):
         name = element.attrib.get("name")
         if name:
@@ -655,17 +366,17 @@ def _module_elements(root: _Node) -> dict[str, _Node]:
     return found
 
 
-def _module_from_file(path: Path, name: str, budget: _XmlBudget) -> _Node:
-    root = _load_xml(path, budget)
+def _module_from_file(path: Path, name: str, budget: XmlBudget) -> XmlNode:
+    root = load_xml(path, budget)
     element = _module_elements(root).get(name)
     if element is None:
         raise ConfigError(f"{path}: no <module name=\"{name}\"> in it")
     return element
 
 
-def _read_main(reader: _CaptagentReader, main: Path, root: _Node) -> None:
+def _read_main(reader: _CaptagentReader, main: Path, root: XmlNode) -> None:
     config_path = reader.core(root)
-    loads: dict[str, _Node] = {}
+    loads: dict[str, XmlNode] = {}
     for load in root.iter("load"):
         name = load.attrib.get("module", "").strip()
         if name:
@@ -673,7 +384,7 @@ def _read_main(reader: _CaptagentReader, main: Path, root: _Node) -> None:
     inline = _module_elements(root)
     folders = list(dict.fromkeys([main.parent, *([Path(config_path)] if config_path else [])]))
 
-    elements: dict[str, _Node] = {}
+    elements: dict[str, XmlNode] = {}
     for name, load in loads.items():
         if name not in _HANDLED:
             reason = _MODULE_REASONS.get(name, "captagent-tls has no such module")
@@ -699,7 +410,7 @@ def _read_main(reader: _CaptagentReader, main: Path, root: _Node) -> None:
                     "not used")
 
 
-def _read_modules(reader: _CaptagentReader, root: _Node) -> bool:
+def _read_modules(reader: _CaptagentReader, root: XmlNode) -> bool:
     found = _module_elements(root)
     for name, element in found.items():
         if name not in _HANDLED:
@@ -730,7 +441,7 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
     if is_dir:
         main = given / "captagent.xml"
         if main.is_file():
-            _read_main(reader, main, _load_xml(main, reader.budget))
+            _read_main(reader, main, load_xml(main, reader.budget))
         else:
             files = [given / f"{name}.xml" for name in _HANDLED
                      if (given / f"{name}.xml").is_file()]
@@ -742,7 +453,7 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
             for file in files:
                 reader.module(file.stem, _module_from_file(file, file.stem, reader.budget))
     elif is_file:
-        root = _load_xml(given, reader.budget)
+        root = load_xml(given, reader.budget)
         if _is_main(root):
             _read_main(reader, given, root)
         elif not _read_modules(reader, root):
@@ -758,65 +469,3 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
                               f"{reader.labels.get(dest, dest)}: {exc}") from None
     return values, reader.warnings
 
-
-# ------------------------------------------------------------------------------- layering
-
-
-#: Options that exclude one another: choosing one on the command line sets the others back
-#: to their defaults, whatever a file says (``-r x.pcap`` with a file naming an interface
-#: reads the file, as captagent's ``-D`` does).
-ALTERNATIVES = (frozenset({"read", "interface"}),)
-
-
-def merge(defaults: Mapping[str, object], file_values: Mapping[str, object],
-          command_line_values: Mapping[str, object]) -> dict[str, object]:
-    """Command line > config file > defaults, option by option.
-
-    A list from a higher layer replaces the lower one's (``-k a.key`` on the command line
-    means only ``a.key``, whatever the file lists).  Lists are copied, never shared.  See
-    :data:`ALTERNATIVES` for options that displace one another.
-    """
-    file_values = dict(file_values)
-    for group in ALTERNATIVES:
-        if group & command_line_values.keys():
-            for dest in group - command_line_values.keys():
-                file_values.pop(dest, None)
-    merged: dict[str, object] = {}
-    for layer in (defaults, file_values, command_line_values):
-        for dest, value in layer.items():
-            merged[dest] = list(value) if isinstance(value, list) else value
-    return merged
-
-
-class _TypedOnly(argparse.Namespace):
-    """A namespace that seems to have every attribute already (reading a missing one gives
-    None), so argparse fills in no defaults and only the options in argv get stored."""
-
-    def __getattr__(self, name: str) -> None:
-        if name.startswith("_"):  # argparse's own bookkeeping, and Python's
-            raise AttributeError(name)
-        return None
-
-
-def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
-    """The dests of the options present in *argv*, whatever their values.
-
-    argparse puts a default only where the namespace lacks the attribute; parsing into a
-    namespace that lacks none leaves exactly the options the user typed (``--hep-id 2001``
-    counts even though 2001 is the default).  The parser itself is not modified.
-    """
-    typed = parser.parse_args(argv, namespace=_TypedOnly())
-    return set(vars(typed))
-
-
-def resolve(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            file_values: Mapping[str, object]) -> argparse.Namespace:
-    """Parse *argv* and lay it over *file_values* and the parser's defaults.
-
-    Options the parser does not know yet (from a file) are kept in the namespace too.
-    """
-    args = parser.parse_args(argv)
-    defaults = {dest: parser.get_default(dest) for dest in vars(args)}
-    given = explicit_args(parser, argv)
-    typed = {dest: getattr(args, dest) for dest in given}
-    return argparse.Namespace(**merge(defaults, file_values, typed))

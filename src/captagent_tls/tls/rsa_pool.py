@@ -1,0 +1,107 @@
+"""RSA decryption of pre-master secrets off the packet path.
+
+A full RSA handshake costs one private-key operation (about 0.3 ms for RSA-2048), more than
+everything else the agent does for a connection.  After a SIP proxy restarts, thousands of
+clients reconnect at once, so these run on a pool of threads (pyca/cryptography releases the
+GIL while OpenSSL works) while the capture loop goes on; the connection's records wait for
+the master secret in order, as they wait for late key-log lines.
+
+The pool is the only part of the TLS stage that is not sans-IO: threads.  Jobs are pure
+functions of immutable inputs (a key object, the encrypted bytes); their results come back to
+the capture loop's thread through ``completed``, which only it reads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from captagent_tls.tls.keys import RsaKey
+
+if TYPE_CHECKING:
+    from captagent_tls.tls.state import ConnectionState
+
+
+SWITCH_INTERVAL_S = 0.001
+
+
+class RsaJob:
+    """The pre-master secrets one ClientKeyExchange decrypts to, one per candidate key."""
+
+    __slots__ = ("future", "owner")
+
+    def __init__(self, future: Future[list[bytes | None]], owner: ConnectionState):
+        self.future = future
+        self.owner = owner
+
+    @property
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> list[bytes | None]:
+        return self.future.result()
+
+
+def _decrypt_all(keys: Sequence[RsaKey], encrypted: bytes) -> list[bytes | None]:
+    return [key.decrypt_pre_master(encrypted) for key in keys]
+
+
+def default_threads() -> int:
+    """One thread per core this process may use, but the capture loop's."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1) if cores > 1 else 1
+
+
+class RsaPool:
+    """Threads that decrypt pre-master secrets; started on the first job."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads if threads is not None else default_threads()
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: set[RsaJob] = set()
+        self._lock = threading.Lock()
+        # jobs done and not yet taken up by the capture loop (appended by the pool's threads)
+        self.completed: deque[RsaJob] = deque()
+
+    def submit(self, owner: ConnectionState, keys: Sequence[RsaKey], encrypted: bytes
+               ) -> RsaJob:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="rsa")
+            # a thread that finished a decryption needs the GIL back to hand its result over
+            # and take the next job; the busy capture loop would keep it up to the default
+            # 5 ms switch interval, longer than the decryption itself
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
+        job = RsaJob(self._executor.submit(_decrypt_all, tuple(keys), encrypted), owner)
+        with self._lock:
+            self._pending.add(job)
+        job.future.add_done_callback(lambda _future: self._finished(job))
+        return job
+
+    def _finished(self, job: RsaJob) -> None:
+        with self._lock:
+            self._pending.discard(job)
+        self.completed.append(job)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    def wait(self) -> None:
+        """Until every job submitted so far is done (the end of a capture file)."""
+        with self._lock:
+            pending = list(self._pending)
+        for job in pending:
+            job.future.exception()  # waits; an error is the job's to report
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
