@@ -8,8 +8,8 @@ import logging
 import pickle
 import sys
 
-from captagent_tls.cli import UserError, load_rsa_key_files, one_line
-from captagent_tls.keyfiles import KeyFileError
+from captagent_tls.cli import load_rsa_key_files, one_line
+from captagent_tls.errors import UserFacingError
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.workers.channel import Channel
 from captagent_tls.workers.worker import run_worker
@@ -27,7 +27,7 @@ def main() -> int:
     keys = KeyStore()
     try:
         load_rsa_key_files(args, keys)  # (the parent warned about the files already)
-    except (KeyFileError, UserError) as exc:
+    except UserFacingError as exc:
         channel.send(("fatal", one_line(str(exc))))
         return 1
     return run_worker(spec, keys, channel)

@@ -16,13 +16,15 @@ from __future__ import annotations
 import socket
 import struct
 
+from captagent_tls.errors import UserFacingError
+
 SOL_PACKET = 263
 PACKET_FANOUT = 18
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 
 
-class FanoutError(Exception):
+class FanoutError(UserFacingError):
     """The capture socket cannot join the group; the message is for the user as it is."""
 
 

@@ -108,6 +108,7 @@ class Parent:
         self.slots = [Slot(i) for i in range(workers)]
         self.retired = Counters()  # what workers that are gone counted
         self.restarts = 0
+        self.started_all = not live  # live: every worker has opened its capture once
         self.failure: str | None = None
         self.stopping = False
         self.listener_stats: Callable[[], Any] | None = None
@@ -228,8 +229,8 @@ class Parent:
             slot.done = True
             self.merger.forget(slot.index)
         elif kind == "fatal":
-            if self.live and slot.ready and not self.stopping:
-                log.error("worker %d: %s", slot.index, message[1])
+            if self.live and self.started_all and not self.stopping:
+                log.error("worker %d: %s", slot.index, message[1])  # (then it ends: see _ended)
             elif self.failure is None:
                 self.failure = message[1]
 
@@ -251,8 +252,8 @@ class Parent:
         if self.stopping:
             log.error("%s", what)
             return
-        if self.failure is None and not slot.ready and not any(s.ready for s in self.slots):
-            self.failure = self.failure or what  # none could start: a setup error
+        if not self.started_all:
+            self.failure = self.failure or what  # the workers could not start: a setup error
             return
         self.retired.add(only_counters(slot.counters))
         slot.counters = Counters()
@@ -594,7 +595,7 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
             if parent.stopping:
                 break
             if not announced and all(slot.ready for slot in parent.slots):
-                announced = True
+                announced = parent.started_all = True
                 log.info("capturing on %s with %d workers", args.interface, workers)
             elif not announced and time.monotonic() - started > READY_TIMEOUT_S:
                 parent.failure = (f"the workers did not open the capture within "

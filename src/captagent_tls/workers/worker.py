@@ -41,14 +41,13 @@ from typing import Any, BinaryIO, TextIO, cast
 from captagent_tls.capture import CaptureError, Frame
 from captagent_tls.capture.live import KernelStats, LiveCapture
 from captagent_tls.counters import Counters
-from captagent_tls.keyfiles import KeyFileError
-from captagent_tls.keysources import KeySourceError
+from captagent_tls.errors import UserFacingError
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.sinks import OutputError, Sink
-from captagent_tls.sinks.hep import HepConfigError
 from captagent_tls.tls.events import SessionSecret, TlsProblem
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore
+from captagent_tls.workers import usable_cores
 from captagent_tls.workers.channel import Channel, ChannelClosed
 from captagent_tls.workers.fanout import FanoutError, join_fanout
 from captagent_tls.workers.outputs import CONSOLE, JSON, PCAP, RecordingSink
@@ -204,9 +203,12 @@ class Worker:
         self.channel = channel
         self.sinks, self.recording = build_outputs(spec)
         self.problems = ProblemForwarder(channel)
+        options = cli.pipeline_options(spec.args, spec.keys_may_arrive)
+        # RSA off the packet path uses the cores the capture loop does not; with workers, the
+        # cores are theirs: threads only for the cores left over per worker
+        options.rsa_threads = max(0, usable_cores() // spec.workers - 1)
         self.pipeline = Pipeline(
-            keys, self.sinks, self.problems.report,
-            cli.pipeline_options(spec.args, spec.keys_may_arrive),
+            keys, self.sinks, self.problems.report, options,
             on_secret=self._secret if spec.forward_secrets else None)
         self.pipeline.share_sessions(self._announce_session)
         self.foreign_fragments = 0  # fragments fed here that another worker counts
@@ -403,13 +405,9 @@ class Worker:
         self.done({})
 
 
-USER_ERRORS = (CaptureError, OutputError, HepConfigError, KeySourceError, KeyFileError,
-               FanoutError)
-
-
 def run_worker(spec: WorkerSpec, keys: KeyStore, channel: Channel) -> int:
     """A worker's life; its exit status."""
-    from captagent_tls.cli import UserError, one_line
+    from captagent_tls.cli import one_line
 
     try:
         worker = Worker(spec, keys, channel)
@@ -420,7 +418,7 @@ def run_worker(spec: WorkerSpec, keys: KeyStore, channel: Channel) -> int:
         return 0
     except (ChannelClosed, BrokenPipeError):
         return 1  # the parent is gone: nobody to tell
-    except (*USER_ERRORS, UserError) as exc:
+    except UserFacingError as exc:
         with contextlib.suppress(ChannelClosed, BrokenPipeError):
             channel.send(("fatal", one_line(str(exc))))
         return 1
