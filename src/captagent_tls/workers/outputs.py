@@ -5,7 +5,7 @@ without workers, writing to a tap instead of a file), so the parent only writes 
 becomes the bottleneck.  What it sends is a list of records, ``(capture time, parts)``, where
 ``parts`` holds one item per output slot (None where the message gives the output nothing),
 and a *watermark*: the earliest capture time it may still send a record for.  The parent keeps
-records in a heap and writes those at or below the lowest watermark of all workers, so the
+records and writes those at or below the lowest watermark of all workers, so the
 merged outputs are in capture time order however the workers' records interleave (a worker's
 own records are not always in order: records held for keys come out later with their capture
 time).
@@ -17,9 +17,8 @@ merge, so they too see everything in time order.
 
 from __future__ import annotations
 
-import heapq
-import itertools
 from collections.abc import Callable
+from operator import itemgetter
 from typing import IO, Any
 
 from captagent_tls.capture import Frame
@@ -37,7 +36,6 @@ _SHAPES: tuple[Callable[[Any], tuple[Any, ...]], ...] = (
     lambda v: (None, None, None, None, v))
 
 Record = tuple[int, tuple[Any, ...]]  # (capture time in ns, parts)
-Entry = tuple[int, int, int, tuple[Any, ...]]  # (capture time, arrival, worker, parts)
 
 
 class Tap:
@@ -140,11 +138,14 @@ class Writers:
         self.flush_each = flush_each
         self.pcap_written = 0
 
-    def write(self, records: list[Entry]) -> None:
+    def write(self, records: list[Record]) -> None:
         text: list[str] = []
         binary: list[bytes] = []
         report, frame = self.report, self.frame
-        for ts, _, _, parts in records:
+        if self.pcap is None and report is None and frame is None:  # text only: the short way
+            text = [part for _, parts in records for part in parts[:2] if part is not None]
+            records = []
+        for ts, parts in records:
             json_text, console_text, pcap_bytes, message, raw = parts
             if json_text is not None:
                 text.append(json_text)
@@ -178,25 +179,35 @@ class Writers:
 
 
 class Merger:
-    """Records of every worker in one heap, written in capture time order up to the lowest
-    watermark.  A worker that is gone (finished, or dead and not replaced) holds nothing back."""
+    """Records of every worker, written in capture time order up to the lowest watermark.  A
+    worker that is gone (finished, or dead and not replaced) holds nothing back.
+
+    Each worker's records wait in a list of their own, in the order they came.  Those at or
+    below the lowest watermark are taken from every list and sorted together: a stable sort
+    (each worker's order stays among equal times), which merges runs already in order in one
+    pass at C speed, where a heap would take two Python-level steps per record."""
 
     FINISHED = float("inf")
 
     def __init__(self, writers: Writers, workers: int):
         self.writers = writers
-        self.heap: list[Entry] = []
+        self.records: dict[int, list[Record]] = {i: [] for i in range(workers)}
+        self.latest: dict[int, float] = dict.fromkeys(range(workers), 0)  # latest time waiting
         self.watermarks: dict[int, float] = dict.fromkeys(range(workers), 0)
-        self.pending: dict[int, int] = dict.fromkeys(range(workers), 0)  # records in the heap
-        self._order = itertools.count()  # keeps each worker's order among equal times
 
     def add(self, worker: int, records: list[Record], watermark: float) -> None:
-        push, heap, order = heapq.heappush, self.heap, self._order
-        for ts, parts in records:
-            push(heap, (ts, next(order), worker, parts))
-        self.pending[worker] = self.pending.get(worker, 0) + len(records)
+        if records:
+            waiting = self.records.setdefault(worker, [])
+            waiting.extend(records)
+            latest = max(records, key=_time)[0]
+            if latest > self.latest.get(worker, 0):
+                self.latest[worker] = latest
         if worker in self.watermarks:
             self.watermarks[worker] = max(self.watermarks[worker], watermark)
+
+    def pending(self, worker: int) -> int:
+        """Records of the worker waiting for the others."""
+        return len(self.records.get(worker, ()))
 
     def forget(self, worker: int) -> None:
         """The worker holds nothing back any more (it finished, or died)."""
@@ -216,20 +227,24 @@ class Merger:
 
     def write_ready(self) -> int:
         """Write every record at or below the lowest watermark; the number written."""
-        heap = self.heap
-        if not heap:
-            return 0
         lowest = self.lowest()
-        ready = []
-        pop = heapq.heappop
-        pending = self.pending
-        while heap and heap[0][0] <= lowest:
-            entry = pop(heap)
-            pending[entry[2]] -= 1
-            ready.append(entry)
+        ready: list[Record] = []
+        for worker, waiting in self.records.items():
+            if not waiting:
+                continue
+            if self.latest[worker] <= lowest:
+                ready += waiting
+                waiting.clear()
+            else:
+                ready += [r for r in waiting if r[0] <= lowest]
+                self.records[worker] = [r for r in waiting if r[0] > lowest]
         if ready:
+            ready.sort(key=_time)
             self.writers.write(ready)
         return len(ready)
 
     def held(self) -> int:
-        return len(self.heap)
+        return sum(len(waiting) for waiting in self.records.values())
+
+
+_time = itemgetter(0)

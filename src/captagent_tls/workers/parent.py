@@ -301,7 +301,7 @@ class Parent:
             assert slot.channel is not None
             # a worker far ahead waits (its records are held for the merge), unless the merge
             # waits for it, or for sessions it may still cache (it is the one behind)
-            if self.merger.pending.get(slot.index, 0) < MAX_PENDING_RECORDS \
+            if self.merger.pending(slot.index) < MAX_PENDING_RECORDS \
                     or slot.index in slowest or slot.progress <= progress or self.stopping:
                 readable.append(slot.channel)
             if slot.channel.waiting:
