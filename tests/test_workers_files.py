@@ -188,6 +188,19 @@ def test_file_sharder_keeps_both_directions_together_and_spreads_connections():
         assert {next(iter(o)) for o in by_flow.values()} == set(range(workers))
 
 
+@pytest.mark.parametrize("name", ["multi-key.pcap", "ipv6.pcap", "sll2-any.pcap", "fragments"])
+def test_the_quick_dealer_deals_as_the_sharder_does(name: str, tmp_path: Path):
+    capture = FIXTURES / name
+    if name == "fragments":
+        capture = tmp_path / "fragments.pcap"
+        fragments_capture(capture)
+    plain, quick = FileSharder(3, 0), FileSharder(3, 0).dealer()
+    with CaptureReader(str(capture)) as reader:
+        dealt = [(plain(f.linktype, f.data), quick(f.linktype, f.data)) for f in reader]
+    assert dealt and all(a == b for a, b in dealt)
+    assert any(0 <= a < 3 for a, _ in dealt)
+
+
 def test_reassembled_datagrams_belong_to_one_worker():
     segment = Segment(b"\x0a\0\0\1", b"\x0a\0\0\2", 40000, 5061, 1, 0, 0x18, b"x")
     backwards = Segment(b"\x0a\0\0\2", b"\x0a\0\0\1", 5061, 40000, 1, 0, 0x18, b"y")
@@ -224,3 +237,31 @@ def test_a_worker_that_dies_fails_the_run_with_a_clear_line(tmp_path: Path):
                      "it finished: its share of the flows is missing"
                      for pid in re.findall(r"\(pid (\d+)\)", proc.stderr)][:1], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_auto_takes_every_usable_core_for_a_large_file_and_one_for_a_small_one(
+        tmp_path: Path, monkeypatch):
+    import argparse
+
+    from captagent_tls import workers
+
+    monkeypatch.setattr(workers, "usable_cores", lambda: 4)
+    small, large = tmp_path / "small.pcap", tmp_path / "large.pcap"
+    small.write_bytes(b"\0" * 1000)
+    with large.open("wb") as out:
+        out.truncate(workers.AUTO_MIN_FILE_BYTES)
+    for path, live, wanted, expected in ((small, False, "auto", 1), (large, False, "auto", 4),
+                                         (small, True, "auto", 4), (small, False, 3, 3),
+                                         ("-", False, 3, 1), ("-", False, "auto", 1)):
+        args = argparse.Namespace(read=str(path), workers=wanted)
+        assert workers.workers_for(args, live) == expected, (path, live, wanted)
+
+
+def test_workers_option_takes_a_count_or_auto():
+    proc = run(["-r", str(FIXTURES / "ipv6.pcap"), "--workers", "none"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("--workers: expected an integer or \"auto\", got 'none'")
+    proc = run(["-r", str(FIXTURES / "ipv6.pcap"), "--workers", "0"])
+    assert proc.returncode == 2 and "between 1 and 1024" in proc.stderr
+    proc = run(["-r", str(FIXTURES / "ipv6.pcap"), "--workers", "auto", "-q", "--json"])
+    assert proc.returncode == 0, proc.stderr

@@ -304,7 +304,9 @@ class Worker:
                 pipeline.keys_added()
 
         reader = CaptureReader(args.read, on_secrets=secrets_in_stream)
-        feed, index = pipeline.frame, spec.index
+        feed, index, workers = pipeline.frame, spec.index, spec.workers
+        deal = sharder.dealer()
+        mine_without_connection = workers + index
         record = self.recording.frame if self.recording.frames else None
         notes: dict[str, Any] = {}
         last_ts = last_tcp_ts = due = 0
@@ -315,13 +317,13 @@ class Worker:
                 for frame in reader:
                     if matches is not None and not matches(frame):
                         continue
-                    owner = sharder(frame.linktype, frame.data)
+                    owner = deal(frame.linktype, frame.data)
                     last_ts = frame.ts_ns
-                    if owner == index:
+                    if owner == index or owner == mine_without_connection:  # noqa: SIM109
                         if record is not None:
                             record(frame)
                         feed(frame)
-                    elif sharder.tcp:  # another worker's: time passes here all the same
+                    elif 0 <= owner < workers:  # another worker's connection: time passes
                         last_tcp_ts = last_ts
                         if last_ts >= due:
                             due = advance(last_ts)
