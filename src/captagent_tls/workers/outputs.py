@@ -84,6 +84,11 @@ class RecordingSink(Sink):
         self._taps.append((slot, sink, tap, b"" if binary else ""))
         return sink
 
+    @property
+    def records_messages(self) -> bool:
+        """Some output the parent writes wants the messages (with HEP alone, none does)."""
+        return bool(self._taps) or self.report
+
     def ready(self) -> None:
         """The outputs are all added: with one output and no report (the common case, e.g.
         ``--json``), each message takes the short way."""

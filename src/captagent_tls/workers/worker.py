@@ -180,7 +180,8 @@ def build_outputs(spec: WorkerSpec) -> tuple[list[Sink], RecordingSink]:
         recording.add(CONSOLE, lambda tap: console_sink(cast(TextIO, tap), spec))
     recording.frames = bool(args.write_decryptable)
     recording.ready()
-    sinks.append(recording)
+    if recording.records_messages:
+        sinks.append(recording)
     return sinks, recording
 
 
