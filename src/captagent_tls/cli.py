@@ -335,11 +335,14 @@ def run_offline(args: argparse.Namespace) -> int:
         raise UserError(f"{exc}; the {pipeline.stats.frames} packets before it were "
                         "processed") from None
     finally:
-        views.stop_lines()
-        # whatever was read, even from a broken file, is decrypted and delivered
-        finish(pipeline, sinks, exporter)
-        views.close()
-        reporter.flush()
+        # whatever was read, even from a broken file, is decrypted and delivered (the bar
+        # stays up meanwhile: what waited for keys is counted in its last figures)
+        try:
+            finish(pipeline, sinks, exporter)
+        finally:
+            views.stop_lines()
+            views.close()
+            reporter.flush()
     if reader.malformed:
         print(f"captagent-tls: warning: {args.read}: {reader.describe_malformed()}",
               file=sys.stderr)

@@ -223,15 +223,16 @@ class Pipeline:
         for conn in self.tls.awaiting_sessions():
             self._guarded(conn.flow, self.tls.retry, conn, ts)
 
-    def _wait_for_rsa(self) -> None:
+    def settle_rsa(self) -> None:
+        """Wait for the RSA decryptions submitted so far and let their records go on."""
         while self.tls.wait_for_rsa():
             self._rsa_done(self._last_ts)
 
     def finish(self) -> None:
         """End of input: flush held-back bytes, close every flow, deliver what is complete."""
-        self._wait_for_rsa()
+        self.settle_rsa()
         self._net_events(self.tcp.flush(self._last_ts))
-        self._wait_for_rsa()
+        self.settle_rsa()
         for conn in self.tls.waiting():
             self._guarded(conn.flow, self.tls.give_up, conn, self._last_ts)
 

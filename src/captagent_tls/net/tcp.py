@@ -92,37 +92,52 @@ Event = StreamData | StreamGap | FlowClosed
 
 
 _NO_PENDING: dict[int, bytes] = {}  # shared, never written to
-_NO_ORDER: list[int] = []  # shared, never written to
+
+
+class _Held:
+    """Segments that arrived ahead of one direction's stream, keyed by their offset from
+    ``base`` (a sequence number at or before the stream position), with the same offsets in a
+    heap (``order``): the first held segment is found in O(1) and each one is taken out in
+    O(log n), however many are held.  Offsets are plain integers, so they do not wrap.  Made
+    when a segment must wait, dropped when none does: an idle direction keeps none."""
+
+    __slots__ = ("segments", "order", "base", "charged")
+
+    def __init__(self, base: int):
+        self.segments: dict[int, bytes] = {}
+        self.order: list[int] = []
+        self.base = base
+        self.charged = 0  # payload plus HELD_SEGMENT_OVERHEAD per held segment
 
 
 class _Half:
-    """One direction of a flow.
+    """One direction of a flow."""
 
-    Segments that arrived ahead of the stream are held in ``pending``, keyed by their offset
-    from ``base`` (a sequence number at or before the stream position), with the same offsets
-    in a heap (``held_order``): the first held segment is found in O(1) and each one is taken
-    out in O(log n), however many are held.  Offsets are plain integers, so they do not wrap.
-    """
-
-    __slots__ = ("flow", "direction", "peer", "next_seq", "pending", "held_order", "base",
-                 "pending_bytes", "fin_seq", "finished")
+    __slots__ = ("flow", "direction", "peer", "next_seq", "held", "fin_seq", "finished")
 
     def __init__(self, flow: Flow, direction: int):
         self.flow = flow
         self.direction = direction
         self.peer: _Half = self
         self.next_seq: int | None = None
-        self.pending: dict[int, bytes] = _NO_PENDING  # its own dict once a segment waits
-        self.held_order: list[int] = _NO_ORDER  # heap of the keys of pending
-        self.base = 0
-        self.pending_bytes = 0  # payload plus HELD_SEGMENT_OVERHEAD per held segment
+        self.held: _Held | None = None
         self.fin_seq: int | None = None
         self.finished = False
 
+    @property
+    def pending(self) -> dict[int, bytes]:
+        """The segments held, by offset (empty when none)."""
+        return self.held.segments if self.held is not None else _NO_PENDING
 
-def _first_held(half: _Half) -> int:
+    @property
+    def pending_bytes(self) -> int:
+        """What they are charged against the direction's cap."""
+        return self.held.charged if self.held is not None else 0
+
+
+def _first_held(held: _Held) -> int:
     """The sequence number of the held segment nearest the stream position."""
-    return (half.base + half.held_order[0]) & SEQ_MASK
+    return (held.base + held.order[0]) & SEQ_MASK
 
 
 @dataclass
@@ -197,7 +212,7 @@ class TcpReassembler:
             if half.next_seq is None:
                 half.next_seq = seq
         peer = half.peer
-        if flags & TCP_ACK and peer.pending and seq_delta(seg.ack, _first_held(peer)) >= 0:
+        if flags & TCP_ACK and peer.held and seq_delta(seg.ack, _first_held(peer.held)) >= 0:
             # the receiver has the bytes in the hole, so they crossed the wire unseen.  They
             # were sent before this segment: the stage above learns of them first (a TLS
             # Finished here may cover a handshake message that was in the hole)
@@ -307,27 +322,26 @@ class TcpReassembler:
             data = bytes(payload)
             half.next_seq = (half.next_seq + len(data)) & SEQ_MASK
             events.append(StreamData(half.flow, half.direction, data, ts_ns))
-            if half.pending:
+            if half.held is not None:
                 self._drain(half, ts_ns, events)
             return
         if delta > FAR_AHEAD:
             return
         self.stats.out_of_order += 1
-        pending = half.pending
-        if pending is _NO_PENDING:
-            pending = half.pending = {}
-            half.held_order = []
-            half.base = half.next_seq
-        offset = ((half.next_seq - half.base) & SEQ_MASK) + delta
-        held = pending.get(offset)
+        waiting = half.held
+        if waiting is None:
+            waiting = half.held = _Held(half.next_seq)
+        offset = ((half.next_seq - waiting.base) & SEQ_MASK) + delta
+        segments = waiting.segments
+        held = segments.get(offset)
         if held is None:
-            pending[offset] = bytes(payload)
-            heappush(half.held_order, offset)
-            half.pending_bytes += len(payload) + HELD_SEGMENT_OVERHEAD
+            segments[offset] = bytes(payload)
+            heappush(waiting.order, offset)
+            waiting.charged += len(payload) + HELD_SEGMENT_OVERHEAD
         elif len(held) < len(payload):
-            pending[offset] = bytes(payload)
-            half.pending_bytes += len(payload) - len(held)
-        if half.pending_bytes > self.max_direction_bytes:
+            segments[offset] = bytes(payload)
+            waiting.charged += len(payload) - len(held)
+        if waiting.charged > self.max_direction_bytes:
             self.stats.buffer_overflows += 1
             self._skip_hole(half, ts_ns, events)
 
@@ -335,15 +349,19 @@ class TcpReassembler:
         """Deliver held segments that the stream has now reached, first offset first: drop
         those it has passed, and deliver the new part of those that reach beyond it."""
         assert half.next_seq is not None
-        position = (half.next_seq - half.base) & SEQ_MASK
+        waiting = half.held
+        if waiting is None:
+            return
+        position = (half.next_seq - waiting.base) & SEQ_MASK
         if position > REBASE_AFTER:
             # keep the distance from the base far from 2**32, where it would wrap; every
             # offset moves by the same amount, so the heap stays a heap
-            half.pending = {offset - position: data for offset, data in half.pending.items()}
-            half.held_order = [offset - position for offset in half.held_order]
-            half.base = half.next_seq
+            waiting.segments = {offset - position: data
+                                for offset, data in waiting.segments.items()}
+            waiting.order = [offset - position for offset in waiting.order]
+            waiting.base = half.next_seq
             position = 0
-        pending, order = half.pending, half.held_order
+        pending, order = waiting.segments, waiting.order
         start = position
         while order:
             first = order[0]
@@ -351,7 +369,7 @@ class TcpReassembler:
                 break
             heappop(order)
             data = pending.pop(first)
-            half.pending_bytes -= len(data) + HELD_SEGMENT_OVERHEAD
+            waiting.charged -= len(data) + HELD_SEGMENT_OVERHEAD
             behind = position - first
             if behind:
                 if behind >= len(data):
@@ -360,18 +378,18 @@ class TcpReassembler:
             position += len(data)
             events.append(StreamData(half.flow, half.direction, data, ts_ns))
         if position != start:
-            half.next_seq = (half.base + position) & SEQ_MASK
+            half.next_seq = (waiting.base + position) & SEQ_MASK
         if order:
             return
-        half.pending, half.held_order = _NO_PENDING, _NO_ORDER
+        half.held = None
         self._check_finished(half, ts_ns, events)
 
     def _skip_hole(self, half: _Half, ts_ns: int, events: list[Event]) -> None:
         """Give up on the bytes before the first held segment and go on after them."""
-        if not half.pending or half.next_seq is None:
+        if half.held is None or half.next_seq is None:
             return
         start = half.next_seq
-        first = _first_held(half)
+        first = _first_held(half.held)
         size = seq_delta(first, start)
         if size <= 0:
             self._drain(half, ts_ns, events)
@@ -383,7 +401,7 @@ class TcpReassembler:
         self._drain(half, ts_ns, events)
 
     def _check_finished(self, half: _Half, ts_ns: int, events: list[Event]) -> None:
-        if half.fin_seq is not None and half.next_seq == half.fin_seq and not half.pending:
+        if half.fin_seq is not None and half.next_seq == half.fin_seq and half.held is None:
             half.finished = True
             if half.peer.finished:
                 self._close(half.flow, "fin", ts_ns, events)
@@ -393,7 +411,7 @@ class TcpReassembler:
             return
         flow.closed = True  # first: delivering what is held may find both halves finished
         for half in flow.halves:
-            while half.pending:
+            while half.held is not None:
                 self._skip_hole(half, ts_ns, events)
         (a, b) = flow.endpoints
         key = (a[0], a[1], b[0], b[1])

@@ -16,7 +16,7 @@ from captagent_tls.sinks import Sink, write_failed
 from captagent_tls.sip import Message
 
 # ASCII-only output: no line separators (U+2028) or encodings to trip over in consumers
-_string = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+_string = json.encoder.encode_basestring_ascii
 FIXED_FIELDS_KEPT = 4096  # flows' shared fields remembered (then forgotten all at once)
 
 

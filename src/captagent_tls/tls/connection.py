@@ -79,7 +79,7 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
             events.append(AppData(self.flow, direction, chunk, ts, PLAINTEXT,
                                   direction == self.client_dir))
             return events
-        for content_type, version, fragment in side.stream.feed(chunk):
+        for content_type, version, fragment in side.feed(chunk):
             if content_type == FRAMING_LOST:
                 self.stats.framing_errors += 1
                 self._lost_in_order(direction, ts, events)
@@ -90,7 +90,7 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
     def gap(self, direction: int, ts: int) -> list[Event]:
         """The TCP stream lost bytes: drop the partial record and find the next one."""
         side = self.sides[direction]
-        side.stream.gap()
+        side.gap()
         events: list[Event] = []
         self._lost_in_order(direction, ts, events)
         return events
@@ -107,10 +107,10 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         events: list[Event] = []
         if self.is_tls is None:  # it ended before its first bytes could tell: not TLS
             for direction, side in enumerate(self.sides):
-                if side.stream.buf:
-                    events.append(AppData(self.flow, direction, bytes(side.stream.buf), ts,
+                if side.buf:
+                    events.append(AppData(self.flow, direction, bytes(side.buf), ts,
                                           PLAINTEXT, direction == (self.client_dir or 0)))
-                    side.stream.buf = None
+                    side.buf = None
         if self.held:
             self._drop_held(ts, events, "the connection closed first")
         self._settle_session()
@@ -191,7 +191,7 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
     def _detect(self, direction: int, chunk: bytes, ts: int, events: list[Event]) -> bytes:
         """Decide from the first bytes whether this flow carries TLS at all.  Returns the
         bytes to parse as records ("" when they were consumed or more are needed)."""
-        stream = self.sides[direction].stream
+        stream = self.sides[direction]
         head = bytes(stream.buf) + chunk if stream.buf else chunk
         stream.buf = None
         if stream.lost:
@@ -224,7 +224,7 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         self.stats.non_tls_flows += 1
         if self.client_dir is None:
             self.client_dir = 0  # plain TCP: the side that sent the SYN, or spoke first
-        other = self.sides[1 - direction].stream
+        other = self.sides[1 - direction]
         if other.buf:  # what the other direction held while the flow was undecided
             events.append(AppData(self.flow, 1 - direction, bytes(other.buf), ts, PLAINTEXT,
                                   1 - direction == self.client_dir))
@@ -285,7 +285,7 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
                     direction, version, fragment, ts, events):
                 return
             else:
-                side.stream.lost = False
+                side.lost = False
                 self._dispatch(direction, content_type, fragment, ts, events)
                 return
         if not side.has_keys:
@@ -294,7 +294,7 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
             return
         opened = self._open(direction, content_type, version, fragment, ts, events)
         if opened is not None:
-            side.stream.lost = False
+            side.lost = False
             self._dispatch(direction, *opened, ts, events)
 
     def _dispatch(self, direction: int, content_type: int, fragment: bytes, ts: int,
@@ -350,7 +350,7 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         side = self.sides[direction]
         side.phase = Phase.PROTECTED
         side.decryptor, hs.pending[self._role(direction)] = pending, None
-        side.stream.lost = False
+        side.lost = False
         self.stats.records_decrypted += 1
         self._dispatch(direction, *opened, ts, events)
         return True

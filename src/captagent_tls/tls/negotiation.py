@@ -24,6 +24,7 @@ from captagent_tls.tls.held import HeldRecord
 from captagent_tls.tls.keyschedule import (
     SSL3,
     TLS12,
+    TLS13,
     digest,
     finished_verify_data,
     handshake_hash,
@@ -158,7 +159,7 @@ class Negotiation(ConnectionState):
                  else hsk.parse_server_hello(body))
         tls13_hello = is_tls13(hello.version)
         for side in self.sides:  # what every record carries from now on (RFC 8446 §5.1)
-            side.stream.version = TLS12 if tls13_hello else hello.version
+            side.version = TLS12 if tls13_hello else hello.version
         suite = lookup(hello.cipher_suite)
         hs.server_hello = hello
         hs.version = self.version = hello.version
@@ -425,7 +426,7 @@ class Negotiation(ConnectionState):
         self.stats.records_decrypted += 1
         self.stats.early_data_records += 1
         if self.info is None:
-            self.info = tls_info(tls13.TLS13, suite.code)
+            self.info = tls_info(TLS13, suite.code)
         self._dispatch(direction, *opened, ts, events)
 
     def _server_hello_tls13(self, hs: HandshakeState, hello: hsk.ServerHello) -> None:

@@ -8,12 +8,20 @@ Cipher objects are built once per direction; each decryptor counts its own seque
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from hmac import compare_digest
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.decrepit.ciphers import algorithms as decrepit
 from cryptography.hazmat.primitives import hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import (
+    BlockCipherAlgorithm,
+    Cipher,
+    CipherContext,
+    algorithms,
+    modes,
+)
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM, ChaCha20Poly1305
 
 from captagent_tls.tls.keyschedule import SSL3, TLS11, TLS13, digest, hash_algorithm
@@ -35,7 +43,7 @@ class RecordAuthError(Exception):
 UNPROVEN: tuple[int, bytes] = (-1, b"")
 
 
-def _block_cipher(algorithm: str, key: bytes) -> algorithms.BlockCipherAlgorithm:
+def _block_cipher(algorithm: str, key: bytes) -> BlockCipherAlgorithm:
     if algorithm == "AES":
         return algorithms.AES(key)
     if algorithm == "CAMELLIA":
@@ -54,7 +62,7 @@ def _block_cipher(algorithm: str, key: bytes) -> algorithms.BlockCipherAlgorithm
 class Decryptor:
     """Opens the records of one direction, in order."""
 
-    __slots__ = ("seq", "__weakref__")
+    __slots__ = ("seq",)
     seq: int
 
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
@@ -109,35 +117,53 @@ class LiveContexts:
 LIVE_CONTEXTS = LiveContexts()
 
 
+class AeadProfile(NamedTuple):
+    """What every AEAD decryptor of one suite and version shares (kept once, not per session)."""
+
+    tls13: bool
+    header_aad: bool  # drafts of TLS 1.3 before 25 authenticated no additional data
+    tag_len: int
+    explicit: int  # bytes of explicit nonce in each record (TLS 1.2 GCM/CCM), else 0
+    algorithm: str
+
+
+@lru_cache(maxsize=64)
+def aead_profile(suite: CipherSuite, version: int) -> AeadProfile:
+    tls13 = version >= TLS13
+    return AeadProfile(tls13, not 0x7F00 <= version < 0x7F19, suite.tag_len,
+                       0 if tls13 else suite.explicit_nonce_len, suite.algorithm)
+
+
 class AeadDecryptor(Decryptor):
     """AES-GCM, AES-CCM and ChaCha20-Poly1305, in TLS 1.2 (RFC 5288, 6655, 7905) and 1.3."""
 
-    __slots__ = ("tls13", "header_aad", "tag_len", "explicit", "iv", "iv_int", "key",
-                 "algorithm", "aead")
+    __slots__ = ("profile", "iv", "iv_int", "key", "aead")
 
     def __init__(self, suite: CipherSuite, key: bytes, iv: bytes, version: int):
         self.seq = 0
-        self.tls13 = version >= TLS13
-        # drafts before 25 authenticated no additional data
-        self.header_aad = not 0x7F00 <= version < 0x7F19
-        self.tag_len = suite.tag_len
-        self.explicit = 0 if self.tls13 else suite.explicit_nonce_len
-        self.iv = iv
-        self.iv_int = int.from_bytes(iv, "big")
+        profile = self.profile = aead_profile(suite, version)
+        # the nonce is the fixed IV and the explicit part (TLS 1.2 GCM/CCM), or the IV xor
+        # the sequence number: each decryptor keeps only the form it uses
+        self.iv = iv if profile.explicit else b""
+        self.iv_int = 0 if profile.explicit else int.from_bytes(iv, "big")
         self.key = key
-        self.algorithm = suite.algorithm
         self.aead: AESGCM | AESCCM | ChaCha20Poly1305 | None = None
+
+    @property
+    def explicit(self) -> int:
+        return self.profile.explicit
 
     def _context(self) -> AESGCM | AESCCM | ChaCha20Poly1305:
         LIVE_CONTEXTS.admit(self)
-        if self.algorithm == "AESGCM":
+        algorithm = self.profile.algorithm
+        if algorithm == "AESGCM":
             aead: AESGCM | AESCCM | ChaCha20Poly1305 = AESGCM(self.key)
-        elif self.algorithm == "AESCCM":
-            aead = AESCCM(self.key, tag_length=self.tag_len)
-        elif self.algorithm == "CHACHA20":
+        elif algorithm == "AESCCM":
+            aead = AESCCM(self.key, tag_length=self.profile.tag_len)
+        elif algorithm == "CHACHA20":
             aead = ChaCha20Poly1305(self.key)
         else:  # callers check CipherSuite.supported first
-            raise ValueError(f"no AEAD {self.algorithm!r}")
+            raise ValueError(f"no AEAD {algorithm!r}")
         self.aead = aead
         return aead
 
@@ -147,18 +173,18 @@ class AeadDecryptor(Decryptor):
     def open(self, content_type: int, version: int, fragment: bytes) -> tuple[int, bytes]:
         aead = self.aead or self._context()
         seq = self.seq
-        explicit = self.explicit
+        tls13, header_aad, tag_len, explicit, _ = self.profile
         if explicit:
             nonce = self.iv + fragment[:explicit]
             ciphertext = fragment[explicit:]
         else:
             nonce = (self.iv_int ^ seq).to_bytes(12, "big")
             ciphertext = fragment
-        if self.tls13:
-            aad = struct.pack("!BHH", content_type, version, len(fragment)) if self.header_aad \
+        if tls13:
+            aad = struct.pack("!BHH", content_type, version, len(fragment)) if header_aad \
                 else b""
         else:
-            size = len(ciphertext) - self.tag_len
+            size = len(ciphertext) - tag_len
             if size < 0:
                 raise RecordAuthError("record shorter than its tag")
             aad = _aad(seq, content_type, version, size)
@@ -167,7 +193,7 @@ class AeadDecryptor(Decryptor):
         except InvalidTag:
             raise RecordAuthError("authentication tag mismatch") from None
         self.seq = seq + 1
-        if self.tls13:
+        if tls13:
             inner = plaintext.rstrip(b"\x00")
             if not inner:
                 raise RecordAuthError("TLS 1.3 record without a content type")

@@ -17,6 +17,10 @@ CONTENT_TYPES = frozenset((CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DAT
 MAX_RECORD = (1 << 14) + 2048
 HEADER = 5
 
+# one int object per record version, shared by every session that keeps one (ints above 256
+# are new objects each time they are computed)
+VERSIONS = {version: version for version in range(0x0300, 0x0305)}
+
 # content type of the marker ``RecordStream.feed`` puts where framing was lost
 FRAMING_LOST = -1
 Record = tuple[int, int, bytes]  # content type, record version, fragment
@@ -144,7 +148,9 @@ class RecordStream:
                 continue
             if end - pos - HEADER < length:
                 break
-            version = (data[pos + 1] << 8) | data[pos + 2]
+            version = VERSIONS.get((data[pos + 1] << 8) | data[pos + 2], -1)
+            if version < 0:  # (3.x with x > 4: not one we know; kept as it is)
+                version = (data[pos + 1] << 8) | data[pos + 2]
             self.version = version
             records.append((content_type, version, bytes(data[pos + HEADER : pos + HEADER
                                                               + length])))

@@ -26,12 +26,15 @@ Trial = tuple[bytes, Decryptor, Decryptor]
 _NO_TRIALS: list[Trial] = []  # shared "none"; a side gets its own list when it needs one
 
 
-class Side:
-    __slots__ = ("stream", "handshake_buf", "decryptor", "fallback", "phase", "traffic_secret",
+class Side(RecordStream):
+    """One direction: its record stream (what ``RecordStream`` keeps, inherited rather than
+    held, so an idle session keeps one object per direction) and its keys."""
+
+    __slots__ = ("handshake_buf", "decryptor", "fallback", "phase", "traffic_secret",
                  "trials", "seq_unknown", "gap_pending", "handshake_gap", "expect_finished")
 
     def __init__(self) -> None:
-        self.stream = RecordStream()
+        super().__init__()
         self.handshake_buf: bytearray | None = None  # a handshake message still arriving
         self.decryptor: Decryptor | None = None
         self.fallback: Decryptor | None = None  # TLS 1.3 handshake keys, while early data runs

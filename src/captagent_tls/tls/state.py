@@ -25,7 +25,7 @@ class ConnectionState:
     __slots__ = ("flow", "ctx", "stats", "sides", "client_dir", "is_tls", "handshake",
                  "version", "suite", "client_random", "info", "failed", "refused", "closed",
                  "held", "_replaying", "outcome", "session_open", "session_decrypted",
-                 "keys_failed", "notices", "__weakref__")
+                 "keys_failed", "notices")
 
     flow: Flow
     ctx: TlsContext

@@ -284,7 +284,7 @@ class FrameDecoder:
                                           f"a message of more than {self.max_message} bytes"))
                 self.parts = []
             else:
-                self.parts.append(data)  # type: ignore[union-attr]
+                self.parts.append(data)
         if header.fin:
             self._complete(messages, problems)
 
