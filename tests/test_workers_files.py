@@ -23,10 +23,6 @@ from support.groundtruth import load_groundtruth, scenario_files
 from support.paths import CORPUS, FIXTURES, SRC
 from test_conformance_corpus import ORACLE_CASES, PUBLIC, SYNTHETIC, SYNTHETIC_CASES, resolve
 
-from captagent_tls.capture.files import CaptureReader
-from captagent_tls.net.packet import Datagram, Segment, decode
-from captagent_tls.workers.shard import FileSharder
-
 
 def truth_arguments(js: Path) -> list[str]:
     truth = load_groundtruth(js)
@@ -170,47 +166,6 @@ def test_fragments_go_to_every_worker_and_each_datagram_to_one(tmp_path: Path):
     assert "IP fragments" in one_stats[0]
 
 
-def test_file_sharder_keeps_both_directions_together_and_spreads_connections():
-    capture = FIXTURES / "multi-key.pcap"
-    workers = 2
-    sharders = [FileSharder(workers, i) for i in range(workers)]
-    by_flow: dict[frozenset, set[int]] = {}
-    with CaptureReader(str(capture)) as reader:
-        for frame in reader:
-            owners = {sharder(frame.linktype, frame.data) for sharder in sharders}
-            assert len(owners) == 1  # every worker makes the same choice
-            packet = decode(frame.linktype, frame.data)
-            if type(packet) is Segment:
-                flow = frozenset(((packet.src, packet.sport), (packet.dst, packet.dport)))
-                by_flow.setdefault(flow, set()).update(owners)
-    assert by_flow and all(len(owner) == 1 for owner in by_flow.values())
-    if len(by_flow) >= workers:
-        assert {next(iter(o)) for o in by_flow.values()} == set(range(workers))
-
-
-@pytest.mark.parametrize("name", ["multi-key.pcap", "ipv6.pcap", "sll2-any.pcap", "fragments"])
-def test_the_quick_dealer_deals_as_the_sharder_does(name: str, tmp_path: Path):
-    capture = FIXTURES / name
-    if name == "fragments":
-        capture = tmp_path / "fragments.pcap"
-        fragments_capture(capture)
-    plain, quick = FileSharder(3, 0), FileSharder(3, 0).dealer()
-    with CaptureReader(str(capture)) as reader:
-        dealt = [(plain(f.linktype, f.data), quick(f.linktype, f.data)) for f in reader]
-    assert dealt and all(a == b for a, b in dealt)
-    assert any(0 <= a < 3 for a, _ in dealt)
-
-
-def test_reassembled_datagrams_belong_to_one_worker():
-    segment = Segment(b"\x0a\0\0\1", b"\x0a\0\0\2", 40000, 5061, 1, 0, 0x18, b"x")
-    backwards = Segment(b"\x0a\0\0\2", b"\x0a\0\0\1", 5061, 40000, 1, 0, 0x18, b"y")
-    datagram = Datagram(b"\x0a\0\0\1", b"\x0a\0\0\2", 5060, 5060, b"z")
-    sharders = [FileSharder(3, i) for i in range(3)]
-    for packet in (segment, backwards, datagram):
-        assert sum(s.owns(packet) for s in sharders) == 1
-    assert [s.owns(segment) for s in sharders] == [s.owns(backwards) for s in sharders]
-
-
 def test_a_worker_that_dies_fails_the_run_with_a_clear_line(tmp_path: Path):
     """A worker killed while reading: the run says which one and how, and exits 1."""
     capture = FIXTURES / "batched-writes.pcap"
@@ -237,24 +192,6 @@ def test_a_worker_that_dies_fails_the_run_with_a_clear_line(tmp_path: Path):
                      "it finished: its share of the flows is missing"
                      for pid in re.findall(r"\(pid (\d+)\)", proc.stderr)][:1], proc.stderr
     assert "Traceback" not in proc.stderr
-
-
-def test_auto_takes_every_usable_core_for_a_large_file_and_one_for_a_small_one(
-        tmp_path: Path, monkeypatch):
-    import argparse
-
-    from captagent_tls import workers
-
-    monkeypatch.setattr(workers, "usable_cores", lambda: 4)
-    small, large = tmp_path / "small.pcap", tmp_path / "large.pcap"
-    small.write_bytes(b"\0" * 1000)
-    with large.open("wb") as out:
-        out.truncate(workers.AUTO_MIN_FILE_BYTES)
-    for path, live, wanted, expected in ((small, False, "auto", 1), (large, False, "auto", 4),
-                                         (small, True, "auto", 4), (small, False, 3, 3),
-                                         ("-", False, 3, 1), ("-", False, "auto", 1)):
-        args = argparse.Namespace(read=str(path), workers=wanted)
-        assert workers.workers_for(args, live) == expected, (path, live, wanted)
 
 
 def test_workers_option_takes_a_count_or_auto():
