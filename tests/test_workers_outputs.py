@@ -114,3 +114,16 @@ def test_report_decryptable_capture_and_key_export(tmp_path: Path):
         assert tshark.returncode == 0, tshark.stderr
         sips.append(Counter(tshark.stdout.splitlines()))
     assert sips[1] == sips[0] and sum(sips[1].values()) > 0
+
+
+def test_progress_bar_follows_the_workers_and_leaves_the_output_unchanged():
+    from support.terminal import run_on_terminal
+
+    piped = agent("--json", "--workers", "2")
+    shown = run_on_terminal(["-r", CAPTURE, *ARGS, "--json", "--workers", "2"])
+    assert shown.returncode == 0
+    assert Counter(shown.stdout.splitlines()) == Counter(piped.stdout.splitlines())
+    final = [part for part in shown.terminal.split("\r") if "100%" in part]
+    assert final, shown.terminal
+    assert "184 packets, 56 SIP messages" in final[-1]
+    assert "--- captagent-tls stats ---" in shown.terminal

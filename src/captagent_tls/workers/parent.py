@@ -77,6 +77,7 @@ class Slot:
     restart_at: float | None = None  # when it is to start again (live)
     pause: float = 0.0
     progress: float = 0.0  # it has read every packet before this capture time
+    read: tuple[int, int, int] = (0, 0, 0)  # file position, frames, SIP messages (a file)
     waiting: bool = False  # records wait for a session another worker may have
     told: float = 0.0  # the progress it was last told
 
@@ -112,6 +113,7 @@ class Parent:
         self.failure: str | None = None
         self.stopping = False
         self.listener_stats: Callable[[], Any] | None = None
+        self.bar: Any = None  # a file's progress bar (views.progress.WorkersFileProgress)
         self.key_text: deque[str] = deque()
         self.key_text_size = 0
         from captagent_tls.views.colour import colour_wanted
@@ -209,6 +211,8 @@ class Parent:
         if kind == "out":
             self.merger.add(slot.index, message[1], message[2])
             slot.progress, slot.waiting = message[3], message[4]
+            if message[5] is not None:
+                slot.read = message[5]
         elif kind == "session":
             for other in self.running():
                 if other is not slot and other.channel is not None:
@@ -318,6 +322,10 @@ class Parent:
                 self.receive(slot)
         self.tell_progress()
         self.merger.write_ready()
+        if self.bar is not None:
+            reads = [slot.read for slot in self.slots]
+            self.bar.update(min(r[0] for r in reads), min(r[1] for r in reads),
+                            sum(r[2] for r in reads))
         return [r for r in ready if r in extra]
 
     def progress(self) -> float:
@@ -480,6 +488,10 @@ def run_offline_workers(args: argparse.Namespace, workers: int) -> int:
         parent.signal_workers(signal.SIGTERM)  # they stop reading and finish what they have
 
     log.info("reading %s with %d workers", args.read, workers)
+    if views.line is not None:  # a progress bar on the terminal
+        from captagent_tls.views.progress import WorkersFileProgress
+
+        parent.bar = WorkersFileProgress(views.line, args.read)
     parent.fork_all()
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
@@ -494,6 +506,9 @@ def run_offline_workers(args: argparse.Namespace, workers: int) -> int:
             parent.kill_workers()
         with contextlib.suppress(OutputError, BrokenPipeError):
             parent.merger.write_ready()
+        if parent.bar is not None:
+            parent.bar.close(complete=parent.failure is None and not interrupted
+                             and not parent.slots[0].notes.get("error"))
         views.stop_lines()
         try:
             close_outputs(writers, closing, exporter)

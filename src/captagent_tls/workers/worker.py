@@ -5,9 +5,10 @@ writes are recorded instead (:class:`~captagent_tls.workers.outputs.RecordingSin
 sent from here.  What it tells the parent (see :mod:`.channel`):
 
 * ``("ready", pid)``: a live worker's capture is open;
-* ``("out", records, watermark, progress, waiting)``: output records; the earliest capture
-  time it may still send a record for; the capture time up to which it has read every
-  packet; and whether records wait for a session another worker may have;
+* ``("out", records, watermark, progress, waiting, read)``: output records; the earliest
+  capture time it may still send a record for; the capture time up to which it has read every
+  packet; whether records wait for a session another worker may have; and for a file, how
+  far it has read (position in the file, frames, SIP messages so far), for the progress bar;
 * ``("session", master, session_id, ticket)``: a TLS session it cached (for resumption: the
   resumed connection may be another worker's);
 * ``("problem", problem)``: a problem to report (each kind and server once per worker; the
@@ -216,6 +217,8 @@ class Worker:
         self.kernel: KernelStats | None = None
         self.stopping = False
         self._last_sent = (-1.0, -1.0)
+        # a file's worker: (position in the file, frames read, SIP messages) for the bar
+        self.read: Callable[[], tuple[int, int, int]] | None = None
         self.progress = 0.0  # every worker has read every packet before this (the parent says)
         self._next_counters = 0
 
@@ -243,7 +246,8 @@ class Worker:
         waiting = self.waiting_for_sessions()
         if records or force or waiting or (watermark, progress) != self._last_sent:
             self._last_sent = (watermark, progress)
-            self.channel.send(("out", records, watermark, progress, waiting))
+            read = self.read() if self.read is not None else None
+            self.channel.send(("out", records, watermark, progress, waiting, read))
 
     def from_parent(self) -> None:
         """Take what the parent sent (a file's worker looks between batches of frames)."""
@@ -311,6 +315,16 @@ class Worker:
         record = self.recording.frame if self.recording.frames else None
         notes: dict[str, Any] = {}
         last_ts = last_tcp_ts = due = 0
+        frames = data_bytes = 0
+        framing = 16  # a pcap record's header (a pcapng block's framing is 32 and padding)
+
+        def read() -> tuple[int, int, int]:
+            stored = reader.stored_position
+            if stored is None:
+                stored = 24 + data_bytes + frames * (framing if reader.format == "pcap" else 34)
+            return stored, frames, pipeline.stats.sip_messages
+
+        self.read = read
         advance = pipeline.advance
         try:
             with reader:
@@ -320,6 +334,8 @@ class Worker:
                         continue
                     owner = deal(frame.linktype, frame.data)
                     last_ts = frame.ts_ns
+                    frames += 1
+                    data_bytes += len(frame.data)
                     if owner == index or owner == mine_without_connection:  # noqa: SIM109
                         if record is not None:
                             record(frame)
