@@ -62,6 +62,8 @@ COUNTERS_INTERVAL_NS = 1_000_000_000  # a live worker sends a counters snapshot 
 # A live worker that has read everything the kernel held says it may still send messages from
 # this long before now: a packet the kernel stamped just before may not be readable yet.
 LIVE_SLACK_NS = 100_000_000
+SEND_INTERVAL_NS = 50_000_000  # a live worker sends its records (and watermark) this often...
+SEND_RECORDS = 512  # ...or when this many wait
 PROBLEMS_REMEMBERED = 10_000  # (kind, server) pairs each worker has already forwarded
 
 
@@ -402,10 +404,17 @@ class Worker:
             if agent is not None:
                 agent.stop()
 
+        next_send = 0
+
         def turn(now: int) -> None:
+            nonlocal next_send
             assert agent is not None
-            progress = now - LIVE_SLACK_NS if agent.drained else capture.last_ts
-            self.send_records(progress, progress)
+            # a message to the parent costs a system call here and a wake-up there: at most
+            # one per SEND_INTERVAL_NS, sooner when records pile up
+            if now >= next_send or len(self.recording.records) >= SEND_RECORDS:
+                next_send = now + SEND_INTERVAL_NS
+                progress = now - LIVE_SLACK_NS if agent.drained else capture.last_ts
+                self.send_records(progress, progress)
             if now >= self._next_counters:
                 self._next_counters = now + COUNTERS_INTERVAL_NS
                 self.kernel = agent.kernel
