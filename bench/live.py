@@ -185,6 +185,22 @@ def proc_cpu_s(pid: int) -> float:
     return sum(tree_times(pid))
 
 
+def proc_cpu_s_alone(pid: int) -> float:
+    try:
+        return sum(proc_times(pid))
+    except OSError:
+        return 0.0
+
+
+_PIDS = re.compile(r"capturing on \S+ with \d+ workers \(pids ([\d, ]+)\)")
+
+
+def worker_pids(stderr: str) -> list[int]:
+    """The workers' process ids, in the order of their index (the agent logs them)."""
+    m = _PIDS.search(stderr)
+    return [int(pid) for pid in m.group(1).split(", ")] if m else []
+
+
 _WORKERS = re.compile(
     r"^workers: (\d+); packets ([\d /]+), SIP messages ([\d /]+)(?:, kernel drops ([\d /]+))?; "
     r"(\d+) restarted; CPU ([\d. /]+) s$", re.M)
@@ -345,6 +361,8 @@ def run_rate(
             )  # fmt: skip
             time.sleep(1.0)  # let py-spy attach
         user_ready, sys_ready = tree_times(agent.pid)
+        pids = worker_pids(Path(err.name).read_text(errors="replace"))
+        workers_ready = [proc_cpu_s_alone(pid) for pid in pids]
 
         # the replay
         t0 = time.perf_counter()
@@ -368,6 +386,7 @@ def run_rate(
         # the agent's last sign of work (a datagram or CPU time)
         t_idle = wait_caught_up(agent.pid, lambda: rx.count)
         user_done, sys_done = tree_times(agent.pid)
+        workers_done = [proc_cpu_s_alone(pid) for pid in pids]
         before_term = rx.count
         t_last = rx.last_rx
 
@@ -442,6 +461,8 @@ def run_rate(
             "msgs_per_cpu_s": round(sip / agent_cpu) if agent_cpu > 0 else None,
             "workers": workers,
             "per_worker": per_worker(stderr),
+            "worker_window_cpu_s": [round(b - a, 3) for a, b in
+                                    zip(workers_ready, workers_done, strict=False)],
             "tcpreplay_cpu_s": round(tr_ru.ru_utime + tr_ru.ru_stime, 2),
             "stats": stderr[stderr.find("--- captagent-tls stats ---") :].strip(),
         }
@@ -721,9 +742,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['kernel_dropped']} kernel drops, {r['hep_received']:,}/{expected:,} HEP, "
             f"{r['msgs_per_cpu_s'] or 0:,} msg/CPU-s"
             + "".join(
-                f"\n      worker {i}: {w['sip_messages']:,} msgs, {w['cpu_s']:.2f} CPU-s = "
-                f"{w['msgs_per_cpu_s'] or 0:,} msg/CPU-s, {w['kernel_dropped']} kernel drops"
-                for i, w in enumerate(r["per_worker"]))
+                f"\n      worker {i}: {w['sip_messages']:,} msgs, {w['cpu_s']:.2f} CPU-s "
+                f"(its life) = {w['msgs_per_cpu_s'] or 0:,} msg/CPU-s"
+                + (f"; {cpu:.2f} CPU-s from ready to caught up = "
+                   f"{round(w['sip_messages'] / cpu) if cpu else 0:,} msg/CPU-s"
+                   if cpu is not None else "")
+                + f", {w['kernel_dropped']} kernel drops"
+                for i, (w, cpu) in enumerate(zip(
+                    r["per_worker"],
+                    r["worker_window_cpu_s"] + [None] * len(r["per_worker"]), strict=False)))
             + ("".join(f"\n      PROBLEM: {p}" for p in r["problems"])),
             flush=True,
         )

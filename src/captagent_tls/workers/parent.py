@@ -611,7 +611,8 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
                 break
             if not announced and all(slot.ready for slot in parent.slots):
                 announced = parent.started_all = True
-                log.info("capturing on %s with %d workers", args.interface, workers)
+                log.info("capturing on %s with %d workers (pids %s)", args.interface, workers,
+                         ", ".join(str(slot.pid) for slot in parent.slots))
             elif not announced and time.monotonic() - started > READY_TIMEOUT_S:
                 parent.failure = (f"the workers did not open the capture within "
                                   f"{READY_TIMEOUT_S:.0f} s")
