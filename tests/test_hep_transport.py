@@ -36,7 +36,6 @@ from captagent_tls.sinks.hep import (
     encode_hep3,
     open_collector,
 )
-from captagent_tls.sinks.hep.connection import Connection
 from captagent_tls.sip import Message
 
 OUTAGE_S = float(os.environ.get("HEP_TEST_OUTAGE_S", "2.5"))
@@ -266,7 +265,7 @@ def test_packets_written_into_a_dead_connection_are_sent_again(pki, servers, mon
         collector.submit(packet(i))
     assert wait_for(server, 100) == list(range(100))
     assert wait_until(lambda: collector.stats.sent == 100, 2)
-    monkeypatch.setattr(Connection, "poll_peer", lambda self: None)
+    monkeypatch.setattr(connection.Connection, "poll_peer", lambda self: None)
     server.stop("abrupt")  # nothing unread: a FIN, then resets for whatever arrives
     for i in range(100, 200):
         collector.submit(packet(i))  # written into the dead connection, "successfully"

@@ -9,10 +9,10 @@ reconnection and backoff, where a packet counts as delivered only once the colle
 acknowledged it, and what a broken connection did not get is sent again on the next one
 (:mod:`.ledger`, sans-IO; sockets and TLS in :mod:`.connection`).
 
-:mod:`.addresses` is what validating a ``--hep`` value needs (``parse_collector``,
-``CollectorAddressError``), and :class:`QueueLimits` is in :mod:`.queue`: both import nothing
-of the sockets, threads or TLS of the rest.  So this package loads its modules on first use of
-a name: ``from captagent_tls.sinks.hep.addresses import parse_collector`` stays light.
+:mod:`.addresses` is what checking a ``--hep`` value needs (``parse_collector``,
+``CollectorAddressError``) and :mod:`.queue` holds :class:`QueueLimits`: neither loads the
+collectors, their sockets or TLS, nor starts a thread.  So that importing them stays that
+light, this package loads its modules on the first use of one of their names.
 """
 
 from __future__ import annotations
