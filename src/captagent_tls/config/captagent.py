@@ -301,7 +301,7 @@ class _CaptagentReader:
             known.extend(k for k in dict.fromkeys(keys) if k not in known)
 
     def transport_hep(self, module: XmlNode, profiles: list[XmlNode]) -> None:
-        from captagent_tls.sinks.hep_transport import CollectorAddressError, parse_collector
+        from captagent_tls.sinks.hep.addresses import CollectorAddressError, parse_collector
 
         collectors: list[str] = []
         for profile in profiles:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from captagent_tls.sinks.hep_transport import QueueLimits
+    from captagent_tls.sinks.hep.queue import QueueLimits
 
 STR, BOOL, INT, FLOAT, LIST, SIZE, CHOICE = (
     "string", "boolean", "integer", "number", "list", "size", "choice")
@@ -223,7 +223,8 @@ def hep_chunk(value: object) -> str | None:
 def parse_queue_limits(text: str) -> QueueLimits:
     """``MESSAGES[,BYTES]`` (``--hep-queue``): packets and bytes one TCP/TLS collector may
     hold; bytes may end in K, M or G."""
-    from captagent_tls.sinks.hep_transport import HepConfigError, QueueLimits
+    from captagent_tls.sinks.hep.addresses import HepConfigError
+    from captagent_tls.sinks.hep.queue import QueueLimits
 
     messages_text, _, bytes_text = text.replace(" ", "").partition(",")
     try:
@@ -240,7 +241,7 @@ def parse_queue_limits(text: str) -> QueueLimits:
 
 
 def hep_queue(value: object) -> str | None:
-    from captagent_tls.sinks.hep_transport import HepConfigError
+    from captagent_tls.sinks.hep.addresses import HepConfigError
 
     assert isinstance(value, str)
     try:
@@ -251,7 +252,7 @@ def hep_queue(value: object) -> str | None:
 
 
 def collectors(value: object) -> str | None:
-    from captagent_tls.sinks.hep_transport import CollectorAddressError, parse_collector
+    from captagent_tls.sinks.hep.addresses import CollectorAddressError, parse_collector
 
     assert isinstance(value, list)
     for address in value:
