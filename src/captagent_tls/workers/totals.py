@@ -110,5 +110,5 @@ def summary_lines(worker_states: Iterable[list[Any]]) -> list[str]:
                 collector.stats = _added(collector.stats, other.stats)
     lines: list[str] = []
     for total in merged:
-        lines.extend(HepSink.summary_lines(total))  # type: ignore[arg-type]
+        lines.extend(HepSink.summary_lines(total))
     return lines
