@@ -167,8 +167,62 @@ def proc_times(pid: int) -> tuple[float, float]:
     return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
+def tree_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process and its live children (the agent's worker processes)."""
+    user, system = proc_times(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            u, s = proc_times(int(child))
+            user, system = user + u, system + s
+    return user, system
+
+
 def proc_cpu_s(pid: int) -> float:
-    return sum(proc_times(pid))
+    return sum(tree_times(pid))
+
+
+def proc_cpu_s_alone(pid: int) -> float:
+    try:
+        return sum(proc_times(pid))
+    except OSError:
+        return 0.0
+
+
+_PIDS = re.compile(r"capturing on \S+ with \d+ workers \(pids ([\d, ]+)\)")
+
+
+def worker_pids(stderr: str) -> list[int]:
+    """The workers' process ids, in the order of their index (the agent logs them)."""
+    m = _PIDS.search(stderr)
+    return [int(pid) for pid in m.group(1).split(", ")] if m else []
+
+
+_WORKERS = re.compile(
+    r"^workers: (\d+); packets ([\d /]+), SIP messages ([\d /]+)(?:, kernel drops ([\d /]+))?; "
+    r"(\d+) restarted; CPU ([\d. /]+) s$", re.M)
+
+
+def per_worker(stderr: str) -> list[dict[str, Any]]:
+    """Each worker's packets, messages, kernel drops and CPU time, from the stats' workers
+    line (none without workers)."""
+    m = _WORKERS.search(stderr)
+    if not m:
+        return []
+
+    def split(text: str | None, kind: type = int) -> list[Any]:
+        return [kind(x) for x in text.split(" / ")] if text else []
+
+    packets, sips, drops = split(m.group(2)), split(m.group(3)), split(m.group(4))
+    cpus = split(m.group(6), float)
+    return [
+        {"packets": p, "sip_messages": s, "kernel_dropped": d, "cpu_s": c,
+         "msgs_per_cpu_s": round(s / c) if c else None}
+        for p, s, d, c in zip(packets, sips, drops or [0] * len(packets), cpus, strict=False)
+    ]
 
 
 _KERNEL = re.compile(
@@ -254,7 +308,7 @@ def stop_agent(agent: subprocess.Popen[bytes]) -> Any:
     return agent_ru
 
 
-def agent_argv(port: int, buffer_kib: int | None) -> list[str]:
+def agent_argv(port: int, buffer_kib: int | None, workers: int = 1) -> list[str]:
     argv = [
         *bench.agent_cmd(),
         "-i", "lo",
@@ -266,6 +320,8 @@ def agent_argv(port: int, buffer_kib: int | None) -> list[str]:
     ]  # fmt: skip
     if buffer_kib is not None:
         argv += ["-B", str(buffer_kib)]
+    if workers != 1:
+        argv += ["--workers", str(workers)]
     return argv
 
 
@@ -287,6 +343,7 @@ def run_rate(
     buffer_kib: int | None,
     profile: Path | None,
     blocking: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """One agent, one replay at ``rate``; the figures and the checks of that run."""
     rx = HepReceiver(blocking)
@@ -295,7 +352,7 @@ def run_rate(
     res: dict[str, Any] = {"rate": rate}
     try:
         res["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
-        agent, res["startup_s"] = start_agent(agent_argv(rx.port, buffer_kib), err)
+        agent, res["startup_s"] = start_agent(agent_argv(rx.port, buffer_kib, workers), err)
         if profile is not None:
             spy = subprocess.Popen(
                 ["py-spy", "record", "--pid", str(agent.pid), "--format", "raw",
@@ -303,7 +360,9 @@ def run_rate(
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1.0)  # let py-spy attach
-        user_ready, sys_ready = proc_times(agent.pid)
+        user_ready, sys_ready = tree_times(agent.pid)
+        pids = worker_pids(Path(err.name).read_text(errors="replace"))
+        workers_ready = [proc_cpu_s_alone(pid) for pid in pids]
 
         # the replay
         t0 = time.perf_counter()
@@ -326,7 +385,8 @@ def run_rate(
 
         # the agent's last sign of work (a datagram or CPU time)
         t_idle = wait_caught_up(agent.pid, lambda: rx.count)
-        user_done, sys_done = proc_times(agent.pid)
+        user_done, sys_done = tree_times(agent.pid)
+        workers_done = [proc_cpu_s_alone(pid) for pid in pids]
         before_term = rx.count
         t_last = rx.last_rx
 
@@ -399,6 +459,10 @@ def run_rate(
             "busy_s": round(t_idle - t0, 3),
             "agent_cpu_util": round(agent_cpu / (t_idle - t0), 2) if t_idle > t0 else None,
             "msgs_per_cpu_s": round(sip / agent_cpu) if agent_cpu > 0 else None,
+            "workers": workers,
+            "per_worker": per_worker(stderr),
+            "worker_window_cpu_s": [round(b - a, 3) for a, b in
+                                    zip(workers_ready, workers_done, strict=False)],
             "tcpreplay_cpu_s": round(tr_ru.ru_utime + tr_ru.ru_stime, 2),
             "stats": stderr[stderr.find("--- captagent-tls stats ---") :].strip(),
         }
@@ -600,6 +664,13 @@ def main(argv: list[str] | None = None) -> int:
         "expense) instead of polling every 5 ms",
     )
     ap.add_argument("--rev", metavar="REV", help="measure src/ of this git revision (as run.py)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="pass --workers N to the agent (default 1); the table then also shows each "
+        "worker's messages per CPU-second",
+    )
     args = ap.parse_args(argv)
 
     if os.geteuid() != 0:
@@ -632,7 +703,9 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
         "machine": bench.machine_info(),
-        "agent": " ".join(agent_argv(0, args.buffer_kib)).replace("127.0.0.1:0", "127.0.0.1:PORT"),
+        "agent": " ".join(agent_argv(0, args.buffer_kib, args.workers)).replace(
+            "127.0.0.1:0", "127.0.0.1:PORT"),
+        "workers": args.workers,
         "source": {"rev": rev[:12]} if rev else bench.source_info(),
         "capture": {"file": pcap.name, "packets": packets, "messages": expected},
         "target_msgs_per_s_per_core": TARGET_MSGS_PER_CORE,
@@ -655,6 +728,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.buffer_kib,
                 profile,
                 args.blocking_receiver,
+                args.workers,
             )
         except bench.WrongOutput as exc:
             failures.append(f"rate {rate}: {exc}")
@@ -667,6 +741,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['achieved_msgs_s'] or 0:>7,} done, lag {r['lag_s']:.2f} s, "
             f"{r['kernel_dropped']} kernel drops, {r['hep_received']:,}/{expected:,} HEP, "
             f"{r['msgs_per_cpu_s'] or 0:,} msg/CPU-s"
+            + "".join(
+                f"\n      worker {i}: {w['sip_messages']:,} msgs, {w['cpu_s']:.2f} CPU-s "
+                f"(its life) = {w['msgs_per_cpu_s'] or 0:,} msg/CPU-s"
+                + (f"; {cpu:.2f} CPU-s from ready to caught up = "
+                   f"{round(w['sip_messages'] / cpu) if cpu else 0:,} msg/CPU-s"
+                   if cpu is not None else "")
+                + f", {w['kernel_dropped']} kernel drops"
+                for i, (w, cpu) in enumerate(zip(
+                    r["per_worker"],
+                    r["worker_window_cpu_s"] + [None] * len(r["per_worker"]), strict=False)))
             + ("".join(f"\n      PROBLEM: {p}" for p in r["problems"])),
             flush=True,
         )

@@ -433,6 +433,55 @@ def time_ours_json(
     return summarize(rs)
 
 
+_WORKERS_STAT = re.compile(
+    r"^workers: (\d+); packets ([\d /]+), SIP messages ([\d /]+).*; CPU ([\d. /]+) s$", re.M
+)
+
+
+def time_workers(pcap: Path, expected: int, runs: int, counts: list[int]) -> dict[str, Any]:
+    """``--json --workers N`` for each N: wall time, the CPU time of all processes together
+    (workers are reaped by the agent, so their time is in its rusage), and each worker's own
+    CPU time and share of the messages (the stats' workers line)."""
+    results: dict[str, Any] = {}
+    for n in counts:
+        rs = []
+        shares = []
+        for i in range(runs):
+            load = [round(x, 2) for x in os.getloadavg()]
+            r = measure(
+                [*agent_cmd(), "-r", str(pcap), "-k", str(KEY), "--json", "--workers", str(n)],
+                env=AGENT_ENV,
+            )
+            check_ok(r, f"--workers {n} run {i + 1}")
+            got = stat_sip(r)
+            if got != expected:
+                raise WrongOutput(f"--workers {n} run {i + 1}: {got} SIP messages, want {expected}")
+            m = _WORKERS_STAT.search(r.stderr)
+            if n > 1 and not m:
+                raise WrongOutput(f"--workers {n}: no workers line in the stats")
+            share = {
+                "load": load,
+                "cpu_s": round(r.user_s + r.sys_s, 3),
+                "worker_cpu_s": [float(x) for x in m.group(4).split(" / ")] if m else [],
+                "worker_messages": [int(x) for x in m.group(3).split(" / ")] if m else [],
+            }
+            shares.append(share)
+            rs.append(r)
+            print(
+                f"    --workers {n}  run {i + 1}/{runs}: {r.wall_s:8.2f} s wall, "
+                f"{share['cpu_s']:.2f} CPU-s (workers {share['worker_cpu_s'] or '-'}), "
+                f"load {load[0]}",
+                flush=True,
+            )
+        res = summarize(rs)
+        best = min(range(len(rs)), key=lambda i: rs[i].wall_s)
+        res.update(shares[best])
+        res["cpu_s_runs"] = [s["cpu_s"] for s in shares]
+        res["loads"] = [s["load"][0] for s in shares]
+        results[str(n)] = res
+    return results
+
+
 def time_startup(out: Path, runs: int) -> dict[str, Any]:
     """Our fixed cost: interpreter start-up, imports and key loading, measured
     on a capture with no packets (informational; the targets use full times)."""
@@ -685,6 +734,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-tshark", action="store_true", help="skip tshark")
     ap.add_argument("--no-hep", action="store_true", help="skip the --hep runs")
     ap.add_argument(
+        "--workers",
+        default="1,2",
+        help="bulk: also time --json with each of these worker counts (default 1,2; "
+        "'' for none)",
+    )
+    ap.add_argument(
         "--keep-output",
         action="store_true",
         help="keep our JSON lines from the verification run in --out",
@@ -768,6 +823,9 @@ def main(argv: list[str] | None = None) -> int:
             res["ours_json"] = time_ours_json(pcap, expected, args.runs, ceiling)
             if not args.no_hep:
                 res["ours_hep"] = time_ours_hep(pcap, expected, args.runs)
+            counts = [int(x) for x in args.workers.split(",") if x.strip()]
+            if kind == "bulk" and counts:
+                res["workers"] = time_workers(pcap, expected, args.runs, counts)
         except WrongOutput as exc:
             failures.append(f"{kind}: {exc}")
             print(f"    WRONG OUTPUT: {exc}", flush=True)
@@ -800,6 +858,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"runs {res['ours_hep']['runs_s']}",
             )
         table.add("messages/s (--json)", f"{res['messages_per_s']:,}")
+        for n, w in res.get("workers", {}).items():
+            base = res["workers"].get("1")
+            speedup = f", {base['best_s'] / w['best_s']:.2f}x --workers 1" if base else ""
+            note = f"runs {w['runs_s']}, loads {w['loads']}; {w['cpu_s']:.2f} CPU-s in all"
+            if w["worker_cpu_s"]:
+                note += f", workers {w['worker_cpu_s']} CPU-s"
+                if startup is not None:
+                    # with a free core per worker, the run would take about this long
+                    w["free_cores_estimate_s"] = round(startup["best_s"]
+                                                       + max(w["worker_cpu_s"]), 3)
+                    note += f", est. {w['free_cores_estimate_s']:.2f} s on free cores"
+            table.add(f"ours --json --workers {n} (best of {w['n']})",
+                      f"{w['best_s']:.2f} s", note + speedup)
+        if "1" in res.get("workers", {}) and startup is not None:
+            one = res["workers"]["1"]
+            for n, w in res["workers"].items():
+                if "free_cores_estimate_s" in w:
+                    ratio = one["cpu_s"] / w["free_cores_estimate_s"]
+                    w["free_cores_speedup_estimate"] = round(ratio, 2)
+                    table.add(f"  --workers {n} speed-up on free cores (est.)", f"{ratio:.2f}x",
+                              "--workers 1 CPU-s / (start-up + slowest worker's CPU-s): "
+                              f"target >= 1.7x {verdict(ratio >= 1.7)}")
         if "ours_hep" in res:
             table.add("messages/s (--hep)", f"{round(expected / res['ours_hep']['best_s']):,}")
         if ts:

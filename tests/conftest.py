@@ -46,6 +46,7 @@ SLOW_MODULES = frozenset((
     "test_support_oracle.py", "test_tshark_crosscheck.py", "test_views_console.py",
     "test_views_progress.py", "test_websocket_fixtures.py", "test_write_decryptable.py",
     "test_bounds.py", "test_key_sources.py", "test_workers.py", "test_live_workers.py",
+    "test_workers_files.py", "test_workers_outputs.py",
 ))
 
 

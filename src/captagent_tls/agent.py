@@ -12,11 +12,12 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any, Protocol
 
 from captagent_tls.capture.live import KernelStats, LiveCapture
-from captagent_tls.keysources import KeyLogFile, KeyLogListener
+from captagent_tls.keysources import KeyLogFile
 from captagent_tls.pipeline import Pipeline
 
 log = logging.getLogger("captagent_tls")
@@ -26,11 +27,23 @@ BATCH = 4096
 MAX_BATCHES_PER_TURN = 64  # then look at keys, timers and signals again
 
 
+class KeySource(Protocol):
+    """What the loop watches besides the capture: a key-log listener (or, in a worker
+    process, the lines its parent forwards)."""
+
+    def sockets(self) -> list[Any]: ...
+
+    def handle(self, ready: set[int]) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class Agent:
     def __init__(self, capture: LiveCapture, pipeline: Pipeline,
-                 key_files: list[KeyLogFile], listeners: list[KeyLogListener],
+                 key_files: list[KeyLogFile], listeners: Sequence[KeySource],
                  reload_keys: Callable[[], None], stats_interval_s: float = 60.0,
-                 report_stats: Callable[[], None] | None = None):
+                 report_stats: Callable[[], None] | None = None,
+                 on_turn: Callable[[int], None] | None = None):
         self.capture = capture
         self.pipeline = pipeline
         self.key_files = key_files
@@ -38,6 +51,9 @@ class Agent:
         self.reload_keys = reload_keys
         self.stats_interval_ns = int(stats_interval_s * 1e9)
         self.report_stats = report_stats
+        self.on_turn = on_turn  # called after each turn of the loop with the time (a worker
+        # process sends its outputs then)
+        self.drained = True  # the last read took everything the kernel held
         self.kernel = KernelStats(0, 0, 0)
         self._stopping = False
         self._reload = False
@@ -106,6 +122,8 @@ class Agent:
             if self.report_stats is not None and now >= next_stats:
                 next_stats = now + self.stats_interval_ns
                 self.report_stats()
+            if self.on_turn is not None:
+                self.on_turn(now)
 
     def _read_frames(self) -> None:
         feed = self.pipeline.frame
@@ -115,7 +133,9 @@ class Agent:
                 feed(frame)
                 count += 1
             if count < BATCH:
+                self.drained = True
                 return
+        self.drained = False
 
     def _drain(self) -> None:
         """Whatever the kernel already holds is still processed before shutdown."""

@@ -227,21 +227,25 @@ class KeyLogExporter:
 
 # -- outputs ---------------------------------------------------------------------------------
 
+def hep_sink(args: argparse.Namespace, live: bool, warn: bool = True) -> Sink:
+    from captagent_tls.sinks.hep import HepOptions, HepSink, TlsOptions
+
+    if warn and args.hep_insecure and any(a.lower().startswith("tls://") for a in args.hep):
+        log.warning("--hep-insecure: the certificates of tls:// collectors are not verified")
+    options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
+                         ip_proto_tls=args.hep_ip_proto, node_name=args.hep_node_name,
+                         correlation_id=args.hep_correlation)
+    limits = parse_queue_limits(args.hep_queue)
+    if not live:  # a file can wait for a slow collector: nothing is dropped for speed
+        limits = dataclasses.replace(limits, wait_for_room=OFFLINE_WAIT_FOR_ROOM_S)
+    return HepSink(args.hep, options, limits=limits,
+                   tls=TlsOptions(ca_file=args.hep_ca, insecure=args.hep_insecure))
+
+
 def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink]:
     sinks: list[Sink] = []
     if args.hep:
-        from captagent_tls.sinks.hep import HepOptions, HepSink, TlsOptions
-
-        if args.hep_insecure and any(a.lower().startswith("tls://") for a in args.hep):
-            log.warning("--hep-insecure: the certificates of tls:// collectors are not verified")
-        options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
-                             ip_proto_tls=args.hep_ip_proto, node_name=args.hep_node_name,
-                             correlation_id=args.hep_correlation)
-        limits = parse_queue_limits(args.hep_queue)
-        if not live:  # a file can wait for a slow collector: nothing is dropped for speed
-            limits = dataclasses.replace(limits, wait_for_room=OFFLINE_WAIT_FOR_ROOM_S)
-        sinks.append(HepSink(args.hep, options, limits=limits,
-                             tls=TlsOptions(ca_file=args.hep_ca, insecure=args.hep_insecure)))
+        sinks.append(hep_sink(args, live))
     if args.write:
         try:
             sinks.append(PcapFileSink(open(args.write, "wb"), flush_each=live))  # noqa: SIM115
@@ -289,6 +293,13 @@ def finish(pipeline: Pipeline, sinks: list[Sink], exporter: KeyLogExporter | Non
 def run_offline(args: argparse.Namespace) -> int:
     if args.keylog_listen:
         raise UserError("--keylog-listen needs live capture (-i)")
+    from captagent_tls.workers import workers_for
+
+    workers = workers_for(args, live=False)
+    if workers > 1:
+        from captagent_tls.workers.parent import run_offline_workers
+
+        return run_offline_workers(args, workers)
     keys = KeyStore()
     load_rsa_key_files(args, keys)
     load_key_log_files(args, keys)
@@ -356,6 +367,13 @@ def run_offline(args: argparse.Namespace) -> int:
 def run_live(args: argparse.Namespace) -> int:
     from captagent_tls.agent import Agent
     from captagent_tls.keysources import KeyLogFile, KeyLogListener
+    from captagent_tls.workers import workers_for
+
+    workers = workers_for(args, live=True)
+    if workers > 1:
+        from captagent_tls.workers.parent import run_live_workers
+
+        return run_live_workers(args, workers)
 
     keys = KeyStore()
     load_rsa_key_files(args, keys, live=True)

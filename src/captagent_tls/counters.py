@@ -80,6 +80,15 @@ CATALOGUE: dict[str, Spec] = {
     "hep_send_errors": Spec(C, "HEP send errors", ("collector",)),
     "hep_reconnects": Spec(C, "HEP connections re-established", ("collector",)),
     "hep_queued": Spec(G, "HEP packets waiting to be sent", ("collector",)),
+    # worker processes (--workers)
+    "workers": Spec(G, "Worker processes running"),
+    "worker_restarts": Spec(C, "Worker processes that died and were started again"),
+    "worker_packets": Spec(C, "Packets read, by worker", ("worker",)),
+    "worker_sip_messages": Spec(C, "SIP messages framed, by worker", ("worker",)),
+    "worker_kernel_dropped_packets": Spec(C, "Packets the kernel dropped, by worker",
+                                          ("worker",)),
+    "worker_cpu_seconds": Spec(C, "CPU time (user and system) of each worker process",
+                               ("worker",)),
 }
 
 Labels = tuple[str, ...]

@@ -126,14 +126,18 @@ class LineBuffer:
 class _KeyLines:
     """Loads text into the key store, counting and (within limits) reporting bad lines."""
 
-    def __init__(self, keys: KeyStore, source: str, clock: Callable[[], float]):
+    def __init__(self, keys: KeyStore, source: str, clock: Callable[[], float],
+                 forward: Callable[[str], None] | None = None):
         self.keys = keys
+        self.forward = forward
         self.stats = KeySourceStats()
         keys.source_stats.append(self.stats)
         self.malformed = LimitedWarning(source, "malformed key log line(s) ignored", clock)
 
     def load(self, text: str, first_line: int = 1, line_numbers: bool = True,
              too_long: int = 0) -> int:
+        if text and self.forward is not None:
+            self.forward(text)
         result = load_key_log(text, self.keys, first_line=first_line) if text else KeyLogResult()
         self.stats.lines_added += result.added
         count = result.malformed + too_long
@@ -251,11 +255,15 @@ class KeyLogListener:
     closed.  Each turn reads once from each ready connection and at most
     ``max_datagrams_per_turn`` datagrams.  Evictions and idle closes are counted in
     ``stats`` and logged like malformed lines (the first few, then a periodic count).
+
+    ``forward``, when given, is handed the text of every batch of complete lines as it comes
+    (with worker processes, the parent listens and forwards the lines to every worker).
     """
 
     def __init__(self, url: str, keys: KeyStore, allow_remote: bool = False,
                  limits: ListenerLimits | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 forward: Callable[[str], None] | None = None):
         scheme, host, port = parse_listen_url(url)
         if not is_loopback(host):
             if not allow_remote:
@@ -268,7 +276,7 @@ class KeyLogListener:
         self.keys = keys
         self.limits = limits if limits is not None else ListenerLimits()
         self.clock = clock
-        self._lines = _KeyLines(keys, f"key-log listener {url}", clock)
+        self._lines = _KeyLines(keys, f"key-log listener {url}", clock, forward)
         self.stats = self._lines.stats
         self._evicted = LimitedWarning(f"key-log listener {url}", "connection(s) closed to make "
                                        "room or after the idle timeout", clock)

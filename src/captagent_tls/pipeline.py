@@ -103,6 +103,9 @@ class Pipeline:
         self.sip_budget = SipBudget(options.max_sip_held_bytes, options.max_sip_message_bytes)
         self._spare_framer = SipFramer(self.sip_budget)
         self.defrag = Defragmenter()
+        # with worker processes reading one file, each reassembles every fragmented datagram
+        # and keeps those that are its own (captagent_tls.workers.shard)
+        self.owns: Callable[[Segment | Datagram | Skip], bool] | None = None
         self._last_ts = 0
         self._next_tick = 0
 
@@ -116,6 +119,8 @@ class Pipeline:
                                                                           frame.data)
             if type(packet) is Fragment:
                 packet = self.defrag.add(packet, ts)
+                if packet is not None and self.owns is not None and not self.owns(packet):
+                    return
             if type(packet) is not Segment:
                 if type(packet) is Datagram:
                     self._datagram(packet, ts)
@@ -245,6 +250,50 @@ class Pipeline:
         ts = self._last_ts if ts_ns is None else ts_ns
         for conn in self.tls.waiting():
             self._guarded(conn.flow, self.tls.retry, conn, ts)
+
+    def advance(self, ts: int) -> int:
+        """A TCP segment at ``ts`` that another worker takes: time passes here as it would in
+        one process reading everything (idle flows time out at the same packet).  Returns
+        when this next matters: calling again sooner changes nothing."""
+        if ts > self._last_ts:
+            self._last_ts = ts
+            if ts >= self._next_tick:
+                self._next_tick = ts + 1_000_000_000
+                self._expire_held(ts)
+        self._net_events(self.tcp.tick(ts))
+        return min(self._next_tick, self.tcp.next_sweep)
+
+    def share_sessions(self, announce: Callable[[bytes, bytes, bytes], None]) -> None:
+        """Worker processes: tell ``announce`` of every session this pipeline caches, and
+        hold the records of resumed sessions it does not know (another worker may)."""
+        self.tls.sessions.on_store = announce
+        self.tls.context.sessions_shared = True
+
+    def session_shared(self, master: bytes, session_id: bytes, ticket: bytes) -> None:
+        """A session another worker cached: connections waiting for it go on."""
+        self.tls.sessions.store(master, session_id, ticket, announce=False)
+        for conn in self.tls.waiting():
+            self._guarded(conn.flow, self.tls.retry, conn, self._last_ts)
+
+    def settle_sessions(self, progress_ns: int) -> None:
+        """Every worker has read every packet before ``progress_ns``: records held since
+        before it for a session no worker had will get none."""
+        if self.tls.context.keys_may_arrive:
+            return  # (held for keys: they wait --key-wait, sessions included)
+        for conn in self.tls.waiting():
+            held = conn.held
+            if held is not None and held.since < progress_ns and not conn.keys_coming:
+                self._guarded(conn.flow, self.tls.settle, conn, self._last_ts)
+
+    def oldest_held_ts(self) -> int | None:
+        """The capture time of the oldest record held for keys: a message may still come
+        with that time (held records keep theirs).  None when nothing is held."""
+        oldest = None
+        for conn in self.tls.waiting():
+            held = conn.held
+            if held is not None and (oldest is None or held.since < oldest):
+                oldest = held.since
+        return oldest
 
     def _expire_held(self, now_ns: int) -> None:
         for conn in self.tls.waiting():

@@ -66,6 +66,26 @@ class ProblemReporter:
               f"servers; the latest: {latest}", file=self.out)
 
 
+def worker_lines(c: Counters) -> list[str]:
+    """With worker processes: each one's share, and restarts."""
+    packets = c.labelled("worker_packets")
+    if not packets:
+        return []
+    workers = sorted(packets, key=lambda labels: int(labels[0]))
+
+    def each(name: str) -> str:
+        values = c.labelled(name)
+        return " / ".join(str(int(values.get(w, 0))) for w in workers)
+
+    kernel = (f", kernel drops {each('worker_kernel_dropped_packets')}"
+              if c.labelled("worker_kernel_dropped_packets") else "")
+    cpu = c.labelled("worker_cpu_seconds")
+    seconds = " / ".join(f"{cpu.get(w, 0):.2f}" for w in workers)
+    return [f"workers: {len(workers)}; packets {each('worker_packets')}, SIP messages "
+            f"{each('worker_sip_messages')}{kernel}; {c['worker_restarts']} restarted; "
+            f"CPU {seconds} s"]
+
+
 def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:
     """The end-of-run (and periodic) summary: the counters for people, then what each output
     has to say about itself."""
@@ -141,6 +161,7 @@ def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:
         f"{int(c.get('key_log_connections_closed', 'idle'))} idle",
         *([f"internal errors: {c['internal_errors']} flows dropped"]
           if c["internal_errors"] else []),
+        *worker_lines(c),
     ]
     for sink in sinks:
         lines.extend(sink.summary_lines())

@@ -21,6 +21,7 @@ from captagent_tls.config import values as v
 from captagent_tls.config.values import (
     BOOL,
     CHOICE,
+    COUNT_OR_AUTO,
     DAY_S,
     FLOAT,
     GIB,
@@ -189,6 +190,10 @@ TABLE: tuple[Option, ...] = (
     Option("metrics", ("--metrics",), STR, group=AGENT, metavar="HOST:PORT",
            check=v.host_port, table="agent",
            help="serve Prometheus metrics over HTTP here"),
+    Option("workers", ("--workers",), COUNT_OR_AUTO, group=AGENT, metavar="N|auto",
+           default=1, check=v.workers, table="agent",
+           help="worker processes, each taking a share of the flows (default 1); auto: one "
+                "per core this process may use (one for a small file)"),
     # -- tuning ----------------------------------------------------------------------------
     Option("flow_timeout", ("--flow-timeout",), FLOAT, group=TUNING, metavar="SECONDS",
            default=180.0, check=between(0, DAY_S, "seconds (a day)", above=True),

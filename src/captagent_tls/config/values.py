@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 STR, BOOL, INT, FLOAT, LIST, SIZE, CHOICE = (
     "string", "boolean", "integer", "number", "list", "size", "choice")
+COUNT_OR_AUTO = "count or auto"  # a whole number, or "auto" (--workers)
 
 DAY_S = 86_400
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -43,6 +44,7 @@ EXPECTED = {
     LIST: "a string or an array of strings",
     SIZE: "a size in bytes (an integer, or a number ending in K, M or G)",
     CHOICE: "a string",
+    COUNT_OR_AUTO: 'an integer or "auto"',
 }  # fmt: skip
 
 Check = Callable[[object], "str | None"]
@@ -95,6 +97,12 @@ def typed(kind: str, value: object) -> object:
         if isinstance(value, bool) or not isinstance(value, int):
             raise wrong
         return value
+    if kind == COUNT_OR_AUTO:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong
+        return value
     if kind == SIZE:
         if isinstance(value, str):
             return parse_size(value)
@@ -134,6 +142,13 @@ def from_text(kind: str, text: str) -> object:
         return typed(FLOAT, number)
     if kind == SIZE:
         return parse_size(text)
+    if kind == COUNT_OR_AUTO:
+        if text.strip().lower() == "auto":
+            return "auto"
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"expected {EXPECTED[kind]}, got {shown(text)}") from None
     return text  # STR, CHOICE, and one item of a LIST
 
 
@@ -258,6 +273,16 @@ def listeners(value: object) -> str | None:
         except KeySourceError as exc:
             return str(exc)
     return None
+
+
+MAX_WORKERS = 1024
+
+
+def workers(value: object) -> str | None:
+    """``--workers``: "auto", or from 1 to MAX_WORKERS."""
+    if value == "auto":
+        return None
+    return between(1, MAX_WORKERS)(value)
 
 
 def host_port(value: object) -> str | None:

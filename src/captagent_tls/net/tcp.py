@@ -226,6 +226,21 @@ class TcpReassembler:
             self._check_finished(half, ts_ns, events)
         return events
 
+    @property
+    def next_sweep(self) -> int:
+        return self._next_sweep
+
+    def tick(self, ts_ns: int) -> list[Event]:
+        """Time passes as a segment at ``ts_ns`` would make it pass (with worker processes,
+        the segments of flows another worker follows): flows idle too long are closed."""
+        events: list[Event] = []
+        if ts_ns > self._clock:
+            self._clock = ts_ns
+            if ts_ns >= self._next_sweep:
+                self._next_sweep = ts_ns + 1_000_000_000
+                self._expire(events)
+        return events
+
     def flush(self, ts_ns: int | None = None) -> list[Event]:
         """End of input: deliver what is held back (across holes) and close every flow."""
         events: list[Event] = []

@@ -75,6 +75,11 @@ class TlsContext:
     keys_may_arrive: bool  # key logs still being written: hold records for their keys
     rsa: RsaPool | None = None  # None: RSA decryption in the capture loop's thread
     held: HoldBudget = field(init=False)
+    # worker processes share their session caches: a resumed session that is not in the cache
+    # may still come from another worker, so its records are held until it does or until every
+    # worker has read past them (then they are handled as if they had never waited)
+    sessions_shared: bool = field(default=False, init=False)
+    settling: bool = field(default=False, init=False)  # handling records that waited so
 
     def __post_init__(self) -> None:
         self.held = HoldBudget(self.hold.max_bytes_total)

@@ -4,6 +4,7 @@ ticket (RFC 5077)."""
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 
 class SessionCache:
@@ -12,11 +13,16 @@ class SessionCache:
         self._by_id: OrderedDict[bytes, bytes] = OrderedDict()
         self._by_ticket: OrderedDict[bytes, bytes] = OrderedDict()
         self.evictions = 0
+        # told of every session stored here (worker processes pass them to the others)
+        self.on_store: Callable[[bytes, bytes, bytes], None] | None = None
 
     def __len__(self) -> int:
         return len(self._by_id) + len(self._by_ticket)
 
-    def store(self, master: bytes, session_id: bytes = b"", ticket: bytes = b"") -> None:
+    def store(self, master: bytes, session_id: bytes = b"", ticket: bytes = b"",
+              announce: bool = True) -> None:
+        if announce and self.on_store is not None:
+            self.on_store(master, session_id, ticket)
         for table, key in ((self._by_id, session_id), (self._by_ticket, ticket)):
             if not key:
                 continue

@@ -67,7 +67,8 @@ class TlsTracker:
         if conn is None:
             return [ConnectionDone(flow, ts, PLAINTEXT, 0)]
         conn.closed = True
-        if conn.waiting and (self.context.keys_may_arrive or conn.keys_coming):
+        if conn.waiting and (self.context.keys_may_arrive or conn.keys_coming
+                             or self.context.sessions_shared):
             return []
         return self._finish(conn, ts)
 
@@ -116,8 +117,18 @@ class TlsTracker:
 
     def expire(self, conn: TlsConnection, now: int) -> list[Event]:
         """Drop the connection's held records if they are older than the wait limit."""
+        if self.context.sessions_shared and not self.context.keys_may_arrive:
+            return []  # waiting for a session another worker may have: see settle
         events = conn.expire_held(now, int(self.context.hold.max_wait_s * 1e9))
         self._settle(conn, now, events)
+        return events
+
+    def settle(self, conn: TlsConnection, ts: int) -> list[Event]:
+        """Every worker has read past this connection's held records and none had its
+        session: they are handled as if they had not waited."""
+        events: list[Event] = []
+        conn.settle_without_session(events)
+        self._settle(conn, ts, events)
         return events
 
     def rsa_done(self) -> list[TlsConnection]:
@@ -149,6 +160,8 @@ class TlsTracker:
 
     def give_up(self, conn: TlsConnection, ts: int) -> list[Event]:
         """End of input: records still waiting will get no keys now."""
+        if self.context.sessions_shared and not self.context.keys_may_arrive:
+            return self.settle(conn, ts)
         events = conn.expire_held(ts, -1, "no keys by the end of the capture")
         self._settle(conn, ts, events)
         return events

@@ -24,7 +24,10 @@ class KeyWaiting(ConnectionState):
         if self.keys_coming:  # being worked out off the packet path: wait for them
             self._hold(record, events)
             return
-        if self.ctx.keys_may_arrive and not self.failed_for_good:
+        ctx = self.ctx
+        if (ctx.keys_may_arrive or (ctx.sessions_shared and not ctx.settling
+                                    and self._why_no_keys() is Reason.SESSION_UNKNOWN)) \
+                and not self.failed_for_good:
             self._hold(record, events)
             return
         self.stats.records_undecrypted += 1
@@ -86,6 +89,25 @@ class KeyWaiting(ConnectionState):
                                  record.fragment, record.ts_ns, events)
         finally:
             self._replaying = False
+
+    def settle_without_session(self, events: list[Event]) -> None:
+        """Records held for a resumed session that no worker had: handled now as they would
+        have been had they not waited (counted and reported as without keys)."""
+        held = self.held
+        if held is None:
+            return
+        records = held.release(self.ctx.held)
+        self.held = None
+        self.ctx.settling = True
+        try:
+            for record in records:
+                if record.dropped:
+                    self._skip_dropped(record, events)
+                else:
+                    self._record(record.direction, record.content_type, record.version,
+                                 record.fragment, record.ts_ns, events)
+        finally:
+            self.ctx.settling = False
 
     def _requeue(self, record: HeldRecord) -> None:
         held = self.held

@@ -227,6 +227,58 @@ class FileProgress:
         self.line.close()
 
 
+class WorkersFileProgress:
+    """The bar while worker processes read a capture file (``--workers``): each reads the
+    whole file, so the bar follows the one furthest behind; the SIP messages are everyone's.
+    The parent draws it from what the workers report."""
+
+    def __init__(self, line: TerminalLine, path: str):
+        self.line = line
+        self.total = os.stat(path).st_size or None
+        self.bar = _tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024,
+                         desc=os.path.basename(path), file=line.out,
+                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        line.show(self.bar)
+        self._started = time.monotonic()
+        self._next_refresh = 0.0
+        self._last = (self._started, 0)
+        self._message_rate = 0.0
+        self.figures = (0, 0, 0)  # position, packets, SIP messages: the latest reported
+
+    def update(self, position: int, packets: int, messages: int) -> None:
+        self.figures = (position, packets, messages)
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + FILE_REFRESH_S
+        then, before = self._last
+        if now > then:
+            rate = (messages - before) / (now - then)
+            self._message_rate = rate if not self._message_rate else (
+                0.3 * rate + 0.7 * self._message_rate)
+        self._last = (now, messages)
+        self._draw(position, packets, messages)
+
+    def _draw(self, position: int, packets: int, messages: int) -> None:
+        with self.line.lock:
+            self.bar.n = min(position, self.total) if self.total else position
+            self.bar.set_postfix_str(f"{_count(packets)} packets, {_count(messages)} SIP "
+                                     f"messages, {_count(self._message_rate)}/s", refresh=False)
+            self.bar.refresh(nolock=True)
+            self.line.drawn = True
+
+    def close(self, complete: bool) -> None:
+        """The end, with the figures of the whole run (100 % when every worker read the
+        whole file)."""
+        position, packets, messages = self.figures
+        self._message_rate = messages / max(time.monotonic() - self._started, 1e-9)
+        if complete and self.total:
+            position = self.total
+        self._draw(position, packets, messages)
+        self.line.close()
+
+
 class LiveStatus:
     """The status line of a live capture, redrawn about once a second by a thread: packets
     and SIP messages per second, kernel drops, what waits for HEP collectors, TCP flows, and

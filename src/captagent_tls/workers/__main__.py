@@ -1,0 +1,37 @@
+"""A worker started again by the parent (``python -m captagent_tls.workers``), as a fresh
+interpreter: it reads its spec and its channel's descriptors (pickled) on standard input,
+loads the keys from the command line's files, and runs."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import sys
+
+from captagent_tls.cli import load_rsa_key_files, one_line
+from captagent_tls.errors import UserFacingError
+from captagent_tls.tls.keys import KeyStore
+from captagent_tls.workers.channel import Channel
+from captagent_tls.workers.worker import run_worker
+
+
+def main() -> int:
+    spec, (read_fd, write_fd) = pickle.load(sys.stdin.buffer)
+    args = spec.args
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
+        logging.WARNING,
+        format="captagent-tls: %(message)s",
+    )
+    channel = Channel(read_fd, write_fd, blocking_writes=True)
+    keys = KeyStore()
+    try:
+        load_rsa_key_files(args, keys)  # (the parent warned about the files already)
+    except UserFacingError as exc:
+        channel.send(("fatal", one_line(str(exc))))
+        return 1
+    return run_worker(spec, keys, channel)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
