@@ -61,9 +61,11 @@ def duplicate_acks(count: int) -> None:
     drained = time.perf_counter() - started
     stream = b"".join(e.data for e in events if type(e) is StreamData)
     assert stream == b"!" + b"x" * count, "wrong stream"
-    print(f"duplicate ACKs: {count:,} one-byte segments held, each followed by a duplicate "
-          f"ACK: {held:.2f} s ({held / count * 1e6:.1f} us per segment+ACK); "
-          f"drain when the hole fills: {drained:.3f} s")
+    print(
+        f"duplicate ACKs: {count:,} one-byte segments held, each followed by a duplicate "
+        f"ACK: {held:.2f} s ({held / count * 1e6:.1f} us per segment+ACK); "
+        f"drain when the hole fills: {drained:.3f} s"
+    )
 
 
 def memory(count: int, cap: int | None) -> None:
@@ -84,11 +86,16 @@ def memory(count: int, cap: int | None) -> None:
     half = tcp._flows[1].halves[0]  # noqa: SLF001 - the bench looks inside on purpose
     held = len(half.pending)
     label = "no cap" if cap is None else f"cap {cap:,} bytes"
-    print(f"memory, {label}: {count:,} two-byte segments sent, {held:,} held, "
-          f"{tcp.stats.buffer_overflows} overflows; heap grew {grown / 1e6:.1f} MB"
-          + (f" = {grown / held - 2:.0f} bytes per held segment beyond its payload"
-             if held and cap is None else "")
-          + f"; charged {half.pending_bytes:,} bytes")
+    print(
+        f"memory, {label}: {count:,} two-byte segments sent, {held:,} held, "
+        f"{tcp.stats.buffer_overflows} overflows; heap grew {grown / 1e6:.1f} MB"
+        + (
+            f" = {grown / held - 2:.0f} bytes per held segment beyond its payload"
+            if held and cap is None
+            else ""
+        )
+        + f"; charged {half.pending_bytes:,} bytes"
+    )
 
 
 def main() -> int:

@@ -67,12 +67,20 @@ def copies(template: list[Frame], count: int):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=100_000)
-    parser.add_argument("--rsa-threads", type=int, default=None,
-                        help="RSA decryption threads (default: as the agent; 0: none)")
-    parser.add_argument("--batch", type=int, default=1000,
-                        help="connections that arrive before their RSA work is waited for: "
-                             "a file read flat out runs ahead of RSA, a live link does not, "
-                             "and what waits meanwhile is not what an idle session costs")
+    parser.add_argument(
+        "--rsa-threads",
+        type=int,
+        default=None,
+        help="RSA decryption threads (default: as the agent; 0: none)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1000,
+        help="connections that arrive before their RSA work is waited for: "
+        "a file read flat out runs ahead of RSA, a live link does not, "
+        "and what waits meanwhile is not what an idle session costs",
+    )
     args = parser.parse_args()
     keys = KeyStore()
     for key in load_rsa_keys(str(KEY)):

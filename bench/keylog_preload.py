@@ -60,9 +60,20 @@ print(count / (time.perf_counter() - start))
 
 
 def run(env: dict[str, str], handshakes: int) -> float:
-    out = subprocess.run([sys.executable, "-c", HANDSHAKES, str(KEYS / "server-rsa2048.crt"),
-                          str(KEYS / "server-rsa2048.key"), str(handshakes)], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            HANDSHAKES,
+            str(KEYS / "server-rsa2048.crt"),
+            str(KEYS / "server-rsa2048.key"),
+            str(handshakes),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout)
 
 
@@ -77,8 +88,11 @@ def main() -> int:
     library = built_library()
     if library is None:
         sys.exit("the library is not built: captagent-tls-keylog --build")
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("LD_PRELOAD", "SSLKEYLOGFILE", "SSLKEYLOG_UDP")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LD_PRELOAD", "SSLKEYLOGFILE", "SSLKEYLOG_UDP")
+    }
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -101,8 +115,12 @@ def main() -> int:
             "library, no destination": {**base, "LD_PRELOAD": str(library)},
             "library, file": {**base, "LD_PRELOAD": str(library), "SSLKEYLOGFILE": keys},
             "library, UDP": {**base, "LD_PRELOAD": str(library), "SSLKEYLOG_UDP": udp},
-            "library, file and UDP": {**base, "LD_PRELOAD": str(library),
-                                      "SSLKEYLOGFILE": keys, "SSLKEYLOG_UDP": udp},
+            "library, file and UDP": {
+                **base,
+                "LD_PRELOAD": str(library),
+                "SSLKEYLOGFILE": keys,
+                "SSLKEYLOG_UDP": udp,
+            },
         }
         rates: dict[str, list[float]] = {name: [] for name in configurations}
         for _ in range(args.runs):  # round robin: a busy moment of the machine hits them all
@@ -112,8 +130,10 @@ def main() -> int:
         lines = len(Path(keys).read_text().splitlines()) if os.path.exists(keys) else 0
     sink.close()
     reference = results["no library"]
-    print(f"{args.handshakes} TLS 1.3 handshakes per run (both sides in one process), "
-          f"best of {args.runs}:")
+    print(
+        f"{args.handshakes} TLS 1.3 handshakes per run (both sides in one process), "
+        f"best of {args.runs}:"
+    )
     for name, rate in results.items():
         print(f"  {name:<26} {rate:8.0f} handshakes/s  {100 * (rate / reference - 1):+6.1f}%")
     print(f"key-log lines written to the file: {lines}; UDP datagrams received: {received[0]}")

@@ -203,7 +203,9 @@ def worker_pids(stderr: str) -> list[int]:
 
 _WORKERS = re.compile(
     r"^workers: (\d+); packets ([\d /]+), SIP messages ([\d /]+)(?:, kernel drops ([\d /]+))?; "
-    r"(\d+) restarted; CPU ([\d. /]+) s$", re.M)
+    r"(\d+) restarted; CPU ([\d. /]+) s$",
+    re.M,
+)
 
 
 def per_worker(stderr: str) -> list[dict[str, Any]]:
@@ -219,8 +221,13 @@ def per_worker(stderr: str) -> list[dict[str, Any]]:
     packets, sips, drops = split(m.group(2)), split(m.group(3)), split(m.group(4))
     cpus = split(m.group(6), float)
     return [
-        {"packets": p, "sip_messages": s, "kernel_dropped": d, "cpu_s": c,
-         "msgs_per_cpu_s": round(s / c) if c else None}
+        {
+            "packets": p,
+            "sip_messages": s,
+            "kernel_dropped": d,
+            "cpu_s": c,
+            "msgs_per_cpu_s": round(s / c) if c else None,
+        }
         for p, s, d, c in zip(packets, sips, drops or [0] * len(packets), cpus, strict=False)
     ]
 
@@ -461,8 +468,9 @@ def run_rate(
             "msgs_per_cpu_s": round(sip / agent_cpu) if agent_cpu > 0 else None,
             "workers": workers,
             "per_worker": per_worker(stderr),
-            "worker_window_cpu_s": [round(b - a, 3) for a, b in
-                                    zip(workers_ready, workers_done, strict=False)],
+            "worker_window_cpu_s": [
+                round(b - a, 3) for a, b in zip(workers_ready, workers_done, strict=False)
+            ],
             "tcpreplay_cpu_s": round(tr_ru.ru_utime + tr_ru.ru_stime, 2),
             "stats": stderr[stderr.find("--- captagent-tls stats ---") :].strip(),
         }
@@ -704,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "machine": bench.machine_info(),
         "agent": " ".join(agent_argv(0, args.buffer_kib, args.workers)).replace(
-            "127.0.0.1:0", "127.0.0.1:PORT"),
+            "127.0.0.1:0", "127.0.0.1:PORT"
+        ),
         "workers": args.workers,
         "source": {"rev": rev[:12]} if rev else bench.source_info(),
         "capture": {"file": pcap.name, "packets": packets, "messages": expected},
@@ -744,13 +753,21 @@ def main(argv: list[str] | None = None) -> int:
             + "".join(
                 f"\n      worker {i}: {w['sip_messages']:,} msgs, {w['cpu_s']:.2f} CPU-s "
                 f"(its life) = {w['msgs_per_cpu_s'] or 0:,} msg/CPU-s"
-                + (f"; {cpu:.2f} CPU-s from ready to caught up = "
-                   f"{round(w['sip_messages'] / cpu) if cpu else 0:,} msg/CPU-s"
-                   if cpu is not None else "")
+                + (
+                    f"; {cpu:.2f} CPU-s from ready to caught up = "
+                    f"{round(w['sip_messages'] / cpu) if cpu else 0:,} msg/CPU-s"
+                    if cpu is not None
+                    else ""
+                )
                 + f", {w['kernel_dropped']} kernel drops"
-                for i, (w, cpu) in enumerate(zip(
-                    r["per_worker"],
-                    r["worker_window_cpu_s"] + [None] * len(r["per_worker"]), strict=False)))
+                for i, (w, cpu) in enumerate(
+                    zip(
+                        r["per_worker"],
+                        r["worker_window_cpu_s"] + [None] * len(r["per_worker"]),
+                        strict=False,
+                    )
+                )
+            )
             + ("".join(f"\n      PROBLEM: {p}" for p in r["problems"])),
             flush=True,
         )

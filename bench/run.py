@@ -736,8 +736,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--workers",
         default="1,2",
-        help="bulk: also time --json with each of these worker counts (default 1,2; "
-        "'' for none)",
+        help="bulk: also time --json with each of these worker counts (default 1,2; '' for none)",
     )
     ap.add_argument(
         "--keep-output",
@@ -866,20 +865,27 @@ def main(argv: list[str] | None = None) -> int:
                 note += f", workers {w['worker_cpu_s']} CPU-s"
                 if startup is not None:
                     # with a free core per worker, the run would take about this long
-                    w["free_cores_estimate_s"] = round(startup["best_s"]
-                                                       + max(w["worker_cpu_s"]), 3)
+                    w["free_cores_estimate_s"] = round(
+                        startup["best_s"] + max(w["worker_cpu_s"]), 3
+                    )
                     note += f", est. {w['free_cores_estimate_s']:.2f} s on free cores"
-            table.add(f"ours --json --workers {n} (best of {w['n']})",
-                      f"{w['best_s']:.2f} s", note + speedup)
+            table.add(
+                f"ours --json --workers {n} (best of {w['n']})",
+                f"{w['best_s']:.2f} s",
+                note + speedup,
+            )
         if "1" in res.get("workers", {}) and startup is not None:
             one = res["workers"]["1"]
             for n, w in res["workers"].items():
                 if "free_cores_estimate_s" in w:
                     ratio = one["cpu_s"] / w["free_cores_estimate_s"]
                     w["free_cores_speedup_estimate"] = round(ratio, 2)
-                    table.add(f"  --workers {n} speed-up on free cores (est.)", f"{ratio:.2f}x",
-                              "--workers 1 CPU-s / (start-up + slowest worker's CPU-s): "
-                              f"target >= 1.7x {verdict(ratio >= 1.7)}")
+                    table.add(
+                        f"  --workers {n} speed-up on free cores (est.)",
+                        f"{ratio:.2f}x",
+                        "--workers 1 CPU-s / (start-up + slowest worker's CPU-s): "
+                        f"target >= 1.7x {verdict(ratio >= 1.7)}",
+                    )
         if "ours_hep" in res:
             table.add("messages/s (--hep)", f"{round(expected / res['ours_hep']['best_s']):,}")
         if ts:

@@ -250,8 +250,9 @@ COLUMNS = (
 class Sampler:
     """A thread that writes one CSV row every ``interval`` seconds."""
 
-    def __init__(self, pid: int, metrics: str, path: Path, interval: float,
-                 received: Any, round_of: Any) -> None:
+    def __init__(
+        self, pid: int, metrics: str, path: Path, interval: float, received: Any, round_of: Any
+    ) -> None:
         self.pid, self.metrics, self.interval = pid, metrics, interval
         self.received, self.round_of = received, round_of
         self.rows: list[dict[str, float]] = []
@@ -383,8 +384,7 @@ def summary_text(s: dict[str, Any], facts: dict[str, Any]) -> str:
         f"  RSS, {s['samples']} samples every {facts['sample_s']:g} s over "
         f"{s['duration_s'] / 60:.1f} min: start {s['start_mib']} MiB, min {s['min_mib']}, "
         f"max {s['max_mib']}, end {s['end_mib']}",
-        f"  slope (least squares): {s['slope_mib_per_10min']} MiB per 10 min over the whole "
-        "run",
+        f"  slope (least squares): {s['slope_mib_per_10min']} MiB per 10 min over the whole run",
     ]
     if "slope_after_warmup_mib_per_10min" in s:
         lines += [
@@ -410,24 +410,41 @@ _DROPPED = re.compile(r"(\d+) dropped \(queue full\)")
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=bench.ROOT / "bench" / "out",
-                    help="captures and results (default bench/out, git-ignored)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=bench.ROOT / "bench" / "out",
+        help="captures and results (default bench/out, git-ignored)",
+    )
     ap.add_argument("--minutes", type=float, help="how long to replay (default 30; --quick 3)")
     ap.add_argument("--pps", type=int, default=2000, help="packets per second (default 2000)")
-    ap.add_argument("--sample-s", type=float, default=10.0,
-                    help="seconds between RSS samples (default 10)")
-    ap.add_argument("--warmup-min", type=float,
-                    help=f"minutes left out of the 'after warm-up' slope (default {WARMUP_MIN:g}, "
-                         "at most a third of the run); the warm-up also lasts until the TLS "
-                         "session cache is full")
-    ap.add_argument("--hep", choices=("tcp", "udp"), default="tcp",
-                    help="HEP transport to the local collector (default tcp: the queue and "
-                         "acknowledgement tracking take part)")
-    ap.add_argument("--quick", action="store_true",
-                    help="the small quick- captures, 3 minutes (a smoke run)")
+    ap.add_argument(
+        "--sample-s", type=float, default=10.0, help="seconds between RSS samples (default 10)"
+    )
+    ap.add_argument(
+        "--warmup-min",
+        type=float,
+        help=f"minutes left out of the 'after warm-up' slope (default {WARMUP_MIN:g}, "
+        "at most a third of the run); the warm-up also lasts until the TLS "
+        "session cache is full",
+    )
+    ap.add_argument(
+        "--hep",
+        choices=("tcp", "udp"),
+        default="tcp",
+        help="HEP transport to the local collector (default tcp: the queue and "
+        "acknowledgement tracking take part)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="the small quick- captures, 3 minutes (a smoke run)"
+    )
     ap.add_argument("--rev", metavar="REV", help="measure src/ of this git revision (as run.py)")
-    ap.add_argument("--agent-args", default="", metavar="ARGS",
-                    help='more options for the agent, e.g. "--session-cache 1000"')
+    ap.add_argument(
+        "--agent-args",
+        default="",
+        metavar="ARGS",
+        help='more options for the agent, e.g. "--session-cache 1000"',
+    )
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("live capture and tcpreplay need root")
@@ -436,8 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.pps < 1 or args.sample_s <= 0:
         raise SystemExit("--pps and --sample-s must be positive")
     minutes = args.minutes if args.minutes is not None else (3.0 if args.quick else 30.0)
-    warmup_min = min(args.warmup_min if args.warmup_min is not None else WARMUP_MIN,
-                     minutes / 3)
+    warmup_min = min(args.warmup_min if args.warmup_min is not None else WARMUP_MIN, minutes / 3)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     prefix = "quick-" if args.quick else ""
@@ -445,21 +461,26 @@ def main(argv: list[str] | None = None) -> int:
     rev = bench.export_rev(args.rev, out / "rev-src") if args.rev else None
 
     record_port = free_port()
-    truths = [bench.make_capture(out, f"{prefix}soak-{kind}", kind, sizes[kind], reuse=True,
-                                 port=record_port)[0] for kind in ("bulk", "handshakes")]
+    truths = [
+        bench.make_capture(
+            out, f"{prefix}soak-{kind}", kind, sizes[kind], reuse=True, port=record_port
+        )[0]
+        for kind in ("bulk", "handshakes")
+    ]
     server_ports = {c["server_port"] for gt in truths for c in gt["connections"]}
     if len(server_ports) != 1:
         raise SystemExit(f"the captures use several server ports: {sorted(server_ports)}")
-    template = Template.load([bench.capture_paths(out, f"{prefix}soak-{kind}")[0]
-                              for kind in ("bulk", "handshakes")], server_ports.pop())
+    template = Template.load(
+        [bench.capture_paths(out, f"{prefix}soak-{kind}")[0] for kind in ("bulk", "handshakes")],
+        server_ports.pop(),
+    )
     round_messages = sum(len(gt["messages"]) for gt in truths)
     round_packets = len(template.packets)
     del truths
 
     port = free_port()
     collector: Any = HepStreamCounter() if args.hep == "tcp" else bench.UdpDrain()
-    hep_address = (collector.address if args.hep == "tcp"
-                   else f"udp://127.0.0.1:{collector.port}")
+    hep_address = collector.address if args.hep == "tcp" else f"udp://127.0.0.1:{collector.port}"
 
     def received() -> int:
         return int(collector.count if args.hep == "tcp" else collector.hep3)
@@ -471,10 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     csv_path = out / f"{prefix}soak-rss.csv"
     summary_path = out / f"{prefix}soak-summary.txt"
     results_path = out / f"{prefix}soak-results.json"
-    print(f"[soak] {minutes:g} min at {args.pps:,} packets/s: rounds of {round_packets:,} "
-          f"packets and {round_messages:,} SIP messages ({round_packets / args.pps:.0f} s "
-          f"each), server port {port}, HEP {hep_address}; RSS every {args.sample_s:g} s "
-          f"to {csv_path}", flush=True)
+    print(
+        f"[soak] {minutes:g} min at {args.pps:,} packets/s: rounds of {round_packets:,} "
+        f"packets and {round_messages:,} SIP messages ({round_packets / args.pps:.0f} s "
+        f"each), server port {port}, HEP {hep_address}; RSS every {args.sample_s:g} s "
+        f"to {csv_path}",
+        flush=True,
+    )
 
     rounds = 0
     agent = sampler = None
@@ -483,16 +507,18 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[str] = []
     try:
         agent, startup_s = live.start_agent(agent_argv, err)
-        sampler = Sampler(agent.pid, metrics, csv_path, args.sample_s, received,
-                          lambda: rounds)
+        sampler = Sampler(agent.pid, metrics, csv_path, args.sample_s, received, lambda: rounds)
         sampler.sample()
         started = time.monotonic()
         current = workdir / "round.pcap"
         current.write_bytes(template.round(0, port))
         while True:
-            replay = subprocess.Popen(live.replay_argv(current, str(args.pps)),
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT)
+            replay = subprocess.Popen(
+                live.replay_argv(current, str(args.pps)),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
             upcoming = None
             if time.monotonic() - started + round_packets / args.pps < minutes * 60:
                 upcoming = template.round(rounds + 1, port)  # made while this one plays
@@ -502,16 +528,20 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"tcpreplay failed ({replay.returncode}):\n{output[-2000:]}")
             rounds += 1
             if agent.poll() is not None:
-                raise bench.WrongOutput(f"the agent exited ({agent.returncode}) during round "
-                                        f"{rounds}:\n" + Path(err.name).read_text()[-3000:])
+                raise bench.WrongOutput(
+                    f"the agent exited ({agent.returncode}) during round "
+                    f"{rounds}:\n" + Path(err.name).read_text()[-3000:]
+                )
             if upcoming is None:
                 break
             current.write_bytes(upcoming)
             if rounds % 5 == 0:
                 row = sampler.rows[-1]
-                print(f"    {(time.monotonic() - started) / 60:5.1f} min: round {rounds}, RSS "
-                      f"{row['rss_kib'] / 1024:.1f} MiB, {received():,} HEP received",
-                      flush=True)
+                print(
+                    f"    {(time.monotonic() - started) / 60:5.1f} min: round {rounds}, RSS "
+                    f"{row['rss_kib'] / 1024:.1f} MiB, {received():,} HEP received",
+                    flush=True,
+                )
         live.wait_caught_up(agent.pid, received)
         sampler.sample()
         sampler.close()
@@ -550,8 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(collector, "bad", 0):
         failures.append("the HEP stream was not HEPv3")
     if k_drop == 0 and (sip != expected or got != expected):
-        failures.append(f"zero kernel drops but {sip} SIP messages and {got} HEP received, "
-                        f"want {expected}")
+        failures.append(
+            f"zero kernel drops but {sip} SIP messages and {got} HEP received, want {expected}"
+        )
     checks += [f"PROBLEM: {f}" for f in failures]
 
     summary = summarize(sampler.rows, warmup_end(sampler.rows, warmup_min * 60))

@@ -46,8 +46,9 @@ def export_src(rev: str, dest: Path) -> Path:
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest / "src"
 
@@ -70,8 +71,13 @@ def run_once(args: list[str], src: Path, stderr_on_terminal: bool = False) -> Ti
         drained.start()
     with open(os.devnull, "wb") as devnull, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=devnull,
-                                stderr=slave if stderr_on_terminal else err, env=env)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=devnull,
+            stderr=slave if stderr_on_terminal else err,
+            env=env,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
         if stderr_on_terminal:
@@ -85,8 +91,9 @@ def run_once(args: list[str], src: Path, stderr_on_terminal: bool = False) -> Ti
     return Timing(wall, usage.ru_utime + usage.ru_stime)
 
 
-def best_of(variants: dict[str, tuple[list[str], Path, bool]], runs: int
-            ) -> dict[str, list[Timing]]:
+def best_of(
+    variants: dict[str, tuple[list[str], Path, bool]], runs: int
+) -> dict[str, list[Timing]]:
     results: dict[str, list[Timing]] = {name: [] for name in variants}
     for _ in range(runs):
         for name, (args, src, terminal) in variants.items():
@@ -100,11 +107,16 @@ def show(results: dict[str, list[Timing]]) -> dict[str, dict[str, object]]:
         best = min(timings, key=lambda t: t.wall_s)
         cpu = statistics.median(t.cpu_s for t in timings)
         walls = ", ".join(f"{t.wall_s:.2f}" for t in timings)
-        print(f"  {name:<38} {best.wall_s:6.2f} s wall (best)  {cpu:5.2f} s CPU (median)  "
-              f"runs [{walls}]")
-        summary[name] = {"best_wall_s": best.wall_s, "median_cpu_s": cpu,
-                         "runs": [t.wall_s for t in timings],
-                         "cpu_runs": [t.cpu_s for t in timings]}
+        print(
+            f"  {name:<38} {best.wall_s:6.2f} s wall (best)  {cpu:5.2f} s CPU (median)  "
+            f"runs [{walls}]"
+        )
+        summary[name] = {
+            "best_wall_s": best.wall_s,
+            "median_cpu_s": cpu,
+            "runs": [t.wall_s for t in timings],
+            "cpu_runs": [t.cpu_s for t in timings],
+        }
     return summary
 
 
@@ -114,11 +126,25 @@ def chromium_ready_ms(report: Path, fragment: str) -> dict[str, int]:
         return {}
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={profile}", "--virtual-time-budget=30000",
-             "--dump-dom", report.resolve().as_uri() + fragment],
-            capture_output=True, text=True, timeout=300, check=False).stdout
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=30000",
+                "--dump-dom",
+                report.resolve().as_uri() + fragment,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        ).stdout
     found = {}
     for name in ("data-ready-ms", "data-drawn-ms"):
         match = re.search(rf'{name}="(\d+)"', dom)
@@ -138,8 +164,10 @@ def main() -> None:
         raise SystemExit(f"{args.capture} is missing: run bench/run.py first (it records it)")
     base = ["-r", str(args.capture), "-k", str(args.key)]
     src = ROOT / "src"
-    print(f"capture {args.capture} ({args.capture.stat().st_size / 1e6:.1f} MB), load "
-          f"{os.getloadavg()[0]:.1f}, best of {args.runs}")
+    print(
+        f"capture {args.capture} ({args.capture.stat().st_size / 1e6:.1f} MB), load "
+        f"{os.getloadavg()[0]:.1f}, best of {args.runs}"
+    )
     results: dict[str, object] = {}
 
     print("outputs (stdout to /dev/null, stderr not a terminal):")
@@ -154,36 +182,58 @@ def main() -> None:
     results["outputs"] = show(best_of(outputs, args.runs))
 
     print("progress (stderr on a pseudo-terminal):")
-    results["progress"] = show(best_of({
-        "--json, progress bar": ([*base, "--json"], src, True),
-        "--json, --no-progress": ([*base, "--json", "--no-progress"], src, True),
-    }, args.runs))
+    results["progress"] = show(
+        best_of(
+            {
+                "--json, progress bar": ([*base, "--json"], src, True),
+                "--json, --no-progress": ([*base, "--json", "--no-progress"], src, True),
+            },
+            args.runs,
+        )
+    )
 
     with tempfile.TemporaryDirectory(dir=OUT) as tmp:
         report = Path(tmp) / "calls.html"
         pcapng = Path(tmp) / "decryptable.pcapng"
         print("files:")
-        results["files"] = show(best_of({
-            "--report calls.html": ([*base, "--report", str(report)], src, False),
-            "--write-decryptable FILE.pcapng": ([*base, "--write-decryptable", str(pcapng)],
-                                                src, False),
-        }, max(1, args.runs // 2)))
+        results["files"] = show(
+            best_of(
+                {
+                    "--report calls.html": ([*base, "--report", str(report)], src, False),
+                    "--write-decryptable FILE.pcapng": (
+                        [*base, "--write-decryptable", str(pcapng)],
+                        src,
+                        False,
+                    ),
+                },
+                max(1, args.runs // 2),
+            )
+        )
         calls = json.loads(report.read_text().split('id="meta">', 1)[1].split("<")[0])
-        first_call = json.loads(report.read_text().split('id="calls">', 1)[1]
-                                .split("</script>", 1)[0])[0][0]
-        sizes = {"report_bytes": report.stat().st_size, "report_calls": calls["calls"],
-                 "report_messages": calls["messages"], "pcapng_bytes": pcapng.stat().st_size,
-                 "capture_bytes": args.capture.stat().st_size}
-        print(f"  report: {sizes['report_bytes'] / 2**20:.1f} MiB for {calls['calls']} calls, "
-              f"{calls['messages']} messages; decryptable pcapng "
-              f"{sizes['pcapng_bytes'] / 2**20:.1f} MiB (capture "
-              f"{sizes['capture_bytes'] / 2**20:.1f} MiB)")
+        first_call = json.loads(
+            report.read_text().split('id="calls">', 1)[1].split("</script>", 1)[0]
+        )[0][0]
+        sizes = {
+            "report_bytes": report.stat().st_size,
+            "report_calls": calls["calls"],
+            "report_messages": calls["messages"],
+            "pcapng_bytes": pcapng.stat().st_size,
+            "capture_bytes": args.capture.stat().st_size,
+        }
+        print(
+            f"  report: {sizes['report_bytes'] / 2**20:.1f} MiB for {calls['calls']} calls, "
+            f"{calls['messages']} messages; decryptable pcapng "
+            f"{sizes['pcapng_bytes'] / 2**20:.1f} MiB (capture "
+            f"{sizes['capture_bytes'] / 2**20:.1f} MiB)"
+        )
         listing = chromium_ready_ms(report, "")
         ladder = chromium_ready_ms(report, "#call=" + first_call)
         if listing:
-            print(f"  Chromium: list shown {listing.get('data-ready-ms')} ms after navigation "
-                  f"began; with a ladder {ladder.get('data-ready-ms')} ms (ladder and the "
-                  f"messages' JSON: {ladder.get('data-drawn-ms')} ms)")
+            print(
+                f"  Chromium: list shown {listing.get('data-ready-ms')} ms after navigation "
+                f"began; with a ladder {ladder.get('data-ready-ms')} ms (ladder and the "
+                f"messages' JSON: {ladder.get('data-drawn-ms')} ms)"
+            )
         results["files_sizes"] = sizes
         results["chromium"] = {"list": listing, "ladder": ladder}
     (OUT / "views-results.json").write_text(json.dumps(results, indent=2) + "\n")

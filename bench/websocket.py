@@ -29,31 +29,42 @@ from captagent_tls.tls.keys import KeyStore
 
 CLIENT, SERVER = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
-REQUEST = (f"GET /ws HTTP/1.1\r\nHost: sip.example.com\r\nUpgrade: websocket\r\n"
-           f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
-           f"Sec-WebSocket-Protocol: sip\r\nSec-WebSocket-Extensions: permessage-deflate\r\n"
-           f"\r\n").encode()
+REQUEST = (
+    f"GET /ws HTTP/1.1\r\nHost: sip.example.com\r\nUpgrade: websocket\r\n"
+    f"Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n"
+    f"Sec-WebSocket-Protocol: sip\r\nSec-WebSocket-Extensions: permessage-deflate\r\n"
+    f"\r\n"
+).encode()
 
 
 def response(deflate: bool) -> bytes:
-    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: sip\r\n"
-            + (b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b"")
-            + b"\r\n")
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: sip\r\n"
+        + (b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if deflate else b"")
+        + b"\r\n"
+    )
 
 
 def messages(n: int) -> list[bytes]:
     rng = random.Random(7)
     out = []
     for i in range(n):
-        body = "".join(f"a=candidate:{rng.getrandbits(32)} 1 udp {rng.getrandbits(31)} "
-                       f"10.0.{i % 250}.{rng.randrange(1, 255)} {rng.randrange(1024, 65535)} "
-                       "typ host\r\n" for _ in range(6))
-        out.append((f"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch="
-                    f"z9hG4bK{rng.getrandbits(48):x}\r\nFrom: <sip:alice@example.com>;tag={i}\r\n"
-                    f"To: <sip:bob@example.com>\r\nCall-ID: {rng.getrandbits(64):x}@x.invalid\r\n"
-                    f"CSeq: {i + 1} INVITE\r\nContent-Type: application/sdp\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+        body = "".join(
+            f"a=candidate:{rng.getrandbits(32)} 1 udp {rng.getrandbits(31)} "
+            f"10.0.{i % 250}.{rng.randrange(1, 255)} {rng.randrange(1024, 65535)} "
+            "typ host\r\n"
+            for _ in range(6)
+        )
+        out.append(
+            (
+                f"INVITE sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch="
+                f"z9hG4bK{rng.getrandbits(48):x}\r\nFrom: <sip:alice@example.com>;tag={i}\r\n"
+                f"To: <sip:bob@example.com>\r\nCall-ID: {rng.getrandbits(64):x}@x.invalid\r\n"
+                f"CSeq: {i + 1} INVITE\r\nContent-Type: application/sdp\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+        )
     return out
 
 
@@ -66,8 +77,21 @@ def tcp_frames(stream: list[tuple[int, bytes]], mss: int = 1460) -> list[Frame]:
     def packet(direction: int, flags: int, payload: bytes = b"") -> None:
         nonlocal ts
         (src, sport), (dst, dport) = ends[direction], ends[1 - direction]
-        tcp = struct.pack("!HHIIBBHHH", sport, dport, seq[direction], seq[1 - direction],
-                          5 << 4, flags, 65535, 0, 0) + payload
+        tcp = (
+            struct.pack(
+                "!HHIIBBHHH",
+                sport,
+                dport,
+                seq[direction],
+                seq[1 - direction],
+                5 << 4,
+                flags,
+                65535,
+                0,
+                0,
+            )
+            + payload
+        )
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, src, dst)
         frames.append(Frame(ts, 1, b"\0" * 12 + b"\x08\x00" + ip + tcp))
         ts += 10_000
@@ -118,8 +142,9 @@ def main() -> None:
     cases = {"SIP over TCP": tcp_frames([(0, b"".join(texts))])}
     for deflate in (False, True):
         extension = [PerMessageDeflate(False, False, 15, 15)] if deflate else None
-        data = b"".join(WsFrame(Opcode.TEXT, t).serialize(mask=True, extensions=extension)
-                        for t in texts)
+        data = b"".join(
+            WsFrame(Opcode.TEXT, t).serialize(mask=True, extensions=extension) for t in texts
+        )
         name = "SIP over ws, permessage-deflate" if deflate else "SIP over ws, uncompressed"
         cases[name] = tcp_frames([(0, REQUEST), (1, response(deflate)), (0, data)])
     size = sum(len(t) for t in texts)
@@ -127,8 +152,10 @@ def main() -> None:
     for name, frames in cases.items():
         seconds, count = run(frames, args.runs)
         assert count == args.messages, (name, count)
-        print(f"  {name:34} {seconds:6.2f} s  {count / seconds:9,.0f} messages/s  "
-              f"{len(frames)} packets")
+        print(
+            f"  {name:34} {seconds:6.2f} s  {count / seconds:9,.0f} messages/s  "
+            f"{len(frames)} packets"
+        )
 
 
 if __name__ == "__main__":

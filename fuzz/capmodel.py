@@ -47,14 +47,16 @@ def read_pcap(data: bytes) -> tuple[int, list[RawPacket]]:
     pos = 24
     while pos + 16 <= len(data):
         sec, frac, caplen, _ = struct.unpack_from(endian + "IIII", data, pos)
-        packets.append(RawPacket(sec * 1_000_000_000 + frac * scale,
-                                 data[pos + 16 : pos + 16 + caplen]))
+        packets.append(
+            RawPacket(sec * 1_000_000_000 + frac * scale, data[pos + 16 : pos + 16 + caplen])
+        )
         pos += 16 + caplen
     return linktype, packets
 
 
-def write_pcap(linktype: int, packets: list[RawPacket], nanos: bool = False,
-               big_endian: bool = False) -> bytes:
+def write_pcap(
+    linktype: int, packets: list[RawPacket], nanos: bool = False, big_endian: bool = False
+) -> bytes:
     endian = ">" if big_endian else "<"
     magic = PCAP_MAGIC_NS if nanos else PCAP_MAGIC_US
     out = [struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 262144, linktype)]
@@ -73,23 +75,29 @@ def block(btype: int, body: bytes) -> bytes:
     return struct.pack("<II", btype, length) + body + struct.pack("<I", length)
 
 
-def write_pcapng(linktype: int, packets: list[RawPacket], secrets: bytes | None = None,
-                 secrets_at: int = 0) -> bytes:
+def write_pcapng(
+    linktype: int, packets: list[RawPacket], secrets: bytes | None = None, secrets_at: int = 0
+) -> bytes:
     """Section header, one interface (nanosecond timestamps), enhanced packet blocks, and a
     Decryption Secrets Block holding ``secrets`` (a TLS key log) before packet ``secrets_at``."""
     shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
     options = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HH", 0, 0)  # if_tsresol = 1e-9
     idb = block(0x00000001, struct.pack("<HHI", linktype, 0, 262144) + options)
     out = [shb, idb]
-    dsb = (block(0x0000000A, struct.pack("<II", 0x544C534B, len(secrets)) + secrets)
-           if secrets is not None else b"")
+    dsb = (
+        block(0x0000000A, struct.pack("<II", 0x544C534B, len(secrets)) + secrets)
+        if secrets is not None
+        else b""
+    )
     for index, packet in enumerate(packets):
         if index == secrets_at and dsb:
             out.append(dsb)
             dsb = b""
         ts = packet.ts_ns & 0xFFFFFFFFFFFFFFFF
-        body = struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(packet.data),
-                           len(packet.data)) + packet.data
+        body = (
+            struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(packet.data), len(packet.data))
+            + packet.data
+        )
         out.append(block(0x00000006, body))
     if dsb:
         out.append(dsb)
@@ -159,8 +167,9 @@ def parse_layout(linktype: int, data: bytes) -> Layout | None:
         return None
     if protocol == 6 and end >= l4 + 20:
         sport, dport, seq, ack, offset, flags = struct.unpack_from("!HHIIBB", data, l4)
-        return Layout(ip, version, l4, 6, l4 + (offset >> 4) * 4, end, src, dst, sport, dport,
-                      seq, ack, flags)
+        return Layout(
+            ip, version, l4, 6, l4 + (offset >> 4) * 4, end, src, dst, sport, dport, seq, ack, flags
+        )
     if protocol == 17 and end >= l4 + 8:
         sport, dport = struct.unpack_from("!HH", data, l4)
         return Layout(ip, version, l4, 17, l4 + 8, end, src, dst, sport, dport)
@@ -174,8 +183,14 @@ def _ipv4_checksum(header: bytes | bytearray) -> int:
     return ~total & 0xFFFF
 
 
-def rebuild(template: bytes, layout: Layout, payload: bytes, seq: int | None = None,
-            ack: int | None = None, flags: int | None = None) -> bytes:
+def rebuild(
+    template: bytes,
+    layout: Layout,
+    payload: bytes,
+    seq: int | None = None,
+    ack: int | None = None,
+    flags: int | None = None,
+) -> bytes:
     """The template packet carrying ``payload`` instead, with IP lengths fixed up and
     optionally new TCP sequence / acknowledgment numbers and flags."""
     head = bytearray(template[: layout.payload])

@@ -56,8 +56,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80]
 
 
-def from_exception(target: str, exc: BaseException, data: bytes, context: str = "",
-                   extra: dict[str, bytes] | None = None) -> Finding:
+def from_exception(
+    target: str,
+    exc: BaseException,
+    data: bytes,
+    context: str = "",
+    extra: dict[str, bytes] | None = None,
+) -> Finding:
     """``context`` separates oracle findings that share a rule (e.g. the fixture's name)."""
     text = "".join(traceback.format_exception(exc))
     summary = (traceback.format_exception_only(exc)[-1].strip())[:300]
@@ -68,12 +73,14 @@ def from_exception(target: str, exc: BaseException, data: bytes, context: str = 
         location = product_location(exc)
         key = f"{type(exc).__name__}-{location}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-    return Finding(target, f"{_slug(key)}-{digest}", summary, location, text, data,
-                   dict(extra or {}))
+    return Finding(
+        target, f"{_slug(key)}-{digest}", summary, location, text, data, dict(extra or {})
+    )
 
 
-def slow(target: str, seconds: float, data: bytes, limit: float,
-         extra: dict[str, bytes] | None = None) -> Finding:
+def slow(
+    target: str, seconds: float, data: bytes, limit: float, extra: dict[str, bytes] | None = None
+) -> Finding:
     text = f"one input took {seconds:.1f} s (limit {limit:g} s)\n"
     return Finding(target, "slow-input", text.strip(), "slow", text, data, dict(extra or {}))
 
@@ -102,9 +109,13 @@ def save(finding: Finding, root: Path) -> tuple[Path, bool]:
         (folder / "traceback.txt").write_text(finding.traceback)
         for name, content in finding.extra.items():
             (folder / name).write_bytes(content)
-        meta.update(target=finding.target, signature=finding.signature,
-                    summary=finding.summary, location=finding.location,
-                    input_size=len(finding.data))
+        meta.update(
+            target=finding.target,
+            signature=finding.signature,
+            summary=finding.summary,
+            location=finding.location,
+            input_size=len(finding.data),
+        )
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     return folder, new
 

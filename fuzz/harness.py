@@ -56,12 +56,25 @@ class Guard:
         self.seen.add(finding.signature)
         if self.hits is not None:
             with self.hits.open("a") as out:
-                out.write(json.dumps({"target": self.name, "signature": finding.signature,
-                                      "summary": finding.summary,
-                                      "location": finding.location, "new": new,
-                                      "folder": str(folder)}) + "\n")
-        print(f"\n{'NEW ' if new else ''}FINDING {self.name}/{finding.signature}: "
-              f"{finding.summary} [{finding.location}]", file=sys.stderr, flush=True)
+                out.write(
+                    json.dumps(
+                        {
+                            "target": self.name,
+                            "signature": finding.signature,
+                            "summary": finding.summary,
+                            "location": finding.location,
+                            "new": new,
+                            "folder": str(folder),
+                        }
+                    )
+                    + "\n"
+                )
+        print(
+            f"\n{'NEW ' if new else ''}FINDING {self.name}/{finding.signature}: "
+            f"{finding.summary} [{finding.location}]",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __call__(self, data: bytes) -> None:
         start = time.perf_counter()

@@ -64,8 +64,9 @@ def ddmin(data: bytes, fails: Callable[[bytes], bool], budget: int = 4000) -> by
     return data
 
 
-def minimize_list(items: list[bytes], fails: Callable[[list[bytes]], bool],
-                  budget: int = 2000) -> list[bytes]:
+def minimize_list(
+    items: list[bytes], fails: Callable[[list[bytes]], bool], budget: int = 2000
+) -> list[bytes]:
     """Delta debugging over a list (of packets)."""
     tries = 0
     chunk = max(1, len(items) // 2)
@@ -103,8 +104,9 @@ def minimize_finding(target: str, folder: Path) -> int:
 
         reduced = minimize_capture(mutate.mutate(small))
         (folder / f"capture.min{reduced.suffix}").write_bytes(reduced.data)
-        print(f"{folder}: capture reduced to {len(reduced.data)} bytes "
-              f"(capture.min{reduced.suffix})")
+        print(
+            f"{folder}: capture reduced to {len(reduced.data)} bytes (capture.min{reduced.suffix})"
+        )
     meta = folder / "finding.json"
     if meta.exists():
         info = json.loads(meta.read_text())
@@ -128,12 +130,10 @@ def minimize_capture_folder(folder: Path) -> int:
     args = shlex.split(lines[1])
     capture = folder / args[args.index("-r") + 1]
     keys = [REPO / args[i + 1] for i, a in enumerate(args) if a == "-k"]
-    keylog = ((folder / "keylog.txt").read_text(errors="replace")
-              if "--keylog" in args else None)
+    keylog = (folder / "keylog.txt").read_text(errors="replace") if "--keylog" in args else None
     seed = next(s for s in mutate.seeds() if s.name == fixture)
     suffix = "".join(capture.suffixes)
-    found = mutate.Mutated(seed, capture.read_bytes(), suffix, keys, keylog,
-                           ["(a saved capture)"])
+    found = mutate.Mutated(seed, capture.read_bytes(), suffix, keys, keylog, ["(a saved capture)"])
     reduced = minimize_capture(found)
     out = folder / f"capture.min{reduced.suffix}"
     out.write_bytes(reduced.data)

@@ -39,13 +39,61 @@ from fuzz.truth import SentStreams, load_sent_streams
 
 MAX_OPERATIONS = 8
 
-INTERESTING_VERSIONS = (0x0300, 0x0301, 0x0302, 0x0303, 0x0304, 0x7F12, 0x7F17, 0x0000,
-                        0x0203, 0x03FF, 0xFEFD)
+INTERESTING_VERSIONS = (
+    0x0300,
+    0x0301,
+    0x0302,
+    0x0303,
+    0x0304,
+    0x7F12,
+    0x7F17,
+    0x0000,
+    0x0203,
+    0x03FF,
+    0xFEFD,
+)
 INTERESTING_SUITES = (
-    0x0000, 0x0001, 0x0002, 0x0003, 0x0004, 0x0005, 0x0006, 0x000A, 0x002F, 0x0035, 0x003B,
-    0x003C, 0x0041, 0x0084, 0x0096, 0x009C, 0x009D, 0x009E, 0x00AE, 0x00FF, 0x1301, 0x1302,
-    0x1303, 0x1304, 0x1305, 0x5600, 0x7F29, 0xC009, 0xC013, 0xC014, 0xC027, 0xC02B, 0xC02F,
-    0xC030, 0xC07C, 0xC09C, 0xC0A0, 0xCCA8, 0xCCA9, 0xCCAA, 0xFFFF,
+    0x0000,
+    0x0001,
+    0x0002,
+    0x0003,
+    0x0004,
+    0x0005,
+    0x0006,
+    0x000A,
+    0x002F,
+    0x0035,
+    0x003B,
+    0x003C,
+    0x0041,
+    0x0084,
+    0x0096,
+    0x009C,
+    0x009D,
+    0x009E,
+    0x00AE,
+    0x00FF,
+    0x1301,
+    0x1302,
+    0x1303,
+    0x1304,
+    0x1305,
+    0x5600,
+    0x7F29,
+    0xC009,
+    0xC013,
+    0xC014,
+    0xC027,
+    0xC02B,
+    0xC02F,
+    0xC030,
+    0xC07C,
+    0xC09C,
+    0xC0A0,
+    0xCCA8,
+    0xCCA9,
+    0xCCAA,
+    0xFFFF,
 )
 INTERESTING_EXTENSIONS = (0, 10, 13, 16, 22, 23, 35, 41, 42, 43, 45, 51, 0xFF01, 0xFFFF)
 INTERESTING_TYPES = (0, 1, 2, 4, 5, 8, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23, 24, 254, 255)
@@ -164,8 +212,9 @@ def load_seed(json_path: Path) -> Seed:
         a, b = (lay.src, lay.sport), (lay.dst, lay.dport)
         key = (a, b) if (a, b) in conn_of else (b, a) if (b, a) in conn_of else None
         if key is None:
-            client, server = (b, a) if lay.flags & capmodel.TCP_SYN and lay.flags & \
-                capmodel.TCP_ACK else (a, b)
+            client, server = (
+                (b, a) if lay.flags & capmodel.TCP_SYN and lay.flags & capmodel.TCP_ACK else (a, b)
+            )
             key = (client, server)
             conn_of[key] = len(conns)
             conns.append(Conn(client, server, []))
@@ -206,12 +255,12 @@ def load_seed(json_path: Path) -> Seed:
             stream = bytes(buffers.get((index, direction), b""))
             fields = tlsmap.record_fields(stream)
             records = [i for i, f in enumerate(fields) if f.kind == tlsmap.RECORD]
-            conn.directions.append(Direction(isns.get((index, direction), 0), stream, fields,
-                                             records))
+            conn.directions.append(
+                Direction(isns.get((index, direction), 0), stream, fields, records)
+            )
     for conn in conns:
         for d in conn.directions:
-            d.field_points = [(d.point(f.offset), d.point(f.offset + f.length))
-                              for f in d.fields]
+            d.field_points = [(d.point(f.offset), d.point(f.offset + f.length)) for f in d.fields]
     for info in infos:
         lay = info.layout
         if info.conn < 0 or lay is None:
@@ -229,15 +278,26 @@ def load_seed(json_path: Path) -> Seed:
     for path in truth.keys:
         load_key(path)  # once, now: a bad fixture key fails here, not in a fuzz input
     keylog = truth.keylog.read_text(encoding="utf-8", errors="replace") if truth.keylog else None
-    return Seed(json_path.stem, capture, linktype, packets, infos, conns, truth, sent,
-                list(truth.keys), keylog)
+    return Seed(
+        json_path.stem,
+        capture,
+        linktype,
+        packets,
+        infos,
+        conns,
+        truth,
+        sent,
+        list(truth.keys),
+        keylog,
+    )
 
 
 @cache
 def seeds() -> tuple[Seed, ...]:
     """Every fixture capture that has ground truth, in name order."""
-    return tuple(load_seed(js) for js in sorted(FIXTURES.glob("*.json"))
-                 if js.with_suffix(".pcap").exists())
+    return tuple(
+        load_seed(js) for js in sorted(FIXTURES.glob("*.json")) if js.with_suffix(".pcap").exists()
+    )
 
 
 # ------------------------------------------------------------------------------- programs
@@ -303,19 +363,27 @@ def _replace(buf: bytearray, points: list[int], start: int, end: int, new: bytes
             points[i] = start + min(p - start, len(new))
 
 
-def _field(work: Work, src: ByteSource, kinds: tuple[str, ...] | None = None
-           ) -> tuple[int, int, tlsmap.Field, int, int] | None:
+def _field(
+    work: Work, src: ByteSource, kinds: tuple[str, ...] | None = None
+) -> tuple[int, int, tlsmap.Field, int, int] | None:
     """Pick a field (of the given kinds) of some direction: (conn, direction, field, start,
     end) with its current place in the edited stream."""
     seed = work.seed
-    candidates = [(c, d) for c, conn in enumerate(seed.conns[: work.connections])
-                  for d in (0, 1) if conn.directions[d].fields]
+    candidates = [
+        (c, d)
+        for c, conn in enumerate(seed.conns[: work.connections])
+        for d in (0, 1)
+        if conn.directions[d].fields
+    ]
     if not candidates:
         return None
     conn, direction = src.choice(candidates)
     d = seed.conns[conn].directions[direction]
-    indices = (range(len(d.fields)) if kinds is None
-               else [i for i, f in enumerate(d.fields) if f.kind in kinds])
+    indices = (
+        range(len(d.fields))
+        if kinds is None
+        else [i for i, f in enumerate(d.fields) if f.kind in kinds]
+    )
     if not indices:
         return None
     index = src.choice(indices)
@@ -347,8 +415,19 @@ def _new_value(src: ByteSource, fld: tlsmap.Field, old: bytes) -> bytes:
         elif fld.kind in (tlsmap.REC_TYPE, tlsmap.HS_TYPE):
             value = src.choice(INTERESTING_TYPES)
         else:  # lengths and the rest: off by one, zero, the maximum
-            value = src.choice((value - 1, value + 1, 0, 1, (1 << (8 * size)) - 1,
-                                value * 2, value // 2, 0x4000, 0x4801))
+            value = src.choice(
+                (
+                    value - 1,
+                    value + 1,
+                    0,
+                    1,
+                    (1 << (8 * size)) - 1,
+                    value * 2,
+                    value // 2,
+                    0x4000,
+                    0x4801,
+                )
+            )
         return (value % (1 << (8 * size))).to_bytes(size, "big")
     if how == 4:
         return old[: src.below(size + 1)]  # shorter: what follows moves up
@@ -363,8 +442,10 @@ def op_field(work: Work, src: ByteSource) -> None:
     buf, points = work.stream(conn, direction)
     new = _new_value(src, fld, bytes(buf[start:end]))
     _replace(buf, points, start, end, new)
-    work.operations.append(f"conn {conn} dir {direction}: {fld.kind} at {start} "
-                           f"({fld.length} bytes) -> {new[:16].hex()}")
+    work.operations.append(
+        f"conn {conn} dir {direction}: {fld.kind} at {start} "
+        f"({fld.length} bytes) -> {new[:16].hex()}"
+    )
 
 
 def op_ciphertext(work: Work, src: ByteSource) -> None:
@@ -378,8 +459,13 @@ def op_ciphertext(work: Work, src: ByteSource) -> None:
     if size <= 0:
         return
     where = src.below(4)
-    at = (src.below(min(16, size)) if where == 0 else size - 1 - src.below(min(32, size))
-          if where == 1 else src.below(size))
+    at = (
+        src.below(min(16, size))
+        if where == 0
+        else size - 1 - src.below(min(32, size))
+        if where == 1
+        else src.below(size)
+    )
     buf[start + at] ^= 1 << src.below(8)
     work.operations.append(f"conn {conn} dir {direction}: ciphertext bit at {start + at}")
 
@@ -455,15 +541,21 @@ def op_splice(work: Work, src: ByteSource) -> None:
     else:
         _replace(buf, points, start, start, record)
         what = "preceded by"
-    work.operations.append(f"conn {conn} dir {direction}: record at {start} {what} the "
-                           f"record at {dstart} of conn {dconn} dir {ddir}")
+    work.operations.append(
+        f"conn {conn} dir {direction}: record at {start} {what} the "
+        f"record at {dstart} of conn {dconn} dir {ddir}"
+    )
 
 
 def op_stream_bytes(work: Work, src: ByteSource) -> None:
     """Raw edits anywhere in a stream: insert, overwrite or delete a few bytes."""
     seed = work.seed
-    candidates = [(c, d) for c, conn in enumerate(seed.conns[: work.connections])
-                  for d in (0, 1) if conn.directions[d].stream]
+    candidates = [
+        (c, d)
+        for c, conn in enumerate(seed.conns[: work.connections])
+        for d in (0, 1)
+        if conn.directions[d].stream
+    ]
     if not candidates:
         return
     conn, direction = src.choice(candidates)
@@ -541,7 +633,7 @@ def op_packets(work: Work, src: ByteSource) -> None:
             packets[i] = (ts, bytes(flipped), info)
             what = f"bit flipped at {at}"
     elif how == 5:
-        delta = src.choice((-1, 1, 181, 3600, -10**9, 1 << 32, 10**6)) * 1_000_000_000
+        delta = src.choice((-1, 1, 181, 3600, -(10**9), 1 << 32, 10**6)) * 1_000_000_000
         packets[i] = (max(0, ts + delta), data, info)
         what = f"time moved by {delta}"
     elif how == 6 and lay is not None and lay.protocol == 6:
@@ -553,19 +645,29 @@ def op_packets(work: Work, src: ByteSource) -> None:
             packets[i : i + 1] = [(ts, first, info), (ts, second, info)]
             what = f"segment split at {cut}"
     elif how == 7 and lay is not None:
-        pieces = capmodel.ipv4_fragments(data, lay, 8 + src.below(lay.end - lay.l4),
-                                         src.uint(2))
+        pieces = capmodel.ipv4_fragments(data, lay, 8 + src.below(lay.end - lay.l4), src.uint(2))
         if pieces:
             if src.flag():
                 pieces.reverse()
             packets[i : i + 1] = [(ts, p, info) for p in pieces]
             what = "fragmented"
     elif how == 8 and lay is not None and lay.protocol == 6:
-        flags = src.choice((capmodel.TCP_RST, capmodel.TCP_FIN | capmodel.TCP_ACK,
-                            capmodel.TCP_SYN, capmodel.TCP_SYN | capmodel.TCP_ACK, 0,
-                            capmodel.TCP_ACK, src.uint(1)))
-        packets[i] = (ts, capmodel.rebuild(data, lay, data[lay.payload : lay.end],
-                                           flags=flags), info)
+        flags = src.choice(
+            (
+                capmodel.TCP_RST,
+                capmodel.TCP_FIN | capmodel.TCP_ACK,
+                capmodel.TCP_SYN,
+                capmodel.TCP_SYN | capmodel.TCP_ACK,
+                0,
+                capmodel.TCP_ACK,
+                src.uint(1),
+            )
+        )
+        packets[i] = (
+            ts,
+            capmodel.rebuild(data, lay, data[lay.payload : lay.end], flags=flags),
+            info,
+        )
         what = f"flags set to {flags:#x}"
     elif lay is not None and lay.protocol == 6 and lay.end > lay.payload:
         # a retransmission of the same sequence range with different bytes
@@ -617,8 +719,7 @@ def op_keys(work: Work, src: ByteSource) -> None:
         work.keylog = "\n".join(lines) + "\n"
 
 
-STREAM_OPS = (op_field, op_field, op_field, op_ciphertext, op_records, op_splice,
-              op_stream_bytes)
+STREAM_OPS = (op_field, op_field, op_field, op_ciphertext, op_records, op_splice, op_stream_bytes)
 PACKET_OPS = (op_packets, op_packets, op_packets)
 OTHER_OPS = (op_format, op_file, op_keys)
 ALL_OPS = STREAM_OPS + PACKET_OPS + OTHER_OPS
@@ -635,8 +736,9 @@ def _file_bytes(work: Work, raw: list[capmodel.RawPacket]) -> tuple[bytes, str, 
         data = capmodel.write_pcapng(seed.linktype, raw, secrets, work.dsb_at)
         suffix = ".pcapng"
     else:
-        data = capmodel.write_pcap(seed.linktype, raw, nanos=work.fmt == 1,
-                                   big_endian=work.fmt == 2)
+        data = capmodel.write_pcap(
+            seed.linktype, raw, nanos=work.fmt == 1, big_endian=work.fmt == 2
+        )
         suffix = ".pcap"
     if work.file_edits:
         edited = bytearray(data)
@@ -673,8 +775,9 @@ def mutate(data: bytes) -> Mutated:
     while src.remaining and len(stream_ops) + len(packet_ops) + len(other_ops) < MAX_OPERATIONS:
         op = ALL_OPS[src.below(len(ALL_OPS))]
         operands = ByteSource(src.sized_bytes(48))  # each operation reads its own bytes
-        (stream_ops if op in STREAM_OPS else packet_ops if op in PACKET_OPS
-         else other_ops).append((op, operands))
+        (stream_ops if op in STREAM_OPS else packet_ops if op in PACKET_OPS else other_ops).append(
+            (op, operands)
+        )
     for op, operands in stream_ops:
         op(work, operands)
     _rebuild_packets(work)
@@ -684,8 +787,14 @@ def mutate(data: bytes) -> Mutated:
         op(work, operands)
     raw = [capmodel.RawPacket(ts, d) for ts, d, _ in work.packets]
     content, suffix, keylog_in_file = _file_bytes(work, raw)
-    return Mutated(seed, content, suffix, work.key_paths,
-                   None if keylog_in_file else work.keylog, work.operations)
+    return Mutated(
+        seed,
+        content,
+        suffix,
+        work.key_paths,
+        None if keylog_in_file else work.keylog,
+        work.operations,
+    )
 
 
 def seed_programs() -> list[bytes]:
@@ -695,6 +804,8 @@ def seed_programs() -> list[bytes]:
     for index in range(count):
         out.append(bytes([index]))
         for op in range(len(ALL_OPS)):
-            out.append(bytes([index, 0, op, 8]) + bytes([(index * 7 + op * 13 + k) & 0xFF
-                                                         for k in range(8)]))
+            out.append(
+                bytes([index, 0, op, 8])
+                + bytes([(index * 7 + op * 13 + k) & 0xFF for k in range(8)])
+            )
     return out

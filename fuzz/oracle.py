@@ -79,8 +79,9 @@ def wire_pieces(path: str) -> Pieces:
                 if isinstance(packet, Segment):
                     on_events(tcp.segment(packet, frame.ts_ns))
                 elif isinstance(packet, Datagram):
-                    pieces.setdefault(((packet.src, packet.sport), (packet.dst, packet.dport)),
-                                      []).append(bytes(packet.payload))
+                    pieces.setdefault(
+                        ((packet.src, packet.sport), (packet.dst, packet.dport)), []
+                    ).append(bytes(packet.payload))
     except Exception:  # the pipeline run itself reports what the reader cannot take
         pass
     on_events(tcp.flush())
@@ -89,22 +90,23 @@ def wire_pieces(path: str) -> Pieces:
     return pieces
 
 
-def check_messages(messages: list[Message], sent: SentStreams,
-                   wire: Callable[[], Pieces]) -> None:
+def check_messages(messages: list[Message], sent: SentStreams, wire: Callable[[], Pieces]) -> None:
     """Raise :class:`OracleFailure` for the first message that was never sent."""
     pieces: Pieces | None = None
     for message in messages:
         direction = "c2s" if message.from_client else "s2c"
         if message.transport == "tls":
-            client, server = ((message.src, message.dst) if message.from_client
-                              else (message.dst, message.src))
+            client, server = (
+                (message.src, message.dst) if message.from_client else (message.dst, message.src)
+            )
             streams = sent.candidates(client[1], server[1], direction)
             if not any(message.payload in stream for stream in streams):
                 raise OracleFailure(
                     "invented-tls-bytes",
                     f"{'SIP' if message.is_sip else 'raw'} {direction} message on client port "
                     f"{client[1]} ({message.tls_version} {message.cipher_suite}) is not in what "
-                    f"that peer sent: {message.payload[:80]!r}")
+                    f"that peer sent: {message.payload[:80]!r}",
+                )
         else:
             if pieces is None:
                 pieces = wire()
@@ -113,7 +115,8 @@ def check_messages(messages: list[Message], sent: SentStreams,
                 raise OracleFailure(
                     "invented-plain-bytes",
                     f"unencrypted {message.transport} message {direction} is not in one piece "
-                    f"of what the capture carries: {message.payload[:80]!r}")
+                    f"of what the capture carries: {message.payload[:80]!r}",
+                )
 
 
 def received(messages: list[Message]) -> Counter[tuple[int, str, bytes]]:

@@ -60,9 +60,18 @@ _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 _STATUS = re.compile(r"^#(\d+)\s")
 
 
-def fuzz_target(name: str, *, seconds: float | None, runs: int | None, seed: int,
-                findings_root: Path, corpus_root: Path, work: Path, timeout: int,
-                quiet: bool = False) -> dict[str, object]:
+def fuzz_target(
+    name: str,
+    *,
+    seconds: float | None,
+    runs: int | None,
+    seed: int,
+    findings_root: Path,
+    corpus_root: Path,
+    work: Path,
+    timeout: int,
+    quiet: bool = False,
+) -> dict[str, object]:
     """Fuzz one target for a time or a number of inputs; returns what happened."""
     module = _target(name)
     corpus = corpus_root / name
@@ -75,16 +84,26 @@ def fuzz_target(name: str, *, seconds: float | None, runs: int | None, seed: int
     hits = logs / f"{name}.hits.jsonl"
     hits.unlink(missing_ok=True)
     log_path = logs / f"{name}.log"
-    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=os.pathsep.join(
-        [str(REPO), str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = dict(
+        os.environ,
+        PYTHONHASHSEED="0",
+        PYTHONPATH=os.pathsep.join(
+            [str(REPO), str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
+    )
     total_runs = 0
     started = time.monotonic()
     stops: list[str] = []
     with log_path.open("w") as log:
         for attempt in range(RESTARTS + 1):
-            options = [f"-seed={seed + attempt}", f"-max_len={module.MAX_LEN}",
-                       f"-timeout={timeout}", "-rss_limit_mb=4096", "-print_final_stats=1",
-                       f"-artifact_prefix={findings_root / name}/libfuzzer-"]
+            options = [
+                f"-seed={seed + attempt}",
+                f"-max_len={module.MAX_LEN}",
+                f"-timeout={timeout}",
+                "-rss_limit_mb=4096",
+                "-print_final_stats=1",
+                f"-artifact_prefix={findings_root / name}/libfuzzer-",
+            ]
             if runs is not None:
                 if total_runs >= runs:
                     break
@@ -97,17 +116,38 @@ def fuzz_target(name: str, *, seconds: float | None, runs: int | None, seed: int
             dictionary = getattr(module, "DICTIONARY", None)
             if dictionary:
                 dict_path = work / "seeds" / f"{name}.dict"
-                dict_path.write_text("".join(
-                    '"' + "".join(f"\\x{b:02x}" for b in token) + '"\n' for token in dictionary))
+                dict_path.write_text(
+                    "".join(
+                        '"' + "".join(f"\\x{b:02x}" for b in token) + '"\n' for token in dictionary
+                    )
+                )
                 options.append(f"-dict={dict_path}")
             (findings_root / name).mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "fuzz.harness", name, "--findings",
-                       str(findings_root), "--hits", str(hits), "--", *options, str(corpus),
-                       str(seeds)]
+            command = [
+                sys.executable,
+                "-m",
+                "fuzz.harness",
+                name,
+                "--findings",
+                str(findings_root),
+                "--hits",
+                str(hits),
+                "--",
+                *options,
+                str(corpus),
+                str(seeds),
+            ]
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
-            proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, text=True, errors="replace")
+            proc = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
             assert proc.stderr is not None
             done = last_status = 0
             for line in proc.stderr:
@@ -126,15 +166,26 @@ def fuzz_target(name: str, *, seconds: float | None, runs: int | None, seed: int
                 break
             stops.append(f"libFuzzer stopped with status {code}")
             if not _record_libfuzzer_artifacts(name, findings_root, log_path, hits):
-                print(f"[{name}] stopped with status {code} and no input to blame; see "
-                      f"{log_path}", file=sys.stderr, flush=True)
+                print(
+                    f"[{name}] stopped with status {code} and no input to blame; see {log_path}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 break
-    result = {"target": name, "runs": total_runs,
-              "seconds": round(time.monotonic() - started, 1),
-              "hits": _read_hits(hits), "stops": stops}
+    result = {
+        "target": name,
+        "runs": total_runs,
+        "seconds": round(time.monotonic() - started, 1),
+        "hits": _read_hits(hits),
+        "stops": stops,
+    }
     if not quiet:
-        print(f"[{name}] {total_runs} inputs in {result['seconds']} s, "
-              f"{len(result['hits'])} distinct findings", file=sys.stderr, flush=True)
+        print(
+            f"[{name}] {total_runs} inputs in {result['seconds']} s, "
+            f"{len(result['hits'])} distinct findings",
+            file=sys.stderr,
+            flush=True,
+        )
     return result
 
 
@@ -145,16 +196,30 @@ def _record_libfuzzer_artifacts(name: str, root: Path, log_path: Path, hits: Pat
         kind = artifact.name.split("-")[1]
         data = artifact.read_bytes()
         tail = "".join(log_path.read_text(errors="replace").splitlines(True)[-60:])
-        finding = findings.Finding(name, f"libfuzzer-{kind}", f"libFuzzer: {kind}",
-                                   f"libfuzzer:{kind}", tail, data)
+        finding = findings.Finding(
+            name, f"libfuzzer-{kind}", f"libFuzzer: {kind}", f"libfuzzer:{kind}", tail, data
+        )
         folder, new = findings.save(finding, root)
         artifact.unlink()
         with hits.open("a") as out:
-            out.write(json.dumps({"target": name, "signature": finding.signature,
-                                  "summary": finding.summary, "location": finding.location,
-                                  "new": new, "folder": str(folder)}) + "\n")
-        print(f"[{name}] FINDING {finding.signature} (input {len(data)} bytes) -> {folder}",
-              file=sys.stderr, flush=True)
+            out.write(
+                json.dumps(
+                    {
+                        "target": name,
+                        "signature": finding.signature,
+                        "summary": finding.summary,
+                        "location": finding.location,
+                        "new": new,
+                        "folder": str(folder),
+                    }
+                )
+                + "\n"
+            )
+        print(
+            f"[{name}] FINDING {finding.signature} (input {len(data)} bytes) -> {folder}",
+            file=sys.stderr,
+            flush=True,
+        )
         count += 1
     return count
 
@@ -186,21 +251,32 @@ def replay(name: str, files: list[Path]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fuzz.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", help="a target, a comma-separated list, 'all', 'list', "
-                                       "'replay', 'minimize' or 'minimize-capture'")
+    parser = argparse.ArgumentParser(
+        prog="python -m fuzz.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "target",
+        help="a target, a comma-separated list, 'all', 'list', "
+        "'replay', 'minimize' or 'minimize-capture'",
+    )
     parser.add_argument("rest", nargs="*", help="for replay / minimize: TARGET and files")
     parser.add_argument("--seconds", type=float)
     parser.add_argument("--runs", type=int)
     parser.add_argument("--budget", type=float, help="with 'all': seconds for all targets")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--work", type=Path, default=WORK,
-                        help="folder for findings, corpus, seeds and logs (default .fuzz)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=WORK,
+        help="folder for findings, corpus, seeds and logs (default .fuzz)",
+    )
     parser.add_argument("--findings", type=Path, help="default WORK/findings")
     parser.add_argument("--corpus", type=Path, help="default WORK/corpus")
-    parser.add_argument("--fresh", action="store_true",
-                        help="start from the seeds alone (a new, empty corpus)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="start from the seeds alone (a new, empty corpus)"
+    )
     parser.add_argument("--timeout", type=int, default=60)
     args = parser.parse_args(argv)
 
@@ -227,8 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     corpus_root = args.corpus or args.work / "corpus"
     if args.fresh:
         corpus_root = Path(tempfile.mkdtemp(prefix="captagent-fuzz-corpus-"))
-    common = dict(seed=args.seed, findings_root=args.findings or args.work / "findings",
-                  corpus_root=corpus_root, work=args.work, timeout=args.timeout)
+    common = dict(
+        seed=args.seed,
+        findings_root=args.findings or args.work / "findings",
+        corpus_root=corpus_root,
+        work=args.work,
+        timeout=args.timeout,
+    )
     if args.target == "all" or "," in args.target:
         if args.budget is None:
             parser.error("all (or a list of targets) needs --budget SECONDS")
@@ -252,8 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     hit_any = False
     print("\n--- fuzz summary ---")
     for result in results:
-        print(f"{result['target']:12s} {result['runs']:>10} inputs {result['seconds']:>8} s"
-              f"  {len(result['hits'])} findings")
+        print(
+            f"{result['target']:12s} {result['runs']:>10} inputs {result['seconds']:>8} s"
+            f"  {len(result['hits'])} findings"
+        )
         for hit in result["hits"]:
             hit_any = True
             print(f"    {hit['summary']}  [{hit['location']}]\n      -> {hit['folder']}")

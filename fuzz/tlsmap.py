@@ -19,11 +19,19 @@ REC_TYPE, REC_VERSION, REC_LENGTH = "rec_type", "rec_version", "rec_length"
 CIPHERTEXT = "ciphertext"
 CCS_BODY, ALERT_BODY = "ccs_body", "alert_body"
 HS_TYPE, HS_LENGTH, HS_BODY = "hs_type", "hs_length", "hs_body"
-HELLO_VERSION, RANDOM, SESSION_ID_LENGTH, SESSION_ID = ("hello_version", "random",
-                                                        "session_id_length", "session_id")
+HELLO_VERSION, RANDOM, SESSION_ID_LENGTH, SESSION_ID = (
+    "hello_version",
+    "random",
+    "session_id_length",
+    "session_id",
+)
 SUITES_LENGTH, SUITE, COMPRESSION = "suites_length", "suite", "compression"
-EXTENSIONS_LENGTH, EXT_TYPE, EXT_LENGTH, EXT_DATA = ("extensions_length", "ext_type",
-                                                     "ext_length", "ext_data")
+EXTENSIONS_LENGTH, EXT_TYPE, EXT_LENGTH, EXT_DATA = (
+    "extensions_length",
+    "ext_type",
+    "ext_length",
+    "ext_data",
+)
 CERTS_LENGTH, CERT_LENGTH, CERT = "certs_length", "cert_length", "cert"
 
 

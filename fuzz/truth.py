@@ -50,8 +50,11 @@ class SentStreams:
         """The streams a message of this connection and direction may come from: its own
         connection's when the endpoints name one, else those of every connection (a mutation
         changed the ports)."""
-        own = [s for (c, srv, d), s in self.by_connection.items()
-               if c == client_port and srv in (server_port, None) and d == direction]
+        own = [
+            s
+            for (c, srv, d), s in self.by_connection.items()
+            if c == client_port and srv in (server_port, None) and d == direction
+        ]
         if own:
             return own
         return [s for (_, _, d), s in self.by_connection.items() if d == direction]
@@ -62,6 +65,7 @@ def load_sent_streams(json_path: Path) -> tuple[GroundTruth, SentStreams]:
     streams = SentStreams()
     for conn in truth.connections:
         for direction in DIRECTIONS:
-            streams.by_connection[(conn.client_port, conn.server_port, direction)] = (
-                sent_stream(truth, conn.index, direction))
+            streams.by_connection[(conn.client_port, conn.server_port, direction)] = sent_stream(
+                truth, conn.index, direction
+            )
     return truth, streams

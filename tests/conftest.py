@@ -39,15 +39,32 @@ def tshark() -> str:
 
 # modules whose every test starts the agent or external tools (tshark, Chromium, Node,
 # tcpdump, compilers) or runs many captures through the command line
-SLOW_MODULES = frozenset((
-    "test_capture_loss.py", "test_cli.py", "test_conformance_corpus.py", "test_fixtures.py",
-    "test_fuzz_regressions.py", "test_hep_hepjs.py", "test_hep_transport.py",
-    "test_keylog_preload.py", "test_options_table.py", "test_report_html.py",
-    "test_support_oracle.py", "test_tshark_crosscheck.py", "test_views_console.py",
-    "test_views_progress.py", "test_websocket_fixtures.py", "test_write_decryptable.py",
-    "test_bounds.py", "test_key_sources.py", "test_workers.py", "test_live_workers.py",
-    "test_workers_files.py", "test_workers_outputs.py",
-))
+SLOW_MODULES = frozenset(
+    (
+        "test_capture_loss.py",
+        "test_cli.py",
+        "test_conformance_corpus.py",
+        "test_fixtures.py",
+        "test_fuzz_regressions.py",
+        "test_hep_hepjs.py",
+        "test_hep_transport.py",
+        "test_keylog_preload.py",
+        "test_options_table.py",
+        "test_report_html.py",
+        "test_support_oracle.py",
+        "test_tshark_crosscheck.py",
+        "test_views_console.py",
+        "test_views_progress.py",
+        "test_websocket_fixtures.py",
+        "test_write_decryptable.py",
+        "test_bounds.py",
+        "test_key_sources.py",
+        "test_workers.py",
+        "test_live_workers.py",
+        "test_workers_files.py",
+        "test_workers_outputs.py",
+    )
+)
 
 
 def _captures_live(item: pytest.Item) -> bool:
@@ -63,9 +80,12 @@ def _captures_live(item: pytest.Item) -> bool:
         return False
     module = getattr(item, "module", None)
     module_source = inspect.getsource(module) if module is not None else ""
-    return ("require_live_capture(" in source or "needs_root_capture(" in source
-            or "live_capture" in getattr(item, "fixturenames", ())
-            or ('usefixtures("live_capture")' in module_source))
+    return (
+        "require_live_capture(" in source
+        or "needs_root_capture(" in source
+        or "live_capture" in getattr(item, "fixturenames", ())
+        or ('usefixtures("live_capture")' in module_source)
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -44,13 +44,13 @@ class Collect(Sink):
 
 def tcp_frame(sport: int, seq: int, payload: bytes, ts: int) -> Frame:
     tcp = struct.pack("!HHIIBBHHH", sport, 5060, seq, 1, 5 << 4, TCP_ACK | PSH, 65535, 0, 0)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 0, 0, 64, 6, 0,
-                     CLIENT, SERVER)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(payload), 0, 0, 64, 6, 0, CLIENT, SERVER
+    )
     return Frame(ts, LINKTYPE_RAW, ip + tcp + payload)
 
 
-INVITE = (b"INVITE sip:bob@example.test SIP/2.0\r\nCall-ID: after@x\r\n"
-          b"Content-Length: 0\r\n\r\n")
+INVITE = b"INVITE sip:bob@example.test SIP/2.0\r\nCall-ID: after@x\r\nContent-Length: 0\r\n\r\n"
 
 
 def huge_body_flood(flows: int, body: int, chunk: int = 60_000):
@@ -58,8 +58,10 @@ def huge_body_flood(flows: int, body: int, chunk: int = 60_000):
     ``chunk``-byte segments, interleaved across flows, then an INVITE."""
     heads = {}
     for n in range(flows):
-        heads[n] = (b"MESSAGE sip:bob@example.test SIP/2.0\r\nCall-ID: big-%d@x\r\n"
-                    b"Content-Length: %d\r\n\r\n" % (n, body))
+        heads[n] = (
+            b"MESSAGE sip:bob@example.test SIP/2.0\r\nCall-ID: big-%d@x\r\n"
+            b"Content-Length: %d\r\n\r\n" % (n, body)
+        )
     sent = dict.fromkeys(range(flows), 0)
     ts = 1_000_000_000
     for n in range(flows):
@@ -126,6 +128,7 @@ def test_all_flows_together_hold_at_most_the_sip_budget():
 
 # -- key store -----------------------------------------------------------------------------
 
+
 def client_random_line(n: int, label: str = "CLIENT_RANDOM") -> str:
     return f"{label} {n:064x} {n:096x}\n"
 
@@ -143,8 +146,7 @@ def test_key_store_keeps_the_newest_entries_and_counts_evictions():
     assert keys.entries == 4 and keys.evictions == 2  # client randoms 1 and 2, oldest first
     assert keys.secrets_for(bytes.fromhex(f"{1:064x}")) is None
     assert keys.secrets_for(bytes.fromhex(f"{2:064x}")) is None
-    assert keys.secrets_for(bytes.fromhex(f"{3:064x}")).master_secret == bytes.fromhex(
-        f"{3:096x}")
+    assert keys.secrets_for(bytes.fromhex(f"{3:064x}")).master_secret == bytes.fromhex(f"{3:096x}")
     assert keys.pms_by_encrypted_prefix[b"\x11" * 8] == b"\x22" * 48
     assert keys.master_by_session_id[b"\x33" * 32] == b"\x44" * 48
     tls13 = keys.secrets_for(bytes.fromhex(f"{9:064x}")).tls13
@@ -165,8 +167,13 @@ def test_an_entry_without_tls13_secrets_shares_one_empty_mapping():
         one.tls13["x"] = b""  # type: ignore[index]  # read-only: nobody can fill it for all
 
 
-TLS13 = ("CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
-         "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0", "EXPORTER_SECRET")
+TLS13 = (
+    "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+    "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    "CLIENT_TRAFFIC_SECRET_0",
+    "SERVER_TRAFFIC_SECRET_0",
+    "EXPORTER_SECRET",
+)
 
 
 @pytest.mark.parametrize(("kind", "most_bytes"), [("tls12", 340), ("tls13", 880)])
@@ -193,10 +200,12 @@ def test_memory_per_key_store_entry_is_what_max_key_entries_assumes(kind, most_b
 
 # -- problem reporter ----------------------------------------------------------------------
 
+
 def problem(port: int, ts_s: float, kind: str = "no_key") -> TlsProblem:
     flow = Flow(((CLIENT, 40000), (SERVER, port)), syn_seen=True, first_ts=0)
-    return TlsProblem(flow, kind, f"no key for server 10.0.0.2:{port}", int(ts_s * 1e9),
-                      f"10.0.0.2:{port}")
+    return TlsProblem(
+        flow, kind, f"no key for server 10.0.0.2:{port}", int(ts_s * 1e9), f"10.0.0.2:{port}"
+    )
 
 
 def test_problems_are_printed_once_each_then_counted_per_kind():
@@ -211,8 +220,10 @@ def test_problems_are_printed_once_each_then_counted_per_kind():
     assert "counted and summed up" in lines[report.PROBLEMS_IN_FULL - 1]
     reporter.report(problem(2000, 70))  # a minute after the first one counted: a summary
     summary = out.getvalue().splitlines()[-1]
-    assert summary.startswith(f"captagent-tls: {100 - report.PROBLEMS_IN_FULL + 1} more "
-                              "problem(s) of the same kind (no_key)")
+    assert summary.startswith(
+        f"captagent-tls: {100 - report.PROBLEMS_IN_FULL + 1} more "
+        "problem(s) of the same kind (no_key)"
+    )
     assert summary.endswith("no key for server 10.0.0.2:2000")
     reporter.report(problem(2001, 71))
     reporter.flush()
@@ -229,6 +240,7 @@ def test_the_problems_remembered_are_bounded(monkeypatch):
 
 
 # -- /metrics ------------------------------------------------------------------------------
+
 
 def test_metrics_show_each_bound():
     keys = KeyStore(max_entries=1)

@@ -19,8 +19,13 @@ ETH_FRAME = bytes(range(60))
 RAW_FRAME = b"\x45" + bytes(39)
 
 
-def pcap_bytes(frames: list[tuple[int, int, bytes]], *, nanos: bool = False, endian: str = "<",
-               linktype: int = 1) -> bytes:
+def pcap_bytes(
+    frames: list[tuple[int, int, bytes]],
+    *,
+    nanos: bool = False,
+    endian: str = "<",
+    linktype: int = 1,
+) -> bytes:
     magic = 0xA1B23C4D if nanos else 0xA1B2C3D4
     out = struct.pack(endian + "IHHiIII", magic, 2, 4, 0, 0, 65535, linktype)
     for sec, frac, data in frames:
@@ -47,8 +52,10 @@ def pcapng_interface(linktype: int, tsresol: int | None = None, endian: str = "<
 
 
 def pcapng_packet(iface: int, ticks: int, data: bytes, endian: str = "<") -> bytes:
-    body = struct.pack(endian + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data),
-                       len(data)) + data
+    body = (
+        struct.pack(endian + "IIIII", iface, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data))
+        + data
+    )
     return _block(endian, 6, body)
 
 
@@ -67,8 +74,13 @@ def read_all(path: str, **kwargs: object) -> tuple[list, CaptureReader]:
 @pytest.mark.parametrize("nanos", [False, True])
 def test_pcap_timestamps_and_endianness(tmp_path, endian, nanos):
     path = tmp_path / "a.pcap"
-    path.write_bytes(pcap_bytes([(1700000000, 123456, ETH_FRAME), (1700000001, 7, RAW_FRAME)],
-                                nanos=nanos, endian=endian))
+    path.write_bytes(
+        pcap_bytes(
+            [(1700000000, 123456, ETH_FRAME), (1700000001, 7, RAW_FRAME)],
+            nanos=nanos,
+            endian=endian,
+        )
+    )
     frames, reader = read_all(str(path))
     scale = 1 if nanos else 1000
     assert frames == [
@@ -80,13 +92,15 @@ def test_pcap_timestamps_and_endianness(tmp_path, endian, nanos):
 
 @pytest.mark.parametrize("endian", ["<", ">"])
 def test_pcapng_mixed_link_types_and_resolutions(tmp_path, endian):
-    data = (pcapng_section(endian)
-            + pcapng_interface(1, endian=endian)            # Ethernet, microseconds
-            + pcapng_interface(276, tsresol=9, endian=endian)  # SLL2, nanoseconds
-            + pcapng_interface(101, tsresol=0x80 | 10, endian=endian)  # raw IP, 2^-10 s
-            + pcapng_packet(0, 1_700_000_000_000_001, ETH_FRAME, endian)
-            + pcapng_packet(1, 1_700_000_000_000_000_002, b"sll2" + bytes(40), endian)
-            + pcapng_packet(2, 1024 * 5 + 512, RAW_FRAME, endian))
+    data = (
+        pcapng_section(endian)
+        + pcapng_interface(1, endian=endian)  # Ethernet, microseconds
+        + pcapng_interface(276, tsresol=9, endian=endian)  # SLL2, nanoseconds
+        + pcapng_interface(101, tsresol=0x80 | 10, endian=endian)  # raw IP, 2^-10 s
+        + pcapng_packet(0, 1_700_000_000_000_001, ETH_FRAME, endian)
+        + pcapng_packet(1, 1_700_000_000_000_000_002, b"sll2" + bytes(40), endian)
+        + pcapng_packet(2, 1024 * 5 + 512, RAW_FRAME, endian)
+    )
     path = tmp_path / "a.pcapng"
     path.write_bytes(data)
     frames, reader = read_all(str(path))
@@ -100,9 +114,14 @@ def test_pcapng_mixed_link_types_and_resolutions(tmp_path, endian):
 
 
 def test_pcapng_new_section_resets_interfaces(tmp_path):
-    data = (pcapng_section("<") + pcapng_interface(1) + pcapng_packet(0, 1, ETH_FRAME)
-            + pcapng_section(">") + pcapng_interface(101, endian=">")
-            + pcapng_packet(0, 2, RAW_FRAME, ">"))
+    data = (
+        pcapng_section("<")
+        + pcapng_interface(1)
+        + pcapng_packet(0, 1, ETH_FRAME)
+        + pcapng_section(">")
+        + pcapng_interface(101, endian=">")
+        + pcapng_packet(0, 2, RAW_FRAME, ">")
+    )
     path = tmp_path / "two.pcapng"
     path.write_bytes(data)
     frames, _ = read_all(str(path))
@@ -111,8 +130,13 @@ def test_pcapng_new_section_resets_interfaces(tmp_path):
 
 def test_pcapng_decryption_secrets_block_reaches_callback_in_order(tmp_path):
     seen: list[tuple[str, bytes]] = []
-    data = (pcapng_section() + pcapng_interface(1) + pcapng_packet(0, 1, ETH_FRAME)
-            + pcapng_secrets(b"CLIENT_RANDOM aa bb\n") + pcapng_packet(0, 2, ETH_FRAME))
+    data = (
+        pcapng_section()
+        + pcapng_interface(1)
+        + pcapng_packet(0, 1, ETH_FRAME)
+        + pcapng_secrets(b"CLIENT_RANDOM aa bb\n")
+        + pcapng_packet(0, 2, ETH_FRAME)
+    )
     path = tmp_path / "dsb.pcapng"
     path.write_bytes(data)
     reader = CaptureReader(str(path), on_secrets=lambda text: seen.append(("dsb", text)))
@@ -193,6 +217,7 @@ def test_corrupt_record_length_is_reported(tmp_path):
 
 # -- malformed pcapng: skipped with a count, or the end of the read, never another exception --
 
+
 def frames_until_error(path: Path) -> tuple[list[bytes], CaptureReader, str]:
     """Every frame read, the reader, and the CaptureError message ('' when none)."""
     reader = CaptureReader(str(path))
@@ -216,9 +241,16 @@ def bare_block(btype: int, body: bytes = b"") -> bytes:
     return struct.pack("<II", btype, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
 
 
-@pytest.mark.parametrize(("btype", "name"), [(6, "enhanced packet"), (2, "obsolete packet"),
-                                             (0x0A, "decryption secrets"), (3, "simple packet"),
-                                             (1, "interface description")])
+@pytest.mark.parametrize(
+    ("btype", "name"),
+    [
+        (6, "enhanced packet"),
+        (2, "obsolete packet"),
+        (0x0A, "decryption secrets"),
+        (3, "simple packet"),
+        (1, "interface description"),
+    ],
+)
 def test_block_too_short_for_its_type_is_skipped_and_counted(tmp_path, btype, name):
     path = tmp_path / "short.pcapng"
     path.write_bytes(good_start() + bare_block(btype) + pcapng_packet(0, 2, RAW_FRAME))
@@ -227,7 +259,8 @@ def test_block_too_short_for_its_type_is_skipped_and_counted(tmp_path, btype, na
     assert reader.malformed == 1 and not reader.truncated
     assert reader.describe_malformed() == (
         f"1 malformed pcapng structure(s) skipped (the first at byte {len(good_start())}: "
-        f"{name} block of 12 bytes, too short for its fields)")
+        f"{name} block of 12 bytes, too short for its fields)"
+    )
 
 
 def test_interface_option_running_past_its_block_keeps_the_interface(tmp_path):
@@ -245,8 +278,12 @@ def test_packet_longer_than_its_block_and_undeclared_interface_are_skipped(tmp_p
     too_long = bytearray(pcapng_packet(0, 3, ETH_FRAME))
     struct.pack_into("<I", too_long, 20, 10_000)  # captured length beyond the block
     path = tmp_path / "packets.pcapng"
-    path.write_bytes(good_start() + bytes(too_long) + pcapng_packet(5, 4, ETH_FRAME)
-                     + pcapng_packet(0, 5, RAW_FRAME))
+    path.write_bytes(
+        good_start()
+        + bytes(too_long)
+        + pcapng_packet(5, 4, ETH_FRAME)
+        + pcapng_packet(0, 5, RAW_FRAME)
+    )
     got, reader, error = frames_until_error(path)
     assert (got, error, reader.malformed) == ([ETH_FRAME, RAW_FRAME], "", 2)
     assert "packet of 10000 bytes in a block of 92" in reader.describe_malformed()
@@ -272,8 +309,9 @@ def test_secrets_longer_than_their_block_are_skipped(tmp_path):
 ])  # fmt: skip
 def test_broken_block_framing_ends_the_read_where_it_is(tmp_path, mutate, message):
     path = tmp_path / "framing.pcapng"
-    path.write_bytes(good_start() + mutate(pcapng_packet(0, 2, ETH_FRAME))
-                     + pcapng_packet(0, 3, ETH_FRAME))
+    path.write_bytes(
+        good_start() + mutate(pcapng_packet(0, 2, ETH_FRAME)) + pcapng_packet(0, 3, ETH_FRAME)
+    )
     got, reader, error = frames_until_error(path)
     assert got == [ETH_FRAME]  # what came before is kept
     assert error == f"{path}: corrupt pcapng file at byte {len(good_start())}: {message}"
@@ -292,10 +330,16 @@ def test_a_second_section_without_byte_order_magic_is_corrupt(tmp_path):
     (0x80, (1 << 64) - 1, 0, MAX_TS_NS),  # 2^64 seconds
     (6, 5, -(1 << 62), 0),  # before 1970
 ])  # fmt: skip
-def test_timestamps_out_of_range_are_clamped_and_counted(tmp_path, tsresol, ticks, offset,
-                                                          expected):
-    options = (struct.pack("<HH", 9, 1) + bytes([tsresol]) + b"\0\0\0"
-               + struct.pack("<HHq", 14, 8, offset) + struct.pack("<HH", 0, 0))
+def test_timestamps_out_of_range_are_clamped_and_counted(
+    tmp_path, tsresol, ticks, offset, expected
+):
+    options = (
+        struct.pack("<HH", 9, 1)
+        + bytes([tsresol])
+        + b"\0\0\0"
+        + struct.pack("<HHq", 14, 8, offset)
+        + struct.pack("<HH", 0, 0)
+    )
     interface = _block("<", 1, struct.pack("<HHI", 1, 0, 0) + options)
     path = tmp_path / "time.pcapng"
     path.write_bytes(pcapng_section() + interface + pcapng_packet(0, ticks, ETH_FRAME))
@@ -343,26 +387,64 @@ def test_shared_pcapng_reproducers_end_in_one_line(tmp_path):
 
 # -- mutations: any bytes end in frames, a count, truncation or one CaptureError -------------
 
+
 def seed_captures() -> list[bytes]:
-    ts_options = (struct.pack("<HH", 9, 1) + bytes([0x80 | 20]) + b"\0\0\0"
-                  + struct.pack("<HHq", 14, 8, 1_700_000_000) + struct.pack("<HH", 0, 0))
-    obsolete = _block("<", 2, struct.pack("<HHIII", 0, 0, 0, 9, len(RAW_FRAME))
-                      + struct.pack("<I", len(RAW_FRAME)) + RAW_FRAME)
+    ts_options = (
+        struct.pack("<HH", 9, 1)
+        + bytes([0x80 | 20])
+        + b"\0\0\0"
+        + struct.pack("<HHq", 14, 8, 1_700_000_000)
+        + struct.pack("<HH", 0, 0)
+    )
+    obsolete = _block(
+        "<",
+        2,
+        struct.pack("<HHIII", 0, 0, 0, 9, len(RAW_FRAME))
+        + struct.pack("<I", len(RAW_FRAME))
+        + RAW_FRAME,
+    )
     simple = _block("<", 3, struct.pack("<I", len(ETH_FRAME)) + ETH_FRAME)
     return [
         pcap_bytes([(1, 2, ETH_FRAME), (3, 4, RAW_FRAME)]),
         pcap_bytes([(1, 2, ETH_FRAME)], nanos=True, endian=">"),
-        (pcapng_section() + pcapng_interface(1)
-         + _block("<", 1, struct.pack("<HHI", 101, 0, 0) + ts_options)
-         + pcapng_packet(0, 1, ETH_FRAME) + pcapng_packet(1, 2, RAW_FRAME) + obsolete + simple
-         + pcapng_secrets(b"CLIENT_RANDOM aa bb\n")
-         + pcapng_section(">") + pcapng_interface(1, tsresol=9, endian=">")
-         + pcapng_packet(0, 3, ETH_FRAME, ">")),
+        (
+            pcapng_section()
+            + pcapng_interface(1)
+            + _block("<", 1, struct.pack("<HHI", 101, 0, 0) + ts_options)
+            + pcapng_packet(0, 1, ETH_FRAME)
+            + pcapng_packet(1, 2, RAW_FRAME)
+            + obsolete
+            + simple
+            + pcapng_secrets(b"CLIENT_RANDOM aa bb\n")
+            + pcapng_section(">")
+            + pcapng_interface(1, tsresol=9, endian=">")
+            + pcapng_packet(0, 3, ETH_FRAME, ">")
+        ),
     ]
 
 
-INTERESTING = [0, 1, 3, 4, 8, 11, 12, 13, 16, 20, 28, 32, 0x7F, 0x80, 0xFF, 0xFFFF, 0xFFFFFFFF,
-               0x0A0D0D0A, 0x1A2B3C4D, 64 << 20]
+INTERESTING = [
+    0,
+    1,
+    3,
+    4,
+    8,
+    11,
+    12,
+    13,
+    16,
+    20,
+    28,
+    32,
+    0x7F,
+    0x80,
+    0xFF,
+    0xFFFF,
+    0xFFFFFFFF,
+    0x0A0D0D0A,
+    0x1A2B3C4D,
+    64 << 20,
+]
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -377,8 +459,12 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         elif kind == 1:
             out[pos] = rng.randrange(256)
         elif kind == 2 and pos + 4 <= len(out):  # a 32-bit field, often a length
-            struct.pack_into(rng.choice("<>") + "I", out, pos & ~3 if pos & ~3 + 4 <= len(out)
-                             else pos, rng.choice(INTERESTING))
+            struct.pack_into(
+                rng.choice("<>") + "I",
+                out,
+                pos & ~3 if pos & ~3 + 4 <= len(out) else pos,
+                rng.choice(INTERESTING),
+            )
         elif kind == 3:
             del out[pos:]
         elif kind == 4:

@@ -29,12 +29,27 @@ class Cut:
 
 CUTS = [
     # RSA key exchange (the server's key)
-    Cut("tls12-aes256gcm-noems", ("HS:1",), "handshake_lost",
-        "the ClientHello was lost in a capture gap", "started before the capture"),
-    Cut("tls12-aes256gcm-noems", ("HS:2", "HS:11", "HS:14"), "handshake_lost",
-        "the ServerHello was lost in a capture gap", "started before the capture"),
-    Cut("tls12-aes256gcm-noems", ("HS:16", "CCS", "HS*"), "key_exchange_lost",
-        "ClientKeyExchange was lost in a capture gap", "resumed session"),
+    Cut(
+        "tls12-aes256gcm-noems",
+        ("HS:1",),
+        "handshake_lost",
+        "the ClientHello was lost in a capture gap",
+        "started before the capture",
+    ),
+    Cut(
+        "tls12-aes256gcm-noems",
+        ("HS:2", "HS:11", "HS:14"),
+        "handshake_lost",
+        "the ServerHello was lost in a capture gap",
+        "started before the capture",
+    ),
+    Cut(
+        "tls12-aes256gcm-noems",
+        ("HS:16", "CCS", "HS*"),
+        "key_exchange_lost",
+        "ClientKeyExchange was lost in a capture gap",
+        "resumed session",
+    ),
     Cut("tls12-aes256gcm-noems", ("HS:4", "CCS", "HS*"), "all", "", "no key for server"),
     Cut("tls12-aes128gcm-ems", ("HS:4", "CCS", "HS*"), "all", "", "no key for server"),
     Cut("rsa-tls12-aes-cbc", ("HS:4", "CCS", "HS*"), "all", "", "no key for server"),
@@ -42,8 +57,13 @@ CUTS = [
     # the hellos
     Cut("keylog-tls12-ecdhe", ("HS:16", "CCS", "HS*"), "all", "", "no entry for this session"),
     Cut("keylog-tls12-ecdhe", ("HS:4", "CCS", "HS*"), "all", "", "no entry for this session"),
-    Cut("keylog-tls12-ecdhe", ("HS:1",), "handshake_lost",
-        "the ClientHello was lost in a capture gap", "started before the capture"),
+    Cut(
+        "keylog-tls12-ecdhe",
+        ("HS:1",),
+        "handshake_lost",
+        "the ClientHello was lost in a capture gap",
+        "started before the capture",
+    ),
     # TLS 1.3: the client's Finished lost; its application records use the next keys
     Cut("keylog-tls13-suites", ("CCS", "AD"), "all", "", "no entry for this session"),
 ]
@@ -59,12 +79,17 @@ def first_connection_segment(frames, what: tuple[str, ...]):
 
 
 def sessions_counted(stats: TlsStats) -> int:
-    return (stats.sessions_full + stats.sessions_resumed + stats.sessions_incomplete
-            + sum(stats.undecryptable.values()))
+    return (
+        stats.sessions_full
+        + stats.sessions_resumed
+        + stats.sessions_incomplete
+        + sum(stats.undecryptable.values())
+    )
 
 
-@pytest.mark.parametrize("cut", [pytest.param(c, id=f"{c.fixture}-{'+'.join(c.what)}")
-                                 for c in CUTS])
+@pytest.mark.parametrize(
+    "cut", [pytest.param(c, id=f"{c.fixture}-{'+'.join(c.what)}") for c in CUTS]
+)
 def test_a_lost_handshake_segment_costs_only_what_it_carried(cut: Cut):
     truth = load_groundtruth(FIXTURES / f"{cut.fixture}.json")
     frames = read_frames(FIXTURES / f"{cut.fixture}.pcap")
@@ -79,8 +104,13 @@ def test_a_lost_handshake_segment_costs_only_what_it_carried(cut: Cut):
     got = [m.payload for m in out.messages if m.is_sip]
     every_sent = {payload for (_, _, payload) in sent}
     assert all(payload in every_sent for payload in got)  # nothing invented
-    others = [m for c in truth.connections if c is not cut_conn
-              for d in ("c2s", "s2c") for m in c.messages(d)]
+    others = [
+        m
+        for c in truth.connections
+        if c is not cut_conn
+        for d in ("c2s", "s2c")
+        for m in c.messages(d)
+    ]
     assert sorted(m for m in got if m in set(others)) == sorted(others)
     mine = [m for d in ("c2s", "s2c") for m in cut_conn.messages(d)]
     if cut.outcome == "all":
@@ -103,10 +133,13 @@ def test_both_flights_lost_the_session_is_still_counted_and_decrypted():
     session is in a counter."""
     truth = load_groundtruth(FIXTURES / "keylog-tls12-ecdhe.json")
     frames = read_frames(FIXTURES / "keylog-tls12-ecdhe.pcap")
-    lost = {first_connection_segment(frames, ("HS:16", "CCS", "HS*")).index,
-            first_connection_segment(frames, ("HS:4", "CCS", "HS*")).index}
-    out, pipeline = run_frames([f for i, f in enumerate(frames) if i not in lost],
-                               key_store(truth.keys, truth.keylog))
+    lost = {
+        first_connection_segment(frames, ("HS:16", "CCS", "HS*")).index,
+        first_connection_segment(frames, ("HS:4", "CCS", "HS*")).index,
+    }
+    out, pipeline = run_frames(
+        [f for i, f in enumerate(frames) if i not in lost], key_store(truth.keys, truth.keylog)
+    )
     want = sorted(m for c in truth.connections for d in ("c2s", "s2c") for m in c.messages(d))
     assert sorted(m.payload for m in out.messages if m.is_sip) == want
     stats = pipeline.tls.stats
@@ -131,9 +164,14 @@ def handshake_segments(frames):
     return per_port
 
 
-LOSS_FIXTURES = sorted(p.stem for p in FIXTURES.glob("*.pcap")
-                       if p.with_suffix(".json").exists() and "lost" not in p.stem
-                       and "tampered" not in p.stem and "late-start" not in p.stem)
+LOSS_FIXTURES = sorted(
+    p.stem
+    for p in FIXTURES.glob("*.pcap")
+    if p.with_suffix(".json").exists()
+    and "lost" not in p.stem
+    and "tampered" not in p.stem
+    and "late-start" not in p.stem
+)
 
 
 @pytest.mark.parametrize("fixture", LOSS_FIXTURES)
@@ -151,9 +189,13 @@ def test_any_lost_handshake_segment_invents_nothing_and_keeps_every_other_connec
     if first is None:
         pytest.skip("no handshake segments found")
     # (a resumed connection needs the session of the first: it is not independent of it)
-    others = sorted(m for c in truth.connections
-                    if c.client_port != first and c.expect_decrypt and not c.reused
-                    for d in ("c2s", "s2c") for m in c.messages(d))
+    others = sorted(
+        m
+        for c in truth.connections
+        if c.client_port != first and c.expect_decrypt and not c.reused
+        for d in ("c2s", "s2c")
+        for m in c.messages(d)
+    )
     for lost in by_client[first]:
         out, pipeline = run_frames([f for i, f in enumerate(frames) if i != lost.index], keys)
         got = [m.payload for m in out.messages if m.is_sip]

@@ -73,8 +73,10 @@ def test_wrong_key_names_the_server_and_prints_nothing_decrypted():
     assert proc.returncode == 0
     assert proc.stdout == ""
     problems = [line for line in proc.stderr.splitlines() if "no key for server" in line]
-    assert problems == ["captagent-tls: no key for server 127.0.0.1:5061: none of the given keys "
-                        "matches its certificate"]
+    assert problems == [
+        "captagent-tls: no key for server 127.0.0.1:5061: none of the given keys "
+        "matches its certificate"
+    ]
 
 
 def test_bpf_filter_applies_to_files():
@@ -83,9 +85,13 @@ def test_bpf_filter_applies_to_files():
 
 
 def test_reads_standard_input():
-    proc = subprocess.run([sys.executable, "-m", "captagent_tls", "-r", "-", "-k", str(KEY),
-                           "--json", "-q"], input=CAPTURE.read_bytes(), capture_output=True,
-                          env=_env(), check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "captagent_tls", "-r", "-", "-k", str(KEY), "--json", "-q"],
+        input=CAPTURE.read_bytes(),
+        capture_output=True,
+        env=_env(),
+        check=True,
+    )
     assert len(proc.stdout.splitlines()) == len(expected_messages("tls12-aes128gcm-ems"))
 
 
@@ -109,8 +115,9 @@ def test_truncated_capture_keeps_everything_before_the_cut(tmp_path):
 
 def test_export_keylog_lets_another_run_decrypt_without_the_key(tmp_path):
     keylog = tmp_path / "exported.keys"
-    with_key = run_json(["-r", str(FIXTURES / "resume-ticket.pcap"), "-k", str(KEY),
-                         "--export-keylog", str(keylog)])
+    with_key = run_json(
+        ["-r", str(FIXTURES / "resume-ticket.pcap"), "-k", str(KEY), "--export-keylog", str(keylog)]
+    )
     lines = keylog.read_text().splitlines()
     assert len(lines) == 3 and all(line.startswith("CLIENT_RANDOM ") for line in lines)
     with_log = run_json(["-r", str(FIXTURES / "resume-ticket.pcap"), "--keylog", str(keylog)])
@@ -118,6 +125,7 @@ def test_export_keylog_lets_another_run_decrypt_without_the_key(tmp_path):
 
 
 # -- mistakes ------------------------------------------------------------------------------
+
 
 def test_missing_capture(tmp_path):
     assert_one_line_error(run(["-r", str(tmp_path / "nope.pcap")]), "nope.pcap")
@@ -130,8 +138,9 @@ def test_not_a_capture(tmp_path):
 
 
 def test_missing_key_file(tmp_path):
-    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(tmp_path / "k.pem")]),
-                          "cannot read key file")
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "-k", str(tmp_path / "k.pem")]), "cannot read key file"
+    )
 
 
 def test_garbage_key_file(tmp_path):
@@ -141,38 +150,48 @@ def test_garbage_key_file(tmp_path):
 
 
 def test_pem_with_only_a_certificate():
-    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(KEYS / "server-rsa2048.crt")]),
-                          "no private key")
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "-k", str(KEYS / "server-rsa2048.crt")]), "no private key"
+    )
 
 
 def test_non_rsa_key_says_a_key_log_is_the_way(tmp_path):
     path = tmp_path / "ec.key"
-    path.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path)]), "EC private key",
-                          "--keylog")
+    path.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path)]), "EC private key", "--keylog")
 
 
 def test_encrypted_key_without_password(tmp_path):
     key = serialization.load_pem_private_key(KEY.read_bytes(), None)
     path = tmp_path / "enc.key"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.BestAvailableEncryption(b"s3cret")))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"s3cret"),
+        )
+    )
     assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path)]), "--key-password")
-    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path), "--key-password", "no"]),
-                          "wrong password")
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "-k", str(path), "--key-password", "no"]), "wrong password"
+    )
     ok = run(["-r", str(CAPTURE), "-k", str(path), "--key-password", "s3cret", "--json", "-q"])
     assert ok.returncode == 0 and ok.stdout.count("\n") == len(
-        expected_messages("tls12-aes128gcm-ems"))
+        expected_messages("tls12-aes128gcm-ems")
+    )
 
 
-@pytest.mark.parametrize("address", ["nowhere", "10.0.0.1:70000", "ftp://h:1",
-                                     "no-such-host.invalid:9060"])
+@pytest.mark.parametrize(
+    "address", ["nowhere", "10.0.0.1:70000", "ftp://h:1", "no-such-host.invalid:9060"]
+)
 def test_bad_collector_address(address):
-    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(KEY), "--hep", address]),
-                          "collector")
+    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(KEY), "--hep", address]), "collector")
 
 
 def test_bad_filter():
@@ -200,20 +219,33 @@ def _key_in_format(tmp_path, fmt: str):
         "pkcs8-pem": lambda: key.private_bytes(enc.PEM, fmt_.PKCS8, none),
         "pkcs1-der": lambda: key.private_bytes(enc.DER, fmt_.TraditionalOpenSSL, none),
         "pkcs8-der": lambda: key.private_bytes(enc.DER, fmt_.PKCS8, none),
-        "cert-then-key-bundle": lambda: cert.public_bytes(enc.PEM)
-        + key.private_bytes(enc.PEM, fmt_.PKCS8, none),
+        "cert-then-key-bundle": lambda: (
+            cert.public_bytes(enc.PEM) + key.private_bytes(enc.PEM, fmt_.PKCS8, none)
+        ),
         "pkcs12": lambda: pkcs12.serialize_key_and_certificates(
-            b"sip", key, cert, None, serialization.BestAvailableEncryption(b"p12pass")),
+            b"sip", key, cert, None, serialization.BestAvailableEncryption(b"p12pass")
+        ),
         "pkcs12-no-password": lambda: pkcs12.serialize_key_and_certificates(
-            b"sip", key, cert, None, none),
+            b"sip", key, cert, None, none
+        ),
     }[fmt]()
     path = tmp_path / f"key.{fmt}"
     path.write_bytes(data)
     return path
 
 
-@pytest.mark.parametrize("fmt", ["pkcs1-pem", "pkcs8-pem", "pkcs1-der", "pkcs8-der",
-                                 "cert-then-key-bundle", "pkcs12", "pkcs12-no-password"])
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        "pkcs1-pem",
+        "pkcs8-pem",
+        "pkcs1-der",
+        "pkcs8-der",
+        "cert-then-key-bundle",
+        "pkcs12",
+        "pkcs12-no-password",
+    ],
+)
 def test_key_formats(tmp_path, fmt):
     path = _key_in_format(tmp_path, fmt)
     extra = ["--key-password", "p12pass"] if fmt == "pkcs12" else []
@@ -223,8 +255,9 @@ def test_key_formats(tmp_path, fmt):
 
 def test_pkcs12_with_a_wrong_password(tmp_path):
     path = _key_in_format(tmp_path, "pkcs12")
-    assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path), "--key-password", "nope"]),
-                          "wrong password")
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "-k", str(path), "--key-password", "nope"]), "wrong password"
+    )
     assert_one_line_error(run(["-r", str(CAPTURE), "-k", str(path)]), "--key-password")
 
 
@@ -236,8 +269,10 @@ def test_no_key_material_in_any_log_output(tmp_path):
     secrets = [line.split()[2] for line in exported.read_text().splitlines()]
     keylog = FIXTURES / "keylog-tls13-suites.keylog"
     secrets += [line.split()[2] for line in keylog.read_text().splitlines() if line.strip()]
-    for args in (["-r", str(CAPTURE), "-k", str(KEY)],
-                 ["-r", str(FIXTURES / "keylog-tls13-suites.pcap"), "--keylog", str(keylog)]):
+    for args in (
+        ["-r", str(CAPTURE), "-k", str(KEY)],
+        ["-r", str(FIXTURES / "keylog-tls13-suites.pcap"), "--keylog", str(keylog)],
+    ):
         proc = run([*args, "-vv", "--json"])
         assert proc.returncode == 0
         for secret in secrets:
@@ -251,15 +286,39 @@ def test_write_gives_a_pcap_that_tshark_reads_as_sip(tmp_path):
     out_file = tmp_path / "decrypted.pcap"
     ours = run_json(["-r", str(CAPTURE), "-k", str(KEY), "-w", str(out_file)])
     proc = subprocess.run(
-        ["tshark", "-r", str(out_file), "-T", "fields", "-e", "exported_pdu.ipv4_src",
-         "-e", "exported_pdu.src_port", "-e", "exported_pdu.ipv4_dst",
-         "-e", "exported_pdu.dst_port", "-e", "sip.Call-ID", "-e", "frame.time_epoch"],
-        capture_output=True, text=True, check=True)
+        [
+            "tshark",
+            "-r",
+            str(out_file),
+            "-T",
+            "fields",
+            "-e",
+            "exported_pdu.ipv4_src",
+            "-e",
+            "exported_pdu.src_port",
+            "-e",
+            "exported_pdu.ipv4_dst",
+            "-e",
+            "exported_pdu.dst_port",
+            "-e",
+            "sip.Call-ID",
+            "-e",
+            "frame.time_epoch",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = [line.split("\t") for line in proc.stdout.splitlines()]
     assert len(rows) == len(ours) == len(expected_messages("tls12-aes128gcm-ems"))
     for row, obj in zip(rows, ours, strict=True):
-        assert row[:5] == [obj["src_ip"], str(obj["src_port"]), obj["dst_ip"],
-                           str(obj["dst_port"]), obj["call_id"]]
+        assert row[:5] == [
+            obj["src_ip"],
+            str(obj["src_port"]),
+            obj["dst_ip"],
+            str(obj["dst_port"]),
+            obj["call_id"],
+        ]
         assert abs(float(row[5]) - obj["ts"]) < 1e-6
 
 
@@ -288,10 +347,12 @@ def parser_options() -> list[tuple[str, argparse.Action]]:
 
 
 OPTION_NAMES = [name for name, _ in parser_options()]
-NUMERIC = {name for name, action in parser_options()
-           if getattr(action.type, "option", None) in {
-               dest for dest, option in OPTIONS.items() if option.kind in ("integer", "number",
-                                                                           "size")}}
+NUMERIC = {
+    name
+    for name, action in parser_options()
+    if getattr(action.type, "option", None)
+    in {dest for dest, option in OPTIONS.items() if option.kind in ("integer", "number", "size")}
+}
 
 
 @pytest.fixture
@@ -316,8 +377,9 @@ def run_main(argv: list[str], capsys) -> tuple[int, str]:
 
 @pytest.mark.parametrize("value_name", list(BAD_VALUES))
 @pytest.mark.parametrize("option", OPTION_NAMES)
-def test_every_option_with_bad_values_ends_in_one_line(option, value_name, tmp_path,
-                                                       monkeypatch, capsys, stderr_logging):
+def test_every_option_with_bad_values_ends_in_one_line(
+    option, value_name, tmp_path, monkeypatch, capsys, stderr_logging
+):
     monkeypatch.chdir(tmp_path)  # -w, --export-keylog and friends may create files here
     value = BAD_VALUES[value_name]
     source = [] if option in ("--read", "--interface") else ["-r", str(CAPTURE)]
@@ -334,13 +396,20 @@ def test_every_option_with_bad_values_ends_in_one_line(option, value_name, tmp_p
 def test_every_option_is_checked_by_the_rules_files_use():
     """Each option that takes a value converts it with options.value_type (the rules config
     files go through), and every such rule is an option of the command line."""
-    with_values = {action.dest: action for _, action in parser_options()
-                   if action.nargs != 0 and action.dest not in ("config", "captagent_config")
-                   and not isinstance(action, argparse._CountAction)}
+    with_values = {
+        action.dest: action
+        for _, action in parser_options()
+        if action.nargs != 0
+        and action.dest not in ("config", "captagent_config")
+        and not isinstance(action, argparse._CountAction)
+    }
     for dest, action in with_values.items():
         assert getattr(action.type, "option", None) == dest, dest
-    assert set(OPTIONS) == {action.dest for _, action in parser_options()
-                            if action.dest not in ("config", "captagent_config")}
+    assert set(OPTIONS) == {
+        action.dest
+        for _, action in parser_options()
+        if action.dest not in ("config", "captagent_config")
+    }
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -366,11 +435,18 @@ def test_the_reported_values_are_refused_in_one_line(args, needle):
 
 def run_bytes(args: list[bytes]) -> subprocess.CompletedProcess[str]:
     """The CLI with raw bytes on its command line, as a shell passes $'\\xff'."""
-    proc = subprocess.run([sys.executable.encode(), b"-m", b"captagent_tls", *args],
-                          capture_output=True, env=_env(), stdin=subprocess.DEVNULL)
-    return subprocess.CompletedProcess(proc.args, proc.returncode,
-                                       proc.stdout.decode("utf-8", "replace"),
-                                       proc.stderr.decode("utf-8", "replace"))
+    proc = subprocess.run(
+        [sys.executable.encode(), b"-m", b"captagent_tls", *args],
+        capture_output=True,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    return subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )
 
 
 def test_hep_strings_that_are_not_utf8_are_refused_without_showing_them():
@@ -383,11 +459,16 @@ def test_hep_strings_that_are_not_utf8_are_refused_without_showing_them():
 def test_key_password_that_is_not_utf8_is_used_as_the_bytes_typed(tmp_path):
     key = serialization.load_pem_private_key(KEY.read_bytes(), None)
     path = tmp_path / "latin1.key"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.BestAvailableEncryption(b"caf\xe9")))
-    proc = run_bytes([b"-r", bytes(CAPTURE), b"-k", bytes(path), b"--key-password", b"caf\xe9",
-                      b"--json", b"-q"])
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"caf\xe9"),
+        )
+    )
+    proc = run_bytes(
+        [b"-r", bytes(CAPTURE), b"-k", bytes(path), b"--key-password", b"caf\xe9", b"--json", b"-q"]
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == len(expected_messages("tls12-aes128gcm-ems"))
 
@@ -404,30 +485,40 @@ def test_a_newline_in_a_file_name_stays_on_one_line(tmp_path):
 def test_config_values_follow_the_same_rules(tmp_path):
     config = tmp_path / "agent.toml"
     config.write_text("[tuning]\nflow_timeout = 1e308\n")
-    assert_one_line_error(run(["-r", str(CAPTURE), "-c", str(config)]),
-                          "tuning.flow_timeout: must be more than 0 and at most 86400")
-    config.write_text("[keys]\nkey_hold_flow = \"1M\"\nkey_hold_total = 9999999999999\n")
-    assert_one_line_error(run(["-r", str(CAPTURE), "-c", str(config)]),
-                          "keys.key_hold_total: must be between 16384 and 68719476736")
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "-c", str(config)]),
+        "tuning.flow_timeout: must be more than 0 and at most 86400",
+    )
+    config.write_text('[keys]\nkey_hold_flow = "1M"\nkey_hold_total = 9999999999999\n')
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "-c", str(config)]),
+        "keys.key_hold_total: must be between 16384 and 68719476736",
+    )
 
 
 def test_nested_configurations_end_in_one_line(tmp_path):
     toml = tmp_path / "deep.toml"
     toml.write_text("x = " + "[" * 1000 + "]" * 1000 + "\n")
-    assert_one_line_error(run(["-r", str(CAPTURE), "-c", str(toml)]),
-                          "deep.toml: nested too deeply")
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "-c", str(toml)]), "deep.toml: nested too deeply"
+    )
     xml = tmp_path / "deep.xml"
     xml.write_text("<document>" + "<a>" * 1000 + "</a>" * 1000 + "</document>")
-    assert_one_line_error(run(["-r", str(CAPTURE), "--captagent-config", str(xml)]),
-                          "nested too deeply")
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "--captagent-config", str(xml)]), "nested too deeply"
+    )
     chain = tmp_path / "chain"
     chain.mkdir()
     for i in range(400):
         (chain / f"{i}.xml").write_text(
             '<document xmlns:xi="http://www.w3.org/2001/XInclude">'
-            + (f'<xi:include href="{i + 1}.xml"/>' if i < 399 else "<module/>") + "</document>")
-    assert_one_line_error(run(["-r", str(CAPTURE), "--captagent-config", str(chain / "0.xml")]),
-                          "includes nested too deeply")
+            + (f'<xi:include href="{i + 1}.xml"/>' if i < 399 else "<module/>")
+            + "</document>"
+        )
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "--captagent-config", str(chain / "0.xml")]),
+        "includes nested too deeply",
+    )
 
 
 def test_shared_reproducers_end_in_one_line():
@@ -436,8 +527,10 @@ def test_shared_reproducers_end_in_one_line():
         pytest.skip("../shared/regressions is not here")
     toml = folder / "toml-array-nested-1000.toml"
     assert_one_line_error(run(["-r", str(CAPTURE), "-c", str(toml)]), "nested too deeply")
-    assert_one_line_error(run(["-r", str(CAPTURE), "--captagent-config",
-                               str(folder / "xml-nested-1000")]), "nested too deeply")
+    assert_one_line_error(
+        run(["-r", str(CAPTURE), "--captagent-config", str(folder / "xml-nested-1000")]),
+        "nested too deeply",
+    )
 
 
 def test_key_hold_options_reach_the_hold_limits():
@@ -449,7 +542,10 @@ def test_key_hold_options_reach_the_hold_limits():
 
     assert hold() == (10.0, 16 << 20, 256 << 20)
     assert hold("--key-hold-flow", "2M", "--key-hold-total", "1G", "--key-wait", "3") == (
-        3.0, 2 << 20, 1 << 30)
+        3.0,
+        2 << 20,
+        1 << 30,
+    )
     # one connection can never hold more than all of them together
     assert hold("--key-hold-flow", "512M") == (10.0, 256 << 20, 256 << 20)
 
@@ -462,10 +558,24 @@ def test_write_skips_messages_too_large_for_pcap_readers(tmp_path, caplog):
     from captagent_tls.sip import Message
 
     def sip(body: bytes) -> Message:
-        payload = (b"MESSAGE sip:b@example.test SIP/2.0\r\nCall-ID: c\r\nContent-Length: "
-                   + str(len(body)).encode() + b"\r\n\r\n" + body)
-        return Message(1_700_000_000_000_000_000, (b"\x0a\0\0\x01", 5060),
-                       (b"\x0a\0\0\x02", 5060), "tcp", payload, "c", True, True, "", "")
+        payload = (
+            b"MESSAGE sip:b@example.test SIP/2.0\r\nCall-ID: c\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        return Message(
+            1_700_000_000_000_000_000,
+            (b"\x0a\0\0\x01", 5060),
+            (b"\x0a\0\0\x02", 5060),
+            "tcp",
+            payload,
+            "c",
+            True,
+            True,
+            "",
+            "",
+        )
 
     path = tmp_path / "out.pcap"
     sink = PcapFileSink(open(path, "wb"))  # noqa: SIM115 - the sink closes it
@@ -476,18 +586,34 @@ def test_write_skips_messages_too_large_for_pcap_readers(tmp_path, caplog):
     assert (sink.written, sink.skipped_too_large) == (2, 1)
     assert "1 SIP messages larger than 262144 bytes were not written" in caplog.text
     with CaptureReader(str(path)) as reader:
-        assert [bytes(f.data).endswith(b"small") or bytes(f.data).endswith(b"again")
-                for f in reader] == [True, True]
+        assert [
+            bytes(f.data).endswith(b"small") or bytes(f.data).endswith(b"again") for f in reader
+        ] == [True, True]
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
-@pytest.mark.parametrize("args", [["--json"], [], ["-w", "/dev/full"],
-                                  ["--export-keylog", "/dev/full"]])
+@pytest.mark.parametrize(
+    "args", [["--json"], [], ["-w", "/dev/full"], ["--export-keylog", "/dev/full"]]
+)
 def test_an_output_that_cannot_be_written_is_one_line(args):
     with open("/dev/full", "w") as full:
-        proc = subprocess.run([sys.executable, "-m", "captagent_tls", "-r", str(CAPTURE),
-                               "-k", str(KEY), "-q", *args], stdout=full,
-                              stderr=subprocess.PIPE, text=True, env=_env())
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "captagent_tls",
+                "-r",
+                str(CAPTURE),
+                "-k",
+                str(KEY),
+                "-q",
+                *args,
+            ],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
     assert_one_line_error(proc, "cannot write ", "No space left on device")
 
 

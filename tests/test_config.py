@@ -43,7 +43,9 @@ def error_of(load, path) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_native_flat_keys(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "agent.toml", """
+    cfg = write(
+        tmp_path / "agent.toml",
+        """
         interface = "eth0"
         filter = "tcp port 5061"
         promisc = true
@@ -53,7 +55,8 @@ def test_native_flat_keys(tmp_path: Path) -> None:
         hep_id = 4242
         flow_timeout = 60
         verbose = 2
-    """.replace("\n        ", "\n"))
+    """.replace("\n        ", "\n"),
+    )
     assert load_native(cfg) == {
         "interface": "eth0", "filter": "tcp port 5061", "promisc": True, "snaplen": 65535,
         "key": ["/etc/k1.pem", "/etc/k2.pem"],
@@ -64,7 +67,9 @@ def test_native_flat_keys(tmp_path: Path) -> None:
 
 
 def test_native_tables_dashes_and_short_names(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "agent.toml", """
+    cfg = write(
+        tmp_path / "agent.toml",
+        """
 [capture]
 buffer-size = 2048
 [keys]
@@ -84,7 +89,8 @@ max_flow_buffer = 1048576
 user = "captagent"
 metrics = "127.0.0.1:9966"
 stats-interval = 30
-""")
+""",
+    )
     assert load_native(cfg) == {
         "buffer_size": 2048, "keylog": ["/run/keys.log"], "key_wait": 1.5,
         "keylog_listen": ["udp://127.0.0.1:5999", "tcp://[::1]:5999"],
@@ -96,13 +102,16 @@ stats-interval = 30
 
 
 def test_native_relative_paths_follow_the_file(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "etc" / "agent.toml", """
+    cfg = write(
+        tmp_path / "etc" / "agent.toml",
+        """
 read = "caps/a.pcap"
 key = ["keys/a.key", "/abs/b.key"]
 export_keylog = "out.log"
 [hep]
 ca = "ca.pem"
-""")
+""",
+    )
     values = load_native(cfg)
     etc = tmp_path / "etc"
     assert values["read"] == str(etc / "caps" / "a.pcap")
@@ -197,8 +206,13 @@ FULL_VALUES = {
 def test_seed_snippets_load_verbatim() -> None:
     values, warnings = load_captagent(DATA / "seed")
     # promisc: captagent leaves it off unless a profile turns it on
-    assert values == {"interface": "any", "filter": "tcp port 5061", "promisc": False,
-                      "flow_timeout": 180.0, "key": ["/etc/captagent/server.key"]}
+    assert values == {
+        "interface": "any",
+        "filter": "tcp port 5061",
+        "promisc": False,
+        "flow_timeout": 180.0,
+        "key": ["/etc/captagent/server.key"],
+    }
     assert "no captagent.xml" in warnings[0]
     assert any("capture-plan='tls_capture_plan.cfg' ignored" in w for w in warnings)
     assert any("tcpdefrag='false' ignored" in w for w in warnings)
@@ -212,14 +226,17 @@ def test_seed_snippets_load_verbatim() -> None:
 def test_seed_snippets_under_a_captagent_xml(tmp_path: Path) -> None:
     for name in ("protocol_tls.xml", "socket_pcap.xml"):
         shutil.copy(DATA / "seed" / name, tmp_path / name)
-    write(tmp_path / "captagent.xml", """<?xml version="1.0"?>
+    write(
+        tmp_path / "captagent.xml",
+        """<?xml version="1.0"?>
 <document type="captagent/xml">
   <configuration name="modules.conf"><modules>
     <load module="protocol_tls" register="local"/>
     <load module="socket_pcap" register="local"/>
   </modules></configuration>
 </document>
-""")
+""",
+    )
     values, warnings = load_captagent(tmp_path)
     assert values["key"] == ["/etc/captagent/server.key"]
     assert values["filter"] == "tcp port 5061"
@@ -231,14 +248,25 @@ def test_realistic_installation() -> None:
     assert values == FULL_VALUES
     assert load_captagent(DATA / "full" / "captagent.xml") == (values, warnings)
     text = "\n".join(warnings)
-    for needle in ("module protocol_sip ignored", "module database_hash ignored",
-                   "module protocol_rtcp ignored", "daemon='true' ignored",
-                   "pid_file='/var/run/captagent.pid' ignored", "capture-plan=",
-                   "reasm='false' ignored"):
+    for needle in (
+        "module protocol_sip ignored",
+        "module database_hash ignored",
+        "module protocol_rtcp ignored",
+        "daemon='true' ignored",
+        "pid_file='/var/run/captagent.pid' ignored",
+        "capture-plan=",
+        "reasm='false' ignored",
+    ):
         assert needle in text
     # values that already say what captagent-tls does are not warned about
-    for quiet in ("tcpdefrag", "payload-compression", "syslog", "config_path", "uuid",
-                  "protocol_tcp"):
+    for quiet in (
+        "tcpdefrag",
+        "payload-compression",
+        "syslog",
+        "config_path",
+        "uuid",
+        "protocol_tcp",
+    ):
         assert quiet not in text
     # disabled profiles count for nothing, warnings included
     assert "eth1" not in text and "websocket" not in text and "capture-filter" not in text
@@ -267,14 +295,18 @@ MAIN = """<?xml version="1.0"?>
 
 
 def module_file(name: str, *profiles: str) -> str:
-    return (f'<document type="captagent_module/xml"><module name="{name}" description="x" '
-            f'serial="1">{"".join(profiles)}</module></document>\n')
+    return (
+        f'<document type="captagent_module/xml"><module name="{name}" description="x" '
+        f'serial="1">{"".join(profiles)}</module></document>\n'
+    )
 
 
 def profile(name: str, *params: tuple[str, str], enable: str = "true") -> str:
     settings = "".join(f'<param name="{k}" value="{v}"/>' for k, v in params)
-    return (f'<profile name="{name}" description="d" enable="{enable}" serial="1">'
-            f"<settings>{settings}</settings></profile>")
+    return (
+        f'<profile name="{name}" description="d" enable="{enable}" serial="1">'
+        f"<settings>{settings}</settings></profile>"
+    )
 
 
 def install(tmp_path: Path, modules: dict[str, str], core: str = "") -> Path:
@@ -289,28 +321,58 @@ def install(tmp_path: Path, modules: dict[str, str], core: str = "") -> Path:
 def test_ignored_settings_are_listed_once(tmp_path: Path) -> None:
     pcap = module_file(
         "socket_pcap",
-        profile("a", ("dev", "eth0"), ("capture-plan", "sip.cfg"), ("erspan", "true"),
-                ("filter", "port 5061")),
-        profile("b", ("dev", "eth0"), ("capture-plan", "tls.cfg"), ("erspan", "true"),
-                ("filter", "port 5062")),
+        profile(
+            "a",
+            ("dev", "eth0"),
+            ("capture-plan", "sip.cfg"),
+            ("erspan", "true"),
+            ("filter", "port 5061"),
+        ),
+        profile(
+            "b",
+            ("dev", "eth0"),
+            ("capture-plan", "tls.cfg"),
+            ("erspan", "true"),
+            ("filter", "port 5062"),
+        ),
     )
     hep = module_file(
         "transport_hep",
-        profile("h1", ("capture-host", "10.0.0.1"), ("capture-port", "9060"),
-                ("payload-compression", "true"), ("capture-id", "1")),
-        profile("h2", ("capture-host", "10.0.0.2"), ("capture-port", "9060"),
-                ("payload-compression", "true"), ("capture-id", "2")),
+        profile(
+            "h1",
+            ("capture-host", "10.0.0.1"),
+            ("capture-port", "9060"),
+            ("payload-compression", "true"),
+            ("capture-id", "1"),
+        ),
+        profile(
+            "h2",
+            ("capture-host", "10.0.0.2"),
+            ("capture-port", "9060"),
+            ("payload-compression", "true"),
+            ("capture-id", "2"),
+        ),
     )
-    root = install(tmp_path, {"socket_pcap": pcap, "transport_hep": hep,
-                              "protocol_sip": "", "database_hash": ""},
-                   core='<param name="node" value="sbc1"/><param name="mystery" value="1"/>')
+    root = install(
+        tmp_path,
+        {"socket_pcap": pcap, "transport_hep": hep, "protocol_sip": "", "database_hash": ""},
+        core='<param name="node" value="sbc1"/><param name="mystery" value="1"/>',
+    )
     values, warnings = load_captagent(root)
     assert values["hep"] == ["udp://10.0.0.1:9060", "udp://10.0.0.2:9060"]
     assert values["hep_id"] == 1
     assert values["filter"] == "(port 5061) or (port 5062)"
-    for needle in ("capture-plan=", "erspan=", "payload-compression=", "capture-id ignored",
-                   "module protocol_sip", "module database_hash", "node='sbc1'",
-                   "mystery='1' ignored: unrecognised setting", "are merged into one capture"):
+    for needle in (
+        "capture-plan=",
+        "erspan=",
+        "payload-compression=",
+        "capture-id ignored",
+        "module protocol_sip",
+        "module database_hash",
+        "node='sbc1'",
+        "mystery='1' ignored: unrecognised setting",
+        "are merged into one capture",
+    ):
         assert sum(needle in w for w in warnings) == 1, (needle, warnings)
 
 
@@ -321,10 +383,10 @@ def test_disabled_profiles_are_ignored(tmp_path: Path) -> None:
         profile("noattr", ("dev", "eth8"), enable=""),
         profile("on", ("dev", "eth0"), ("filter", "tcp port 5061")),
     )
-    tls = module_file("protocol_tls", profile("off", ("private-key-path", "/x.key"),
-                                              enable="false"))
-    values, warnings = load_captagent(install(tmp_path, {"socket_pcap": pcap,
-                                                         "protocol_tls": tls}))
+    tls = module_file(
+        "protocol_tls", profile("off", ("private-key-path", "/x.key"), enable="false")
+    )
+    values, warnings = load_captagent(install(tmp_path, {"socket_pcap": pcap, "protocol_tls": tls}))
     assert values == {"interface": "eth0", "filter": "tcp port 5061", "promisc": False}
     assert not any("weird" in w or "merged" in w for w in warnings)
 
@@ -332,15 +394,27 @@ def test_disabled_profiles_are_ignored(tmp_path: Path) -> None:
 def test_capture_profiles_merge(tmp_path: Path) -> None:
     pcap = module_file(
         "socket_pcap",
-        profile("a", ("dev", "eth0"), ("filter", "tcp port 5061"), ("ipv4fragments", "true"),
-                ("snap-len", "65535"), ("promisc", "false")),
-        profile("b", ("dev", "eth1"), ("filter", "tcp port 5062"), ("promisc", "true"),
-                ("snap-len", "3200"), ("stats-enable", "true"), ("stats-interval", "60")),
+        profile(
+            "a",
+            ("dev", "eth0"),
+            ("filter", "tcp port 5061"),
+            ("ipv4fragments", "true"),
+            ("snap-len", "65535"),
+            ("promisc", "false"),
+        ),
+        profile(
+            "b",
+            ("dev", "eth1"),
+            ("filter", "tcp port 5062"),
+            ("promisc", "true"),
+            ("snap-len", "3200"),
+            ("stats-enable", "true"),
+            ("stats-interval", "60"),
+        ),
     )
     values, warnings = load_captagent(install(tmp_path, {"socket_pcap": pcap}))
     assert values["interface"] == "any"
-    assert values["filter"] == ("((tcp port 5061) or (ip[6:2] & 0x3fff != 0)) or "
-                                "(tcp port 5062)")
+    assert values["filter"] == ("((tcp port 5061) or (ip[6:2] & 0x3fff != 0)) or (tcp port 5062)")
     assert values["promisc"] is True
     assert values["snaplen"] == 65535
     assert values["stats_interval"] == 60.0
@@ -349,18 +423,30 @@ def test_capture_profiles_merge(tmp_path: Path) -> None:
 
 
 def test_profile_without_filter_takes_everything(tmp_path: Path) -> None:
-    pcap = module_file("socket_pcap", profile("a", ("dev", "eth0"), ("filter", "port 1")),
-                       profile("b", ("dev", "eth0")))
+    pcap = module_file(
+        "socket_pcap",
+        profile("a", ("dev", "eth0"), ("filter", "port 1")),
+        profile("b", ("dev", "eth0")),
+    )
     values, _ = load_captagent(install(tmp_path, {"socket_pcap": pcap}))
     assert "filter" not in values
 
 
 def test_hep_versions_protocols_and_core_debug(tmp_path: Path) -> None:
-    hep = module_file("transport_hep", profile(
-        "h", ("version", "2"), ("capture-host", "homer"), ("capture-port", "9061"),
-        ("capture-proto", "TCP"), ("capture-password", "")))
-    values, warnings = load_captagent(install(tmp_path, {"transport_hep": hep},
-                                              core='<param name="debug" value="7"/>'))
+    hep = module_file(
+        "transport_hep",
+        profile(
+            "h",
+            ("version", "2"),
+            ("capture-host", "homer"),
+            ("capture-port", "9061"),
+            ("capture-proto", "TCP"),
+            ("capture-password", ""),
+        ),
+    )
+    values, warnings = load_captagent(
+        install(tmp_path, {"transport_hep": hep}, core='<param name="debug" value="7"/>')
+    )
     assert values == {"hep": ["tcp://homer:9061"], "hep_password": "", "verbose": 2}
     assert sum("version=2 ignored" in w and "HEPv3" in w for w in warnings) == 1
 
@@ -374,8 +460,10 @@ def test_module_loaded_without_profiles_warns(tmp_path: Path) -> None:
 
 def test_unloaded_module_file_is_reported(tmp_path: Path) -> None:
     root = install(tmp_path, {"socket_pcap": module_file("socket_pcap", profile("p"))})
-    write(root / "protocol_tls.xml",
-          module_file("protocol_tls", profile("t", ("private-key-path", "/k"))))
+    write(
+        root / "protocol_tls.xml",
+        module_file("protocol_tls", profile("t", ("private-key-path", "/k"))),
+    )
     values, warnings = load_captagent(root)
     assert "key" not in values
     assert any("module protocol_tls is not loaded" in w for w in warnings)
@@ -383,18 +471,25 @@ def test_unloaded_module_file_is_reported(tmp_path: Path) -> None:
 
 def test_module_files_fall_back_to_config_path(tmp_path: Path) -> None:
     elsewhere = tmp_path / "etc"
-    write(elsewhere / "protocol_tls.xml",
-          module_file("protocol_tls", profile("t", ("private-key-path", "/k.pem"))))
-    root = install(tmp_path / "main", {"protocol_tls": ""},
-                   core=f'<param name="config_path" value="{elsewhere}"/>')
+    write(
+        elsewhere / "protocol_tls.xml",
+        module_file("protocol_tls", profile("t", ("private-key-path", "/k.pem"))),
+    )
+    root = install(
+        tmp_path / "main",
+        {"protocol_tls": ""},
+        core=f'<param name="config_path" value="{elsewhere}"/>',
+    )
     values, _ = load_captagent(root)
     assert values == {"key": ["/k.pem"]}
 
 
 def test_broken_xml_names_file_and_line(tmp_path: Path) -> None:
     root = install(tmp_path, {"socket_pcap": module_file("socket_pcap", profile("p"))})
-    write(root / "socket_pcap.xml", '<?xml version="1.0"?>\n<document>\n  <module name="x">\n'
-                                    "  </modul>\n</document>\n")
+    write(
+        root / "socket_pcap.xml",
+        '<?xml version="1.0"?>\n<document>\n  <module name="x">\n  </modul>\n</document>\n',
+    )
     message = error_of(load_captagent, root)
     assert message.startswith(f"{root / 'socket_pcap.xml'}:4:")
     assert "mismatched tag" in message
@@ -403,9 +498,12 @@ def test_broken_xml_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_missing_include_and_module_file(tmp_path: Path) -> None:
-    write(tmp_path / "captagent.xml", '<document type="captagent/xml" '
-          'xmlns:xi="http://www.w3.org/2001/XInclude">\n'
-          '  <xi:include href="modules/gone.xml"/>\n</document>\n')
+    write(
+        tmp_path / "captagent.xml",
+        '<document type="captagent/xml" '
+        'xmlns:xi="http://www.w3.org/2001/XInclude">\n'
+        '  <xi:include href="modules/gone.xml"/>\n</document>\n',
+    )
     message = error_of(load_captagent, tmp_path)
     assert message.startswith(f"{tmp_path / 'captagent.xml'}:2: ")
     assert f"included file {tmp_path / 'modules' / 'gone.xml'} not found" in message
@@ -417,12 +515,15 @@ def test_missing_include_and_module_file(tmp_path: Path) -> None:
 
 
 def test_include_loops_and_unsupported_includes(tmp_path: Path) -> None:
-    write(tmp_path / "a.xml", '<document type="captagent/xml"><xi:include href="b.xml"/>'
-                              "</document>")
+    write(
+        tmp_path / "a.xml", '<document type="captagent/xml"><xi:include href="b.xml"/></document>'
+    )
     write(tmp_path / "b.xml", '<module name="m"><xi:include href="a.xml"/></module>')
     assert "includes itself" in error_of(load_captagent, tmp_path / "a.xml")
-    write(tmp_path / "c.xml", '<document type="captagent/xml">'
-                              '<xi:include href="b.xml" parse="text"/></document>')
+    write(
+        tmp_path / "c.xml",
+        '<document type="captagent/xml"><xi:include href="b.xml" parse="text"/></document>',
+    )
     assert "only whole XML files" in error_of(load_captagent, tmp_path / "c.xml")
 
 
@@ -437,8 +538,7 @@ def test_include_loops_and_unsupported_includes(tmp_path: Path) -> None:
     ((("capture-host", "h"), ("capture-port", "1"), ("capture-id", "x")), "capture-id"),
 ])  # fmt: skip
 def test_bad_hep_values_are_errors_with_line(tmp_path: Path, params: tuple, needle: str) -> None:
-    root = install(tmp_path, {"transport_hep": module_file("transport_hep",
-                                                           profile("h", *params))})
+    root = install(tmp_path, {"transport_hep": module_file("transport_hep", profile("h", *params))})
     message = error_of(load_captagent, root)
     assert needle in message
     assert re.match(rf"{re.escape(str(root / 'transport_hep.xml'))}:\d+: ", message)
@@ -447,10 +547,12 @@ def test_bad_hep_values_are_errors_with_line(tmp_path: Path, params: tuple, need
 def test_bad_numbers_elsewhere(tmp_path: Path) -> None:
     tls = module_file("protocol_tls", profile("t", ("flow-timeout", "soon")))
     assert "flow-timeout: expected a number of seconds" in error_of(
-        load_captagent, install(tmp_path / "a", {"protocol_tls": tls}))
+        load_captagent, install(tmp_path / "a", {"protocol_tls": tls})
+    )
     pcap = module_file("socket_pcap", profile("p", ("snap-len", "big")))
     assert "snap-len: expected an integer" in error_of(
-        load_captagent, install(tmp_path / "b", {"socket_pcap": pcap}))
+        load_captagent, install(tmp_path / "b", {"socket_pcap": pcap})
+    )
 
 
 def test_captagent_values_follow_the_command_line_rules(tmp_path: Path) -> None:
@@ -458,34 +560,43 @@ def test_captagent_values_follow_the_command_line_rules(tmp_path: Path) -> None:
     command line uses, naming the file, line and captagent setting."""
     tls = module_file("protocol_tls", profile("t", ("flow-timeout", "1e308")))
     message = error_of(load_captagent, install(tmp_path / "a", {"protocol_tls": tls}))
-    assert re.match(rf"{re.escape(str(tmp_path / 'a' / 'protocol_tls.xml'))}:\d+: "
-                    r"protocol_tls flow-timeout: must be more than 0 and at most 86400", message)
-    pcap = module_file("socket_pcap", profile("p", ("dev", "eth0"), ("stats-enable", "true"),
-                                              ("stats-interval", "100000000")))
+    assert re.match(
+        rf"{re.escape(str(tmp_path / 'a' / 'protocol_tls.xml'))}:\d+: "
+        r"protocol_tls flow-timeout: must be more than 0 and at most 86400",
+        message,
+    )
+    pcap = module_file(
+        "socket_pcap",
+        profile("p", ("dev", "eth0"), ("stats-enable", "true"), ("stats-interval", "100000000")),
+    )
     message = error_of(load_captagent, install(tmp_path / "b", {"socket_pcap": pcap}))
     assert "socket_pcap stats-interval: must be between 1 and 86400 seconds" in message
-    hep = module_file("transport_hep", profile("h", ("capture-host", "h"),
-                                               ("capture-port", "9"),
-                                               ("capture-password", "p" * 70_000)))
+    hep = module_file(
+        "transport_hep",
+        profile(
+            "h", ("capture-host", "h"), ("capture-port", "9"), ("capture-password", "p" * 70_000)
+        ),
+    )
     message = error_of(load_captagent, install(tmp_path / "c", {"transport_hep": hep}))
     assert "capture-password: 70000 bytes in UTF-8, more than a HEP chunk holds" in message
     assert "ppppp" not in message  # a password is never shown
 
 
 def test_deep_xml_and_long_include_chains_end_in_one_line(tmp_path: Path) -> None:
-    deep = write(tmp_path / "deep.xml", "<document>" + "<a>" * 1000 + "</a>" * 1000
-                 + "</document>")
-    assert "deep.xml:1: nested too deeply (more than 64 elements" in error_of(load_captagent,
-                                                                               deep)
+    deep = write(tmp_path / "deep.xml", "<document>" + "<a>" * 1000 + "</a>" * 1000 + "</document>")
+    assert "deep.xml:1: nested too deeply (more than 64 elements" in error_of(load_captagent, deep)
     # 60 levels are fine: nothing recursive is left in reading them
-    ok = write(tmp_path / "ok.xml", '<document type="captagent/xml">' + "<a>" * 60
-               + "</a>" * 60 + "</document>")
+    ok = write(
+        tmp_path / "ok.xml",
+        '<document type="captagent/xml">' + "<a>" * 60 + "</a>" * 60 + "</document>",
+    )
     assert load_captagent(ok) == ({}, [])
     for i in range(400):
         target = f'<xi:include href="{i + 1}.xml"/>' if i < 399 else "<module/>"
         write(tmp_path / "chain" / f"{i}.xml", f"<document>{target}</document>")
     assert "includes nested too deeply (more than 16" in error_of(
-        load_captagent, tmp_path / "chain" / "0.xml")
+        load_captagent, tmp_path / "chain" / "0.xml"
+    )
     # a fan-out (each file includes the next ten times) is bounded by the files read
     for i in range(6):
         body = f'<xi:include href="f{i + 1}.xml"/>' * 10 if i < 5 else "<module/>"
@@ -495,8 +606,9 @@ def test_deep_xml_and_long_include_chains_end_in_one_line(tmp_path: Path) -> Non
 
 def test_deeply_nested_toml_ends_in_one_line(tmp_path: Path) -> None:
     cfg = write(tmp_path / "agent.toml", "x = " + "[" * 1000 + "]" * 1000 + "\n")
-    assert error_of(load_native, cfg) == (f"{cfg}: nested too deeply (arrays or inline tables "
-                                          "within one another, hundreds deep)")
+    assert error_of(load_native, cfg) == (
+        f"{cfg}: nested too deeply (arrays or inline tables within one another, hundreds deep)"
+    )
     cfg = write(tmp_path / "b.toml", "x = " + "{a = " * 1000 + "1" + "}" * 1000 + "\n")
     assert "nested too deeply" in error_of(load_native, cfg)
 
@@ -509,18 +621,26 @@ def test_files_too_large_to_be_configurations(tmp_path: Path) -> None:
 
 
 def test_sizes_and_hold_limits_in_toml(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "agent.toml", '[keys]\nkey_hold_flow = "2M"\nkey_hold_total = '
-                                         '1073741824\n[tuning]\nmax_flow_buffer = "64k"\n')
-    assert load_native(cfg) == {"key_hold_flow": 2 << 20, "key_hold_total": 1 << 30,
-                                "max_flow_buffer": 64 << 10}
+    cfg = write(
+        tmp_path / "agent.toml",
+        '[keys]\nkey_hold_flow = "2M"\nkey_hold_total = '
+        '1073741824\n[tuning]\nmax_flow_buffer = "64k"\n',
+    )
+    assert load_native(cfg) == {
+        "key_hold_flow": 2 << 20,
+        "key_hold_total": 1 << 30,
+        "max_flow_buffer": 64 << 10,
+    }
     args = resolve(build_parser(), ["-r", "x.pcap", "--key-hold-flow", "1M"], load_native(cfg))
     assert (args.key_hold_flow, args.key_hold_total) == (1 << 20, 1 << 30)
     defaults = build_parser().parse_args(["-r", "x.pcap"])
     assert (defaults.key_hold_flow, defaults.key_hold_total) == (16 << 20, 256 << 20)
-    for text, needle in (('key_hold_flow = "2T"', "expected a size in bytes"),
-                         ("key_hold_flow = 1.5", "expected a size in bytes"),
-                         ('key_hold_flow = "0"', "must be between 16384"),
-                         ('filter = "a\\u0000b"', "must not contain a NUL character")):
+    for text, needle in (
+        ('key_hold_flow = "2T"', "expected a size in bytes"),
+        ("key_hold_flow = 1.5", "expected a size in bytes"),
+        ('key_hold_flow = "0"', "must be between 16384"),
+        ('filter = "a\\u0000b"', "must not contain a NUL character"),
+    ):
         assert needle in error_of(load_native, write(tmp_path / "bad.toml", text + "\n"))
 
 
@@ -532,11 +652,15 @@ def test_not_captagent_files(tmp_path: Path) -> None:
 
 
 def test_protocol_tcp_flow_timeout_yields_to_protocol_tls(tmp_path: Path) -> None:
-    root = install(tmp_path, {
-        "protocol_tcp": module_file("protocol_tcp", profile("c", ("flow-timeout", "300"))),
-        "protocol_tls": module_file("protocol_tls", profile("t", ("flow-timeout", "90"),
-                                                            ("private-key-path", "k.pem"))),
-    })
+    root = install(
+        tmp_path,
+        {
+            "protocol_tcp": module_file("protocol_tcp", profile("c", ("flow-timeout", "300"))),
+            "protocol_tls": module_file(
+                "protocol_tls", profile("t", ("flow-timeout", "90"), ("private-key-path", "k.pem"))
+            ),
+        },
+    )
     values, warnings = load_captagent(root)
     assert values == {"flow_timeout": 90.0, "key": [str(root / "k.pem")]}
     assert any("protocol_tcp flow-timeout ignored" in w for w in warnings)
@@ -575,11 +699,14 @@ def test_explicit_args_on_a_parser_with_set_defaults() -> None:
 
 
 def test_resolve_command_line_over_file_over_defaults(tmp_path: Path) -> None:
-    cfg = write(tmp_path / "agent.toml", 'read = "/cap.pcap"\nhep_id = 9\nkey = ["/f.key"]\n'
-                                         "json = true\nflow_timeout = 30\n")
+    cfg = write(
+        tmp_path / "agent.toml",
+        'read = "/cap.pcap"\nhep_id = 9\nkey = ["/f.key"]\njson = true\nflow_timeout = 30\n',
+    )
     parser = build_parser()
-    args = resolve(parser, ["-r", "other.pcap", "--hep-id", "2001", "-k", "cli.key"],
-                   load_native(cfg))
+    args = resolve(
+        parser, ["-r", "other.pcap", "--hep-id", "2001", "-k", "cli.key"], load_native(cfg)
+    )
     assert args.read == "other.pcap"
     assert args.hep_id == 2001  # typed on the command line, even though it is the default
     assert args.key == ["cli.key"]  # the command line's list replaces the file's
@@ -600,17 +727,24 @@ def test_resolve_with_captagent_values() -> None:
 def test_command_line_input_displaces_the_files() -> None:
     defaults = {"read": None, "interface": None}
     assert merge(defaults, {"interface": "eth0"}, {"read": "a.pcap"}) == {
-        "read": "a.pcap", "interface": None}
+        "read": "a.pcap",
+        "interface": None,
+    }
     assert merge(defaults, {"read": "a.pcap"}, {"interface": "any"}) == {
-        "read": None, "interface": "any"}
+        "read": None,
+        "interface": "any",
+    }
     assert merge(defaults, {"read": "a.pcap", "interface": "eth0"}, {}) == {
-        "read": "a.pcap", "interface": "eth0"}  # a file naming both is the CLI's to refuse
+        "read": "a.pcap",
+        "interface": "eth0",
+    }  # a file naming both is the CLI's to refuse
 
 
 def test_native_promisc_false_is_no_promisc(tmp_path: Path) -> None:
     cfg = write(tmp_path / "agent.toml", "[capture]\npromisc = false\n")
     args = resolve(build_parser(), ["-i", "eth0"], load_native(cfg))
     assert args.promisc is False
-    assert resolve(build_parser(), ["-i", "eth0", "--no-promisc"], {"promisc": True}).promisc \
-        is False
+    assert (
+        resolve(build_parser(), ["-i", "eth0", "--no-promisc"], {"promisc": True}).promisc is False
+    )
     assert resolve(build_parser(), ["-i", "eth0"], {}).promisc is True

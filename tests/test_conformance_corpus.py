@@ -56,11 +56,13 @@ def resolve(args: list[str], folder: Path) -> list[str]:
     return [str(folder / a) if (folder / a).exists() else a for a in args]
 
 
-@pytest.mark.parametrize(("capture", "args"), ORACLE_CASES,
-                         ids=[f"{c}:{'+'.join(a[1::2]) or 'dsb'}" for c, a in ORACLE_CASES])
+@pytest.mark.parametrize(
+    ("capture", "args"),
+    ORACLE_CASES,
+    ids=[f"{c}:{'+'.join(a[1::2]) or 'dsb'}" for c, a in ORACLE_CASES],
+)
 def test_public_capture_matches_tshark_byte_for_byte(capture, args):
-    oracle = parse_follow_raw(
-        (PUBLIC / "oracle" / f"{capture}.tls-follow-raw.txt").read_text())
+    oracle = parse_follow_raw((PUBLIC / "oracle" / f"{capture}.tls-follow-raw.txt").read_text())
     out = run_json(["-r", str(PUBLIC / capture), *resolve(args, PUBLIC)])
     flows = our_flows(out)
     unmatched = dict(flows)
@@ -74,20 +76,29 @@ def test_public_capture_matches_tshark_byte_for_byte(capture, args):
             if node0 not in key:
                 continue
             (peer,) = key - {node0} or {node0}
-            if (per_direction.get((node0, peer), b"") == stream.node0_bytes
-                    and per_direction.get((peer, node0), b"") == stream.node1_bytes):
+            if (
+                per_direction.get((node0, peer), b"") == stream.node0_bytes
+                and per_direction.get((peer, node0), b"") == stream.node1_bytes
+            ):
                 match = key
                 break
         assert match is not None, (
             f"stream {stream.index}: no flow of ours carries tshark's "
-            f"{len(stream.node0_bytes)}+{len(stream.node1_bytes)} bytes from {stream.node0}")
+            f"{len(stream.node0_bytes)}+{len(stream.node1_bytes)} bytes from {stream.node0}"
+        )
         del unmatched[match]
     assert not unmatched, f"we decrypted flows tshark did not: {list(unmatched)}"
 
 
 def test_tls13_without_early_secret_skips_0rtt_and_keeps_the_rest():
-    out = run_json(["-r", str(PUBLIC / "tls13-rfc8446.pcap"),
-                    "--keylog", str(PUBLIC / "tls13-rfc8446-noearly.keys")])
+    out = run_json(
+        [
+            "-r",
+            str(PUBLIC / "tls13-rfc8446.pcap"),
+            "--keylog",
+            str(PUBLIC / "tls13-rfc8446-noearly.keys"),
+        ]
+    )
     requests = [payload_bytes(o).split(b"\r\n")[0] for o in out if o["direction"] == "c2s"]
     assert requests == [b"GET /first HTTP/1.1", b"GET /second HTTP/1.1"]
     responses = [o for o in out if o["direction"] == "s2c"]
@@ -120,26 +131,33 @@ def test_sip_corpus_messages_exact(scenario):
     assert all(o["kind"] == "sip" for o in out)
 
 
-SYNTHETIC_CASES = [
-    ("sip-tls10-rsa-aes256cbc", ["-k", "sip-server.key"]),
-    ("sip-tls10-rsa-aes256cbc", ["-k", "sip-server.p12", "--key-password", "sippass"]),
-    ("sip-tls12-rsa-aes128cbc-noems-noetm", ["-k", "sip-server.key"]),
-    ("sip-tls12-rsa-aes128cbc-ems-etm-sidresume", ["-k", "sip-server.key"]),
-    ("sip-tls12-rsa-aes256gcm-ems-ticketresume", ["-k", "sip-server.key"]),
-    ("sip-tls12-rsa-aes256gcm-ems-ticketresume-seg500", ["-k", "sip-server.key"]),
-    ("sip-tls12-rsa-aes256gcm-ems-ticketresume-seg500-ooo", ["-k", "sip-server.key"]),
-    ("sip-tls12-ecdhe-rsa-aes128gcm-keylog", ["--keylog", "{name}.keys"]),
-    ("sip-tls12-ecdhe-rsa-chacha20-keylog", ["--keylog", "{name}.keys"]),
-    ("sip-tls13-aes256gcm-keylog-resume", ["--keylog", "{name}.keys"]),
-] + [
-    (name, ["--keylog", f"{name}.{variant}.keys"])
-    for name in ("sip-tls12-rsa-aes128cbc-noems-noetm", "sip-tls12-rsa-aes128cbc-ems-etm-sidresume")
-    for variant in ("CLIENT_RANDOM", "PMS_CLIENT_RANDOM", "RSA_ENCPMS")
-] + [
-    ("sip-tls12-rsa-aes128cbc-ems-etm-sidresume", ["--keylog", "{name}.RSA_SESSION_ID.keys"]),
-    ("sip-tls12-rsa-aes128cbc-noems-noetm", ["--keylog", "{name}.keys"]),
-    ("sip-tls12-rsa-aes256gcm-ems-ticketresume", ["--keylog", "{name}.keys"]),
-]
+SYNTHETIC_CASES = (
+    [
+        ("sip-tls10-rsa-aes256cbc", ["-k", "sip-server.key"]),
+        ("sip-tls10-rsa-aes256cbc", ["-k", "sip-server.p12", "--key-password", "sippass"]),
+        ("sip-tls12-rsa-aes128cbc-noems-noetm", ["-k", "sip-server.key"]),
+        ("sip-tls12-rsa-aes128cbc-ems-etm-sidresume", ["-k", "sip-server.key"]),
+        ("sip-tls12-rsa-aes256gcm-ems-ticketresume", ["-k", "sip-server.key"]),
+        ("sip-tls12-rsa-aes256gcm-ems-ticketresume-seg500", ["-k", "sip-server.key"]),
+        ("sip-tls12-rsa-aes256gcm-ems-ticketresume-seg500-ooo", ["-k", "sip-server.key"]),
+        ("sip-tls12-ecdhe-rsa-aes128gcm-keylog", ["--keylog", "{name}.keys"]),
+        ("sip-tls12-ecdhe-rsa-chacha20-keylog", ["--keylog", "{name}.keys"]),
+        ("sip-tls13-aes256gcm-keylog-resume", ["--keylog", "{name}.keys"]),
+    ]
+    + [
+        (name, ["--keylog", f"{name}.{variant}.keys"])
+        for name in (
+            "sip-tls12-rsa-aes128cbc-noems-noetm",
+            "sip-tls12-rsa-aes128cbc-ems-etm-sidresume",
+        )
+        for variant in ("CLIENT_RANDOM", "PMS_CLIENT_RANDOM", "RSA_ENCPMS")
+    ]
+    + [
+        ("sip-tls12-rsa-aes128cbc-ems-etm-sidresume", ["--keylog", "{name}.RSA_SESSION_ID.keys"]),
+        ("sip-tls12-rsa-aes128cbc-noems-noetm", ["--keylog", "{name}.keys"]),
+        ("sip-tls12-rsa-aes256gcm-ems-ticketresume", ["--keylog", "{name}.keys"]),
+    ]
+)
 
 
 def synthetic_truth(name: str):
@@ -147,8 +165,9 @@ def synthetic_truth(name: str):
     return load_groundtruth(SYNTHETIC / f"{base}.expected.json")
 
 
-@pytest.mark.parametrize(("name", "args"), SYNTHETIC_CASES,
-                         ids=[f"{n}:{'+'.join(a[1::2])}" for n, a in SYNTHETIC_CASES])
+@pytest.mark.parametrize(
+    ("name", "args"), SYNTHETIC_CASES, ids=[f"{n}:{'+'.join(a[1::2])}" for n, a in SYNTHETIC_CASES]
+)
 def test_sip_synthetic_messages_exact(name, args):
     args = [a.format(name=name) for a in args]
     out = run_json(["-r", str(SYNTHETIC / f"{name}.pcap"), *resolve(args, SYNTHETIC)])
@@ -158,16 +177,18 @@ def test_sip_synthetic_messages_exact(name, args):
 def test_lost_segment_loses_only_the_message_it_cut():
     """tshark loses everything after the hole in that direction; we lose one INVITE."""
     name = "sip-tls12-rsa-aes256gcm-ems-ticketresume-seg500-lost1"
-    out = run_json(["-r", str(SYNTHETIC / f"{name}.pcap"), "-k",
-                    str(SYNTHETIC / "sip-server.key")])
+    out = run_json(["-r", str(SYNTHETIC / f"{name}.pcap"), "-k", str(SYNTHETIC / "sip-server.key")])
     expected = synthetic_truth(name).sent()
     got = received(o for o in out if o["kind"] == "sip")
     missing = expected - got
     assert not got - expected, "nothing that was not sent"
     assert len(missing) == 1
-    (client_port, direction, message), = missing
+    ((client_port, direction, message),) = missing
     assert direction == "c2s" and message.startswith(b"INVITE ")
     # the fragments of the cut INVITE are handed over as raw bytes, not dropped
     raw = b"".join(payload_bytes(o) for o in out if o["kind"] == "raw")
-    assert raw and raw in message or all(
-        payload_bytes(o) in message for o in out if o["kind"] == "raw")
+    assert (
+        raw
+        and raw in message
+        or all(payload_bytes(o) in message for o in out if o["kind"] == "raw")
+    )

@@ -42,8 +42,9 @@ def run_fixture(capture: Path, truth) -> tuple[list[dict], str]:
 def test_fixture_gives_the_messages_sent(capture: Path, js: Path):
     truth = load_groundtruth(js)
     out, stderr = run_fixture(capture, truth)
-    damaged = [payload for conn in truth.connections if conn.expect_decrypt
-               for _, payload in conn.damaged]
+    damaged = [
+        payload for conn in truth.connections if conn.expect_decrypt for _, payload in conn.damaged
+    ]
     assert received(o for o in out if o["kind"] == "sip") == truth.sent()
     for payload in damaged:
         assert not any(payload_bytes(o) == payload for o in out)
@@ -58,9 +59,26 @@ def packet_times(capture: Path) -> set[tuple[str, int, str]]:
     """(time in µs, source port, destination port) of every TCP packet with payload, by
     tshark: an independent reading of the capture."""
     proc = subprocess.run(
-        ["tshark", "-n", "-r", str(capture), "-Y", "tcp.len > 0", "-T", "fields",
-         "-e", "frame.time_epoch", "-e", "tcp.srcport", "-e", "tcp.dstport"],
-        capture_output=True, text=True, check=True)
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(capture),
+            "-Y",
+            "tcp.len > 0",
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     times = set()
     for line in proc.stdout.splitlines():
         stamp, sport, dport = line.split("\t")
@@ -70,8 +88,9 @@ def packet_times(capture: Path) -> set[tuple[str, int, str]]:
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
-@pytest.mark.parametrize("name", ["tls12-aes128gcm-ems", "big-sdp", "reorder-dup",
-                                  "split-writes", "keylog-tls13-suites"])
+@pytest.mark.parametrize(
+    "name", ["tls12-aes128gcm-ems", "big-sdp", "reorder-dup", "split-writes", "keylog-tls13-suites"]
+)
 def test_message_time_is_the_capture_time_of_a_packet_of_its_direction(name):
     capture = FIXTURES / f"{name}.pcap"
     truth = load_groundtruth(FIXTURES / f"{name}.json")

@@ -33,10 +33,8 @@ def broken_first_flow(monkeypatch):
 
 def test_an_internal_error_drops_that_flow_and_every_other_flow_goes_on(broken_first_flow):
     truth, victim = broken_first_flow
-    out, pipeline = run_frames(read_frames(FIXTURES / f"{FIXTURE}.pcap"),
-                               key_store(truth.keys))
-    others = sorted(m for c in truth.connections[1:] for d in ("c2s", "s2c")
-                    for m in c.messages(d))
+    out, pipeline = run_frames(read_frames(FIXTURES / f"{FIXTURE}.pcap"), key_store(truth.keys))
+    others = sorted(m for c in truth.connections[1:] for d in ("c2s", "s2c") for m in c.messages(d))
     assert sorted(m.payload for m in out.messages) == others
     assert pipeline.stats.internal_errors == 1  # the rest of that flow is ignored
     [problem] = out.problems
@@ -45,15 +43,15 @@ def test_an_internal_error_drops_that_flow_and_every_other_flow_goes_on(broken_f
 
 
 def test_an_offline_run_with_an_internal_error_finishes_and_exits_non_zero(
-        broken_first_flow, capsys):
+    broken_first_flow, capsys
+):
     truth, _ = broken_first_flow
-    status = cli.main(["-r", str(FIXTURES / f"{FIXTURE}.pcap"), "--json",
-                       "-k", str(truth.keys[0])])
+    status = cli.main(["-r", str(FIXTURES / f"{FIXTURE}.pcap"), "--json", "-k", str(truth.keys[0])])
     captured = capsys.readouterr()
     assert status == 1
     assert len(captured.out.splitlines()) == sum(
-        len(c.messages(d)) for c in truth.connections[1:] for d in ("c2s", "s2c"))
+        len(c.messages(d)) for c in truth.connections[1:] for d in ("c2s", "s2c")
+    )
     assert "Traceback" not in captured.err
     assert "internal error on" in captured.err
-    assert captured.err.rstrip().endswith(
-        "1 flow was dropped after internal errors (see above)")
+    assert captured.err.rstrip().endswith("1 flow was dropped after internal errors (see above)")

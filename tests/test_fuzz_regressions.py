@@ -54,8 +54,9 @@ ROWS = index_rows()
 def test_index_lists_every_reproducer():
     listed = {row[0].rstrip("/") for row in ROWS}
     listed |= {f"fuzz/{p.parent.name}/{p.name}" for p in (REGRESSIONS / "fuzz").glob("*/*.bin")}
-    present = {p.name for p in REGRESSIONS.iterdir()
-               if p.name not in ("INDEX.md", "support", "fuzz")}
+    present = {
+        p.name for p in REGRESSIONS.iterdir() if p.name not in ("INDEX.md", "support", "fuzz")
+    }
     present |= {f"fuzz/{p.parent.name}/{p.name}" for p in (REGRESSIONS / "fuzz").glob("*/*.bin")}
     assert ROWS, "INDEX.md has no reproducer rows"
     assert present - listed == set(), "reproducers missing from INDEX.md"
@@ -72,8 +73,9 @@ def _arguments(name: str, arguments: list[str]) -> list[str]:
             out.append(str(REGRESSIONS / name))
         elif arg.startswith("tests/"):
             out.append(str(REPO / arg))  # a fixture's key or key log
-        elif arg.startswith(("support/", "fuzz/")) or arg.rstrip("/") in {r[0].rstrip("/")
-                                                                          for r in ROWS}:
+        elif arg.startswith(("support/", "fuzz/")) or arg.rstrip("/") in {
+            r[0].rstrip("/") for r in ROWS
+        }:
             out.append(str(REGRESSIONS / arg))
         else:
             out.append(arg)
@@ -86,8 +88,10 @@ def _sent_streams(fixture: str):
     return load_sent_streams(FIXTURES / f"{fixture}.json")[1]
 
 
-@pytest.mark.parametrize(("name", "arguments", "codes", "forbidden", "truth"),
-                         [pytest.param(*row, id=row[0]) for row in ROWS])
+@pytest.mark.parametrize(
+    ("name", "arguments", "codes", "forbidden", "truth"),
+    [pytest.param(*row, id=row[0]) for row in ROWS],
+)
 def test_reproducer_is_handled(name, arguments, codes, forbidden, truth):
     args = _arguments(name, arguments)
     if truth is not None and "--json" not in args:
@@ -115,15 +119,17 @@ def test_reproducer_is_handled(name, arguments, codes, forbidden, truth):
             payload = payload_bytes(obj)
             streams = sent.candidates(client_port, server_port, obj["direction"])
             if not any(payload in s for s in streams):
-                pytest.fail(f"{obj['kind']} {obj['direction']} message never sent: "
-                            f"{payload[:80]!r}")
+                pytest.fail(
+                    f"{obj['kind']} {obj['direction']} message never sent: {payload[:80]!r}"
+                )
 
 
 PARSER_CASES = sorted((REGRESSIONS / "fuzz").glob("*/*.bin"))
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, id=f"{p.parent.name}/{p.name}")
-                                  for p in PARSER_CASES])
+@pytest.mark.parametrize(
+    "path", [pytest.param(p, id=f"{p.parent.name}/{p.name}") for p in PARSER_CASES]
+)
 def test_parser_reproducer_is_handled(path: Path):
     import importlib
 

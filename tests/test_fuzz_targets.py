@@ -67,8 +67,11 @@ def test_each_operation_changes_the_capture():
         for variant in range(8):
             operands = bytes((variant * 37 + k * 11 + 3) & 0xFF for k in range(16))
             result = mutate.mutate(bytes([index, 0, op, len(operands)]) + operands)
-            if result.data != original or result.key_paths != mutate.seeds()[index].key_paths \
-                    or result.keylog != mutate.seeds()[index].keylog:
+            if (
+                result.data != original
+                or result.key_paths != mutate.seeds()[index].key_paths
+                or result.keylog != mutate.seeds()[index].keylog
+            ):
                 changed += 1
                 break
     assert changed == len(mutate.ALL_OPS)
@@ -81,12 +84,27 @@ def test_the_pipeline_gives_exactly_what_was_sent_for_every_unchanged_fixture():
         pipeline.one_input(bytes([index]))
 
 
-def _message(payload: bytes, transport: str = "tls", from_client: bool = True,
-             client_port: int = 0, server_port: int = 0) -> Message:
+def _message(
+    payload: bytes,
+    transport: str = "tls",
+    from_client: bool = True,
+    client_port: int = 0,
+    server_port: int = 0,
+) -> Message:
     client, server = (LOOPBACK, client_port), (LOOPBACK, server_port)
     src, dst = (client, server) if from_client else (server, client)
-    return Message(0, src, dst, transport, payload, None, True, from_client, "TLSv1.2",
-                   "TLS_RSA_WITH_AES_128_GCM_SHA256")
+    return Message(
+        0,
+        src,
+        dst,
+        transport,
+        payload,
+        None,
+        True,
+        from_client,
+        "TLSv1.2",
+        "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    )
 
 
 def test_the_pipeline_oracle_rejects_what_was_never_sent():
@@ -107,13 +125,12 @@ def test_the_pipeline_oracle_rejects_what_was_never_sent():
     s2c_only = conn.s2c[0]
     if s2c_only not in b"".join(conn.c2s):
         with pytest.raises(OracleFailure):
-            check_messages([_message(s2c_only, client_port=port, server_port=server)], sent,
-                           wire)
-    check_messages([_message(b"bytes on", "tcp", client_port=port, server_port=server)], sent,
-                   wire)
+            check_messages([_message(s2c_only, client_port=port, server_port=server)], sent, wire)
+    check_messages([_message(b"bytes on", "tcp", client_port=port, server_port=server)], sent, wire)
     with pytest.raises(OracleFailure):
-        check_messages([_message(b"bytes off", "tcp", client_port=port, server_port=server)],
-                       sent, wire)
+        check_messages(
+            [_message(b"bytes off", "tcp", client_port=port, server_port=server)], sent, wire
+        )
 
 
 def test_the_sip_oracle_sees_a_lost_unit(monkeypatch):
@@ -137,8 +154,10 @@ def test_the_tcp_oracle_sees_shifted_bytes(monkeypatch):
     segment = TcpReassembler.segment
 
     def shifted(self, seg, ts):
-        return [e._replace(data=e.data[1:] + b"!") if isinstance(e, StreamData) else e
-                for e in segment(self, seg, ts)]
+        return [
+            e._replace(data=e.data[1:] + b"!") if isinstance(e, StreamData) else e
+            for e in segment(self, seg, ts)
+        ]
 
     monkeypatch.setattr(TcpReassembler, "segment", shifted)
     with pytest.raises(OracleFailure, match="tcp-invented"):
@@ -186,8 +205,22 @@ def test_a_finding_names_the_product_line():
 def test_the_runner_runs_a_target_and_reports_its_inputs(tmp_path):
     pytest.importorskip("atheris")
     proc = subprocess.run(
-        [sys.executable, "-m", "fuzz.run", "records", "--runs", "300", "--fresh", "--work",
-         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "fuzz.run",
+            "records",
+            "--runs",
+            "300",
+            "--fresh",
+            "--work",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "records" in proc.stdout and " 300 inputs" in proc.stdout
     assert "Done 300 runs" in (tmp_path / "logs" / "records.log").read_text()

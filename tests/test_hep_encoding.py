@@ -21,8 +21,18 @@ SIP = b"OPTIONS sip:x@example.test SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 0\r\
 
 def message(payload=SIP, ipv6=False, is_sip=True, transport="tls") -> Message:
     size = 16 if ipv6 else 4
-    return Message(1_700_000_000_123_456_789, (b"\x01" * size, 40000), (b"\x02" * size, 5061),
-                   transport, payload, "1", is_sip, True, "TLSv1.2", "X")
+    return Message(
+        1_700_000_000_123_456_789,
+        (b"\x01" * size, 40000),
+        (b"\x02" * size, 5061),
+        transport,
+        payload,
+        "1",
+        is_sip,
+        True,
+        "TLSv1.2",
+        "X",
+    )
 
 
 def test_chunks_in_order_with_payload_last():
@@ -102,8 +112,7 @@ def test_json_lines_escape_and_fall_back_to_base64():
     out = io.StringIO()
     sink = JsonLinesSink(out)
     sink.emit(message(payload='INVITE "é" \u2028\\ x\r\n'.encode())._replace(call_id='a"b'))
-    sink.emit(message(payload=b"\xff\x00", is_sip=False)._replace(call_id=None,
-                                                                   tls_version=""))
+    sink.emit(message(payload=b"\xff\x00", is_sip=False)._replace(call_id=None, tls_version=""))
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
     assert first["payload"] == 'INVITE "é" \u2028\\ x\r\n' and first["call_id"] == 'a"b'
     assert first["ts"] == 1700000000.123456 and first["src_ip"] == "1.1.1.1"

@@ -215,9 +215,18 @@ def test_reading_a_file_waits_for_a_slow_collector_instead_of_dropping():
     truth_file = FIXTURES / "tls12-aes128gcm-ems.json"
     server = StreamServer().start()
     try:
-        proc = run(["-r", str(FIXTURES / "tls12-aes128gcm-ems.pcap"), "-k",
-                    str(FIXTURE_KEYS / "server-rsa2048.key"), "--hep", server.address,
-                    "--hep-queue", "2"])
+        proc = run(
+            [
+                "-r",
+                str(FIXTURES / "tls12-aes128gcm-ems.pcap"),
+                "-k",
+                str(FIXTURE_KEYS / "server-rsa2048.key"),
+                "--hep",
+                server.address,
+                "--hep-queue",
+                "2",
+            ]
+        )
         assert proc.returncode == 0, proc.stderr
         assert "0 dropped (queue full)" in proc.stderr
         packets = server.wait_for_packets(16, timeout=5)
@@ -238,5 +247,7 @@ def test_hep_sip_over_websocket(name) -> None:
     packets, decoded = send_hep(folder / f"{name}.pcap", gt, *extra)
     check_common(folder / f"{name}.pcap", gt, packets, decoded)
     assert {d["protocol"] for d in decoded} == {22}
-    assert {d["protocol"] for d in send_hep(folder / f"{name}.pcap", gt, *extra,
-                                            "--hep-ip-proto", "50")[1]} == {50}
+    assert {
+        d["protocol"]
+        for d in send_hep(folder / f"{name}.pcap", gt, *extra, "--hep-ip-proto", "50")[1]
+    } == {50}

@@ -25,8 +25,11 @@ def test_checking_a_collector_address_loads_neither_the_collectors_nor_tls():
         "QueueLimits(10, 1000)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
-    loaded = json.loads(subprocess.run([sys.executable, "-c", code], check=True,
-                                       capture_output=True, text=True).stdout)
+    loaded = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", code], check=True, capture_output=True, text=True
+        ).stdout
+    )
     ours = {m.rpartition(".")[2] for m in loaded if m.startswith("captagent_tls.sinks.hep.")}
     assert ours == {"addresses", "queue"}
     assert "ssl" not in loaded and "_ssl" not in loaded

@@ -39,22 +39,34 @@ from captagent_tls.sinks.hep import (
 from captagent_tls.sip import Message
 
 OUTAGE_S = float(os.environ.get("HEP_TEST_OUTAGE_S", "2.5"))
-FAST = RetryPolicy(backoff_initial=0.05, backoff_max=0.3, idle_check=0.05, connect_timeout=2.0,
-                   send_timeout=5.0)
-
+FAST = RetryPolicy(
+    backoff_initial=0.05, backoff_max=0.3, idle_check=0.05, connect_timeout=2.0, send_timeout=5.0
+)
 
 
 # --------------------------------------------------------------------------- messages
 
 
-def message(seq: int, *, is_sip: bool = True, payload: bytes | None = None,
-            call_id: str | None = None) -> Message:
+def message(
+    seq: int, *, is_sip: bool = True, payload: bytes | None = None, call_id: str | None = None
+) -> Message:
     if payload is None:
-        payload = (f"OPTIONS sip:{seq:08d}@example.test SIP/2.0\r\nCall-ID: c{seq:08d}\r\n"
-                   "Content-Length: 0\r\n\r\n").encode()
-    return Message(1_700_000_000_000_000_000 + seq * 1000, (b"\x0a\x00\x00\x01", 40000),
-                   (b"\x0a\x00\x00\x02", 5061), "tls", payload,
-                   f"c{seq:08d}" if call_id is None else call_id, is_sip, True, "TLSv1.2", "X")
+        payload = (
+            f"OPTIONS sip:{seq:08d}@example.test SIP/2.0\r\nCall-ID: c{seq:08d}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+    return Message(
+        1_700_000_000_000_000_000 + seq * 1000,
+        (b"\x0a\x00\x00\x01", 40000),
+        (b"\x0a\x00\x00\x02", 5061),
+        "tls",
+        payload,
+        f"c{seq:08d}" if call_id is None else call_id,
+        is_sip,
+        True,
+        "TLSv1.2",
+        "X",
+    )
 
 
 def packet(seq: int) -> bytes:
@@ -134,10 +146,17 @@ def test_udp_tcp_and_tls_collectors_each_get_every_message_once_in_order(pki, se
     tcp = servers()
     tls = servers(pki.server)
     with UdpCollector() as udp:
-        sink = HepSink([udp.address, tcp.address, tls.address], HepOptions(),
-                       tls=TlsOptions(ca_file=pki.ca_file), retry=FAST)
+        sink = HepSink(
+            [udp.address, tcp.address, tls.address],
+            HepOptions(),
+            tls=TlsOptions(ca_file=pki.ca_file),
+            retry=FAST,
+        )
         assert [c.address for c in sink.collectors] == [
-            f"udp://{udp.address}", tcp.address, tls.address]
+            f"udp://{udp.address}",
+            tcp.address,
+            tls.address,
+        ]
         for i in range(n):
             sink.emit(message(i))
             if i % 100 == 0:  # what the sink holds back is counted once, not per collector
@@ -150,20 +169,29 @@ def test_udp_tcp_and_tls_collectors_each_get_every_message_once_in_order(pki, se
     assert seqs(tcp) == list(range(n))
     assert seqs(tls) == list(range(n))
     assert sink.stats.packets == n
-    assert (sink.stats.skipped_not_sip, sink.stats.skipped_short,
-            sink.stats.skipped_too_large) == (3, 3, 3)
+    assert (sink.stats.skipped_not_sip, sink.stats.skipped_short, sink.stats.skipped_too_large) == (
+        3,
+        3,
+        3,
+    )
     for collector in sink.collectors:
         stats = collector.stats
-        assert (stats.sent, stats.queued, stats.dropped, stats.dropped_at_shutdown,
-                stats.send_errors) == (n, 0, 0, 0, 0), collector.address
+        assert (
+            stats.sent,
+            stats.queued,
+            stats.dropped,
+            stats.dropped_at_shutdown,
+            stats.send_errors,
+        ) == (n, 0, 0, 0, 0), collector.address
     assert wait_until(lambda: tls.clean_eofs == 1 and tcp.clean_eofs == 1, 3)
     assert not tls.errors and not tcp.errors  # TLS ended with close_notify, not a bare EOF
 
 
 def test_tls_untrusted_certificate_is_reported_once_counted_and_retried(pki, servers, caplog):
     server = servers(pki.server)
-    collector = open_collector(server.address, tls=TlsOptions(ca_file=pki.other_ca_file),
-                               retry=FAST)
+    collector = open_collector(
+        server.address, tls=TlsOptions(ca_file=pki.other_ca_file), retry=FAST
+    )
     with caplog.at_level(logging.WARNING, logger="captagent_tls.hep"):
         for i in range(5):
             assert collector.submit(packet(i))
@@ -184,14 +212,17 @@ def test_tls_system_cas_and_host_name_are_checked_by_default(pki, servers):
     untrusted = servers(pki.server)
     wrong_name = servers(pki.wrong_name)
     system = open_collector(untrusted.address, retry=FAST)  # system CAs do not know ours
-    mismatch = open_collector(wrong_name.address, tls=TlsOptions(ca_file=pki.ca_file),
-                              retry=FAST)
-    named = open_collector(wrong_name.address, retry=FAST,
-                           tls=TlsOptions(ca_file=pki.ca_file, server_name="collector.example"))
+    mismatch = open_collector(wrong_name.address, tls=TlsOptions(ca_file=pki.ca_file), retry=FAST)
+    named = open_collector(
+        wrong_name.address,
+        retry=FAST,
+        tls=TlsOptions(ca_file=pki.ca_file, server_name="collector.example"),
+    )
     for collector in (system, mismatch, named):
         collector.submit(packet(7))
-    assert wait_until(lambda: system.stats.tls_verify_failures and
-                      mismatch.stats.tls_verify_failures, 5)
+    assert wait_until(
+        lambda: system.stats.tls_verify_failures and mismatch.stats.tls_verify_failures, 5
+    )
     assert wait_for(wrong_name, 1, timeout=5) == [7]  # through ``named``
     for collector in (system, mismatch, named):
         collector.close(timeout=0.5)
@@ -209,8 +240,14 @@ def test_tls_insecure_skips_verification(pki, servers):
     assert collector.stats.sent == 50 and collector.stats.tls_verify_failures == 0
 
 
-def run_outage(server: StreamServer, collector, outage_s: float, interval: float = 0.002,
-               before_s: float = 0.7, after_s: float = 0.7) -> int:
+def run_outage(
+    server: StreamServer,
+    collector,
+    outage_s: float,
+    interval: float = 0.002,
+    before_s: float = 0.7,
+    after_s: float = 0.7,
+) -> int:
     """Submit a steady stream; stop the collector ``before_s`` in for ``outage_s``."""
     submitted = 0
     stop = threading.Event()
@@ -254,8 +291,7 @@ def test_collector_outage_loses_nothing_and_keeps_order(pki, servers, scheme):
 
 @pytest.mark.skipif(not LINUX, reason="tells acknowledged from unacknowledged bytes (SIOCOUTQ)")
 @pytest.mark.parametrize("scheme", ["tcp", "tls"])
-def test_packets_written_into_a_dead_connection_are_sent_again(pki, servers, monkeypatch,
-                                                                scheme):
+def test_packets_written_into_a_dead_connection_are_sent_again(pki, servers, monkeypatch, scheme):
     """The sender does not notice that the collector went away before writing: the kernel
     takes the bytes, the collector's kernel answers with a reset, nothing was acknowledged,
     so everything is sent again on the next connection."""
@@ -306,8 +342,11 @@ def test_reset_by_a_stalled_collector_loses_only_what_its_kernel_acknowledged(se
 
 @pytest.mark.parametrize("limit", ["messages", "bytes"])
 def test_queue_too_small_drops_exactly_what_it_reports(servers, limit):
-    limits = (QueueLimits(max_messages=50) if limit == "messages" else
-              QueueLimits(max_bytes=50 * PACKET_SIZE))
+    limits = (
+        QueueLimits(max_messages=50)
+        if limit == "messages"
+        else QueueLimits(max_bytes=50 * PACKET_SIZE)
+    )
     server = servers()
     collector = open_collector(server.address, limits=limits, retry=FAST)
     seq = 0
@@ -379,13 +418,17 @@ class HeldSocketWaits:
                     gate.released.wait()
                 return self.real.poll(timeout_ms)
 
-        monkeypatch.setattr(connection, "select", SimpleNamespace(
-            poll=Poller, POLLIN=select.POLLIN, POLLOUT=select.POLLOUT))
+        monkeypatch.setattr(
+            connection,
+            "select",
+            SimpleNamespace(poll=Poller, POLLIN=select.POLLIN, POLLOUT=select.POLLOUT),
+        )
 
 
 @pytest.mark.parametrize("situation", ["refused", "stalled", "blackholed"])
-def test_submit_never_blocks_while_the_collector_is_down_or_stalled(servers, monkeypatch,
-                                                                    situation):
+def test_submit_never_blocks_while_the_collector_is_down_or_stalled(
+    servers, monkeypatch, situation
+):
     """While the sender thread is held inside a wait on the collector's socket (connecting
     to a refused or blackholed port, or writing to a collector that reads nothing), 20,000
     submits all return: had one waited for the sender, it would still be waiting, since the
@@ -401,8 +444,10 @@ def test_submit_never_blocks_while_the_collector_is_down_or_stalled(servers, mon
         collector = open_collector(address, retry=FAST)
         queue = collector.queue
         # held while connecting; when stalled, while waiting to write what is in flight
-        held = HeldSocketWaits(monkeypatch, hold_when=(
-            (lambda: queue.in_flight > 0) if situation == "stalled" else (lambda: True)))
+        held = HeldSocketWaits(
+            monkeypatch,
+            hold_when=((lambda: queue.in_flight > 0) if situation == "stalled" else (lambda: True)),
+        )
         submitted = 0
         accepted: list[bool] = []
 
@@ -481,8 +526,7 @@ def test_shutdown_tries_a_collector_that_came_back_at_once(servers):
     """The collector returns while the sender waits out a long backoff: close() does not wait
     for that attempt (past its deadline) but tries at once, and delivers everything."""
     port = free_port()
-    slow = RetryPolicy(backoff_initial=30.0, backoff_max=30.0, idle_check=0.05,
-                       connect_timeout=2.0)
+    slow = RetryPolicy(backoff_initial=30.0, backoff_max=30.0, idle_check=0.05, connect_timeout=2.0)
     collector = open_collector(f"tcp://127.0.0.1:{port}", retry=slow)
     for i in range(10):
         collector.submit(packet(i))
@@ -501,8 +545,10 @@ def test_shutdown_tries_a_collector_that_came_back_at_once(servers):
 # --------------------------------------------------------------------------- configuration
 
 
-@pytest.mark.parametrize("addresses", [["no-such-host.invalid:9060"], ["tcp://h"],
-                                       ["tcp://127.0.0.1:9", "TCP://127.0.0.1:9"], []])
+@pytest.mark.parametrize(
+    "addresses",
+    [["no-such-host.invalid:9060"], ["tcp://h"], ["tcp://127.0.0.1:9", "TCP://127.0.0.1:9"], []],
+)
 def test_bad_collector_configuration_fails_at_construction(addresses):
     with pytest.raises(HepConfigError) as info:
         HepSink(addresses, HepOptions())
@@ -531,7 +577,6 @@ def test_udp_send_errors_are_counted():
     assert not collector.submit(packet(2)) and collector.stats.dropped_at_shutdown == 1
 
 
-
 def test_a_call_id_too_long_for_its_chunk_is_counted_never_raised():
     """Bytes that are not UTF-8 in a Call-ID become U+FFFD, three bytes each: 30,000 of them
     on the wire do not fit in the correlation chunk.  The message is counted as too large."""
@@ -544,10 +589,15 @@ def test_a_call_id_too_long_for_its_chunk_is_counted_never_raised():
     assert (sink.stats.skipped_too_large, sink.stats.packets) == (1, 1)
 
 
-@pytest.mark.parametrize("options", [HepOptions(password="\udcff"),
-                                     HepOptions(node_name="n" * 70_000),
-                                     HepOptions(capture_id=1 << 32),
-                                     HepOptions(ip_proto_tls=256)])
+@pytest.mark.parametrize(
+    "options",
+    [
+        HepOptions(password="\udcff"),
+        HepOptions(node_name="n" * 70_000),
+        HepOptions(capture_id=1 << 32),
+        HepOptions(ip_proto_tls=256),
+    ],
+)
 def test_hep_options_that_cannot_be_encoded_fail_at_construction(options):
     with pytest.raises(HepConfigError) as info:
         HepSink([f"udp://127.0.0.1:{free_port()}"], options)

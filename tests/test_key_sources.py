@@ -63,8 +63,9 @@ def test_udp_listener_takes_one_or_many_lines_per_datagram():
     listener = KeyLogListener(f"udp://127.0.0.1:{port}", keys)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         sender.sendto(line("CLIENT_RANDOM", 1).strip().encode(), ("127.0.0.1", port))
-        sender.sendto((line("CLIENT_RANDOM", 2) + line("CLIENT_RANDOM", 3)).encode(),
-                      ("127.0.0.1", port))
+        sender.sendto(
+            (line("CLIENT_RANDOM", 2) + line("CLIENT_RANDOM", 3)).encode(), ("127.0.0.1", port)
+        )
     time.sleep(0.1)
     assert listener.handle({listener.sock.fileno()}) == 3
     listener.close()
@@ -103,6 +104,7 @@ def test_listeners_stay_on_loopback_unless_told():
 
 # -- bounds: what any local process can send a listener or write to a key log ----------------
 
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -135,8 +137,11 @@ def test_tcp_listener_full_of_idle_connections_still_takes_a_new_one():
     """The issue: 64 idle connections, and the 65th was refused for good.  Now a new
     connection evicts the one idle longest."""
     port = free_port()
-    listener = KeyLogListener(f"tcp://127.0.0.1:{port}", KeyStore(), limits=ListenerLimits(
-        max_clients=64, max_clients_per_source=64))
+    listener = KeyLogListener(
+        f"tcp://127.0.0.1:{port}",
+        KeyStore(),
+        limits=ListenerLimits(max_clients=64, max_clients_per_source=64),
+    )
     idle = []
     for _ in range(64):
         idle.append(connect(port))
@@ -158,8 +163,11 @@ def test_tcp_listener_full_of_idle_connections_still_takes_a_new_one():
 def test_one_source_address_cannot_take_every_connection():
     port = free_port()
     keys = KeyStore()
-    listener = KeyLogListener(f"tcp://127.0.0.1:{port}", keys, limits=ListenerLimits(
-        max_clients=8, max_clients_per_source=3))
+    listener = KeyLogListener(
+        f"tcp://127.0.0.1:{port}",
+        keys,
+        limits=ListenerLimits(max_clients=8, max_clients_per_source=3),
+    )
     other = connect(port, "127.0.0.2")  # another local source, quiet all along
     turn(listener)
     flood = []
@@ -177,8 +185,9 @@ def test_one_source_address_cannot_take_every_connection():
 
 def test_idle_connections_are_closed_after_the_idle_timeout():
     port = free_port()
-    listener = KeyLogListener(f"tcp://127.0.0.1:{port}", KeyStore(),
-                              limits=ListenerLimits(idle_timeout_s=1.0))
+    listener = KeyLogListener(
+        f"tcp://127.0.0.1:{port}", KeyStore(), limits=ListenerLimits(idle_timeout_s=1.0)
+    )
     quiet, talking = connect(port), connect(port)
     turn(listener)
     for n in range(13):  # 1.3 s, a line every 0.1 s
@@ -194,8 +203,9 @@ def test_idle_connections_are_closed_after_the_idle_timeout():
 
 def test_udp_listener_reads_a_bounded_number_of_datagrams_per_turn():
     port = free_port(socket.SOCK_DGRAM)
-    listener = KeyLogListener(f"udp://127.0.0.1:{port}", KeyStore(),
-                              limits=ListenerLimits(max_datagrams_per_turn=4))
+    listener = KeyLogListener(
+        f"udp://127.0.0.1:{port}", KeyStore(), limits=ListenerLimits(max_datagrams_per_turn=4)
+    )
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
         for n in range(10):
             sender.sendto(line("CLIENT_RANDOM", n).encode(), ("127.0.0.1", port))
@@ -238,7 +248,8 @@ def test_line_buffer_gives_the_same_lines_however_the_stream_is_cut(seed):
     # one read passes (the parser counts it as malformed): either way, never a piece of it
     passed = out.split(b"\n")[:-1]
     assert [line for line in passed if len(line) <= MAX_LINE] == [
-        line for line in lines if len(line) <= MAX_LINE]
+        line for line in lines if len(line) <= MAX_LINE
+    ]
     long_passed = [line for line in passed if len(line) > MAX_LINE]
     assert all(line in lines for line in long_passed)
     assert dropped == ends == 2 - len(long_passed)
@@ -271,8 +282,7 @@ def test_followed_file_is_read_a_bounded_amount_per_poll(tmp_path, monkeypatch):
     assert added[0] == 5 and sum(added) == 30
 
 
-def test_malformed_line_warnings_are_rate_limited_and_never_show_key_material(
-        tmp_path, caplog):
+def test_malformed_line_warnings_are_rate_limited_and_never_show_key_material(tmp_path, caplog):
     """The issue: 207,000 malformed lines gave 207,000 warnings (19 MB of log)."""
     now = [1000.0]
     path = tmp_path / "keys.log"
@@ -292,12 +302,14 @@ def test_malformed_line_warnings_are_rate_limited_and_never_show_key_material(
     assert len(messages) == keysources.WARNINGS_IN_FULL + 9  # then one per minute
     assert "further ones are counted" in messages[keysources.WARNINGS_IN_FULL - 1]
     assert messages[keysources.WARNINGS_IN_FULL] == (
-        f"key log {path}: 60 more malformed key log line(s) ignored in the last 60 s")
+        f"key log {path}: 60 more malformed key log line(s) ignored in the last 60 s"
+    )
     assert sum(int(m.split(": ")[1].split()[0]) for m in messages) == 500
     assert not any(secret[:40] in m for m in messages)
 
 
 # -- records that wait for keys -------------------------------------------------------------
+
 
 class Collect:
     def __init__(self) -> None:
@@ -321,8 +333,9 @@ def waiting_pipeline(hold: HoldLimits) -> tuple[Pipeline, Collect, KeyStore, lis
     keys = KeyStore()
     sink = Collect()
     problems: list = []
-    pipeline = Pipeline(keys, [sink], problems.append,
-                        PipelineOptions(keys_may_arrive=True, hold=hold))
+    pipeline = Pipeline(
+        keys, [sink], problems.append, PipelineOptions(keys_may_arrive=True, hold=hold)
+    )
     return pipeline, sink, keys, problems
 
 
@@ -335,8 +348,7 @@ def test_held_records_come_out_in_order_with_their_own_times_once_keys_arrive():
     load_key_log(truth.keylog.read_text(), keys)
     pipeline.keys_added()
     pipeline.finish()
-    expected = sorted(m for c in truth.connections for d in ("c2s", "s2c")
-                      for m in c.messages(d))
+    expected = sorted(m for c in truth.connections for d in ("c2s", "s2c") for m in c.messages(d))
     assert sorted(m.payload for m in sink.messages) == expected
     stamps = {f.ts_ns // 1000 for f in frames}
     assert all(m.ts_ns // 1000 in stamps for m in sink.messages)
@@ -362,7 +374,8 @@ def test_records_over_the_flow_cap_are_lost_and_the_rest_decrypts_once_keys_arri
     truth = load_groundtruth(FIXTURES / f"{name}.json")
     cap = 1500
     pipeline, sink, keys, problems = waiting_pipeline(
-        HoldLimits(max_wait_s=3600, max_bytes_per_flow=cap))
+        HoldLimits(max_wait_s=3600, max_bytes_per_flow=cap)
+    )
     most = 0
     keys_added_at = None
     frames = list(CaptureReader(str(FIXTURES / f"{name}.pcap")))
@@ -398,7 +411,8 @@ def test_records_over_the_flow_cap_are_lost_and_the_rest_decrypts_once_keys_arri
 def test_all_flows_together_are_bounded_too():
     truth = load_groundtruth(FIXTURES / "keylog-tls13-suites.json")
     pipeline, sink, keys, problems = waiting_pipeline(
-        HoldLimits(max_wait_s=3600, max_bytes_total=2000))
+        HoldLimits(max_wait_s=3600, max_bytes_total=2000)
+    )
     most = 0
     keys_added = False
     for frame in CaptureReader(str(FIXTURES / "keylog-tls13-suites.pcap")):

@@ -29,9 +29,11 @@ def write(tmp_path: Path, name: str, data: bytes) -> str:
 
 def test_a_wrong_password_that_passes_the_padding_check_is_still_a_wrong_password(tmp_path):
     # about one wrong password in 256 decrypts to valid CBC padding and fails in the parse
-    pem = fixture_key().private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.TraditionalOpenSSL,
-                                      serialization.BestAvailableEncryption(b"right"))
+    pem = fixture_key().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.BestAvailableEncryption(b"right"),
+    )
     for attempt in range(20_000):
         wrong = f"wrong{attempt}".encode()
         try:
@@ -48,9 +50,11 @@ def test_a_wrong_password_that_passes_the_padding_check_is_still_a_wrong_passwor
 
 
 def test_an_encrypted_key_asks_for_its_password(tmp_path):
-    pem = fixture_key().private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.BestAvailableEncryption(b"right"))
+    pem = fixture_key().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"right"),
+    )
     path = write(tmp_path, "enc.key", pem)
     asked = []
     assert len(load_rsa_keys(path, None, lambda p: asked.append(p) or b"right")) == 1
@@ -64,12 +68,15 @@ def test_a_password_for_a_key_without_one_is_not_an_error(tmp_path, encoding):
     # one --key-password for several key files, only some of them encrypted
     key = fixture_key()
     if encoding == "pkcs12":
-        data = pkcs12.serialize_key_and_certificates(b"k", key, None, None,
-                                                     serialization.NoEncryption())
+        data = pkcs12.serialize_key_and_certificates(
+            b"k", key, None, None, serialization.NoEncryption()
+        )
     else:
         data = key.private_bytes(
             serialization.Encoding.PEM if encoding == "pem" else serialization.Encoding.DER,
-            serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     path = write(tmp_path, f"plain.{encoding}", data)
     [loaded] = load_rsa_keys(path, b"unused", no_prompt)
     assert loaded.private_numbers() == key.private_numbers()

@@ -57,6 +57,7 @@ def needs_root_capture() -> None:
 
 # -- the lines arrive -------------------------------------------------------------------------
 
+
 @TLS_VERSIONS
 def test_every_secret_reaches_the_file_and_udp_once(library, tmp_path, tls13):
     keys = tmp_path / "server.log"
@@ -93,12 +94,14 @@ def test_a_relative_keylog_path_is_taken_from_where_the_server_started(library, 
     with Responder(env, "--chdir", "/", cwd=tmp_path) as server:  # as a daemon does
         exchanges(server.port, 1, tls13=True, keylogs=clients)
         server.stop()
-    assert sorted(key_lines((tmp_path / "relative.log").read_text())) == \
-        sorted(client_key_lines(clients))
+    assert sorted(key_lines((tmp_path / "relative.log").read_text())) == sorted(
+        client_key_lines(clients)
+    )
 
 
 def test_a_forking_server_writes_whole_lines_from_every_process_and_survives_rotation(
-        library, tmp_path):
+    library, tmp_path
+):
     keys = tmp_path / "keys.log"
     rotated = tmp_path / "keys.log.1"
     with Responder(preload_env(library, SSLKEYLOGFILE=str(keys)), "--workers", "6") as server:
@@ -106,9 +109,12 @@ def test_a_forking_server_writes_whole_lines_from_every_process_and_survives_rot
         keys.rename(rotated)  # what logrotate does; the next line must create keys.log again
         after = exchanges(server.port, 48, tls13=True, parallel=6, keylogs=tmp_path / "c2")
         assert server.stop() == ""
-    workers = {re.search(rb"pid=(\d+)", data).group(1)  # type: ignore[union-attr]
-               for sent in before + after for direction, data in sent.messages
-               if direction == S2C}
+    workers = {
+        re.search(rb"pid=(\d+)", data).group(1)  # type: ignore[union-attr]
+        for sent in before + after
+        for direction, data in sent.messages
+        if direction == S2C
+    }
     assert len(workers) >= 2, "the connections should have been spread over the workers"
     old, new = key_lines(rotated.read_text()), key_lines(keys.read_text())
     assert sorted(old) == sorted(client_key_lines(tmp_path / "c1"))
@@ -133,8 +139,8 @@ def test_a_threaded_server_delivers_every_line_once_to_both_destinations(library
 
 # -- the host is not disturbed ----------------------------------------------------------------
 
-def test_the_hosts_own_key_log_callback_still_fires_and_is_what_it_reads_back(library,
-                                                                               tmp_path):
+
+def test_the_hosts_own_key_log_callback_still_fires_and_is_what_it_reads_back(library, tmp_path):
     ours, host = tmp_path / "ours.log", tmp_path / "host.log"
     env = preload_env(library, SSLKEYLOGFILE=str(ours))
     with Responder(env, "--host-keylog", str(host), "--report-callbacks") as server:
@@ -162,8 +168,18 @@ def test_without_a_destination_nothing_is_installed_written_or_sent(library, tmp
         server.stop()
     assert server.report[0].startswith("callback in libssl: _ssl")  # the host's, untouched
     assert server.report[1].startswith("callback as seen: _ssl")
-    assert len(key_lines("".join(line + "\n" for line in host.read_text().splitlines()
-                                 if not line.startswith("#")))) == 5
+    assert (
+        len(
+            key_lines(
+                "".join(
+                    line + "\n"
+                    for line in host.read_text().splitlines()
+                    if not line.startswith("#")
+                )
+            )
+        )
+        == 5
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["host.log"]
 
 
@@ -179,7 +195,9 @@ address = libssl.SSL_CTX_get_keylog_callback(_ssl_ctx_ptr(context))
 callback = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p, use_errno=True)(address)
 """
 
-CALL_THE_CALLBACK = OUR_CALLBACK + r"""
+CALL_THE_CALLBACK = (
+    OUR_CALLBACK
+    + r"""
 descriptors = len(os.listdir("/proc/self/fd"))
 for _ in range(int(sys.argv[3])):
     ctypes.set_errno(errno.EDOM)
@@ -189,31 +207,45 @@ for _ in range(int(sys.argv[3])):
 callback(None, b"CLIENT_RANDOM " + b"ab" * 600)  # longer than any key-log line: dropped
 print(len(os.listdir("/proc/self/fd")) - descriptors)
 """
+)
 
 
-def test_errno_is_kept_and_no_descriptor_is_left_open_even_when_delivery_fails(library,
-                                                                                tmp_path):
+def test_errno_is_kept_and_no_descriptor_is_left_open_even_when_delivery_fails(library, tmp_path):
     line = "CLIENT_RANDOM " + "11" * 32 + " " + "22" * 48
     fixtures = str(TESTS / "fixtures")
     with udp_collector() as udp:
-        env = preload_env(library, SSLKEYLOGFILE=str(tmp_path / "no-such-folder" / "k.log"),
-                          SSLKEYLOG_UDP=udp.address)
-        child = subprocess.run([sys.executable, "-c", CALL_THE_CALLBACK, fixtures, line, "100"],
-                               env=env, capture_output=True, text=True, timeout=60)
+        env = preload_env(
+            library,
+            SSLKEYLOGFILE=str(tmp_path / "no-such-folder" / "k.log"),
+            SSLKEYLOG_UDP=udp.address,
+        )
+        child = subprocess.run(
+            [sys.executable, "-c", CALL_THE_CALLBACK, fixtures, line, "100"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         datagrams = udp.drain()
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "1"  # the one UDP socket, kept for the next lines
     assert datagrams == [line.encode() + b"\n"] * 100
     keys = tmp_path / "k.log"
-    child = subprocess.run([sys.executable, "-c", CALL_THE_CALLBACK, fixtures, line, "3"],
-                           env=preload_env(library, SSLKEYLOGFILE=str(keys)),
-                           capture_output=True, text=True, timeout=60)
+    child = subprocess.run(
+        [sys.executable, "-c", CALL_THE_CALLBACK, fixtures, line, "3"],
+        env=preload_env(library, SSLKEYLOGFILE=str(keys)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == "0"  # the file is opened for each line and closed
     assert keys.read_text() == (line + "\n") * 3
 
 
-TAKE_ITS_SOCKET = OUR_CALLBACK + r"""
+TAKE_ITS_SOCKET = (
+    OUR_CALLBACK
+    + r"""
 def sockets():
     found = set()
     for fd in os.listdir("/proc/self/fd"):
@@ -236,28 +268,35 @@ host.sendall(b"the host's own bytes")
 host.close()
 print(repr(peer.recv(100)))
 """
+)
 
 
 def test_a_udp_socket_the_host_closed_and_reused_is_left_alone(library):
     with udp_collector() as udp:
-        child = subprocess.run([sys.executable, "-c", TAKE_ITS_SOCKET, str(TESTS / "fixtures")],
-                               env=preload_env(library, SSLKEYLOG_UDP=udp.address),
-                               capture_output=True, text=True, timeout=60)
+        child = subprocess.run(
+            [sys.executable, "-c", TAKE_ITS_SOCKET, str(TESTS / "fixtures")],
+            env=preload_env(library, SSLKEYLOG_UDP=udp.address),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         datagrams = udp.drain()
     assert child.returncode == 0, child.stderr
     assert child.stdout.strip() == repr(b"the host's own bytes")  # no key line in its stream
     assert datagrams == [b"first\n", b"second\n"]  # through a new socket of ours
 
 
-@pytest.mark.parametrize(("value", "complaint"), [
-    ("10.1.2.3:5999", "not a loopback address"),
-    ("localhost:5999", "the host must be an IP address"),
-    ("127.0.0.1", "expected HOST:PORT"),
-    ("127.0.0.1:0", "the port must be a number from 1 to 65535"),
-    ("::1:5999", "IPv6 address goes in brackets"),
-])
-def test_a_udp_destination_it_refuses_is_named_once_and_nothing_is_sent(library, value,
-                                                                        complaint):
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("10.1.2.3:5999", "not a loopback address"),
+        ("localhost:5999", "the host must be an IP address"),
+        ("127.0.0.1", "expected HOST:PORT"),
+        ("127.0.0.1:0", "the port must be a number from 1 to 65535"),
+        ("::1:5999", "IPv6 address goes in brackets"),
+    ],
+)
+def test_a_udp_destination_it_refuses_is_named_once_and_nothing_is_sent(library, value, complaint):
     env = preload_env(library, SSLKEYLOG_UDP=value)
     with Responder(env, "--report-callbacks") as server:
         exchanges(server.port, 1, tls13=True)
@@ -277,6 +316,7 @@ def test_a_remote_udp_destination_with_the_opt_in_is_taken(library):
 
 # -- a C program: openssl s_client ------------------------------------------------------------
 
+
 class _Pipe:
     """A pipe read like a socket, for read_message."""
 
@@ -287,18 +327,33 @@ class _Pipe:
         return os.read(self.fd, size)
 
 
-def s_client(library: Path, port: int, tls13: bool, env: dict[str, str], host_keys: Path
-             ) -> tuple[list[bytes], list[bytes]]:
+def s_client(
+    library: Path, port: int, tls13: bool, env: dict[str, str], host_keys: Path
+) -> tuple[list[bytes], list[bytes]]:
     """openssl s_client under the library sends the requests; returns them and the answers."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is not installed")
     version = ["-tls1_3"] if tls13 else ["-tls1_2", "-cipher", TLS12_ECDHE]
     sent = requests(0, port, seed=5)  # its port is not known in advance: 0 in the headers
-    proc = subprocess.Popen([openssl, "s_client", "-connect", f"127.0.0.1:{port}", *version,
-                             "-quiet", "-no_ign_eof", "-nocommands", "-keylogfile",
-                             str(host_keys)], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            openssl,
+            "s_client",
+            "-connect",
+            f"127.0.0.1:{port}",
+            *version,
+            "-quiet",
+            "-no_ign_eof",
+            "-nocommands",
+            "-keylogfile",
+            str(host_keys),
+        ],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         proc.stdin.write(b"".join(sent))
@@ -319,37 +374,41 @@ def s_client(library: Path, port: int, tls13: bool, env: dict[str, str], host_ke
 
 
 @TLS_VERSIONS
-def test_openssl_s_client_under_the_library_and_with_its_own_keylogfile(library, tmp_path,
-                                                                         tls13):
+def test_openssl_s_client_under_the_library_and_with_its_own_keylogfile(library, tmp_path, tls13):
     server_keys, host_keys, ours = (tmp_path / name for name in ("server", "host", "ours"))
     with udp_collector() as udp:
         env = preload_env(library, SSLKEYLOGFILE=str(ours), SSLKEYLOG_UDP=udp.address)
-        with Responder(preload_env(None), "--host-keylog", str(server_keys),
-                       tls13=tls13) as server:
+        with Responder(preload_env(None), "--host-keylog", str(server_keys), tls13=tls13) as server:
             sent, answers = s_client(library, server.port, tls13, env, host_keys)
             datagrams = udp.drain()
             server.stop()
     assert len(answers) == len(sent) - 1 and all(a.startswith(b"SIP/2.0 200 OK") for a in answers)
-    reference = sorted(line for line in server_keys.read_text().splitlines()
-                       if not line.startswith("#"))
+    reference = sorted(
+        line for line in server_keys.read_text().splitlines() if not line.startswith("#")
+    )
     assert len(reference) == LINES_PER_HANDSHAKE[tls13]
     assert sorted(key_lines(ours.read_text())) == reference
-    assert sorted(line for line in host_keys.read_text().splitlines()
-                  if not line.startswith("#")) == reference  # s_client's own, still written
+    assert (
+        sorted(line for line in host_keys.read_text().splitlines() if not line.startswith("#"))
+        == reference
+    )  # s_client's own, still written
     assert sorted(d.decode().rstrip("\n") for d in datagrams) == reference
 
 
 # -- captagent-tls decrypts with them ---------------------------------------------------------
 
+
 @TLS_VERSIONS
-def test_captagent_decrypts_a_capture_with_the_key_log_the_library_wrote(library, tmp_path,
-                                                                         tls13):
+def test_captagent_decrypts_a_capture_with_the_key_log_the_library_wrote(library, tmp_path, tls13):
     needs_root_capture()
     port = free_port()
     keys, pcap = tmp_path / "keys.log", tmp_path / "calls.pcap"
-    with Tcpdump(pcap, f"tcp port {port}"), \
-            Responder(preload_env(library, SSLKEYLOGFILE=str(keys)), "--port", str(port),
-                      tls13=tls13) as server:
+    with (
+        Tcpdump(pcap, f"tcp port {port}"),
+        Responder(
+            preload_env(library, SSLKEYLOGFILE=str(keys)), "--port", str(port), tls13=tls13
+        ) as server,
+    ):
         calls = exchanges(server.port, 3, tls13=tls13)
         server.stop()
     out = run_json(["-r", pcap, "--keylog", keys])
@@ -366,9 +425,12 @@ def test_captagent_decrypts_live_with_the_keys_arriving_over_udp(library, tls13)
     needs_root_capture()
     port, listen = free_port(), free_port(socket.SOCK_DGRAM)
     env = preload_env(library, SSLKEYLOG_UDP=f"127.0.0.1:{listen}")
-    with Agent("-f", f"tcp port {port}", "--keylog-listen", f"udp://127.0.0.1:{listen}",
-               "--json") as agent, \
-            Responder(env, "--port", str(port), "--workers", "2", tls13=tls13) as server:
+    with (
+        Agent(
+            "-f", f"tcp port {port}", "--keylog-listen", f"udp://127.0.0.1:{listen}", "--json"
+        ) as agent,
+        Responder(env, "--port", str(port), "--workers", "2", tls13=tls13) as server,
+    ):
         calls = exchanges(server.port, 4, tls13=tls13, parallel=2)
         assert agent.stop() == 0
         assert server.stop() == ""
@@ -442,13 +504,29 @@ def test_kamailio_5_under_the_library_tls13_sip_decrypted_live(library, tmp_path
     (tmp_path / "run").mkdir()
     keys = tmp_path / "keys.log"
     env = preload_env(library, SSLKEYLOG_UDP=f"127.0.0.1:{listen}", SSLKEYLOGFILE=str(keys))
-    with Agent("-f", f"tcp port {port}", "--keylog-listen", f"udp://127.0.0.1:{listen}",
-               "--json") as agent:
+    with Agent(
+        "-f", f"tcp port {port}", "--keylog-listen", f"udp://127.0.0.1:{listen}", "--json"
+    ) as agent:
         kamailio = subprocess.Popen(
-            ["kamailio", "-f", str(cfg), "-DD", "-E", "-Y", str(tmp_path / "run"), "-m", "64",
-             "-M", "8"], env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "kamailio.log", "wb"),  # noqa: SIM115
-            cwd=tmp_path)
+            [
+                "kamailio",
+                "-f",
+                str(cfg),
+                "-DD",
+                "-E",
+                "-Y",
+                str(tmp_path / "run"),
+                "-m",
+                "64",
+                "-M",
+                "8",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "kamailio.log", "wb"),  # noqa: SIM115
+            cwd=tmp_path,
+        )
         try:
             wait_for_port(port, kamailio)
             calls = [sip_exchange(port, tls13=True, seed=i) for i in range(3)]
@@ -457,8 +535,12 @@ def test_kamailio_5_under_the_library_tls13_sip_decrypted_live(library, tmp_path
             kamailio.wait(30)
         assert agent.stop() == 0
     log = (tmp_path / "kamailio.log").read_text(errors="replace")
-    assert all(a.startswith(b"SIP/2.0 200 OK") and b"kamailio" in a
-               for sent in calls for d, a in sent.messages if d == S2C), log[-2000:]
+    assert all(
+        a.startswith(b"SIP/2.0 200 OK") and b"kamailio" in a
+        for sent in calls
+        for d, a in sent.messages
+        if d == S2C
+    ), log[-2000:]
     assert received(agent.json()) == expected(calls), log[-2000:]
     assert {o["tls_version"] for o in agent.json()} == {"TLSv1.3"}
     assert len(key_lines(keys.read_text())) == 3 * 5
@@ -467,19 +549,34 @@ def test_kamailio_5_under_the_library_tls13_sip_decrypted_live(library, tmp_path
 
 # -- built and found by the package -----------------------------------------------------------
 
+
 def test_the_command_prints_the_library_and_a_dropin(library):
     from captagent_tls.preload import built_library
 
     if built_library() is None:
         pytest.skip("the package's library is not built (not installed with cc and libssl-dev)")
-    out = subprocess.run([sys.executable, "-m", "captagent_tls.preload", "--service",
-                          "kamailio", "--udp", "127.0.0.1:5999"], capture_output=True,
-                         text=True, timeout=60, env=preload_env(None, PYTHONPATH=str(REPO / "src")))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "captagent_tls.preload",
+            "--service",
+            "kamailio",
+            "--udp",
+            "127.0.0.1:5999",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=preload_env(None, PYTHONPATH=str(REPO / "src")),
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "# /etc/systemd/system/kamailio.service.d/captagent-keylog.conf"
-    assert lines[-2:] == ["[Service]", f"Environment=LD_PRELOAD={built_library()} "
-                                       "SSLKEYLOG_UDP=127.0.0.1:5999"]
+    assert lines[-2:] == [
+        "[Service]",
+        f"Environment=LD_PRELOAD={built_library()} SSLKEYLOG_UDP=127.0.0.1:5999",
+    ]
     assert all(line.startswith("#") for line in lines[:-2])
 
 
@@ -498,11 +595,14 @@ def test_the_command_checks_a_running_server(library, tmp_path):
     assert "library NOT loaded" in report.stdout and "sends key-log lines: nowhere" in report.stdout
 
 
-@pytest.mark.parametrize(("args", "complaint"), [
-    (["--udp", "10.0.0.1:5999"], "not on loopback"),
-    (["--udp", "sip.example.com:5999"], "an IP address"),
-    (["--file", "keys.log"], "absolute path"),
-])
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--udp", "10.0.0.1:5999"], "not on loopback"),
+        (["--udp", "sip.example.com:5999"], "an IP address"),
+        (["--file", "keys.log"], "absolute path"),
+    ],
+)
 def test_the_command_refuses_what_the_library_would_not_take(library, args, complaint):
     out = keylog_command(REPO / "src", *args)
     assert out.returncode == 1 and out.stdout == ""
@@ -510,13 +610,17 @@ def test_the_command_refuses_what_the_library_would_not_take(library, args, comp
 
 
 def test_the_command_with_a_file_and_a_remote_collector(library):
-    out = keylog_command(REPO / "src", "--udp", "192.0.2.7:5999", "--remote", "--file",
-                         "/run/kamailio/tls.keys")
+    out = keylog_command(
+        REPO / "src", "--udp", "192.0.2.7:5999", "--remote", "--file", "/run/kamailio/tls.keys"
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1].endswith(
-        " SSLKEYLOG_UDP=192.0.2.7:5999 SSLKEYLOG_UDP_REMOTE=1 SSLKEYLOGFILE=/run/kamailio/tls.keys")
-    assert ("--keylog-listen udp://192.0.2.7:5999 --keylog-listen-remote --keylog "
-            "/run/kamailio/tls.keys") in out.stdout
+        " SSLKEYLOG_UDP=192.0.2.7:5999 SSLKEYLOG_UDP_REMOTE=1 SSLKEYLOGFILE=/run/kamailio/tls.keys"
+    )
+    assert (
+        "--keylog-listen udp://192.0.2.7:5999 --keylog-listen-remote --keylog "
+        "/run/kamailio/tls.keys"
+    ) in out.stdout
     out = keylog_command(REPO / "src", "--file", "/run/100%/keys.log")
     assert out.stdout.splitlines()[-1].endswith(" SSLKEYLOGFILE=/run/100%%/keys.log")
 
@@ -527,50 +631,76 @@ def source_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tree = tmp_path_factory.mktemp("tree")
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, tree / name)
-    shutil.copytree(REPO / "src", tree / "src",
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.egg-info"))
+    shutil.copytree(
+        REPO / "src",
+        tree / "src",
+        ignore=shutil.ignore_patterns("*.so", "__pycache__", "*.egg-info"),
+    )
     return tree
 
 
 def pip_install(tree: Path, target: Path, **env: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                             "--target", str(target), str(tree)],
-                            env=preload_env(None, **env), capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(tree),
+        ],
+        env=preload_env(None, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def keylog_command(target: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "captagent_tls.preload", *args],
-                          env=preload_env(None, PYTHONPATH=str(target)), capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "captagent_tls.preload", *args],
+        env=preload_env(None, PYTHONPATH=str(target)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-def test_pip_install_builds_the_library_and_the_command_finds_it(library, source_tree,
-                                                                 tmp_path):
+def test_pip_install_builds_the_library_and_the_command_finds_it(library, source_tree, tmp_path):
     target = tmp_path / "site"
     pip_install(source_tree, target)
     installed = target / "captagent_tls" / "preload" / "sslkeylog.so"
     assert installed.is_file()
     found = keylog_command(target, "--path")
     assert found.returncode == 0 and found.stdout == f"{installed}\n"
-    with udp_collector() as udp, \
-            Responder(preload_env(installed, SSLKEYLOG_UDP=udp.address)) as server:
+    with (
+        udp_collector() as udp,
+        Responder(preload_env(installed, SSLKEYLOG_UDP=udp.address)) as server,
+    ):
         exchanges(server.port, 1, tls13=True, keylogs=tmp_path / "clients")  # it works
         datagrams = udp.drain()
         server.stop()
-    assert sorted(d.decode().rstrip("\n") for d in datagrams) == \
-        sorted(client_key_lines(tmp_path / "clients"))
+    assert sorted(d.decode().rstrip("\n") for d in datagrams) == sorted(
+        client_key_lines(tmp_path / "clients")
+    )
 
 
 @pytest.mark.parametrize("no_compiler", ["CC=/bin/false", "PATH without cc"])
 def test_pip_install_without_a_compiler_installs_and_the_command_says_how_to_build(
-        library, source_tree, tmp_path, no_compiler):
+    library, source_tree, tmp_path, no_compiler
+):
     target = tmp_path / "site"
     empty = tmp_path / "empty"
     empty.mkdir()
-    pip_install(source_tree, target,
-                **({"CC": "/bin/false"} if no_compiler.startswith("CC") else {"PATH": str(empty)}))
+    pip_install(
+        source_tree,
+        target,
+        **({"CC": "/bin/false"} if no_compiler.startswith("CC") else {"PATH": str(empty)}),
+    )
     preload = target / "captagent_tls" / "preload"
     assert (preload / "sslkeylog.c").is_file() and not (preload / "sslkeylog.so").exists()
     refused = keylog_command(target)

@@ -24,8 +24,9 @@ CALL = [("c", 900), ("s", 300), ("s", 400), ("s", 800), ("c", 350), ("c", 350), 
 
 
 def sip(index: int, size: int) -> bytes:
-    head = (f"OPTIONS sip:{index}@example.com SIP/2.0\r\nCall-ID: call-{index}\r\n"
-            "Content-Length: ").encode()
+    head = (
+        f"OPTIONS sip:{index}@example.com SIP/2.0\r\nCall-ID: call-{index}\r\nContent-Length: "
+    ).encode()
     body_len = max(0, size - len(head) - 10)
     return head + f"{body_len}\r\n\r\n".encode() + b"v" * body_len
 
@@ -50,19 +51,22 @@ def busy_connection(calls_per_s: int, seconds: float) -> tuple[list, list[bytes]
             message = sip(call * 10 + number, size)
             sent.append(message)
             direction = 0 if who == "c" else 1
-            tcp.send(direction, (client if direction == 0 else server).seal(APPLICATION_DATA,
-                                                                            message))
+            tcp.send(
+                direction, (client if direction == 0 else server).seal(APPLICATION_DATA, message)
+            )
             tcp.ack(1 - direction)
     tcp.close()
     return tcp.frames, sent, session.key_log_line()
 
 
-def run_with_keys_at(frames, line: str, delay_s: float, hold: HoldLimits
-                     ) -> tuple[Collected, Pipeline, int]:
+def run_with_keys_at(
+    frames, line: str, delay_s: float, hold: HoldLimits
+) -> tuple[Collected, Pipeline, int]:
     keys = KeyStore()
     out = Collected()
-    pipeline = Pipeline(keys, [out], out.problems.append,
-                        PipelineOptions(keys_may_arrive=True, hold=hold))
+    pipeline = Pipeline(
+        keys, [out], out.problems.append, PipelineOptions(keys_may_arrive=True, hold=hold)
+    )
     arrive = frames[0].ts_ns + int(delay_s * SECOND)
     most_held = 0
     for frame in frames:
@@ -89,7 +93,8 @@ def test_100_calls_per_second_with_keys_nearly_10_s_late_lose_nothing_by_default
 def test_a_full_hold_cap_costs_only_the_records_that_did_not_fit():
     frames, sent, line = busy_connection(80, 8)
     out, pipeline, most_held = run_with_keys_at(
-        frames, line, 5.0, HoldLimits(max_bytes_per_flow=1 << 20))
+        frames, line, 5.0, HoldLimits(max_bytes_per_flow=1 << 20)
+    )
     got = [m.payload for m in out.messages]
     stats = pipeline.tls.stats
     assert most_held <= 1 << 20

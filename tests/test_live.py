@@ -51,15 +51,22 @@ def test_tls13_keys_that_arrive_after_the_traffic(tmp_path, delivery):
     port = free_port()
     followed = tmp_path / "followed.keys"
     followed.write_text("# key log, still empty\n")
-    listen_port = free_port(socket.SOCK_DGRAM if delivery == "udp listener" else
-                            socket.SOCK_STREAM)
+    listen_port = free_port(socket.SOCK_DGRAM if delivery == "udp listener" else socket.SOCK_STREAM)
     scheme = "tcp" if delivery == "tcp listener" else "udp"
     server = TlsSipServer(port, tls13=True)
-    with Agent("-f", f"tcp port {port}", "--keylog", str(followed), "--keylog-listen",
-               f"{scheme}://127.0.0.1:{listen_port}", "--json") as agent:
+    with Agent(
+        "-f",
+        f"tcp port {port}",
+        "--keylog",
+        str(followed),
+        "--keylog-listen",
+        f"{scheme}://127.0.0.1:{listen_port}",
+        "--json",
+    ) as agent:
         private_logs = [tmp_path / f"client{i}.keys" for i in range(2)]
-        calls = [sip_call(server, tls13=True, keylog=log, seed=i)
-                 for i, log in enumerate(private_logs)]
+        calls = [
+            sip_call(server, tls13=True, keylog=log, seed=i) for i, log in enumerate(private_logs)
+        ]
         time.sleep(0.5)  # the agent has seen every record by now, and holds them
         lines = "".join(log.read_text() for log in private_logs)
         assert "CLIENT_TRAFFIC_SECRET_0" in lines
@@ -84,8 +91,9 @@ def test_keys_that_never_come_are_dropped_after_the_wait_and_named(tmp_path):
     followed = tmp_path / "followed.keys"
     followed.write_text("")
     server = TlsSipServer(port, tls13=True)
-    with Agent("-f", f"tcp port {port}", "--keylog", str(followed), "--key-wait", "1",
-               "--json") as agent:
+    with Agent(
+        "-f", f"tcp port {port}", "--keylog", str(followed), "--key-wait", "1", "--json"
+    ) as agent:
         sip_call(server, tls13=True, seed=7)
         time.sleep(2.5)
         assert agent.stop() == 0
@@ -126,17 +134,29 @@ def test_sigterm_flushes_and_prints_final_stats():
 
 # -- plain SIP -------------------------------------------------------------------------------
 
-def ethernet_ipv4_udp_fragments(payload: bytes, sport: int, dport: int, mtu: int = 1500,
-                                ident: int = 4242) -> list[bytes]:
+
+def ethernet_ipv4_udp_fragments(
+    payload: bytes, sport: int, dport: int, mtu: int = 1500, ident: int = 4242
+) -> list[bytes]:
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     chunk = (mtu - 20) // 8 * 8
     frames = []
     for offset in range(0, len(udp), chunk):
         piece = udp[offset : offset + chunk]
         flags = 0x2000 if offset + chunk < len(udp) else 0
-        header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), ident,
-                             flags | offset // 8, 64, 17, 0, socket.inet_aton("127.0.0.1"),
-                             socket.inet_aton("127.0.0.1"))
+        header = struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(piece),
+            ident,
+            flags | offset // 8,
+            64,
+            17,
+            0,
+            socket.inet_aton("127.0.0.1"),
+            socket.inet_aton("127.0.0.1"),
+        )
         frames.append(b"\x00" * 12 + b"\x08\x00" + header + piece)
     return frames
 
@@ -152,14 +172,17 @@ def test_plain_sip_over_udp_with_a_fragmented_invite_and_over_tcp(tmp_path):
     if shutil.which("tcpreplay") is None:
         pytest.skip("tcpreplay is not installed")
     udp_port, tcp_port = free_port(socket.SOCK_DGRAM), free_port()
-    invite = (b"INVITE sip:bob@example.test SIP/2.0\r\nCall-ID: frag-1\r\n"
-              b"Content-Length: 4000\r\n\r\n" + b"a=x-pad:" + b"P" * 3990 + b"\r\n")
+    invite = (
+        b"INVITE sip:bob@example.test SIP/2.0\r\nCall-ID: frag-1\r\n"
+        b"Content-Length: 4000\r\n\r\n" + b"a=x-pad:" + b"P" * 3990 + b"\r\n"
+    )
     options = b"OPTIONS sip:bob@example.test SIP/2.0\r\nCall-ID: small-1\r\nl: 0\r\n\r\n"
     pcap = tmp_path / "udp.pcap"
     write_pcap(pcap, ethernet_ipv4_udp_fragments(invite, 5060, udp_port))
     server = TlsSipServer(tcp_port, plain=True)
-    with Agent("-f", f"udp port {udp_port} or tcp port {tcp_port} or "
-               "(ip[6:2] & 0x1fff != 0)", "--json") as agent:
+    with Agent(
+        "-f", f"udp port {udp_port} or tcp port {tcp_port} or (ip[6:2] & 0x1fff != 0)", "--json"
+    ) as agent:
         subprocess.run(["tcpreplay", "-i", "lo", str(pcap)], check=True, capture_output=True)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
             udp.sendto(options, ("127.0.0.1", udp_port))
@@ -177,8 +200,9 @@ def test_plain_sip_over_udp_with_a_fragmented_invite_and_over_tcp(tmp_path):
 def test_drops_root_after_opening_the_capture_and_reading_the_keys():
     port = free_port()
     server = TlsSipServer(port)
-    with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--user", "nobody",
-               "--json") as agent:
+    with Agent(
+        "-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--user", "nobody", "--json"
+    ) as agent:
         status = Path(f"/proc/{agent.proc.pid}/status").read_text()
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         call = sip_call(server, seed=9)

@@ -56,10 +56,26 @@ def test_every_message_exactly_once_at_udp_tcp_and_tls_collectors(tmp_path):
     server = TlsSipServer(port)
     tcp, tls = StreamServer().start(), StreamServer(pki.server).start()
     with UdpCollector() as udp:
-        with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY),
-                   "--hep", udp.address, "--hep", tcp.address, "--hep", tls.address,
-                   "--hep-ca", pki.ca_file, "--hep-id", "77", "--hep-password", "s3cret",
-                   "--hep-node-name", "edge-1") as agent:
+        with Agent(
+            "-f",
+            f"tcp port {port}",
+            "-k",
+            str(SERVER_KEY),
+            "--hep",
+            udp.address,
+            "--hep",
+            tcp.address,
+            "--hep",
+            tls.address,
+            "--hep-ca",
+            pki.ca_file,
+            "--hep-id",
+            "77",
+            "--hep-password",
+            "s3cret",
+            "--hep-node-name",
+            "edge-1",
+        ) as agent:
             calls = [sip_call(server, seed=i) for i in range(4)]
             assert agent.stop() == 0
         expected = Counter(sent_messages(calls))
@@ -79,17 +95,26 @@ def test_every_message_exactly_once_at_udp_tcp_and_tls_collectors(tmp_path):
     assert all(chunk_value(p, 0x0013) == b"edge-1" for p in udp_packets)
 
 
-def run_with_outage(tmp_path, queue: str, outage_s: float, collectors: list[StreamServer],
-                    call_every_s: float = 2.0, calls_before: int = 3, calls_after: int = 3,
-                    extra: tuple[str, ...] = (), expect_all: bool = True):
+def run_with_outage(
+    tmp_path,
+    queue: str,
+    outage_s: float,
+    collectors: list[StreamServer],
+    call_every_s: float = 2.0,
+    calls_before: int = 3,
+    calls_after: int = 3,
+    extra: tuple[str, ...] = (),
+    expect_all: bool = True,
+):
     """Calls before, during and after an outage of every collector; the collectors come
     back on their ports.  Returns the calls, the agent's stderr, and how long the messages
     sent so far took to arrive once the collectors were back (None: not all arrived)."""
     port = free_port()
     server = TlsSipServer(port)
     hep = [arg for c in collectors for arg in ("--hep", c.address)]
-    with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY), *hep, "--hep-queue", queue,
-               *extra) as agent:
+    with Agent(
+        "-f", f"tcp port {port}", "-k", str(SERVER_KEY), *hep, "--hep-queue", queue, *extra
+    ) as agent:
         calls = [sip_call(server, seed=i) for i in range(calls_before)]
         for collector in collectors:
             collector.wait_for_packets(7 * calls_before, timeout=10)
@@ -107,8 +132,9 @@ def run_with_outage(tmp_path, queue: str, outage_s: float, collectors: list[Stre
             calls.append(sip_call(server, seed=seed))
             seed += 1
         wanted = len(sent_messages(calls))
-        caught_up = expect_all and all(len(c.wait_for_packets(wanted, timeout=20)) >= wanted
-                                       for c in collectors)
+        caught_up = expect_all and all(
+            len(c.wait_for_packets(wanted, timeout=20)) >= wanted for c in collectors
+        )
         delay = time.monotonic() - back if caught_up else None
         assert agent.stop() == 0
     for collector in collectors:
@@ -127,8 +153,9 @@ def test_collector_outage_of_sixty_seconds_over_tcp_and_tls_loses_nothing(tmp_pa
     agent shuts down), and nothing is dropped."""
     pki = make_pki(tmp_path)
     tcp, tls = StreamServer().start(), StreamServer(pki.server).start()
-    calls, stderr, delay = run_with_outage(tmp_path, "100000,64M", 60, [tcp, tls],
-                                           extra=("--hep-ca", pki.ca_file))
+    calls, stderr, delay = run_with_outage(
+        tmp_path, "100000,64M", 60, [tcp, tls], extra=("--hep-ca", pki.ca_file)
+    )
     expected = Counter(sent_messages(calls))
     assert len(calls) >= 30
     for collector in (tcp, tls):
@@ -144,8 +171,9 @@ def test_collector_outage_of_sixty_seconds_over_tcp_and_tls_loses_nothing(tmp_pa
 
 def test_queue_too_small_drops_exactly_what_it_reports(tmp_path):
     collector = StreamServer().start()
-    calls, stderr, _ = run_with_outage(tmp_path, "10", 3, [collector], call_every_s=0.5,
-                                       expect_all=False)
+    calls, stderr, _ = run_with_outage(
+        tmp_path, "10", 3, [collector], call_every_s=0.5, expect_all=False
+    )
     dropped = int(re.search(r"(\d+) dropped \(queue full\)", stderr).group(1))
     sent = sent_messages(calls)
     got = payloads(collector.packets)
@@ -238,8 +266,7 @@ def test_captagent_xml_configuration_runs_the_same(tmp_path):
     (config / "captagent.xml").write_text(CAPTAGENT_XML.format(config_dir=config))
     (config / "socket_pcap.xml").write_text(SEED_SOCKET_PCAP.format(port=port))
     (config / "protocol_tls.xml").write_text(SEED_PROTOCOL_TLS.format(key=key))
-    (config / "transport_hep.xml").write_text(
-        TRANSPORT_HEP.format(hep_port=collector.port))
+    (config / "transport_hep.xml").write_text(TRANSPORT_HEP.format(hep_port=collector.port))
     server = TlsSipServer(port)
     with Agent("--captagent-config", str(config), interface=None) as agent:
         calls = [sip_call(server, seed=i) for i in range(2)]
@@ -255,17 +282,33 @@ def test_captagent_xml_configuration_runs_the_same(tmp_path):
 def test_prometheus_metrics(tmp_path):
     port, metrics_port = free_port(), free_port()
     server = TlsSipServer(port)
-    with UdpCollector() as udp, Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY),
-                                      "--hep", udp.address,
-                                      "--metrics", f"127.0.0.1:{metrics_port}") as agent:
+    with (
+        UdpCollector() as udp,
+        Agent(
+            "-f",
+            f"tcp port {port}",
+            "-k",
+            str(SERVER_KEY),
+            "--hep",
+            udp.address,
+            "--metrics",
+            f"127.0.0.1:{metrics_port}",
+        ) as agent,
+    ):
         sip_call(server, seed=1)
         time.sleep(1.5)  # the loop refreshes the kernel counters every 200 ms
-        text = urllib.request.urlopen(
-            f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+            .read()
+            .decode()
+        )
         assert agent.stop() == 0
     server.close()
-    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-              for line in text.splitlines() if line and not line.startswith("#")}
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
     assert values["captagent_tls_sip_messages_total"] == 7
     assert values['captagent_tls_tls_sessions_total{outcome="full"}'] == 1
     assert values['captagent_tls_tls_records_total{outcome="decrypted"}'] >= 7

@@ -40,13 +40,26 @@ def tcp_header(sport=40000, dport=5061, seq=1000, ack=0, flags=TCP_ACK) -> bytes
 
 
 def ipv4(payload: bytes, proto=6, frag=0, src=CLIENT, dst=SERVER) -> bytes:
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, frag, 64, proto, 0,
-                       src, dst) + payload
+    return (
+        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, frag, 64, proto, 0, src, dst)
+        + payload
+    )
 
 
 def ipv6(payload: bytes, next_header=6, extensions=b"") -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(extensions) + len(payload), next_header, 64,
-                       CLIENT6, SERVER6) + extensions + payload
+    return (
+        struct.pack(
+            "!IHBB16s16s",
+            6 << 28,
+            len(extensions) + len(payload),
+            next_header,
+            64,
+            CLIENT6,
+            SERVER6,
+        )
+        + extensions
+        + payload
+    )
 
 
 SEGMENT = tcp_header() + b"hello"
@@ -99,6 +112,7 @@ def test_decode_skips_with_reasons():
 
 # -- TCP reassembly ------------------------------------------------------------------------
 
+
 def seg(seq, data=b"", flags=TCP_ACK, ack=0, src=CLIENT, sport=40000, dst=SERVER, dport=5061):
     return Segment(src, dst, sport, dport, seq & 0xFFFFFFFF, ack, flags, data)
 
@@ -116,32 +130,45 @@ def run(segments, **options):
 
 
 def stream(events, direction=0):
-    return b"".join(e.data for e in events
-                    if isinstance(e, StreamData) and e.direction == direction)
+    return b"".join(
+        e.data for e in events if isinstance(e, StreamData) and e.direction == direction
+    )
 
 
 def handshake(isn=1000, server_isn=5000):
-    return [seg(isn, flags=TCP_SYN), reply(server_isn, flags=TCP_SYN | TCP_ACK, ack=isn + 1),
-            seg(isn + 1, ack=server_isn + 1)]
+    return [
+        seg(isn, flags=TCP_SYN),
+        reply(server_isn, flags=TCP_SYN | TCP_ACK, ack=isn + 1),
+        seg(isn + 1, ack=server_isn + 1),
+    ]
 
 
 def test_in_order_stream_and_fin_close():
-    _, events = run(handshake() + [
-        seg(1001, b"abc"), seg(1004, b"def"), reply(5001, b"xyz"),
-        seg(1007, flags=TCP_FIN | TCP_ACK), reply(5004, flags=TCP_FIN | TCP_ACK),
-    ])
+    _, events = run(
+        handshake()
+        + [
+            seg(1001, b"abc"),
+            seg(1004, b"def"),
+            reply(5001, b"xyz"),
+            seg(1007, flags=TCP_FIN | TCP_ACK),
+            reply(5004, flags=TCP_FIN | TCP_ACK),
+        ]
+    )
     assert stream(events, 0) == b"abcdef" and stream(events, 1) == b"xyz"
     assert isinstance(events[-1], FlowClosed) and events[-1].reason == "fin"
 
 
 def test_out_of_order_retransmission_and_overlap():
-    tcp, events = run(handshake() + [
-        seg(1007, b"ghi"),       # ahead of the stream: held
-        seg(1001, b"abc"),
-        seg(1001, b"abc"),       # duplicate
-        seg(1002, b"bcdef"),     # overlaps what we have and fills the hole
-        seg(1004, b"de"),        # old news
-    ])
+    tcp, events = run(
+        handshake()
+        + [
+            seg(1007, b"ghi"),  # ahead of the stream: held
+            seg(1001, b"abc"),
+            seg(1001, b"abc"),  # duplicate
+            seg(1002, b"bcdef"),  # overlaps what we have and fills the hole
+            seg(1004, b"de"),  # old news
+        ]
+    )
     assert stream(events) == b"abcdefghi"
     assert tcp.stats.duplicates == 2 and tcp.stats.out_of_order == 1
 
@@ -153,15 +180,22 @@ def test_held_segment_that_overlaps_the_stream_position():
 
 def test_sequence_number_wraparound():
     isn = 0xFFFFFFFD
-    _, events = run(handshake(isn) + [
-        seg(isn + 1, b"ab"), seg(isn + 5, b"ef"), seg(isn + 3, b"cd"), seg(isn + 7, b"gh"),
-    ])
+    _, events = run(
+        handshake(isn)
+        + [
+            seg(isn + 1, b"ab"),
+            seg(isn + 5, b"ef"),
+            seg(isn + 3, b"cd"),
+            seg(isn + 7, b"gh"),
+        ]
+    )
     assert stream(events) == b"abcdefgh"
 
 
 def test_rst_closes_and_flushes_held_data_after_a_gap():
-    _, events = run(handshake() + [seg(1001, b"ab"), seg(1010, b"late"),
-                                   reply(5001, flags=TCP_RST)])
+    _, events = run(
+        handshake() + [seg(1001, b"ab"), seg(1010, b"late"), reply(5001, flags=TCP_RST)]
+    )
     gaps = [e for e in events if isinstance(e, StreamGap)]
     assert [g.size for g in gaps] == [7]
     assert stream(events) == b"ablate"
@@ -169,28 +203,31 @@ def test_rst_closes_and_flushes_held_data_after_a_gap():
 
 
 def test_ack_proves_a_hole_was_lost_by_the_capture():
-    _, events = run(handshake() + [
-        seg(1001, b"one"),
-        seg(1010, b"three"),               # bytes 1004..1009 never captured
-        reply(5001, ack=1015),             # but the server acknowledged them
-        seg(1015, b"four"),
-    ])
+    _, events = run(
+        handshake()
+        + [
+            seg(1001, b"one"),
+            seg(1010, b"three"),  # bytes 1004..1009 never captured
+            reply(5001, ack=1015),  # but the server acknowledged them
+            seg(1015, b"four"),
+        ]
+    )
     kinds = [type(e).__name__ for e in events if not isinstance(e, FlowClosed)]
     assert kinds == ["StreamData", "StreamGap", "StreamData", "StreamData"]
     assert stream(events) == b"onethreefour"
 
 
 def test_partial_ack_does_not_declare_the_hole():
-    _, events = run(handshake() + [seg(1001, b"one"), seg(1010, b"three"),
-                                   reply(5001, ack=1006)])
+    _, events = run(handshake() + [seg(1001, b"one"), seg(1010, b"three"), reply(5001, ack=1006)])
     assert not any(isinstance(e, StreamGap) for e in events)
     assert stream(events) == b"one"
 
 
 def test_byte_cap_forces_a_gap():
-    tcp, events = run(handshake() + [seg(1001, b"a")] + [
-        seg(2000 + 100 * i, b"x" * 100) for i in range(12)
-    ], max_direction_bytes=1000)
+    tcp, events = run(
+        handshake() + [seg(1001, b"a")] + [seg(2000 + 100 * i, b"x" * 100) for i in range(12)],
+        max_direction_bytes=1000,
+    )
     assert tcp.stats.buffer_overflows == 1
     assert any(isinstance(e, StreamGap) for e in events)
     assert stream(events).startswith(b"a" + b"x" * 100)
@@ -221,9 +258,15 @@ def test_idle_timeout_closes_flows_in_capture_time():
 
 
 def test_port_reuse_with_a_new_syn_starts_a_new_flow():
-    tcp, events = run(handshake(1000) + [seg(1001, b"first"), seg(90000, flags=TCP_SYN),
-                                         reply(7000, flags=TCP_SYN | TCP_ACK, ack=90001),
-                                         seg(90001, b"second")])
+    tcp, events = run(
+        handshake(1000)
+        + [
+            seg(1001, b"first"),
+            seg(90000, flags=TCP_SYN),
+            reply(7000, flags=TCP_SYN | TCP_ACK, ack=90001),
+            seg(90001, b"second"),
+        ]
+    )
     flows = {id(e.flow) for e in events if isinstance(e, StreamData)}
     assert len(flows) == 2 and tcp.stats.flows == 2
 
@@ -239,6 +282,7 @@ def test_flow_cap_evicts_the_least_recently_active():
 
 # -- UDP and IP fragments ------------------------------------------------------------------
 
+
 def udp(payload: bytes, sport=5060, dport=5060) -> bytes:
     return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
@@ -248,8 +292,22 @@ def ipv4_fragments(payload: bytes, size: int, ident=77) -> list[bytes]:
     for offset in range(0, len(payload), size):
         piece = payload[offset : offset + size]
         more = 0x2000 if offset + size < len(payload) else 0
-        pieces.append(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(piece), ident,
-                                  more | (offset // 8), 64, 17, 0, CLIENT, SERVER) + piece)
+        pieces.append(
+            struct.pack(
+                "!BBHHHBBH4s4s",
+                0x45,
+                0,
+                20 + len(piece),
+                ident,
+                more | (offset // 8),
+                64,
+                17,
+                0,
+                CLIENT,
+                SERVER,
+            )
+            + piece
+        )
     return pieces
 
 
@@ -258,8 +316,11 @@ def test_udp_datagram():
 
     got = decode(101, ipv4(udp(b"OPTIONS sip:x SIP/2.0\r\n\r\n"), proto=17))
     assert isinstance(got, Datagram)
-    assert (got.sport, got.dport, bytes(got.payload)) == (5060, 5060,
-                                                          b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+    assert (got.sport, got.dport, bytes(got.payload)) == (
+        5060,
+        5060,
+        b"OPTIONS sip:x SIP/2.0\r\n\r\n",
+    )
 
 
 @pytest.mark.parametrize("order", ["in order", "reversed", "duplicated"])
@@ -311,6 +372,7 @@ def test_incomplete_fragments_expire():
 
 
 # -- held segments: the floods from the issue ----------------------------------------------
+
 
 def held_flood(count: int) -> list[Segment]:
     """A hole at the stream's first byte, ``count`` one-byte segments held after it, each

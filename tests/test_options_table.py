@@ -21,8 +21,11 @@ KEY = FIXTURES.parent / "keys" / "server-rsa2048.key"
 
 
 def actions() -> list[argparse.Action]:
-    return [action for action in build_parser()._actions
-            if not isinstance(action, argparse._HelpAction | argparse._VersionAction)]
+    return [
+        action
+        for action in build_parser()._actions
+        if not isinstance(action, argparse._HelpAction | argparse._VersionAction)
+    ]
 
 
 def test_every_argument_of_the_parser_is_a_row_and_every_row_an_argument() -> None:
@@ -30,7 +33,7 @@ def test_every_argument_of_the_parser_is_a_row_and_every_row_an_argument() -> No
     assert [action.dest for action in found] == [row.dest for row in TABLE]
     for action, row in zip(found, TABLE, strict=True):
         flags, keywords = argument_of(row)
-        assert action.option_strings[:len(row.flags)] == list(row.flags)
+        assert action.option_strings[: len(row.flags)] == list(row.flags)
         assert len(action.option_strings) in (len(flags), len(flags) + 1)  # + --no-...
         assert action.help == row.help
         assert action.default == keywords["default"]
@@ -69,14 +72,20 @@ def test_views_have_file_keys(tmp_path: Path) -> None:
     config.write_text(VIEWS_TOML)
     values = load_native(config)
     assert values == {
-        "progress": False, "status": True, "color": "never", "brief": True,
+        "progress": False,
+        "status": True,
+        "color": "never",
+        "brief": True,
         "report": str(tmp_path / "etc" / "out" / "calls.html"),
         "write_decryptable": str(tmp_path / "etc" / "out" / "shareable.pcapng"),
     }
     config.write_text('color = "always"\nreport = "/abs/r.html"\n')
     assert load_native(config) == {"color": "always", "report": "/abs/r.html"}
-    args = resolve(build_parser(), ["-r", "x.pcap", "--no-brief"],
-                   {"brief": True, "color": "never", "progress": False})
+    args = resolve(
+        build_parser(),
+        ["-r", "x.pcap", "--no-brief"],
+        {"brief": True, "color": "never", "progress": False},
+    )
     assert args.brief is False and args.color == "never" and args.progress is False
 
 
@@ -130,19 +139,33 @@ CAPTAGENT = """<?xml version="1.0"?>
 
 def module(name: str, settings: dict[str, str]) -> str:
     params = "".join(f'<param name="{k}" value="{v}"/>' for k, v in settings.items())
-    return (f'<document type="captagent_module/xml"><module name="{name}"><profile name="p" '
-            f'enable="true"><settings>{params}</settings></profile></module></document>')
+    return (
+        f'<document type="captagent_module/xml"><module name="{name}"><profile name="p" '
+        f'enable="true"><settings>{params}</settings></profile></module></document>'
+    )
 
 
 def test_the_captagent_settings_of_the_table_are_the_ones_read(tmp_path: Path) -> None:
     settings: dict[str, dict[str, str]] = {
-        "socket_pcap": {"dev": "eth0", "promisc": "true", "filter": "tcp port 5061",
-                        "ipv4fragments": "true", "ipv6fragments": "true",
-                        "snap-len": "65535", "ring-buffer": "12", "stats-enable": "true",
-                        "stats-interval": "30"},
+        "socket_pcap": {
+            "dev": "eth0",
+            "promisc": "true",
+            "filter": "tcp port 5061",
+            "ipv4fragments": "true",
+            "ipv6fragments": "true",
+            "snap-len": "65535",
+            "ring-buffer": "12",
+            "stats-enable": "true",
+            "stats-interval": "30",
+        },
         "protocol_tls": {"private-key-path": "k.pem", "flow-timeout": "60"},
-        "transport_hep": {"capture-host": "10.0.0.1", "capture-port": "9061",
-                          "capture-proto": "tcp", "capture-id": "9", "capture-password": "x"},
+        "transport_hep": {
+            "capture-host": "10.0.0.1",
+            "capture-port": "9061",
+            "capture-proto": "tcp",
+            "capture-id": "9",
+            "capture-password": "x",
+        },
     }
     (tmp_path / "captagent.xml").write_text(CAPTAGENT)
     for name, values in settings.items():
@@ -153,13 +176,18 @@ def test_the_captagent_settings_of_the_table_are_the_ones_read(tmp_path: Path) -
     assert warnings == []  # every setting above was read, none ignored
     # ...and they are the settings the table names (protocol_tcp's are protocol_tls's)
     named = {f"{m} {s}" for m, group in settings.items() for s in group} | {"core.conf debug"}
-    assert {setting for row in TABLE for setting in row.captagent
-            if not setting.startswith("protocol_tcp ")} == named
+    assert {
+        setting
+        for row in TABLE
+        for setting in row.captagent
+        if not setting.startswith("protocol_tcp ")
+    } == named
 
 
 def test_a_setting_the_table_does_not_name_is_ignored_with_a_warning(tmp_path: Path) -> None:
-    (tmp_path / "socket_pcap.xml").write_text(module("socket_pcap", {"dev": "eth0",
-                                                                     "erspan": "true"}))
+    (tmp_path / "socket_pcap.xml").write_text(
+        module("socket_pcap", {"dev": "eth0", "erspan": "true"})
+    )
     values, warnings = load_captagent(tmp_path / "socket_pcap.xml")
     assert values == {"interface": "eth0", "promisc": False}
     assert any("erspan='true' ignored" in w for w in warnings)
@@ -167,13 +195,22 @@ def test_a_setting_the_table_does_not_name_is_ignored_with_a_warning(tmp_path: P
 
 # ------------------------------------------------------------------------------ start-up
 
+
 def test_a_run_without_config_files_imports_no_file_reader_and_no_transport() -> None:
-    code = ("import sys\nfrom captagent_tls.cli import build_parser, parse_arguments\n"
-            "parse_arguments(build_parser(), ['-r', 'x.pcap', '--hep-id', '7'])\n"
-            "print(' '.join(sorted(sys.modules)))")
+    code = (
+        "import sys\nfrom captagent_tls.cli import build_parser, parse_arguments\n"
+        "parse_arguments(build_parser(), ['-r', 'x.pcap', '--hep-id', '7'])\n"
+        "print(' '.join(sorted(sys.modules)))"
+    )
     env = {"PYTHONPATH": str(SRC)}
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, check=True).stdout.split()
-    for module_name in ("tomllib", "xml.parsers.expat", "captagent_tls.config.toml",
-                        "captagent_tls.config.captagent", "captagent_tls.config.layering"):
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
+    for module_name in (
+        "tomllib",
+        "xml.parsers.expat",
+        "captagent_tls.config.toml",
+        "captagent_tls.config.captagent",
+        "captagent_tls.config.layering",
+    ):
         assert module_name not in loaded

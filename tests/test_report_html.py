@@ -26,8 +26,9 @@ CALL_ID = re.compile(r"\r\n(?:Call-ID|i)[ \t]*:[ \t]*([^\r\n]+)", re.IGNORECASE)
 
 def embedded(html: str, ident: str) -> object:
     """The JSON data the report embeds in <script type="application/json" id=IDENT>."""
-    match = re.search(rf'<script type="application/json" id="{ident}">(.*?)</script>', html,
-                      re.DOTALL)
+    match = re.search(
+        rf'<script type="application/json" id="{ident}">(.*?)</script>', html, re.DOTALL
+    )
     assert match, ident
     return json.loads(match.group(1))
 
@@ -45,15 +46,28 @@ DST = (bytes([10, 0, 0, 2]), 5061)
 
 
 def sip(first: str, call_id: str, cseq: str, extra: str = "", body: str = "") -> bytes:
-    return (f"{first}\r\nFrom: \"A\" <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: {call_id}\r\n"
-            f"CSeq: {cseq}\r\n{extra}Content-Length: {len(body)}\r\n\r\n{body}").encode()
+    return (
+        f'{first}\r\nFrom: "A" <sip:a@x>;tag=1\r\nTo: <sip:b@y>\r\nCall-ID: {call_id}\r\n'
+        f"CSeq: {cseq}\r\n{extra}Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
 
 
-def message(ts_s: float, payload: bytes, call_id: str | None, c2s: bool = True,
-            is_sip: bool = True) -> Message:
+def message(
+    ts_s: float, payload: bytes, call_id: str | None, c2s: bool = True, is_sip: bool = True
+) -> Message:
     src, dst = (SRC, DST) if c2s else (DST, SRC)
-    return Message(int(ts_s * 1e9), src, dst, "tls", payload, call_id, is_sip, c2s, "TLSv1.3",
-                   "TLS_AES_128_GCM_SHA256")
+    return Message(
+        int(ts_s * 1e9),
+        src,
+        dst,
+        "tls",
+        payload,
+        call_id,
+        is_sip,
+        c2s,
+        "TLSv1.3",
+        "TLS_AES_128_GCM_SHA256",
+    )
 
 
 def test_calls_status_and_safety_of_the_embedded_data(tmp_path):
@@ -68,8 +82,11 @@ def test_calls_status_and_safety_of_the_embedded_data(tmp_path):
     report.emit(message(13.1, sip("SIP/2.0 481 No Such Call", "c1", "3 BYE"), "c1", False))
     # a call whose capture began with its answer, still ringing; a script in the payload
     evil = "</script><script>alert(1)</script><!--"
-    report.emit(message(20, sip("SIP/2.0 180 Ringing", "c2", "7 INVITE", f"Subject: {evil}\r\n"),
-                        "c2", False))
+    report.emit(
+        message(
+            20, sip("SIP/2.0 180 Ringing", "c2", "7 INVITE", f"Subject: {evil}\r\n"), "c2", False
+        )
+    )
     report.emit(message(21, b"\x00\x01 raw bytes", None, is_sip=False))
     report.emit(message(22, sip("MESSAGE sip:b@y SIP/2.0", "c3", "1 MESSAGE"), "c3"))
     report.emit(message(23, sip("OPTIONS sip:b@y SIP/2.0", "c4", "1 OPTIONS"), "c4"))  # cap
@@ -96,14 +113,22 @@ def test_calls_status_and_safety_of_the_embedded_data(tmp_path):
 
 
 def test_the_file_is_written_only_where_it_can_be(tmp_path):
-    proc = run(["-r", FIXTURES / f"{SCENARIO}.pcap", *key_args([KEY]),
-                "--report", tmp_path / "missing" / "calls.html"])
+    proc = run(
+        [
+            "-r",
+            FIXTURES / f"{SCENARIO}.pcap",
+            *key_args([KEY]),
+            "--report",
+            tmp_path / "missing" / "calls.html",
+        ]
+    )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "calls.html" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 # -- in a browser ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def fixture_report(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
@@ -122,8 +147,9 @@ def fixture_report(tmp_path_factory) -> tuple[Path, dict[str, list[dict]]]:
 def test_the_browser_lists_every_call_that_was_sent(fixture_report):
     path, _ = fixture_report
     truth = load_groundtruth(FIXTURES / f"{SCENARIO}.json")
-    sent_calls = Counter(CALL_ID.search(m.payload.decode("latin-1")).group(1).strip()
-                         for m in truth.messages)
+    sent_calls = Counter(
+        CALL_ID.search(m.payload.decode("latin-1")).group(1).strip() for m in truth.messages
+    )
     page = read_page(dump_dom(path))
     assert sorted(page.rows) == sorted(sent_calls)
     assert page.attributes["count"]["data-total"] == str(len(sent_calls))
@@ -144,16 +170,21 @@ def test_a_ladder_has_one_arrow_per_message_in_order(fixture_report):
     path, by_call = fixture_report
     truth = load_groundtruth(FIXTURES / f"{SCENARIO}.json")
     call_id = sorted(by_call)[3]
-    sent = [m for m in truth.messages
-            if CALL_ID.search(m.payload.decode("latin-1")).group(1).strip() == call_id]
+    sent = [
+        m
+        for m in truth.messages
+        if CALL_ID.search(m.payload.decode("latin-1")).group(1).strip() == call_id
+    ]
     emitted = by_call[call_id]
     page = read_page(dump_dom(path, f"call={call_id}"))
     assert "flow" not in page.hidden
-    assert [a["data-label"] for a in page.arrows] == [label_of(m.payload.decode("latin-1"))
-                                                      for m in sent]
+    assert [a["data-label"] for a in page.arrows] == [
+        label_of(m.payload.decode("latin-1")) for m in sent
+    ]
     assert [a["text"] for a in page.arrows] == [a["data-label"] for a in page.arrows]
     assert [(a["data-src"], a["data-dst"]) for a in page.arrows] == [
-        (f"{o['src_ip']}:{o['src_port']}", f"{o['dst_ip']}:{o['dst_port']}") for o in emitted]
+        (f"{o['src_ip']}:{o['src_port']}", f"{o['dst_ip']}:{o['dst_port']}") for o in emitted
+    ]
     assert page.texts["flow-title"] == f"Call {call_id}"
     assert "message-box" in page.hidden  # no message open yet
 
@@ -168,28 +199,34 @@ def test_an_arrow_opens_its_whole_message(fixture_report):
     assert page.texts["message"] == emitted[3]["payload"].replace("\r\n", "\n")
     assert [i for i, a in enumerate(page.arrows) if "selected" in a["class"].split()] == [3]
     o = emitted[3]
-    assert f"{o['src_ip']}:{o['src_port']} \u2192 {o['dst_ip']}:{o['dst_port']}" in (
-        page.texts["message-head"])
+    assert (
+        f"{o['src_ip']}:{o['src_port']} \u2192 {o['dst_ip']}:{o['dst_port']}"
+        in (page.texts["message-head"])
+    )
 
 
 # -- 10,000 calls ------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def big_report(tmp_path_factory) -> Path:
     chromium_path()
     path = tmp_path_factory.mktemp("big") / "calls.html"
     report = CallFlowReport(str(path))
-    flow = [("INVITE sip:b@y SIP/2.0", "1 INVITE", True),
-            ("SIP/2.0 180 Ringing", "1 INVITE", False),
-            ("SIP/2.0 200 OK", "1 INVITE", False),
-            ("ACK sip:b@y SIP/2.0", "1 ACK", True)]
+    flow = [
+        ("INVITE sip:b@y SIP/2.0", "1 INVITE", True),
+        ("SIP/2.0 180 Ringing", "1 INVITE", False),
+        ("SIP/2.0 200 OK", "1 INVITE", False),
+        ("ACK sip:b@y SIP/2.0", "1 ACK", True),
+    ]
     for n in range(10_000):
         call_id = f"call-{n:05d}"
         for k, (first, cseq, c2s) in enumerate(flow):
             if n % 10 == 3 and k == 2:
                 first = "SIP/2.0 486 Busy Here"
-            report.emit(message(1_700_000_000 + n + k / 10, sip(first, call_id, cseq), call_id,
-                                c2s))
+            report.emit(
+                message(1_700_000_000 + n + k / 10, sip(first, call_id, cseq), call_id, c2s)
+            )
     report.close()
     assert report.calls == 10_000 and report.messages == 40_000
     return path
@@ -219,8 +256,12 @@ def test_ten_thousand_calls_filtered_and_sorted(big_report):
 def test_ten_thousand_calls_a_ladder_on_demand(big_report):
     page = read_page(dump_dom(big_report, "filter=call-07773&call=call-07773"))
     assert page.rows == ["call-07773"]
-    assert [a["data-label"] for a in page.arrows] == ["INVITE", "180 Ringing", "486 Busy Here",
-                                                      "ACK"]
+    assert [a["data-label"] for a in page.arrows] == [
+        "INVITE",
+        "180 Ringing",
+        "486 Busy Here",
+        "ACK",
+    ]
     assert page.attributes["ladder-box"].get("data-drawn-ms", "").isdigit()
 
 

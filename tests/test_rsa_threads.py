@@ -17,8 +17,7 @@ from captagent_tls.tls.keys import KeyStore, RsaKey
 
 def run(name: str, keys: KeyStore, rsa_threads: int | None) -> tuple[Collected, Pipeline]:
     out = Collected()
-    pipeline = Pipeline(keys, [out], out.problems.append,
-                        PipelineOptions(rsa_threads=rsa_threads))
+    pipeline = Pipeline(keys, [out], out.problems.append, PipelineOptions(rsa_threads=rsa_threads))
     for frame in read_frames(FIXTURES / f"{name}.pcap"):
         pipeline.frame(frame)
     pipeline.finish()
@@ -44,9 +43,17 @@ def slow_rsa(monkeypatch):
     monkeypatch.setattr(RsaKey, "decrypt_pre_master", slow)
 
 
-@pytest.mark.parametrize("name", ["tls12-aes256gcm-ems", "rsa-tls12-aes-cbc",
-                                  "resume-session-id", "resume-ticket", "multi-key",
-                                  "seg400-lost"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tls12-aes256gcm-ems",
+        "rsa-tls12-aes-cbc",
+        "resume-session-id",
+        "resume-ticket",
+        "multi-key",
+        "seg400-lost",
+    ],
+)
 def test_records_wait_for_their_keys_in_order_and_come_out_as_without_threads(name, slow_rsa):
     truth = load_groundtruth(FIXTURES / f"{name}.json")
     threaded, pipeline = run(name, key_store(truth.keys, truth.keylog), None)
@@ -54,15 +61,17 @@ def test_records_wait_for_their_keys_in_order_and_come_out_as_without_threads(na
     assert inline.messages  # (the fixture decrypts at all)
     assert per_connection(threaded.messages) == per_connection(inline.messages)
     assert sorted(p.message for p in threaded.problems) == sorted(
-        p.message for p in inline.problems)
+        p.message for p in inline.problems
+    )
     assert pipeline.tls.context.rsa is not None and not pipeline.tls.context.rsa.busy
     assert pipeline.tls.held_bytes == 0
 
 
 def test_a_wrong_key_is_still_found_out(slow_rsa):
     truth = load_groundtruth(FIXTURES / "tls12-aes256gcm-ems.json")
-    out, pipeline = run("tls12-aes256gcm-ems",
-                        key_store([FIXTURES.parent / "keys" / "server2-rsa2048.key"]), None)
+    out, pipeline = run(
+        "tls12-aes256gcm-ems", key_store([FIXTURES.parent / "keys" / "server2-rsa2048.key"]), None
+    )
     assert out.messages == []
     assert "none of the given keys matches its certificate" in out.problem_text()
     assert pipeline.tls.stats.undecryptable == {"no_key": len(truth.connections)}

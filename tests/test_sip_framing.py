@@ -6,18 +6,20 @@ import random
 
 from captagent_tls.sip.framing import SipBudget, SipFramer
 
-INVITE = (b"INVITE sips:bob@example.test SIP/2.0\r\n"
-          b"Via: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1\r\n"
-          b"Call-ID: abc-123@10.0.0.1\r\n"
-          b"Content-Type: application/sdp\r\n"
-          b"Content-Length: 30\r\n\r\n"
-          b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\n")
-TRYING = (b"SIP/2.0 100 Trying\r\n"
-          b"i: compact-id\r\n"
-          b"l: 0\r\n\r\n")
-BYE = (b"BYE sips:bob@example.test SIP/2.0\r\n"
-       b"call-id:  lower-case@x  \r\n"
-       b"content-length:5\r\n\r\nhello")
+INVITE = (
+    b"INVITE sips:bob@example.test SIP/2.0\r\n"
+    b"Via: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1\r\n"
+    b"Call-ID: abc-123@10.0.0.1\r\n"
+    b"Content-Type: application/sdp\r\n"
+    b"Content-Length: 30\r\n\r\n"
+    b"v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\n"
+)
+TRYING = b"SIP/2.0 100 Trying\r\ni: compact-id\r\nl: 0\r\n\r\n"
+BYE = (
+    b"BYE sips:bob@example.test SIP/2.0\r\n"
+    b"call-id:  lower-case@x  \r\n"
+    b"content-length:5\r\n\r\nhello"
+)
 
 
 def frame_all(chunks):
@@ -48,7 +50,9 @@ def test_any_cut_of_the_stream_gives_the_same_messages():
 def test_byte_by_byte():
     stream = INVITE + TRYING
     assert [u.data for u in frame_all([stream[i : i + 1] for i in range(len(stream))])] == [
-        INVITE, TRYING]
+        INVITE,
+        TRYING,
+    ]
 
 
 def test_keep_alives_are_not_messages():
@@ -67,7 +71,9 @@ def test_stream_that_is_not_sip_passes_through_as_raw_chunks():
     first = framer.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     second = framer.feed(b"\x00\x01binary")
     assert [(u.data, u.is_sip) for u in first + second] == [
-        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False), (b"\x00\x01binary", False)]
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"\x00\x01binary", False),
+    ]
 
 
 def test_after_a_gap_framing_finds_the_next_start_line():
@@ -77,7 +83,10 @@ def test_after_a_gap_framing_finds_the_next_start_line():
     assert [(u.data, u.is_sip) for u in lost] == [(TRYING[:10], False)]
     units = framer.feed(b"ody of something\r\nlost\r\n" + BYE + TRYING)
     assert [(u.data, u.is_sip) for u in units] == [
-        (b"ody of something\r\nlost\r\n", False), (BYE, True), (TRYING, True)]
+        (b"ody of something\r\nlost\r\n", False),
+        (BYE, True),
+        (TRYING, True),
+    ]
 
 
 def test_gap_that_cuts_exactly_at_a_message_boundary():
@@ -96,7 +105,11 @@ def test_broken_message_inside_a_sip_stream_is_skipped_to_the_next_one():
     broken = b"THIS IS NOT A START LINE\r\nfoo: bar\r\n\r\n"
     units = frame_all([INVITE + broken + TRYING])
     assert [(u.data, u.is_sip) for u in units] == [
-        (INVITE, True), (broken[:26], False), (broken[26:], False), (TRYING, True)]
+        (INVITE, True),
+        (broken[:26], False),
+        (broken[26:], False),
+        (TRYING, True),
+    ]
 
 
 def test_missing_content_length_means_no_body():
@@ -106,13 +119,16 @@ def test_missing_content_length_means_no_body():
 
 # -- size bounds ---------------------------------------------------------------------------
 
+
 def big_message(body: bytes, method: bytes = b"MESSAGE") -> bytes:
-    return (method + b" sip:bob@example.test SIP/2.0\r\nCall-ID: big@x\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        method + b" sip:bob@example.test SIP/2.0\r\nCall-ID: big@x\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
 
 
 # a body with lines that look like start lines (message/sipfrag): hunting in it would invent
-SIPFRAG_BODY = (b"SIP/2.0 200 OK\r\nCall-ID: not-a-message\r\nContent-Length: 0\r\n\r\n" * 40)
+SIPFRAG_BODY = b"SIP/2.0 200 OK\r\nCall-ID: not-a-message\r\nContent-Length: 0\r\n\r\n" * 40
 
 
 def test_a_message_over_the_size_bound_is_dropped_whole_and_framing_goes_on():

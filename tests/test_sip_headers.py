@@ -9,14 +9,16 @@ from support.paths import FIXTURES
 
 from captagent_tls.sip.headers import NOT_SIP, address_of, summarize
 
-INVITE = (b"INVITE sips:bob@example.com SIP/2.0\r\n"
-          b"Via: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1\r\n"
-          b'From: "Alice" <sips:alice@example.com>;tag=1928\r\n'
-          b"To: <sips:bob@example.com>\r\n"
-          b"Call-ID: a84b4c76e66710\r\n"
-          b"CSeq: 314159 INVITE\r\n"
-          b"Content-Length: 4\r\n\r\n"
-          b"From: not a header\r\n")
+INVITE = (
+    b"INVITE sips:bob@example.com SIP/2.0\r\n"
+    b"Via: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1\r\n"
+    b'From: "Alice" <sips:alice@example.com>;tag=1928\r\n'
+    b"To: <sips:bob@example.com>\r\n"
+    b"Call-ID: a84b4c76e66710\r\n"
+    b"CSeq: 314159 INVITE\r\n"
+    b"Content-Length: 4\r\n\r\n"
+    b"From: not a header\r\n"
+)
 
 
 def test_request():
@@ -28,8 +30,10 @@ def test_request():
 
 
 def test_response_with_compact_forms_any_case_and_spacing():
-    msg = (b"SIP/2.0 180 Ringing\r\nf:<sip:a@x>;tag=9\r\nT :  sip:b@y ;tag=2 \r\n"
-           b"cseq:\t7   invite\r\n\r\n")
+    msg = (
+        b"SIP/2.0 180 Ringing\r\nf:<sip:a@x>;tag=9\r\nT :  sip:b@y ;tag=2 \r\n"
+        b"cseq:\t7   invite\r\n\r\n"
+    )
     s = summarize(msg)
     assert (s.method, s.status, s.reason) == ("", 180, "Ringing")
     assert (s.from_, s.to) == ("<sip:a@x>;tag=9", "sip:b@y ;tag=2")
@@ -38,16 +42,26 @@ def test_response_with_compact_forms_any_case_and_spacing():
 
 
 def test_the_first_field_counts_and_the_body_is_not_read():
-    msg = (b"BYE sip:b@y SIP/2.0\r\nFrom: <sip:first@x>\r\nFrom: <sip:second@x>\r\n"
-           b"Content-Length: 20\r\n\r\nTo: <sip:body@x>\r\n")
+    msg = (
+        b"BYE sip:b@y SIP/2.0\r\nFrom: <sip:first@x>\r\nFrom: <sip:second@x>\r\n"
+        b"Content-Length: 20\r\n\r\nTo: <sip:body@x>\r\n"
+    )
     s = summarize(msg)
     assert s.from_ == "<sip:first@x>"
     assert s.to == ""
 
 
-@pytest.mark.parametrize("data", [b"", b"hello world\r\n\r\n", b"SIP/2.0 abc\r\n\r\n",
-                                  b"\x16\x03\x01\x02\x00", b"INVITE\r\n\r\n",
-                                  b"SIP/2.0 200 OK\r\nCSeq: 99999999999999999999 INVITE\r\n\r\n"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello world\r\n\r\n",
+        b"SIP/2.0 abc\r\n\r\n",
+        b"\x16\x03\x01\x02\x00",
+        b"INVITE\r\n\r\n",
+        b"SIP/2.0 200 OK\r\nCSeq: 99999999999999999999 INVITE\r\n\r\n",
+    ],
+)
 def test_anything_else_is_empty_never_an_error(data):
     s = summarize(data)
     assert s == NOT_SIP or (s.status == 200 and s.cseq == 0)
@@ -58,12 +72,15 @@ def test_status_without_reason_and_missing_fields():
     assert (s.status, s.reason, s.label, s.from_, s.cseq) == (200, "", "200", "", 0)
 
 
-@pytest.mark.parametrize("value, uri", [
-    ('"Alice" <sips:alice@example.com>;tag=1', "sips:alice@example.com"),
-    ("<sip:bob@b.example>", "sip:bob@b.example"),
-    ("sip:carol@c.example;tag=2", "sip:carol@c.example"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "value, uri",
+    [
+        ('"Alice" <sips:alice@example.com>;tag=1', "sips:alice@example.com"),
+        ("<sip:bob@b.example>", "sip:bob@b.example"),
+        ("sip:carol@c.example;tag=2", "sip:carol@c.example"),
+        ("", ""),
+    ],
+)
 def test_address_of(value, uri):
     assert address_of(value) == uri
 

@@ -31,8 +31,7 @@ def flip(data: bytes, index: int = -1) -> bytes:
 
 def seal_gcm12(key, salt, seq, plaintext, explicit=None):
     explicit = explicit if explicit is not None else struct.pack("!Q", seq)
-    sealed = AESGCM(key).encrypt(salt + explicit, plaintext,
-                                 aad12(seq, APP, TLS12, len(plaintext)))
+    sealed = AESGCM(key).encrypt(salt + explicit, plaintext, aad12(seq, APP, TLS12, len(plaintext)))
     return explicit + sealed
 
 
@@ -74,8 +73,9 @@ def test_ccm8_tag_length():
     key, salt = os.urandom(16), os.urandom(4)
     dec = make_decryptor(suite, TLS12, key, salt, b"")
     explicit = struct.pack("!Q", 0)
-    record = explicit + AESCCM(key, tag_length=8).encrypt(salt + explicit, b"ccm",
-                                                           aad12(0, APP, TLS12, 3))
+    record = explicit + AESCCM(key, tag_length=8).encrypt(
+        salt + explicit, b"ccm", aad12(0, APP, TLS12, 3)
+    )
     assert len(record) == 8 + 3 + 8
     assert dec.open(APP, TLS12, record) == (APP, b"ccm")
 
@@ -122,8 +122,9 @@ def test_cbc_mac_then_encrypt_tls12():
     dec = make_decryptor(suite, TLS12, key, b"", mac_key)
     content = b"REGISTER sip:x SIP/2.0\r\n\r\n"
     iv = os.urandom(16)
-    record = iv + cbc_encrypt(key, iv, pad(content + mac(hashes.SHA1(), mac_key, 0, APP, TLS12,
-                                                         content), extra_blocks=2))
+    record = iv + cbc_encrypt(
+        key, iv, pad(content + mac(hashes.SHA1(), mac_key, 0, APP, TLS12, content), extra_blocks=2)
+    )
     assert dec.open(APP, TLS12, record) == (APP, content)
     with pytest.raises(RecordAuthError):
         dec.open(APP, TLS12, flip(record, 20))  # second block garbles the MAC

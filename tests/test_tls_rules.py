@@ -51,10 +51,17 @@ def sip(n: int, direction: str = "c") -> bytes:
     return f"{line}\r\nCall-ID: {n}\r\nContent-Length: 0\r\n\r\n".encode()
 
 
-def tls12(session: Tls12Session, calls: int = 3, *, offered: list[int] | None = None,
-          server_suite: int | None = None, server_version: int | None = None,
-          tamper_finished: bool = False, lose_certificate: bool = False,
-          client_records=None) -> tuple[TcpConversation, list[bytes]]:
+def tls12(
+    session: Tls12Session,
+    calls: int = 3,
+    *,
+    offered: list[int] | None = None,
+    server_suite: int | None = None,
+    server_version: int | None = None,
+    tamper_finished: bool = False,
+    lose_certificate: bool = False,
+    client_records=None,
+) -> tuple[TcpConversation, list[bytes]]:
     """A whole TLS 1.2 (or 1.0) connection: handshake, then ``calls`` request/response pairs.
     ``client_records(writer, n, message)`` may replace how the client's n-th record is
     written (to tamper with it)."""
@@ -217,8 +224,14 @@ def test_an_alert_before_keys_is_counted_and_the_session_is_incomplete():
     assert out.messages == [] and out.problems == []
 
 
-def tls13(session: Tls13Session, *, middlebox_ccs: bool = True, key_update_after: int = -1,
-          calls: int = 3, hello_retry: bool = False) -> tuple[TcpConversation, list[bytes]]:
+def tls13(
+    session: Tls13Session,
+    *,
+    middlebox_ccs: bool = True,
+    key_update_after: int = -1,
+    calls: int = 3,
+    hello_retry: bool = False,
+) -> tuple[TcpConversation, list[bytes]]:
     tcp = TcpConversation()
     tcp.open()
     tcp.send(0, session.client_hello())
@@ -227,13 +240,13 @@ def tls13(session: Tls13Session, *, middlebox_ccs: bool = True, key_update_after
         retry_random = hashlib.sha256(b"HelloRetryRequest").digest()
         tcp.send(1, session.server_hello(random=retry_random))
         first_hello, retry = session.transcript
-        session.transcript = [handshake_message(254, hashlib.sha256(first_hello).digest()),
-                              retry]
+        session.transcript = [handshake_message(254, hashlib.sha256(first_hello).digest()), retry]
         tcp.send(0, session.client_hello())
     server_hs = session.writer("SERVER_HANDSHAKE_TRAFFIC_SECRET")
     flight = session.server_hello() + (CCS if middlebox_ccs else b"")
-    encrypted = (session.handshake_message(ENCRYPTED_EXTENSIONS, b"\x00\x00")
-                 + session.finished("SERVER_HANDSHAKE_TRAFFIC_SECRET"))
+    encrypted = session.handshake_message(ENCRYPTED_EXTENSIONS, b"\x00\x00") + session.finished(
+        "SERVER_HANDSHAKE_TRAFFIC_SECRET"
+    )
     tcp.send(1, flight + server_hs.seal(HANDSHAKE, encrypted))
     client_hs = session.writer("CLIENT_HANDSHAKE_TRAFFIC_SECRET")
     finished = session.finished("CLIENT_HANDSHAKE_TRAFFIC_SECRET")
@@ -275,12 +288,12 @@ def test_tls13_0rtt_without_its_secret_is_skipped_and_the_rest_decrypts():
     tcp = TcpConversation()
     tcp.open()
     early = session.writer("CLIENT_EARLY_TRAFFIC_SECRET")
-    tcp.send(0, session.client_hello(early_data=True)
-             + early.seal(APPLICATION_DATA, sip(0)))
+    tcp.send(0, session.client_hello(early_data=True) + early.seal(APPLICATION_DATA, sip(0)))
     server_hs = session.writer("SERVER_HANDSHAKE_TRAFFIC_SECRET")
     hello = session.server_hello()
-    encrypted = (session.handshake_message(ENCRYPTED_EXTENSIONS, b"\x00\x04\x00\x2a\x00\x00")
-                 + session.finished("SERVER_HANDSHAKE_TRAFFIC_SECRET"))
+    encrypted = session.handshake_message(
+        ENCRYPTED_EXTENSIONS, b"\x00\x04\x00\x2a\x00\x00"
+    ) + session.finished("SERVER_HANDSHAKE_TRAFFIC_SECRET")
     tcp.send(1, hello + server_hs.seal(HANDSHAKE, encrypted))
     tcp.send(0, early.seal(HANDSHAKE, session.handshake_message(5, b"")))  # EndOfEarlyData
     client_hs = session.writer("CLIENT_HANDSHAKE_TRAFFIC_SECRET")

@@ -36,6 +36,7 @@ def strip_sgr(text: str) -> str:
 
 # -- when ------------------------------------------------------------------------------------
 
+
 class FakeStream:
     def __init__(self, tty: bool):
         self.tty = tty
@@ -44,15 +45,18 @@ class FakeStream:
         return self.tty
 
 
-@pytest.mark.parametrize("choice, tty, environ, wanted", [
-    ("auto", True, {}, True),
-    ("auto", False, {}, False),
-    ("auto", True, {"NO_COLOR": "1"}, False),
-    ("auto", True, {"NO_COLOR": ""}, True),  # no-color.org: set and not empty
-    ("auto", True, {"TERM": "dumb"}, False),
-    ("always", False, {"NO_COLOR": "1"}, True),  # the user's explicit word wins
-    ("never", True, {}, False),
-])
+@pytest.mark.parametrize(
+    "choice, tty, environ, wanted",
+    [
+        ("auto", True, {}, True),
+        ("auto", False, {}, False),
+        ("auto", True, {"NO_COLOR": "1"}, False),
+        ("auto", True, {"NO_COLOR": ""}, True),  # no-color.org: set and not empty
+        ("auto", True, {"TERM": "dumb"}, False),
+        ("always", False, {"NO_COLOR": "1"}, True),  # the user's explicit word wins
+        ("never", True, {}, False),
+    ],
+)
 def test_colour_wanted(choice, tty, environ, wanted):
     assert colour_wanted(choice, FakeStream(tty), environ) is wanted
 
@@ -79,8 +83,9 @@ def test_always_colours_even_a_pipe_and_is_the_plain_view_plus_colour():
 
 def test_start_lines_take_the_colour_of_their_class():
     coloured = run([*ARGS, "--color", "always"], check=True).stdout
-    starts = re.findall(r"\x1b\[([0-9;]*)m((?:[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3}[^\x1b]*))\x1b",
-                        coloured)
+    starts = re.findall(
+        r"\x1b\[([0-9;]*)m((?:[A-Z]+ \S+ SIP/2\.0|SIP/2\.0 \d{3}[^\x1b]*))\x1b", coloured
+    )
     assert starts
     for code, line in starts:
         sgr = f"\x1b[{code}m"
@@ -112,6 +117,7 @@ def test_json_is_never_coloured():
 
 # -- brief -----------------------------------------------------------------------------------
 
+
 def test_brief_one_line_per_message_like_sngrep():
     truth = load_groundtruth(FIXTURES / "rsa-tls12-aes-cbc.json")
     objects = run_json(["-r", CAPTURE, *key_args([KEY]), "-q"])
@@ -139,9 +145,20 @@ def test_brief_in_colour_and_not():
 
 # -- what came off the wire cannot drive the terminal ----------------------------------------
 
+
 def _message(payload: bytes, call_id: str = "x") -> Message:
-    return Message(1_700_000_000_123_456_000, (b"\x7f\0\0\1", 5000), (b"\x7f\0\0\1", 5061),
-                   "tls", payload, call_id, True, True, "TLSv1.3", "TLS_AES_128_GCM_SHA256")
+    return Message(
+        1_700_000_000_123_456_000,
+        (b"\x7f\0\0\1", 5000),
+        (b"\x7f\0\0\1", 5061),
+        "tls",
+        payload,
+        call_id,
+        True,
+        True,
+        "TLSv1.3",
+        "TLS_AES_128_GCM_SHA256",
+    )
 
 
 class Collect:
@@ -157,10 +174,15 @@ class Collect:
 
 
 def test_control_characters_from_the_wire_are_shown_escaped():
-    evil = (b"MESSAGE sip:b@y SIP/2.0\r\nSubject: \x1b]0;owned\x07\x1b[2J\x9b31m\r\n"
-            b"Content-Length: 0\r\n\r\n")
-    for sink in (ColourConsoleSink(Collect()), BriefSink(Collect(), colour=True),  # type: ignore[arg-type]
-                 BriefSink(Collect())):  # type: ignore[arg-type]
+    evil = (
+        b"MESSAGE sip:b@y SIP/2.0\r\nSubject: \x1b]0;owned\x07\x1b[2J\x9b31m\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    for sink in (
+        ColourConsoleSink(Collect()),
+        BriefSink(Collect(), colour=True),  # type: ignore[arg-type]
+        BriefSink(Collect()),
+    ):  # type: ignore[arg-type]
         sink.emit(_message(evil, call_id="id\x1b[31m"))
         text = "".join(sink.out.parts)  # type: ignore[attr-defined]
         assert "\\x1b]0;owned\\x07" in text or "\\x1b[31m" in text
@@ -169,16 +191,21 @@ def test_control_characters_from_the_wire_are_shown_escaped():
     assert printable("a\tb\r\nc\x00\x7f") == "a\tb\r\nc\\x00\\x7f"
 
 
-@pytest.mark.parametrize("transport, version, shown", [
-    ("tls", "TLSv1.3", "TLSv1.3 TLS_AES_128_GCM_SHA256"),
-    ("wss", "TLSv1.3", "WSS TLSv1.3 TLS_AES_128_GCM_SHA256"),
-    ("ws", "", "WS"),
-    ("tcp", "", "TCP"),
-    ("udp", "", "UDP"),
-])
+@pytest.mark.parametrize(
+    "transport, version, shown",
+    [
+        ("tls", "TLSv1.3", "TLSv1.3 TLS_AES_128_GCM_SHA256"),
+        ("wss", "TLSv1.3", "WSS TLSv1.3 TLS_AES_128_GCM_SHA256"),
+        ("ws", "", "WS"),
+        ("tcp", "", "TCP"),
+        ("udp", "", "UDP"),
+    ],
+)
 def test_brief_says_how_the_message_travelled(transport, version, shown):
     message = _message(b"OPTIONS sip:b@y SIP/2.0\r\nCSeq: 1 OPTIONS\r\n\r\n")._replace(
-        transport=transport, tls_version=version,
-        cipher_suite="TLS_AES_128_GCM_SHA256" if version else "")
+        transport=transport,
+        tls_version=version,
+        cipher_suite="TLS_AES_128_GCM_SHA256" if version else "",
+    )
     line = BriefSink(Collect()).line(message)  # type: ignore[arg-type]
     assert line.endswith(f" OPTIONS              x {shown}\n"), line

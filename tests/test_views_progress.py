@@ -98,6 +98,7 @@ def test_messages_on_the_same_terminal_are_never_cut_by_the_bar():
 
 # -- the figures -------------------------------------------------------------------------------
 
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -147,17 +148,23 @@ def test_live_status_text():
     status._last = (100.0, 0, 0)
     pipeline.stats.frames, pipeline.stats.sip_messages = 5000, 2000
     text = status.text(102.0)
-    assert text == ("2,500 packets/s | 1,000 SIP messages/s | kernel drops 7 | HEP queue 1,234 | "
-                    "flows 0 | waiting for keys 0")
+    assert text == (
+        "2,500 packets/s | 1,000 SIP messages/s | kernel drops 7 | HEP queue 1,234 | "
+        "flows 0 | waiting for keys 0"
+    )
 
 
 # -- live ----------------------------------------------------------------------------------------
 
+
 def _send_sip_over_udp(port: int, count: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for n in range(count):
-            sock.sendto(f"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nCall-ID: status-{n}\r\nCSeq: 1 "
-                        f"OPTIONS\r\nContent-Length: 0\r\n\r\n".encode(), ("127.0.0.1", port))
+            sock.sendto(
+                f"OPTIONS sip:x@127.0.0.1 SIP/2.0\r\nCall-ID: status-{n}\r\nCSeq: 1 "
+                f"OPTIONS\r\nContent-Length: 0\r\n\r\n".encode(),
+                ("127.0.0.1", port),
+            )
             time.sleep(0.002)
 
 
@@ -176,14 +183,18 @@ def test_live_status_line_on_a_terminal():
         time.sleep(1.5)
         proc.send_signal(signal.SIGTERM)
 
-    shown = run_on_terminal(["-i", "lo", "-f", f"udp port {port}", "-v", "--status", "--json"],
-                            while_running=drive, timeout=60)
+    shown = run_on_terminal(
+        ["-i", "lo", "-f", f"udp port {port}", "-v", "--status", "--json"],
+        while_running=drive,
+        timeout=60,
+    )
     assert shown.returncode == 0, shown.terminal
-    lines = [part for part in shown.terminal.replace("\n", "\r").split("\r")
-             if "packets/s" in part]
+    lines = [part for part in shown.terminal.replace("\n", "\r").split("\r") if "packets/s" in part]
     assert lines, shown.terminal
-    assert all(" | kernel drops " in line and " | flows " in line
-               and " | waiting for keys " in line for line in lines)
+    assert all(
+        " | kernel drops " in line and " | flows " in line and " | waiting for keys " in line
+        for line in lines
+    )
     assert len(shown.stdout.splitlines()) == 300
     # the log line stands on a line of its own: the status line was cleared before it
     shown_lines = [line.split("\r")[-1] for line in shown.terminal.split("\r\n")]

@@ -38,14 +38,18 @@ C2S, S2C = 0, 1
 
 
 def sip(n: int = 0, body: bytes = b"") -> bytes:
-    return (b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WSS df7jal23ls0d.invalid;"
-            b"branch=z9hG4bK%d\r\nCall-ID: call-%d\r\nCSeq: %d OPTIONS\r\nContent-Length: %d"
-            b"\r\n\r\n" % (n, n, n + 1, len(body))) + body
+    return (
+        b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/WSS df7jal23ls0d.invalid;"
+        b"branch=z9hG4bK%d\r\nCall-ID: call-%d\r\nCSeq: %d OPTIONS\r\nContent-Length: %d"
+        b"\r\n\r\n" % (n, n, n + 1, len(body))
+    ) + body
 
 
 def reply(n: int = 0) -> bytes:
-    return (b"SIP/2.0 200 OK\r\nCall-ID: call-%d\r\nCSeq: %d OPTIONS\r\nContent-Length: 0"
-            b"\r\n\r\n" % (n, n + 1))
+    return (
+        b"SIP/2.0 200 OK\r\nCall-ID: call-%d\r\nCSeq: %d OPTIONS\r\nContent-Length: 0"
+        b"\r\n\r\n" % (n, n + 1)
+    )
 
 
 def deflater(takeover: bool = True, bits: int = 15):
@@ -53,11 +57,13 @@ def deflater(takeover: bool = True, bits: int = 15):
     return permessage_deflate.PerMessageDeflate(False, not takeover, 15, bits)
 
 
-def frame(payload: bytes, opcode: str = "TEXT", *, fin: bool = True, mask: bool = True,
-          deflate=None) -> bytes:
+def frame(
+    payload: bytes, opcode: str = "TEXT", *, fin: bool = True, mask: bool = True, deflate=None
+) -> bytes:
     op = getattr(websockets_frames.Opcode, opcode)
     return websockets_frames.Frame(op, payload, fin=fin).serialize(
-        mask=mask, extensions=[deflate] if deflate is not None else None)
+        mask=mask, extensions=[deflate] if deflate is not None else None
+    )
 
 
 def feed_all(decoder: FrameDecoder, data: bytes, step: int = 0):
@@ -77,15 +83,20 @@ def test_accept_value_is_the_rfc_6455_example():
     assert accept_value("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 
 
-REQUEST = (b"GET /ws HTTP/1.1\r\nHost: sip.example.com\r\nUpgrade: websocket\r\n"
-           b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n"
-           b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n")
+REQUEST = (
+    b"GET /ws HTTP/1.1\r\nHost: sip.example.com\r\nUpgrade: websocket\r\n"
+    b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sip\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+)
 
 
-def response(protocol: str | None = "sip", extensions: str | None = None,
-             accept: str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", status: bytes = b"101 Switching "
-             b"Protocols") -> bytes:
+def response(
+    protocol: str | None = "sip",
+    extensions: str | None = None,
+    accept: str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+    status: bytes = b"101 Switching Protocols",
+) -> bytes:
     head = b"HTTP/1.1 " + status + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     head += b"Sec-WebSocket-Accept: " + accept.encode() + b"\r\n"
     if protocol is not None:
@@ -98,20 +109,27 @@ def response(protocol: str | None = "sip", extensions: str | None = None,
 def test_upgrade_request_and_response():
     request = parse_request(REQUEST)
     assert request.subprotocols == ("sip",) and request.target == "/ws"
-    answer = parse_response(response(extensions='permessage-deflate; server_max_window_bits='
-                                                '"10"; client_no_context_takeover'), request)
+    answer = parse_response(
+        response(
+            extensions='permessage-deflate; server_max_window_bits="10"; client_no_context_takeover'
+        ),
+        request,
+    )
     assert answer.status == 101 and answer.subprotocol == "sip"
     params = negotiated(answer.extensions[0])
     assert params.server_max_window_bits == 10 and params.client_no_context_takeover
     assert not params.server_no_context_takeover and params.client_max_window_bits == 15
 
 
-@pytest.mark.parametrize("head", [
-    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # plain HTTP
-    b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-    b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",  # no Connection: upgrade
-    b"POST / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # plain HTTP
+        b"GET / HTTP/1.0\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",  # no Connection: upgrade
+        b"POST / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    ],
+)
 def test_requests_that_are_not_an_upgrade(head):
     with pytest.raises(HandshakeError):
         parse_request(head)
@@ -126,9 +144,16 @@ def test_responses_the_client_rejects():
     assert parse_response(response(status=b"401 Unauthorized"), request).status == 401
 
 
-@pytest.mark.parametrize("value", ["client_max_window_bits", "server_max_window_bits=16",
-                                   "server_max_window_bits=7", "client_no_context_takeover=1",
-                                   "x_unknown"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "client_max_window_bits",
+        "server_max_window_bits=16",
+        "server_max_window_bits=7",
+        "client_no_context_takeover=1",
+        "x_unknown",
+    ],
+)
 def test_permessage_deflate_answers_the_client_rejects(value):
     with pytest.raises(DeflateParamError):
         negotiated(parse_extensions(f"permessage-deflate; {value}")[0])
@@ -137,7 +162,9 @@ def test_permessage_deflate_answers_the_client_rejects(value):
 def test_extension_header_syntax():
     got = parse_extensions('permessage-deflate; client_max_window_bits=12, x-foo; a="b"')
     assert [(e.name, e.params) for e in got] == [
-        ("permessage-deflate", {"client_max_window_bits": "12"}), ("x-foo", {"a": "b"})]
+        ("permessage-deflate", {"client_max_window_bits": "12"}),
+        ("x-foo", {"a": "b"}),
+    ]
     with pytest.raises(HandshakeError):
         parse_extensions("permessage-deflate; a=b c")
 
@@ -153,9 +180,15 @@ def test_unmask_matches_the_library():
     assert wire[1] & 0x80 and unmask(wire[-1001:], wire[4:8]) == data
 
 
-@pytest.mark.parametrize(("size", "step"), [
-    (size, step) for size in (0, 1, 125, 126, 65535, 65536, 200_000) for step in (0, 1, 997)
-    if not (step == 1 and size > 70_000)])  # byte by byte: the shorter frames are enough
+@pytest.mark.parametrize(
+    ("size", "step"),
+    [
+        (size, step)
+        for size in (0, 1, 125, 126, 65535, 65536, 200_000)
+        for step in (0, 1, 997)
+        if not (step == 1 and size > 70_000)
+    ],
+)  # byte by byte: the shorter frames are enough
 def test_payload_lengths_7_16_and_64_bits_however_the_bytes_arrive(size, step):
     payload = sip(1, b"x" * max(0, size - len(sip(1))))[:size] if size else b""
     data = frame(payload, "BINARY") + frame(sip(2))
@@ -166,22 +199,33 @@ def test_payload_lengths_7_16_and_64_bits_however_the_bytes_arrive(size, step):
 
 def test_fragments_with_control_frames_between_them():
     whole = sip(3)
-    data = (frame(whole[:1], fin=False) + frame(b"keepalive", "PING")
-            + frame(whole[1:40], "CONT", fin=False) + frame(b"", "PONG")
-            + frame(whole[40:], "CONT") + frame(struct.pack("!H", 1000) + b"bye", "CLOSE"))
+    data = (
+        frame(whole[:1], fin=False)
+        + frame(b"keepalive", "PING")
+        + frame(whole[1:40], "CONT", fin=False)
+        + frame(b"", "PONG")
+        + frame(whole[40:], "CONT")
+        + frame(struct.pack("!H", 1000) + b"bye", "CLOSE")
+    )
     decoder = FrameDecoder(True, None)
     messages, problems = feed_all(decoder, data, 5)
     assert messages == [WsMessage(1, whole)] and problems == []
     assert decoder.control_frames == 3 and decoder.closed and decoder.close_code == 1000
 
 
-@pytest.mark.parametrize(("from_client", "masked", "why"), [
-    (True, False, "client frame without masking"),
-    (False, True, "masked server frame"),
-])
+@pytest.mark.parametrize(
+    ("from_client", "masked", "why"),
+    [
+        (True, False, "client frame without masking"),
+        (False, True, "masked server frame"),
+    ],
+)
 def test_a_bad_mask_stops_the_direction(from_client, masked, why):
-    data = frame(sip(1), mask=from_client) + frame(sip(2), mask=masked) + frame(sip(3),
-                                                                              mask=from_client)
+    data = (
+        frame(sip(1), mask=from_client)
+        + frame(sip(2), mask=masked)
+        + frame(sip(3), mask=from_client)
+    )
     decoder = FrameDecoder(from_client, None)
     messages, problems = feed_all(decoder, data)
     assert messages == [WsMessage(1, sip(1))]  # nothing from the bad frame on
@@ -203,22 +247,26 @@ def test_a_frame_that_claims_fewer_bytes_than_it_carries():
     body = sip(2)
     lying = bytes([0x81, 0x05]) + body  # unmasked, as a server frame
     decoder = FrameDecoder(False, None)
-    messages, problems = feed_all(decoder, frame(sip(1), mask=False) + lying
-                                  + frame(sip(3), mask=False))
+    messages, problems = feed_all(
+        decoder, frame(sip(1), mask=False) + lying + frame(sip(3), mask=False)
+    )
     assert messages == [WsMessage(1, sip(1)), WsMessage(1, body[:5])]
     assert [p.kind for p in problems] == ["protocol error"]
     assert "reserved opcode" in problems[0].detail
 
 
-@pytest.mark.parametrize(("header", "why"), [
-    (bytes([0x82, 0x7F]) + struct.pack("!Q", 1 << 63), "most significant bit"),
-    (bytes([0x83, 0x00]), "reserved opcode"),
-    (bytes([0xA1, 0x00]), "RSV2/RSV3"),
-    (bytes([0xC1, 0x00]), "RSV1 set without permessage-deflate"),
-    (bytes([0x09, 0x00]), "control frame"),  # a ping without FIN
-    (bytes([0x89, 0x7E, 0x00, 0x7E]) + b"x" * 126, "control frame"),  # a 126-byte ping
-    (bytes([0x80, 0x00]), "continuation frame with no message"),
-])
+@pytest.mark.parametrize(
+    ("header", "why"),
+    [
+        (bytes([0x82, 0x7F]) + struct.pack("!Q", 1 << 63), "most significant bit"),
+        (bytes([0x83, 0x00]), "reserved opcode"),
+        (bytes([0xA1, 0x00]), "RSV2/RSV3"),
+        (bytes([0xC1, 0x00]), "RSV1 set without permessage-deflate"),
+        (bytes([0x09, 0x00]), "control frame"),  # a ping without FIN
+        (bytes([0x89, 0x7E, 0x00, 0x7E]) + b"x" * 126, "control frame"),  # a 126-byte ping
+        (bytes([0x80, 0x00]), "continuation frame with no message"),
+    ],
+)
 def test_protocol_errors_are_counted_and_stop_the_direction(header, why):
     decoder = FrameDecoder(False, None)
     messages, problems = feed_all(decoder, header + frame(sip(1), mask=False))
@@ -237,8 +285,11 @@ def test_a_frame_over_the_cap_is_skipped_as_it_streams_past():
 
 def test_a_message_over_the_cap_is_dropped_whole():
     decoder = FrameDecoder(True, None, max_frame=1000, max_message=1500)
-    parts = frame(b"a" * 900, fin=False) + frame(b"b" * 900, "CONT", fin=False) + frame(
-        b"c" * 10, "CONT")
+    parts = (
+        frame(b"a" * 900, fin=False)
+        + frame(b"b" * 900, "CONT", fin=False)
+        + frame(b"c" * 10, "CONT")
+    )
     messages, problems = feed_all(decoder, parts + frame(sip(1)))
     assert messages == [WsMessage(1, sip(1))]
     assert [p.kind for p in problems] == ["message too large"]
@@ -264,8 +315,11 @@ def test_a_compressed_fragmented_message_inflates_as_one():
     whole = sip(9, b"a=candidate:1 1 udp 2130706431 10.0.0.1 5000 typ host\r\n" * 50)
     first = websockets_frames.Frame(websockets_frames.Opcode.TEXT, whole[:100], fin=False)
     rest = websockets_frames.Frame(websockets_frames.Opcode.CONT, whole[100:], fin=True)
-    data = (first.serialize(mask=True, extensions=[sender]) + frame(b"p", "PING")
-            + rest.serialize(mask=True, extensions=[sender]))
+    data = (
+        first.serialize(mask=True, extensions=[sender])
+        + frame(b"p", "PING")
+        + rest.serialize(mask=True, extensions=[sender])
+    )
     assert data[0] & 0x40  # RSV1 on the first frame only
     messages, problems = feed_all(FrameDecoder(True, Inflater()), data)
     assert messages == [WsMessage(1, whole)] and problems == []
@@ -273,8 +327,9 @@ def test_a_compressed_fragmented_message_inflates_as_one():
 
 def test_a_deflate_stream_that_does_not_inflate_is_dropped():
     sender = deflater(takeover=False)
-    garbage = bytes([0xC1, 0x80 | 6]) + b"\x01\x02\x03\x04" + unmask(b"\xff" * 6, b"\x01\x02"
-                                                                      b"\x03\x04")
+    garbage = (
+        bytes([0xC1, 0x80 | 6]) + b"\x01\x02\x03\x04" + unmask(b"\xff" * 6, b"\x01\x02\x03\x04")
+    )
     data = frame(sip(1), deflate=sender) + garbage + frame(sip(2), deflate=sender)
     messages, problems = feed_all(FrameDecoder(True, Inflater(15, takeover=False)), data)
     assert [m.payload for m in messages] == [sip(1), sip(2)]
@@ -285,8 +340,9 @@ def test_a_deflate_bomb_is_counted_and_never_inflated_in_full():
     bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
     compressed = bomb.compress(b"\0" * (64 << 20)) + bomb.flush(zlib.Z_SYNC_FLUSH)
     assert compressed.endswith(b"\x00\x00\xff\xff") and len(compressed) < (1 << 20)
-    wire = bytes([0xC2, 0xFF]) + struct.pack("!Q", len(compressed) - 4) + b"\0\0\0\0" + \
-        compressed[:-4]
+    wire = (
+        bytes([0xC2, 0xFF]) + struct.pack("!Q", len(compressed) - 4) + b"\0\0\0\0" + compressed[:-4]
+    )
     decoder = FrameDecoder(True, Inflater(15, False, 1 << 20))
     tracemalloc.start()
     try:
@@ -315,8 +371,12 @@ def test_lost_window_bytes_are_never_guessed():
 
 @pytest.mark.parametrize("masked", [True, False])
 def test_after_a_gap_the_decoder_finds_the_next_sip_message(masked):
-    stream = frame(sip(1), mask=masked) + frame(b"x" * 300, "BINARY", mask=masked) + frame(
-        sip(2), mask=masked) + frame(reply(2), mask=masked)
+    stream = (
+        frame(sip(1), mask=masked)
+        + frame(b"x" * 300, "BINARY", mask=masked)
+        + frame(sip(2), mask=masked)
+        + frame(reply(2), mask=masked)
+    )
     decoder = FrameDecoder(masked, None)
     cut = len(frame(sip(1))) + 20  # into the middle of the binary frame
     messages, _ = feed_all(decoder, stream[:cut])
@@ -347,28 +407,39 @@ def session_run(exchange: list[tuple[int, bytes]], stats: WebSocketStats | None 
 def test_a_sip_websocket_connection_from_the_upgrade_on():
     sender = deflater(takeover=False)
     exchange = [
-        (C2S, REQUEST[:30]), (C2S, REQUEST[30:]),
-        (S2C, response(extensions="permessage-deflate; client_no_context_takeover; "
-                                  "server_no_context_takeover") + frame(reply(0), mask=False,
-                                                                        deflate=sender)),
+        (C2S, REQUEST[:30]),
+        (C2S, REQUEST[30:]),
+        (
+            S2C,
+            response(
+                extensions="permessage-deflate; client_no_context_takeover; "
+                "server_no_context_takeover"
+            )
+            + frame(reply(0), mask=False, deflate=sender),
+        ),
         (C2S, frame(sip(1), deflate=sender) + frame(b"\r\n\r\n")),
     ]
     session, out, stats = session_run(exchange)
     assert session.websocket and session.client_dir == C2S
     assert [(d, u.data, u.is_sip, u.call_id) for d, u in out] == [
-        (S2C, reply(0), True, "call-0"), (C2S, sip(1), True, "call-1")]
+        (S2C, reply(0), True, "call-0"),
+        (C2S, sip(1), True, "call-1"),
+    ]
     assert stats.upgrades == stats.sip_connections == 1 and stats.keepalives == 1
     assert session.problems == []
 
 
-@pytest.mark.parametrize(("answer", "reported"), [
-    (response(protocol="msrp"), "websocket handshake"),  # not offered: the client rejects it
-    (response(protocol=None), "websocket not sip"),
-    (response(extensions="x-webkit-deflate-frame"), "websocket not sip"),
-    (response(extensions="permessage-deflate; server_max_window_bits=20"), "websocket not sip"),
-    (response(accept="wrong"), "websocket handshake"),
-    (response(status=b"401 Unauthorized"), None),
-])
+@pytest.mark.parametrize(
+    ("answer", "reported"),
+    [
+        (response(protocol="msrp"), "websocket handshake"),  # not offered: the client rejects it
+        (response(protocol=None), "websocket not sip"),
+        (response(extensions="x-webkit-deflate-frame"), "websocket not sip"),
+        (response(extensions="permessage-deflate; server_max_window_bits=20"), "websocket not sip"),
+        (response(accept="wrong"), "websocket handshake"),
+        (response(status=b"401 Unauthorized"), None),
+    ],
+)
 def test_connections_that_are_not_sip_over_websocket_pass_as_before(answer, reported):
     later = frame(sip(1), mask=False)
     session, out, stats = session_run([(C2S, REQUEST), (S2C, answer + later)])
@@ -386,7 +457,9 @@ def test_plain_http_is_left_alone():
     session, out, _ = session_run([(C2S, request), (S2C, b"HTTP/1.1 200 OK\r\n\r\n")])
     assert not session.websocket and session.problems == []
     assert [(d, u.data, u.is_sip) for d, u in out] == [
-        (C2S, request, False), (S2C, b"HTTP/1.1 200 OK\r\n\r\n", False)]
+        (C2S, request, False),
+        (S2C, b"HTTP/1.1 200 OK\r\n\r\n", False),
+    ]
 
 
 def test_start_detection():
@@ -427,8 +500,9 @@ class ListSink:
 CLIENT_IP, SERVER_IP = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 
 
-def tcp_frames(exchange: list[tuple[int, bytes]], *, syn: bool = True, mss: int = 1400,
-               port: int = 8080) -> list[Frame]:
+def tcp_frames(
+    exchange: list[tuple[int, bytes]], *, syn: bool = True, mss: int = 1400, port: int = 8080
+) -> list[Frame]:
     """Ethernet/IPv4/TCP frames of one connection carrying ``exchange`` in order."""
     seq = [1000, 5000]
     ends = [(CLIENT_IP, 40000), (SERVER_IP, port)]
@@ -438,8 +512,21 @@ def tcp_frames(exchange: list[tuple[int, bytes]], *, syn: bool = True, mss: int 
     def packet(direction: int, flags: int, payload: bytes = b"") -> None:
         nonlocal ts
         (src, sport), (dst, dport) = ends[direction], ends[1 - direction]
-        tcp = struct.pack("!HHIIBBHHH", sport, dport, seq[direction], seq[1 - direction],
-                          5 << 4, flags, 65535, 0, 0) + payload
+        tcp = (
+            struct.pack(
+                "!HHIIBBHHH",
+                sport,
+                dport,
+                seq[direction],
+                seq[1 - direction],
+                5 << 4,
+                flags,
+                65535,
+                0,
+                0,
+            )
+            + payload
+        )
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, src, dst)
         frames.append(Frame(ts, 1, b"\0" * 12 + b"\x08\x00" + ip + tcp))
         ts += 1000
@@ -469,12 +556,21 @@ def run_pipeline(frames: list[Frame]):
 
 def test_plain_ws_through_the_pipeline():
     big = sip(3, b"a=x\r\n" * 2000)
-    exchange = [(C2S, REQUEST), (S2C, response()), (C2S, frame(sip(1))),
-                (S2C, frame(reply(1), mask=False)), (C2S, frame(big)),
-                (S2C, frame(b"\x03\xe8", "CLOSE", mask=False)), (C2S, frame(b"\x03\xe8", "CLOSE"))]
+    exchange = [
+        (C2S, REQUEST),
+        (S2C, response()),
+        (C2S, frame(sip(1))),
+        (S2C, frame(reply(1), mask=False)),
+        (C2S, frame(big)),
+        (S2C, frame(b"\x03\xe8", "CLOSE", mask=False)),
+        (C2S, frame(b"\x03\xe8", "CLOSE")),
+    ]
     messages, problems, stats = run_pipeline(tcp_frames(exchange))
     assert [(m.transport, m.from_client, m.payload, m.is_sip) for m in messages] == [
-        ("ws", True, sip(1), True), ("ws", False, reply(1), True), ("ws", True, big, True)]
+        ("ws", True, sip(1), True),
+        ("ws", False, reply(1), True),
+        ("ws", True, big, True),
+    ]
     assert messages[0].src == (CLIENT_IP, 40000) and messages[1].src == (SERVER_IP, 8080)
     assert problems == [] and stats.sip_messages == stats.plain_sip_messages == 3
     assert stats.websocket.control_frames == 2
@@ -486,17 +582,26 @@ def test_plain_ws_picked_up_mid_stream_through_the_pipeline():
     exchange = [(S2C, frame(reply(1), mask=False)), (C2S, frame(sip(2)))]
     messages, problems, stats = run_pipeline(tcp_frames(exchange, syn=False))
     assert [(m.transport, m.from_client, m.payload) for m in messages] == [
-        ("ws", False, reply(1)), ("ws", True, sip(2))]
+        ("ws", False, reply(1)),
+        ("ws", True, sip(2)),
+    ]
     assert [p.kind for p in problems] == ["websocket picked up"]
     assert "WebSocket 10.0.0.1:40000 -> 10.0.0.2:8080: picked up" in problems[0].message
 
 
 def test_sip_over_plain_tcp_and_plain_http_are_unchanged():
     sip_flow = tcp_frames([(C2S, sip(1) + sip(2)), (S2C, reply(1))], port=5060)
-    http_flow = tcp_frames([(C2S, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-                            (S2C, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")])
+    http_flow = tcp_frames(
+        [
+            (C2S, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            (S2C, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ]
+    )
     messages, problems, stats = run_pipeline(sip_flow)
     assert [(m.transport, m.payload) for m in messages] == [
-        ("tcp", sip(1)), ("tcp", sip(2)), ("tcp", reply(1))]
+        ("tcp", sip(1)),
+        ("tcp", sip(2)),
+        ("tcp", reply(1)),
+    ]
     messages, problems, stats = run_pipeline(http_flow)
     assert messages == [] and problems == [] and stats.plain_other_bytes > 0

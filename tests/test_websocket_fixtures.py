@@ -24,8 +24,13 @@ sys.path.insert(0, str(FIXTURES.parent))
 import make_ws_captures  # noqa: E402
 import peers  # noqa: E402
 
-NAMES = ["wss-deflate", "wss-uncompressed", "wss-no-context-takeover", "wss-tls13-keylog",
-         "ws-plain"]
+NAMES = [
+    "wss-deflate",
+    "wss-uncompressed",
+    "wss-no-context-takeover",
+    "wss-tls13-keylog",
+    "ws-plain",
+]
 # Kamailio's websocket module as the server (tests/fixtures/make_kamailio_capture.py)
 INTEROP = ["kamailio"]
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
@@ -74,11 +79,14 @@ def test_the_fixtures_cover_what_the_issue_lists():
     messages = [m for d in docs.values() for m in d["messages"]]
     extensions = {c["extensions"] for c in conns}
     assert "" in extensions
-    assert any("client_no_context_takeover" in e and "server_max_window_bits=11" in e
-               and "client_max_window_bits=10" in e for e in extensions)
+    assert any(
+        "client_no_context_takeover" in e
+        and "server_max_window_bits=11" in e
+        and "client_max_window_bits=10" in e
+        for e in extensions
+    )
     assert any(e.startswith("permessage-deflate") and "no_context" not in e for e in extensions)
-    assert any(m.get("pings") for m in messages) and any(len(m["text"]) > 65535
-                                                         for m in messages)
+    assert any(m.get("pings") for m in messages) and any(len(m["text"]) > 65535 for m in messages)
     assert any(m["opcode"] == "binary" for m in messages)
     assert {c["version"] for c in conns} == {"TLSv1.2", "TLSv1.3", ""}
     assert {c["transport"] for c in conns} == {"ws", "wss"}
@@ -96,8 +104,10 @@ def test_tshark_shows_the_same_messages(name):
     shown = make_ws_captures.tshark_sip(WS_FIXTURES / f"{name}.pcap", doc, truth.keylog)
     out, _ = run_json(WS_FIXTURES / f"{name}.pcap", truth)
     server_ports = {c["server_port"] for c in doc["connections"]}
-    ours = Counter((o["src_port"], o["direction"],
-                    *make_ws_captures.message_key(payload_bytes(o).decode())) for o in out)
+    ours = Counter(
+        (o["src_port"], o["direction"], *make_ws_captures.message_key(payload_bytes(o).decode()))
+        for o in out
+    )
     assert Counter(shown) - ours == Counter()  # nothing tshark shows is missing from ours
     missed = make_ws_captures.tshark_misses(doc)
     assert len(shown) == len(doc["messages"]) - len(missed) > 0
@@ -106,9 +116,26 @@ def test_tshark_shows_the_same_messages(name):
 
 def packet_times(capture: Path) -> set[tuple[str, int, int]]:
     proc = subprocess.run(
-        ["tshark", "-n", "-r", str(capture), "-Y", "tcp.len > 0", "-T", "fields",
-         "-e", "frame.time_epoch", "-e", "tcp.srcport", "-e", "tcp.dstport"],
-        capture_output=True, text=True, check=True)
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(capture),
+            "-Y",
+            "tcp.len > 0",
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     times = set()
     for line in proc.stdout.splitlines():
         stamp, sport, dport = line.split("\t")
@@ -126,8 +153,10 @@ def test_message_time_is_the_capture_time_of_a_packet_of_its_direction(name):
 
 
 def test_console_names_the_transport():
-    for name, label in (("wss-deflate", "WSS TLSv1.2 TLS_RSA_WITH_AES_128_GCM_SHA256"),
-                        ("ws-plain", "WS")):
+    for name, label in (
+        ("wss-deflate", "WSS TLSv1.2 TLS_RSA_WITH_AES_128_GCM_SHA256"),
+        ("ws-plain", "WS"),
+    ):
         truth = truth_of(name)
         proc = run(["-r", str(WS_FIXTURES / f"{name}.pcap"), *key_arguments(truth)])
         assert proc.returncode == 0, proc.stderr
@@ -140,14 +169,32 @@ def test_console_names_the_transport():
 def test_write_gives_a_pcap_that_tshark_reads_as_the_sip_sent(tmp_path):
     truth = truth_of("wss-tls13-keylog")
     out = tmp_path / "decrypted.pcap"
-    proc = run(["-r", str(WS_FIXTURES / "wss-tls13-keylog.pcap"), *key_arguments(truth),
-                "-w", str(out)])
+    proc = run(
+        ["-r", str(WS_FIXTURES / "wss-tls13-keylog.pcap"), *key_arguments(truth), "-w", str(out)]
+    )
     assert proc.returncode == 0, proc.stderr
-    shown = subprocess.run(["tshark", "-n", "-r", str(out), "-Y", "sip", "-T", "fields",
-                            "-e", "sip.Call-ID", "-e", "sip.CSeq"],
-                           capture_output=True, text=True, check=True).stdout.splitlines()
-    want = sorted("\t".join(make_ws_captures.message_key(m.payload.decode())[1:])
-                  for m in truth.messages)
+    shown = subprocess.run(
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(out),
+            "-Y",
+            "sip",
+            "-T",
+            "fields",
+            "-e",
+            "sip.Call-ID",
+            "-e",
+            "sip.CSeq",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    want = sorted(
+        "\t".join(make_ws_captures.message_key(m.payload.decode())[1:]) for m in truth.messages
+    )
     assert sorted(shown) == want
 
 
@@ -164,8 +211,7 @@ def flows_of(cap: peers.Pcap) -> dict[tuple, list[int]]:
     return flows
 
 
-def drop_handshakes(capture: Path, out: Path, *, also_first_client_packet: bool = False
-                    ) -> None:
+def drop_handshakes(capture: Path, out: Path, *, also_first_client_packet: bool = False) -> None:
     """Every connection loses its packets up to and including the server's 101 (and, with
     ``also_first_client_packet``, the client's first one after it)."""
     cap = peers.read_pcap(capture)
@@ -229,9 +275,13 @@ def test_a_segment_lost_inside_a_message(tmp_path):
     conn = truth.connections[big.conn]
     cap = peers.read_pcap(WS_FIXTURES / "wss-uncompressed.pcap")
     indexes = flows_of(cap)[tuple(sorted((conn.client_port, conn.server_port)))]
-    carrying = [i for i in indexes
-                if (seg := peers.parse_tcp(cap.linktype, cap.packets[i].data)) is not None
-                and seg.sport == conn.client_port and len(cap.packets[i].data) > seg.payload + 1000]
+    carrying = [
+        i
+        for i in indexes
+        if (seg := peers.parse_tcp(cap.linktype, cap.packets[i].data)) is not None
+        and seg.sport == conn.client_port
+        and len(cap.packets[i].data) > seg.payload + 1000
+    ]
     lost = carrying[len(carrying) // 2]
     cap.packets = [p for i, p in enumerate(cap.packets) if i != lost]
     capture = tmp_path / "lost.pcap"
@@ -273,5 +323,6 @@ def test_a_bad_frame_in_a_real_capture_stops_only_its_direction(tmp_path):
     mine = [k[2] for k in got if k[0] == conn.client_port and k[1] == "c2s"]
     assert sorted(mine) == sorted(sent_c2s[:cut])
     assert {k[2] for k in got if k[0] == conn.client_port and k[1] == "s2c"} == set(
-        conn.messages("s2c"))
+        conn.messages("s2c")
+    )
     assert "RSV2/RSV3 set" in stderr

@@ -35,33 +35,54 @@ def truth_arguments(js: Path) -> list[str]:
 
 
 def cases() -> list:
-    found = [pytest.param(cap, truth_arguments(js), id=f"fixture:{cap.stem}")
-             for cap, js in scenario_files(FIXTURES)]
+    found = [
+        pytest.param(cap, truth_arguments(js), id=f"fixture:{cap.stem}")
+        for cap, js in scenario_files(FIXTURES)
+    ]
     if CORPUS.is_dir():
         for folder in (CORPUS / "sip", PUBLIC / "sip-synthetic"):
-            found += [pytest.param(cap, truth_arguments(js), id=f"{folder.name}:{cap.stem}")
-                      for cap, js in scenario_files(folder)]
+            found += [
+                pytest.param(cap, truth_arguments(js), id=f"{folder.name}:{cap.stem}")
+                for cap, js in scenario_files(folder)
+            ]
         for name, args in SYNTHETIC_CASES:
             args = [a.format(name=name) for a in args]
-            found.append(pytest.param(SYNTHETIC / f"{name}.pcap", resolve(args, SYNTHETIC),
-                                      id=f"sip-synthetic:{name}:{'+'.join(args[1::2])}"))
+            found.append(
+                pytest.param(
+                    SYNTHETIC / f"{name}.pcap",
+                    resolve(args, SYNTHETIC),
+                    id=f"sip-synthetic:{name}:{'+'.join(args[1::2])}",
+                )
+            )
         lost = "sip-tls12-rsa-aes256gcm-ems-ticketresume-seg500-lost1"
-        found.append(pytest.param(SYNTHETIC / f"{lost}.pcap",
-                                  ["-k", str(SYNTHETIC / "sip-server.key")],
-                                  id=f"sip-synthetic:{lost}"))
+        found.append(
+            pytest.param(
+                SYNTHETIC / f"{lost}.pcap",
+                ["-k", str(SYNTHETIC / "sip-server.key")],
+                id=f"sip-synthetic:{lost}",
+            )
+        )
         seen = set()
         for capture, args in ORACLE_CASES:
             seen.add(capture)
-            found.append(pytest.param(PUBLIC / capture, resolve(args, PUBLIC),
-                                      id=f"public:{capture}:{'+'.join(args[1::2])}"))
+            found.append(
+                pytest.param(
+                    PUBLIC / capture,
+                    resolve(args, PUBLIC),
+                    id=f"public:{capture}:{'+'.join(args[1::2])}",
+                )
+            )
         for capture in sorted(PUBLIC.glob("*.pcap*")):
             if capture.name not in seen:  # no keys given: the flows are still shared out
                 found.append(pytest.param(capture, [], id=f"public:{capture.name}:nokeys"))
     return found
 
 
-STATS_LINE = re.compile(r"^(packets|flows|TLS sessions|TLS records|TLS events|SIP messages|"
-                        r"SIP messages dropped|WebSocket|key log|HEP)\b.*$", re.M)
+STATS_LINE = re.compile(
+    r"^(packets|flows|TLS sessions|TLS records|TLS events|SIP messages|"
+    r"SIP messages dropped|WebSocket|key log|HEP)\b.*$",
+    re.M,
+)
 
 
 def read(capture: Path, args: list[str], workers: int) -> tuple[list[dict], list[str], str]:
@@ -92,19 +113,27 @@ def test_two_workers_give_what_one_gives(capture: Path, args: list[str]):
 
 # -- IP fragments: UDP datagrams and TCP segments, between several hosts --------------------
 
-def ipv4(payload: bytes, src: bytes, dst: bytes, protocol: int, ident: int = 0,
-         fragment: int = 0) -> bytes:
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, fragment, 64,
-                       protocol, 0, src, dst) + payload
+
+def ipv4(
+    payload: bytes, src: bytes, dst: bytes, protocol: int, ident: int = 0, fragment: int = 0
+) -> bytes:
+    return (
+        struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), ident, fragment, 64, protocol, 0, src, dst
+        )
+        + payload
+    )
 
 
-def fragmented(packet: bytes, src: bytes, dst: bytes, protocol: int, ident: int,
-               size: int = 600) -> list[bytes]:
+def fragmented(
+    packet: bytes, src: bytes, dst: bytes, protocol: int, ident: int, size: int = 600
+) -> list[bytes]:
     pieces = []
     for offset in range(0, len(packet), size):
         more = 0x2000 if offset + size < len(packet) else 0
-        pieces.append(ipv4(packet[offset : offset + size], src, dst, protocol, ident,
-                           more | offset // 8))
+        pieces.append(
+            ipv4(packet[offset : offset + size], src, dst, protocol, ident, more | offset // 8)
+        )
     return pieces
 
 
@@ -114,8 +143,10 @@ def tcp(sport: int, dport: int, seq: int, flags: int, payload: bytes = b"") -> b
 
 def sip(method: str, call: str) -> bytes:
     body = b"v=0\r\n" + b"a=x\r\n" * 300  # larger than a fragment
-    return (f"{method} sip:bob@example.test SIP/2.0\r\nCall-ID: {call}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"{method} sip:bob@example.test SIP/2.0\r\nCall-ID: {call}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def fragments_capture(path: Path) -> None:
@@ -132,8 +163,9 @@ def fragments_capture(path: Path) -> None:
                 frames.append(ipv4(tcp(sport, 5060, 999, 0x02), src, server, 6))
                 frames.append(ipv4(tcp(5060, sport, 4999, 0x12), server, src, 6))
             message = sip("INVITE" if round_ else "OPTIONS", f"tcp-{client}-{round_}")
-            seq = 1000 + sum(len(sip("INVITE" if r else "OPTIONS", f"tcp-{client}-{r}"))
-                             for r in range(round_))
+            seq = 1000 + sum(
+                len(sip("INVITE" if r else "OPTIONS", f"tcp-{client}-{r}")) for r in range(round_)
+            )
             segment = tcp(sport, 5060, seq, 0x18, message)
             ident += 1
             if client % 2:
@@ -143,15 +175,18 @@ def fragments_capture(path: Path) -> None:
             datagram = struct.pack("!HHHH", 5060, 5060, 8 + len(message), 0) + message
             ident += 1
             if round_ % 2:
-                frames += fragmented(datagram.replace(b"tcp-", b"udp-"), src, server, 17,
-                                     ident)
+                frames += fragmented(datagram.replace(b"tcp-", b"udp-"), src, server, 17, ident)
             else:
                 frames.append(ipv4(datagram.replace(b"tcp-", b"udp-"), src, server, 17))
     with open(path, "wb") as out:
         out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
         for n, frame in enumerate(frames):
-            out.write(struct.pack("<IIII", 1_700_000_000 + n // 100, (n % 100) * 10_000,
-                                  len(frame), len(frame)) + frame)
+            out.write(
+                struct.pack(
+                    "<IIII", 1_700_000_000 + n // 100, (n % 100) * 10_000, len(frame), len(frame)
+                )
+                + frame
+            )
 
 
 def test_fragments_go_to_every_worker_and_each_datagram_to_one(tmp_path: Path):
@@ -182,15 +217,26 @@ def test_a_worker_that_dies_fails_the_run_with_a_clear_line(tmp_path: Path):
         "    return original(self, *args, **kwargs)\n"
         "worker.Worker.send_records = send_records\n"
         "from captagent_tls.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n")
-    proc = subprocess.run([sys.executable, str(script), "-r", str(capture), "--json",
-                           "--workers", "2", *args], capture_output=True, text=True,
-                          timeout=120, env=_env(), cwd=SRC)
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), "-r", str(capture), "--json", "--workers", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        cwd=SRC,
+    )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert lines == [f"captagent-tls: error: worker 1 (pid {pid}) was killed by SIGKILL before "
-                     "it finished: its share of the flows is missing"
-                     for pid in re.findall(r"\(pid (\d+)\)", proc.stderr)][:1], proc.stderr
+    assert (
+        lines
+        == [
+            f"captagent-tls: error: worker 1 (pid {pid}) was killed by SIGKILL before "
+            "it finished: its share of the flows is missing"
+            for pid in re.findall(r"\(pid (\d+)\)", proc.stderr)
+        ][:1]
+    ), proc.stderr
     assert "Traceback" not in proc.stderr
 
 

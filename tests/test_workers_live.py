@@ -25,8 +25,11 @@ from support.live import (
 
 pytestmark = pytest.mark.usefixtures("live_capture")
 
-WORKERS_LINE = re.compile(r"^workers: 2; packets (\d+) / (\d+), SIP messages (\d+) / (\d+), "
-                          r"kernel drops (\d+) / (\d+); (\d+) restarted; CPU [\d. /]+ s$", re.M)
+WORKERS_LINE = re.compile(
+    r"^workers: 2; packets (\d+) / (\d+), SIP messages (\d+) / (\d+), "
+    r"kernel drops (\d+) / (\d+); (\d+) restarted; CPU [\d. /]+ s$",
+    re.M,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +51,9 @@ def shares(stderr: str) -> tuple[int, ...]:
 def test_two_workers_each_message_once_and_both_take_flows():
     port = free_port()
     server = TlsSipServer(port)
-    with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--json",
-               "--workers", "2") as agent:
+    with Agent(
+        "-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--json", "--workers", "2"
+    ) as agent:
         assert "capturing on lo with 2 workers" in agent.stderr
         assert len(worker_pids(agent)) == 2
         calls = [sip_call(server, seed=i) for i in range(12)]
@@ -72,8 +76,15 @@ def test_keys_that_arrive_late_over_the_network_reach_every_worker(tmp_path: Pat
     port = free_port()
     listen_port = free_port(socket.SOCK_DGRAM)
     server = TlsSipServer(port, tls13=True)
-    with Agent("-f", f"tcp port {port}", "--keylog-listen", f"udp://127.0.0.1:{listen_port}",
-               "--json", "--workers", "2") as agent:
+    with Agent(
+        "-f",
+        f"tcp port {port}",
+        "--keylog-listen",
+        f"udp://127.0.0.1:{listen_port}",
+        "--json",
+        "--workers",
+        "2",
+    ) as agent:
         logs = [tmp_path / f"client{i}.keys" for i in range(8)]
         calls = [sip_call(server, tls13=True, keylog=log, seed=i) for i, log in enumerate(logs)]
         time.sleep(0.5)  # every record has been seen, and waits
@@ -92,8 +103,9 @@ def test_keys_that_arrive_late_over_the_network_reach_every_worker(tmp_path: Pat
 def test_a_killed_worker_is_reported_and_started_again():
     port = free_port()
     server = TlsSipServer(port)
-    with Agent("-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--json",
-               "--workers", "2") as agent:
+    with Agent(
+        "-f", f"tcp port {port}", "-k", str(SERVER_KEY), "--json", "--workers", "2"
+    ) as agent:
         before = [sip_call(server, seed=i) for i in range(4)]
         time.sleep(0.5)
         victim = worker_pids(agent)[1]

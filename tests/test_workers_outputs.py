@@ -35,7 +35,8 @@ def hep_flows(packets: list[bytes]) -> dict[tuple[int, int], list[bytes]]:
         sport = int.from_bytes(chunk_value(packet, 0x0007) or b"", "big")
         dport = int.from_bytes(chunk_value(packet, 0x0008) or b"", "big")
         flows.setdefault((min(sport, dport), max(sport, dport)), []).append(
-            chunk_value(packet, 0x000F) or b"")
+            chunk_value(packet, 0x000F) or b""
+        )
     return flows
 
 
@@ -50,8 +51,9 @@ def test_hep_from_each_worker_keeps_each_flows_order():
     one, two = runs[1][0], runs[2][0]
     assert sum(len(p) for p in two.values()) == MESSAGES
     assert two == one  # the same flows, each with its messages in the same order
-    assert re.search(rf"HEP tcp://127\.0\.0\.1:\d+: {MESSAGES} sent, 0 still queued",
-                     runs[2][1]), runs[2][1]
+    assert re.search(rf"HEP tcp://127\.0\.0\.1:\d+: {MESSAGES} sent, 0 still queued", runs[2][1]), (
+        runs[2][1]
+    )
     assert f"HEP: {MESSAGES} packets per collector" in runs[2][1]
 
 
@@ -93,8 +95,17 @@ def test_report_decryptable_capture_and_key_export(tmp_path: Path):
         report = tmp_path / f"calls{workers}.html"
         decryptable = tmp_path / f"decryptable{workers}.pcapng"
         exported = tmp_path / f"keys{workers}.log"
-        proc = agent("--report", str(report), "--write-decryptable", str(decryptable),
-                     "--export-keylog", str(exported), "--workers", str(workers), "-q")
+        proc = agent(
+            "--report",
+            str(report),
+            "--write-decryptable",
+            str(decryptable),
+            "--export-keylog",
+            str(exported),
+            "--workers",
+            str(workers),
+            "-q",
+        )
         outputs[workers] = (proc.stdout, report.read_text(), decryptable, exported.read_text())
     stdout_1, report_1, decryptable_1, keys_1 = outputs[1]
     stdout_2, report_2, decryptable_2, keys_2 = outputs[2]
@@ -108,9 +119,25 @@ def test_report_decryptable_capture_and_key_export(tmp_path: Path):
     # tshark decrypts the copy with no key: the same SIP messages from both
     sips = []
     for path in (decryptable_1, decryptable_2):
-        tshark = subprocess.run(["tshark", "-n", "-r", str(path), "-Y", "sip", "-T", "fields",
-                                 "-e", "frame.time_epoch", "-e", "sip.Call-ID"],
-                                capture_output=True, text=True, timeout=120)
+        tshark = subprocess.run(
+            [
+                "tshark",
+                "-n",
+                "-r",
+                str(path),
+                "-Y",
+                "sip",
+                "-T",
+                "fields",
+                "-e",
+                "frame.time_epoch",
+                "-e",
+                "sip.Call-ID",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert tshark.returncode == 0, tshark.stderr
         sips.append(Counter(tshark.stdout.splitlines()))
     assert sips[1] == sips[0] and sum(sips[1].values()) > 0

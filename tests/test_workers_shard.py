@@ -59,7 +59,8 @@ def test_reassembled_datagrams_belong_to_one_worker():
 
 
 def test_auto_takes_every_usable_core_for_a_large_file_and_one_for_a_small_one(
-        tmp_path: Path, monkeypatch):
+    tmp_path: Path, monkeypatch
+):
     import argparse
 
     from captagent_tls import workers
@@ -69,9 +70,14 @@ def test_auto_takes_every_usable_core_for_a_large_file_and_one_for_a_small_one(
     small.write_bytes(b"\0" * 1000)
     with large.open("wb") as out:
         out.truncate(workers.AUTO_MIN_FILE_BYTES)
-    for path, live, wanted, expected in ((small, False, "auto", 1), (large, False, "auto", 4),
-                                         (small, True, "auto", 4), (small, False, 3, 3),
-                                         ("-", False, 3, 1), ("-", False, "auto", 1)):
+    for path, live, wanted, expected in (
+        (small, False, "auto", 1),
+        (large, False, "auto", 4),
+        (small, True, "auto", 4),
+        (small, False, 3, 3),
+        ("-", False, 3, 1),
+        ("-", False, "auto", 1),
+    ):
         args = argparse.Namespace(read=str(path), workers=wanted)
         assert workers.workers_for(args, live) == expected, (path, live, wanted)
 

@@ -79,21 +79,45 @@ def tshark_messages(path: Path, ports: list[int]) -> Counter[tuple[int, str, byt
 
 def tshark_call_ids(path: Path, ports: list[int]) -> Counter[str]:
     """The Call-ID of every SIP message tshark's SIP dissector shows."""
-    decode = [arg for port in ports
-              for arg in ("-d", f"tcp.port=={port},tls", "-d", f"tls.port=={port},sip")]
-    out = subprocess.run([tshark_path(), "-n", "-r", str(path), *decode, "-Y", "sip", "-T",
-                          "fields", "-E", "occurrence=a", "-E", "aggregator=|", "-e",
-                          "sip.Call-ID"], capture_output=True, text=True, check=True).stdout
-    return Counter(call_id for line in out.splitlines() if line.strip()
-                   for call_id in line.split("|"))
+    decode = [
+        arg
+        for port in ports
+        for arg in ("-d", f"tcp.port=={port},tls", "-d", f"tls.port=={port},sip")
+    ]
+    out = subprocess.run(
+        [
+            tshark_path(),
+            "-n",
+            "-r",
+            str(path),
+            *decode,
+            "-Y",
+            "sip",
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=a",
+            "-E",
+            "aggregator=|",
+            "-e",
+            "sip.Call-ID",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return Counter(
+        call_id for line in out.splitlines() if line.strip() for call_id in line.split("|")
+    )
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_tshark_decrypts_every_message_we_emit_from_the_file_alone(tmp_path, name):
     tshark_path()
     out = tmp_path / f"{name}.pcapng"
-    emitted = [o for o in run_json([*product_args(name), "--write-decryptable", out])
-               if o["kind"] == "sip"]
+    emitted = [
+        o for o in run_json([*product_args(name), "--write-decryptable", out]) if o["kind"] == "sip"
+    ]
     assert emitted
     ports = other_tls_ports(name)
     ours = received(emitted)
@@ -141,10 +165,17 @@ def test_tls13_secrets_are_the_traffic_secrets(tmp_path):
     (dsb,) = [body for btype, body in blocks(out) if btype == DSB]
     lines = dsb[8:].rstrip(b"\0").decode().splitlines()
     labels = [line.split()[0] for line in lines]
-    traffic = {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
-               "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"}
-    assert traffic <= set(labels) <= traffic | {"EXPORTER_SECRET", "EARLY_EXPORTER_SECRET",
-                                                 "CLIENT_EARLY_TRAFFIC_SECRET"}
+    traffic = {
+        "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+        "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+        "CLIENT_TRAFFIC_SECRET_0",
+        "SERVER_TRAFFIC_SECRET_0",
+    }
+    assert (
+        traffic
+        <= set(labels)
+        <= traffic | {"EXPORTER_SECRET", "EARLY_EXPORTER_SECRET", "CLIENT_EARLY_TRAFFIC_SECRET"}
+    )
     assert len(labels) == len(set(labels))
     logged = (FIXTURES / "keylog-tls13.keylog").read_text().splitlines()
     assert set(lines) <= set(logged)  # as the key log said, nothing made up
@@ -156,8 +187,9 @@ def test_the_file_is_readable_by_its_owner_only(tmp_path):
     out.chmod(0o644)
     old_umask = os.umask(0)
     try:
-        run([*product_args("tls12-aes128gcm-ems"), "--write-decryptable", out, "--json"],
-            check=True)
+        run(
+            [*product_args("tls12-aes128gcm-ems"), "--write-decryptable", out, "--json"], check=True
+        )
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -167,8 +199,9 @@ def test_the_file_is_readable_by_its_owner_only(tmp_path):
 
 def test_a_filter_writes_only_the_packets_it_lets_through(tmp_path):
     out = tmp_path / "out.pcapng"
-    emitted = run_json([*product_args("multi-key"), "-f", "tcp port 5071",
-                        "--write-decryptable", out])
+    emitted = run_json(
+        [*product_args("multi-key"), "-f", "tcp port 5071", "--write-decryptable", out]
+    )
     with CaptureReader(str(out)) as reader:
         frames = list(reader)
     assert frames and len(emitted) < 21
@@ -177,8 +210,13 @@ def test_a_filter_writes_only_the_packets_it_lets_through(tmp_path):
 
 
 def test_an_unwritable_file_is_one_line(tmp_path):
-    proc = run([*product_args("tls12-aes128gcm-ems"), "--write-decryptable",
-                tmp_path / "no" / "such" / "dir.pcapng"])
+    proc = run(
+        [
+            *product_args("tls12-aes128gcm-ems"),
+            "--write-decryptable",
+            tmp_path / "no" / "such" / "dir.pcapng",
+        ]
+    )
     assert proc.returncode == 1
     assert proc.stderr.count("\n") == 1 and "dir.pcapng" in proc.stderr
 
@@ -196,11 +234,21 @@ def test_live_capture_writes_a_decryptable_file(tmp_path):
     keylog = tmp_path / "client.keys"
     keylog.write_text("")
     out = tmp_path / "live.pcapng"
-    with live.Agent("-f", f"tcp port {tls13_port} or tcp port {rsa_port}", "--keylog",
-                    str(keylog), "-k", str(live.SERVER_KEY), "--write-decryptable", str(out),
-                    "--json") as agent:
-        calls = [live.sip_call(tls13_server, tls13=True, keylog=keylog, seed=1),
-                 live.sip_call(rsa_server, seed=2)]
+    with live.Agent(
+        "-f",
+        f"tcp port {tls13_port} or tcp port {rsa_port}",
+        "--keylog",
+        str(keylog),
+        "-k",
+        str(live.SERVER_KEY),
+        "--write-decryptable",
+        str(out),
+        "--json",
+    ) as agent:
+        calls = [
+            live.sip_call(tls13_server, tls13=True, keylog=keylog, seed=1),
+            live.sip_call(rsa_server, seed=2),
+        ]
         assert agent.stop() == 0
     tls13_server.close()
     rsa_server.close()
@@ -214,8 +262,17 @@ def test_live_capture_writes_a_decryptable_file(tmp_path):
 def test_with_the_key_log_export_too(tmp_path):
     """--export-keylog and --write-decryptable both get the secrets of the RSA sessions."""
     out, keys = tmp_path / "out.pcapng", tmp_path / "exported.keys"
-    run([*product_args("tls12-aes128gcm-ems"), "--write-decryptable", out, "--export-keylog",
-         keys, "--json"], check=True)
+    run(
+        [
+            *product_args("tls12-aes128gcm-ems"),
+            "--write-decryptable",
+            out,
+            "--export-keylog",
+            keys,
+            "--json",
+        ],
+        check=True,
+    )
     (dsb,) = [body for btype, body in blocks(out) if btype == DSB]
     written = dsb[8:].rstrip(b"\0").decode().splitlines()
     assert len(written) == 2
@@ -228,10 +285,22 @@ def test_sip_over_websocket_from_kamailio(tmp_path):
     tshark_path()
     folder = TESTS / "fixtures" / "websocket"
     out = tmp_path / "kamailio.pcapng"
-    emitted = [o for o in run_json(["-r", folder / "kamailio.pcap", "-k",
-                                    FIXTURE_KEYS / "server-rsa2048.key", "--keylog",
-                                    folder / "kamailio.keylog", "--write-decryptable", out])
-               if o["kind"] == "sip"]
+    emitted = [
+        o
+        for o in run_json(
+            [
+                "-r",
+                folder / "kamailio.pcap",
+                "-k",
+                FIXTURE_KEYS / "server-rsa2048.key",
+                "--keylog",
+                folder / "kamailio.keylog",
+                "--write-decryptable",
+                out,
+            ]
+        )
+        if o["kind"] == "sip"
+    ]
     assert {o["transport"] for o in emitted} == {"ws", "wss"}
     assert tshark_call_ids(out, []) == Counter(o["call_id"] for o in emitted)
     plain = Counter(o["call_id"] for o in emitted if o["transport"] == "ws")

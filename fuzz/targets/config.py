@@ -20,10 +20,28 @@ from fuzz.paths import REPO
 from fuzz.targets.pipeline import scratch_dir
 
 MAX_LEN = 8192
-DICTIONARY = [b"[tuning]", b"[hep]", b"[keys]", b" = ", b"[[", b"]]", b'"""', b"'''", b"{ a = 1 }",
-              b'<xi:include href="inc.xml"/>', b"<!DOCTYPE", b"<!ENTITY", b"&#",
-              b'<param name="', b'value="', b'<profile name="', b'enable="true"',
-              b'<module name="', b'<load module="', b'<configuration name="']
+DICTIONARY = [
+    b"[tuning]",
+    b"[hep]",
+    b"[keys]",
+    b" = ",
+    b"[[",
+    b"]]",
+    b'"""',
+    b"'''",
+    b"{ a = 1 }",
+    b'<xi:include href="inc.xml"/>',
+    b"<!DOCTYPE",
+    b"<!ENTITY",
+    b"&#",
+    b'<param name="',
+    b'value="',
+    b'<profile name="',
+    b'enable="true"',
+    b'<module name="',
+    b'<load module="',
+    b'<configuration name="',
+]
 
 
 def one_input(data: bytes) -> None:
@@ -59,15 +77,18 @@ def seeds() -> list[bytes]:
     example = REPO / "contrib" / "agent.toml.example"
     if example.exists():
         out.append(b"\x00" + example.read_bytes())
-    out.append(b"\x00hep = [\"udp://127.0.0.1:9060\"]\nkeylog = [\"a.keys\"]\n[tuning]\n"
-               b"flow_timeout = 30.5\n")
+    out.append(
+        b'\x00hep = ["udp://127.0.0.1:9060"]\nkeylog = ["a.keys"]\n[tuning]\nflow_timeout = 30.5\n'
+    )
     data = REPO / "tests" / "data" / "captagent"
     for xml in sorted(data.glob("*/*.xml")):
         content = xml.read_bytes()
         out.append(b"\x01" + content)
         out.append(b"\x03" + content)
-    include = (b'<document type="captagent/xml"><configuration name="core.conf">'
-               b'<xi:include href="inc.xml"/></configuration></document>\0'
-               b'<settings><param name="debug" value="false"/></settings>')
+    include = (
+        b'<document type="captagent/xml"><configuration name="core.conf">'
+        b'<xi:include href="inc.xml"/></configuration></document>\0'
+        b'<settings><param name="debug" value="false"/></settings>'
+    )
     out.append(b"\x01" + include)
     return [s[:MAX_LEN] for s in out]

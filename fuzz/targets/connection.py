@@ -110,8 +110,9 @@ def one_input(data: bytes) -> None:
             label = "c2s" if event.from_client else "s2c"
             streams = sent.candidates(conn.client[1], conn.server[1], label)
             if not any(event.data in stream for stream in streams):
-                raise OracleFailure("tls-invented-bytes",
-                                    f"{label} {event.info.cipher_suite}: {event.data[:60]!r}")
+                raise OracleFailure(
+                    "tls-invented-bytes", f"{label} {event.info.cipher_suite}: {event.data[:60]!r}"
+                )
 
     for step, (kind, direction, chunk) in enumerate(chunks):
         ts += 1_000_000

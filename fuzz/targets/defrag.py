@@ -42,10 +42,12 @@ def one_input(data: bytes) -> None:
             raise OracleFailure("defrag-datagrams", f"{len(held)} datagrams held")
         for key, pending in held.items():
             if pending.size > MAX_DATAGRAM:
-                raise OracleFailure("defrag-unbounded",
-                                    f"datagram {key[3]} holds {pending.size} bytes of "
-                                    f"overlapping fragments (a datagram has at most "
-                                    f"{MAX_DATAGRAM})")
+                raise OracleFailure(
+                    "defrag-unbounded",
+                    f"datagram {key[3]} holds {pending.size} bytes of "
+                    f"overlapping fragments (a datagram has at most "
+                    f"{MAX_DATAGRAM})",
+                )
         if result is None:
             continue
         if not isinstance(result, Segment | Datagram):
@@ -56,9 +58,9 @@ def one_input(data: bytes) -> None:
             for i, byte in enumerate(payload):
                 at = 8 + i
                 if not any(o <= at < o + len(p) and p[at - o] == byte for o, p in known):
-                    raise OracleFailure("defrag-invented",
-                                        f"byte {at} of a reassembled datagram was in no "
-                                        "fragment")
+                    raise OracleFailure(
+                        "defrag-invented", f"byte {at} of a reassembled datagram was in no fragment"
+                    )
 
 
 def seeds() -> list[bytes]:
@@ -71,8 +73,9 @@ def seeds() -> list[bytes]:
     return [
         b"\x03" + record(0, True, 0, True, head) + record(0, True, 2, False, tail),
         b"\x03" + record(1, True, 2, False, tail) + record(1, True, 0, True, head),
-        b"\x00" + record(2, True, 0, True, head + tail) + record(2, True, 1, True, tail)
+        b"\x00"
+        + record(2, True, 0, True, head + tail)
+        + record(2, True, 1, True, tail)
         + record(2, True, 2, False, tail),
-        b"\x07" + b"".join(record(i % 4, bool(i % 2), i, True, bytes([i]) * 16)
-                           for i in range(40)),
+        b"\x07" + b"".join(record(i % 4, bool(i % 2), i, True, bytes([i]) * 16) for i in range(40)),
     ]

@@ -31,11 +31,25 @@ from fuzz.targets.pipeline import scratch_dir
 MAX_LEN = 4096
 CHUNK_SIZES = (1, 2, 3, 5, 8, 13, 64, 97)
 #: tokens for libFuzzer (-dict): magics, block types and lengths, option codes
-DICTIONARY = [b"\x0a\x0d\x0d\x0a", b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d", b"\xd4\xc3\xb2\xa1",
-              b"\x4d\x3c\xb2\xa1", b"\x1f\x8b", b"\x06\x00\x00\x00", b"\x02\x00\x00\x00",
-              b"\x03\x00\x00\x00", b"\x0a\x00\x00\x00", b"\x01\x00\x00\x00", b"\x0c\x00\x00\x00",
-              b"\x10\x00\x00\x00", b"KSLT", b"\x09\x00\x01\x00", b"\x0e\x00\x08\x00",
-              b"\xff\xff\xff\xff"]
+DICTIONARY = [
+    b"\x0a\x0d\x0d\x0a",
+    b"\x4d\x3c\x2b\x1a",
+    b"\x1a\x2b\x3c\x4d",
+    b"\xd4\xc3\xb2\xa1",
+    b"\x4d\x3c\xb2\xa1",
+    b"\x1f\x8b",
+    b"\x06\x00\x00\x00",
+    b"\x02\x00\x00\x00",
+    b"\x03\x00\x00\x00",
+    b"\x0a\x00\x00\x00",
+    b"\x01\x00\x00\x00",
+    b"\x0c\x00\x00\x00",
+    b"\x10\x00\x00\x00",
+    b"KSLT",
+    b"\x09\x00\x01\x00",
+    b"\x0e\x00\x08\x00",
+    b"\xff\xff\xff\xff",
+]
 
 Outcome = tuple[list[tuple[int, int, bytes]], list[bytes], bool, bool]
 
@@ -65,8 +79,7 @@ def read(path: Path, content: bytes) -> Outcome:
     return frames, secrets, bool(reader is not None and reader.truncated), failed
 
 
-BLOCK_TYPES = (0x0A0D0D0A, 0x00000001, 0x00000006, 0x00000003, 0x00000002, 0x0000000A,
-               0x00000BAD)
+BLOCK_TYPES = (0x0A0D0D0A, 0x00000001, 0x00000006, 0x00000003, 0x00000002, 0x0000000A, 0x00000BAD)
 
 
 def build_pcapng(src: ByteSource) -> bytes:
@@ -115,21 +128,30 @@ def one_input(data: bytes) -> None:
     if not content:
         return  # an empty file is refused as such; its gzip form as "too short"
     if streamed != expected:
-        what = [name for name, a, b in zip(("frames", "secrets", "truncated", "error"),
-                                           expected, streamed, strict=True) if a != b]
-        raise OracleFailure("gzip-differs",
-                            f"the gzip-compressed file reads differently: {', '.join(what)}")
+        what = [
+            name
+            for name, a, b in zip(
+                ("frames", "secrets", "truncated", "error"), expected, streamed, strict=True
+            )
+            if a != b
+        ]
+        raise OracleFailure(
+            "gzip-differs", f"the gzip-compressed file reads differently: {', '.join(what)}"
+        )
 
 
 def _pcapng_blocks() -> bytes:
     """A section with two interfaces (one with if_tsresol and if_tsoffset), simple and
     obsolete packet blocks, a secrets block, and a block of an unknown type."""
     shb = block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-    opts = (struct.pack("<HHB3x", 9, 1, 0x86) + struct.pack("<HHq", 14, 8, 1_600_000_000)
-            + struct.pack("<HH", 0, 0))
+    opts = (
+        struct.pack("<HHB3x", 9, 1, 0x86)
+        + struct.pack("<HHq", 14, 8, 1_600_000_000)
+        + struct.pack("<HH", 0, 0)
+    )
     idb0 = block(1, struct.pack("<HHI", 1, 0, 65535) + opts)
     idb1 = block(1, struct.pack("<HHI", 101, 0, 65535))
-    frame = bytes.fromhex("45000028000100004006" "0000" "7f0000017f000001") + bytes(20)
+    frame = bytes.fromhex("4500002800010000400600007f0000017f000001") + bytes(20)
     epb = block(6, struct.pack("<IIIII", 1, 1, 2, len(frame), len(frame)) + frame)
     spb = block(3, struct.pack("<I", len(frame)) + frame)
     opb = block(2, struct.pack("<HHIIII", 1, 0, 1, 2, len(frame), len(frame)) + frame)
@@ -148,7 +170,19 @@ def seeds() -> list[bytes]:
         out.append(b"\x05" + capmodel.write_pcapng(seed.linktype, packets[:3], secrets, 1))
     out.append(b"\x07" + _pcapng_blocks())
     # block programs: a section, an interface, a packet, secrets, a block of unknown type
-    out.append(b"\x81" + bytes([0, 0, 1, 0, 1, 8]) + bytes(8) + b"\x00"
-               + bytes([2, 24]) + bytes(24) + b"\x00" + bytes([5, 8]) + b"KSLT\x00\x00\x00\x00"
-               + b"\x00" + bytes([6, 4]) + b"abcd" + b"\x00")
+    out.append(
+        b"\x81"
+        + bytes([0, 0, 1, 0, 1, 8])
+        + bytes(8)
+        + b"\x00"
+        + bytes([2, 24])
+        + bytes(24)
+        + b"\x00"
+        + bytes([5, 8])
+        + b"KSLT\x00\x00\x00\x00"
+        + b"\x00"
+        + bytes([6, 4])
+        + b"abcd"
+        + b"\x00"
+    )
     return [s for s in out if len(s) <= MAX_LEN]

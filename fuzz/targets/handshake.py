@@ -17,13 +17,34 @@ from fuzz import mutate, tlsmap
 from fuzz.oracle import OracleFailure
 
 MAX_LEN = 4096
-PARSERS = ("client_hello", "server_hello", "server_hello_draft", "sslv2_client_hello",
-           "certificate", "certificate13", "ticket", "ticket13", "extensions", "pre_master",
-           "pre_master_ssl3")
+PARSERS = (
+    "client_hello",
+    "server_hello",
+    "server_hello_draft",
+    "sslv2_client_hello",
+    "certificate",
+    "certificate13",
+    "ticket",
+    "ticket13",
+    "extensions",
+    "pre_master",
+    "pre_master_ssl3",
+)
 _keys = KeyStore()
-DICTIONARY = [b"\x00\x2b", b"\x00\x17", b"\x00\x16", b"\x00\x23", b"\x00\x29", b"\x00\x2a",
-              b"\x03\x03", b"\x03\x04", b"\x7f\x17", b"\x30\x82", b"\xa0\x03\x02\x01\x02",
-              b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01"]
+DICTIONARY = [
+    b"\x00\x2b",
+    b"\x00\x17",
+    b"\x00\x16",
+    b"\x00\x23",
+    b"\x00\x29",
+    b"\x00\x2a",
+    b"\x03\x03",
+    b"\x03\x04",
+    b"\x7f\x17",
+    b"\x30\x82",
+    b"\xa0\x03\x02\x01\x02",
+    b"\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01",
+]
 
 
 def _check_hello(hello: hsk.ClientHello | hsk.ServerHello, body: bytes) -> None:
@@ -48,8 +69,11 @@ def one_input(data: bytes) -> None:
                 raise OracleFailure("hello-suites", "suites not from the message")
             _ = hello.server_name, hello.offers_tls13, hello.ticket
         elif parser in ("server_hello", "server_hello_draft"):
-            parse = (hsk.parse_server_hello if parser == "server_hello"
-                     else hsk.parse_server_hello_tls13_draft)
+            parse = (
+                hsk.parse_server_hello
+                if parser == "server_hello"
+                else hsk.parse_server_hello_tls13_draft
+            )
             server = parse(body)
             _check_hello(server, body)
             if not 0 <= server.cipher_suite < 65536 or not 0 <= server.version < 65536:
@@ -83,8 +107,14 @@ def one_input(data: bytes) -> None:
 
 def seeds() -> list[bytes]:
     """The fixtures' handshake messages, each under its own parser and one other."""
-    wanted = {1: "client_hello", 2: "server_hello", 11: "certificate", 4: "ticket",
-              16: "pre_master", 8: "extensions"}
+    wanted = {
+        1: "client_hello",
+        2: "server_hello",
+        11: "certificate",
+        4: "ticket",
+        16: "pre_master",
+        8: "extensions",
+    }
     out: list[bytes] = []
     seen: set[bytes] = set()
     for seed in mutate.seeds():
@@ -102,7 +132,10 @@ def seeds() -> list[bytes]:
                         continue
                     seen.add(body)
                     out.append(bytes([PARSERS.index(parser)]) + body)
-    sslv2 = (b"\x01\x03\x01\x00\x09\x00\x00\x00\x10" + b"\x00\x00\x2f\x00\x00\x35\x01\x00\x80"
-             + bytes(range(16)))
+    sslv2 = (
+        b"\x01\x03\x01\x00\x09\x00\x00\x00\x10"
+        + b"\x00\x00\x2f\x00\x00\x35\x01\x00\x80"
+        + bytes(range(16))
+    )
     out.append(bytes([PARSERS.index("sslv2_client_hello")]) + sslv2)
     return out

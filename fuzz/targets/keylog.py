@@ -24,8 +24,11 @@ def one_input(data: bytes) -> None:
     lines = text.splitlines()
     ignored = sum(1 for line in lines if not line.strip() or line.strip().startswith("#"))
     if result.added + result.malformed + ignored != len(lines):
-        raise OracleFailure("keylog-count", f"{len(lines)} lines: {result.added} added, "
-                            f"{result.malformed} malformed, {ignored} ignored")
+        raise OracleFailure(
+            "keylog-count",
+            f"{len(lines)} lines: {result.added} added, "
+            f"{result.malformed} malformed, {ignored} ignored",
+        )
     if result.malformed_lines:
         result.describe_malformed()
     for random, secrets in keys.by_client_random.items():
@@ -45,7 +48,9 @@ def one_input(data: bytes) -> None:
 
 def seeds() -> list[bytes]:
     out = [(s.keylog or "").encode()[:MAX_LEN] for s in mutate.seeds() if s.keylog]
-    out.append(b"# comment\n\nRSA 0102030405060708 " + b"ab" * 48 + b"\n"
-               b"RSA Session-ID:" + b"cd" * 32 + b" Master-Key:" + b"ef" * 48 + b"\n"
-               b"PMS_CLIENT_RANDOM " + b"01" * 32 + b" " + b"02" * 100 + b"\r\n")
+    out.append(
+        b"# comment\n\nRSA 0102030405060708 " + b"ab" * 48 + b"\n"
+        b"RSA Session-ID:" + b"cd" * 32 + b" Master-Key:" + b"ef" * 48 + b"\n"
+        b"PMS_CLIENT_RANDOM " + b"01" * 32 + b" " + b"02" * 100 + b"\r\n"
+    )
     return out

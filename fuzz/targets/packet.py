@@ -35,7 +35,8 @@ def one_input(data: bytes) -> None:
         if len(result.src) not in (4, 16) or len(result.dst) != len(result.src):
             raise OracleFailure("decode-address", f"{bytes(result.src)!r} {bytes(result.dst)!r}")
         if not isinstance(result, Fragment) and not (
-                0 <= result.sport < 65536 and 0 <= result.dport < 65536):
+            0 <= result.sport < 65536 and 0 <= result.dport < 65536
+        ):
             raise OracleFailure("decode-port", f"{result.sport} {result.dport}")
         payload = bytes(result.payload)
         if payload and payload not in frame:
@@ -47,13 +48,24 @@ def seeds() -> list[bytes]:
     for seed in mutate.seeds():
         selector = next(i for i, t in enumerate(LINKTYPES) if t == seed.linktype)
         for packet in seed.packets[:3]:
-            out.append(selector.to_bytes(2, "big") + packet.data[:MAX_LEN - 2])
+            out.append(selector.to_bytes(2, "big") + packet.data[: MAX_LEN - 2])
     # raw IP: an IPv6 packet with a hop-by-hop header and a fragment header; VLAN-tagged
-    ipv6 = (bytes.fromhex("6000000000200040") + bytes(15) + b"\x01" + bytes(15) + b"\x01"
-            + bytes.fromhex("2c00000000000000") + bytes.fromhex("1100000100000001")
-            + bytes(8))
+    ipv6 = (
+        bytes.fromhex("6000000000200040")
+        + bytes(15)
+        + b"\x01"
+        + bytes(15)
+        + b"\x01"
+        + bytes.fromhex("2c00000000000000")
+        + bytes.fromhex("1100000100000001")
+        + bytes(8)
+    )
     out.append(LINKTYPES.index(101).to_bytes(2, "big") + ipv6)
-    vlan = (bytes(12) + bytes.fromhex("8100000188a8000208004500001c0001200040110000")
-            + bytes.fromhex("7f0000017f000001") + bytes.fromhex("13c413c400080000"))
+    vlan = (
+        bytes(12)
+        + bytes.fromhex("8100000188a8000208004500001c0001200040110000")
+        + bytes.fromhex("7f0000017f000001")
+        + bytes.fromhex("13c413c400080000")
+    )
     out.append(LINKTYPES.index(1).to_bytes(2, "big") + vlan)
     return out

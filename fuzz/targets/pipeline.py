@@ -47,10 +47,12 @@ class CollectingSink(Sink):
 
     def __init__(self) -> None:
         self.messages: list[Message] = []
-        self.encoders = (JsonLinesSink(io.StringIO()), ConsoleSink(io.StringIO()),
-                         PcapFileSink(io.BytesIO()))
-        self.hep = HepEncoder(HepOptions(password="secret", node_name="fuzz",
-                                         correlation_id=True))
+        self.encoders = (
+            JsonLinesSink(io.StringIO()),
+            ConsoleSink(io.StringIO()),
+            PcapFileSink(io.BytesIO()),
+        )
+        self.hep = HepEncoder(HepOptions(password="secret", node_name="fuzz", correlation_id=True))
 
     def emit(self, message: Message) -> None:
         self.messages.append(message)
@@ -97,8 +99,9 @@ def run(path: str, mutated: mutate.Mutated) -> list[Message]:
                     pass
     except CaptureError:
         return sink.messages  # one clear line and exit 1, before any output
-    pipeline = Pipeline(keys, [sink], ProblemReporter(problems).report, PipelineOptions(),
-                        on_secret=secrets.append)
+    pipeline = Pipeline(
+        keys, [sink], ProblemReporter(problems).report, PipelineOptions(), on_secret=secrets.append
+    )
 
     def in_stream(text: bytes) -> None:
         if load_key_log(text.decode("utf-8", "replace"), keys).added:
@@ -138,9 +141,11 @@ def check(mutated: mutate.Mutated, path: Path) -> None:
     if not mutated.operations:
         got, sent = received(messages), mutated.seed.truth.sent()
         if got != sent:
-            raise OracleFailure("unchanged-fixture-differs",
-                                f"{mutated.seed.name}: {sum((sent - got).values())} messages "
-                                f"missing, {sum((got - sent).values())} unexpected")
+            raise OracleFailure(
+                "unchanged-fixture-differs",
+                f"{mutated.seed.name}: {sum((sent - got).values())} messages "
+                f"missing, {sum((got - sent).values())} unexpected",
+            )
 
 
 def context(data: bytes) -> str:
@@ -161,8 +166,8 @@ def artifacts(data: bytes) -> dict[str, bytes]:
         args += ["--keylog", "keylog.txt"]
     files["command.txt"] = (
         f"# fixture {mutated.seed.name}; key paths are relative to the repository\n"
-        f"{shlex.join(args)}\n# operations:\n"
-        + "".join(f"#   {op}\n" for op in mutated.operations)).encode()
+        f"{shlex.join(args)}\n# operations:\n" + "".join(f"#   {op}\n" for op in mutated.operations)
+    ).encode()
     return files
 
 

@@ -30,17 +30,24 @@ def one_input(data: bytes) -> None:
         if found + 3 > len(stream):
             # a header cut by the end of the data: "wait for more bytes"
             if stream[found] not in CONTENT_TYPES or stream[found + 1 : found + 2] not in (
-                    b"", b"\x03"):
+                b"",
+                b"\x03",
+            ):
                 raise OracleFailure("record-start", f"{found} is not a record header")
             continue
         # a known version must match; an unknown one (0, or not SSLv3-TLS at all) may be
         # any of SSLv3 to TLS 1.3
-        version_ok = (stream[found + 1 : found + 3] == bytes([version >> 8, version & 0xFF])
-                      if version >> 8 == 3 else
-                      stream[found + 1 : found + 2] == b"\x03"
-                      and stream[found + 2 : found + 3] <= b"\x04")
-        if not (start <= found < len(stream)) or stream[found] not in CONTENT_TYPES or \
-                not version_ok:
+        version_ok = (
+            stream[found + 1 : found + 3] == bytes([version >> 8, version & 0xFF])
+            if version >> 8 == 3
+            else stream[found + 1 : found + 2] == b"\x03"
+            and stream[found + 2 : found + 3] <= b"\x04"
+        )
+        if (
+            not (start <= found < len(stream))
+            or stream[found] not in CONTENT_TYPES
+            or not version_ok
+        ):
             raise OracleFailure("record-start", f"{found} is not a record header")
         if found + 5 <= len(stream):
             length = int.from_bytes(stream[found + 3 : found + 5], "big")

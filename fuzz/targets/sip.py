@@ -19,11 +19,22 @@ from fuzz import mutate
 from fuzz.oracle import OracleFailure
 
 MAX_LEN = 8192
-DICTIONARY = [b"SIP/2.0", b"SIP/2.0 200 ", b"INVITE ", b"\r\n\r\n", b"\r\n", b"Content-Length:",
-              b"\nl:", b"Call-ID:", b"\ni:", b" 99999999"]
+DICTIONARY = [
+    b"SIP/2.0",
+    b"SIP/2.0 200 ",
+    b"INVITE ",
+    b"\r\n\r\n",
+    b"\r\n",
+    b"Content-Length:",
+    b"\nl:",
+    b"Call-ID:",
+    b"\ni:",
+    b" 99999999",
+]
 # RFC 3261 §7.1 / §7.2 start lines, written here independently of the product's pattern
 START_LINE = re.compile(
-    rb"(SIP/2\.0 \d{3}[ \r]|[A-Za-z][A-Za-z0-9!%*_+`'~.-]* [^ \r\n]+ SIP/2\.0\r\n)")
+    rb"(SIP/2\.0 \d{3}[ \r]|[A-Za-z][A-Za-z0-9!%*_+`'~.-]* [^ \r\n]+ SIP/2\.0\r\n)"
+)
 
 
 def _check_run(run: bytes, units: list[tuple[bytes, bool]], dropped: int) -> None:
@@ -38,15 +49,18 @@ def _check_run(run: bytes, units: list[tuple[bytes, bool]], dropped: int) -> Non
             raise OracleFailure("sip-not-a-message", f"{data[:60]!r}")
         found = run.find(data, pos)
         if found < 0:
-            raise OracleFailure("sip-invented",
-                                f"unit after stream offset {pos} is not in the stream: "
-                                f"{data[:60]!r}")
+            raise OracleFailure(
+                "sip-invented",
+                f"unit after stream offset {pos} is not in the stream: {data[:60]!r}",
+            )
         skipped_bytes += len(run[pos:found].replace(b"\r", b"").replace(b"\n", b""))
         pos = found + len(data)
     skipped_bytes += len(run[pos:].replace(b"\r", b"").replace(b"\n", b""))
     if skipped_bytes > dropped:
-        raise OracleFailure("sip-lost", f"{skipped_bytes} bytes never handed over "
-                            f"({dropped} dropped by the size bounds)")
+        raise OracleFailure(
+            "sip-lost",
+            f"{skipped_bytes} bytes never handed over ({dropped} dropped by the size bounds)",
+        )
 
 
 def one_input(data: bytes) -> None:
@@ -69,8 +83,9 @@ def one_input(data: bytes) -> None:
                 units += [(u.data, u.is_sip) for u in framer.feed(chunk)]
         last = index == len(runs) - 1
         units += [(u.data, u.is_sip) for u in (framer.flush() if last else framer.gap())]
-        _check_run(run.replace(bytes([separator]), b""), units,
-                   budget.dropped_bytes - dropped_before)
+        _check_run(
+            run.replace(bytes([separator]), b""), units, budget.dropped_bytes - dropped_before
+        )
 
 
 def seeds() -> list[bytes]:

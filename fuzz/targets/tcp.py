@@ -32,10 +32,23 @@ from fuzz.oracle import OracleFailure
 
 MAX_LEN = 4096
 HOSTS = (b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", b"\x0a\x00\x00\x03")
-PAIRS = (((HOSTS[0], 40000), (HOSTS[1], 5061)), ((HOSTS[0], 40001), (HOSTS[1], 5061)),
-         ((HOSTS[2], 5060), (HOSTS[1], 5060)))
-FLAG_CHOICES = (TCP_ACK, TCP_ACK, TCP_ACK, TCP_SYN, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK,
-                TCP_RST, 0, TCP_FIN, TCP_RST | TCP_ACK)
+PAIRS = (
+    ((HOSTS[0], 40000), (HOSTS[1], 5061)),
+    ((HOSTS[0], 40001), (HOSTS[1], 5061)),
+    ((HOSTS[2], 5060), (HOSTS[1], 5060)),
+)
+FLAG_CHOICES = (
+    TCP_ACK,
+    TCP_ACK,
+    TCP_ACK,
+    TCP_SYN,
+    TCP_SYN | TCP_ACK,
+    TCP_FIN | TCP_ACK,
+    TCP_RST,
+    0,
+    TCP_FIN,
+    TCP_RST | TCP_ACK,
+)
 
 
 class Checker:
@@ -76,12 +89,16 @@ class Checker:
             ends[key] = start
             sender = flow.endpoints[event.direction]
             receiver = flow.endpoints[1 - event.direction]
-            if not any((off := seq_delta(start, seq)) >= 0 and off + len(event.data) <= len(p)
-                       and p[off : off + len(event.data)] == event.data
-                       for seq, p in self.sent.get((sender, receiver), [])):
-                raise OracleFailure("tcp-invented",
-                                    f"{len(event.data)} bytes at seq {start} are not what "
-                                    "a segment carried there")
+            if not any(
+                (off := seq_delta(start, seq)) >= 0
+                and off + len(event.data) <= len(p)
+                and p[off : off + len(event.data)] == event.data
+                for seq, p in self.sent.get((sender, receiver), [])
+            ):
+                raise OracleFailure(
+                    "tcp-invented",
+                    f"{len(event.data)} bytes at seq {start} are not what a segment carried there",
+                )
         for event in events:
             if isinstance(event, FlowClosed):
                 if event.flow.ident in self.closed:
@@ -96,17 +113,20 @@ class Checker:
                 # each held segment is charged its overhead too (net/tcp.py)
                 charged = held + HELD_SEGMENT_OVERHEAD * len(half.pending)
                 if charged != half.pending_bytes:
-                    raise OracleFailure("tcp-accounting",
-                                        f"{half.pending_bytes} bytes counted, {charged} held")
+                    raise OracleFailure(
+                        "tcp-accounting", f"{half.pending_bytes} bytes counted, {charged} held"
+                    )
                 if held > tcp.max_direction_bytes + 65535:
                     raise OracleFailure("tcp-unbounded", f"{held} bytes held")
 
 
 def one_input(data: bytes) -> None:
     src = ByteSource(data)
-    tcp = TcpReassembler(flow_timeout_s=src.choice((180.0, 1.0)),
-                         max_direction_bytes=src.choice((4 << 20, 64, 1000)),
-                         max_flows=src.choice((200_000, 1, 2)))
+    tcp = TcpReassembler(
+        flow_timeout_s=src.choice((180.0, 1.0)),
+        max_direction_bytes=src.choice((4 << 20, 64, 1000)),
+        max_flows=src.choice((200_000, 1, 2)),
+    )
     checker = Checker()
     cursor: dict[tuple[int, int], int] = {}
     ts = 1_000_000_000
@@ -137,8 +157,9 @@ def one_input(data: bytes) -> None:
         events = tcp.segment(seg, ts)
         checker.events(tcp, events)
         checker.bounds(tcp)
-        cursor[(pair, direction)] = (seq + len(payload) + (1 if flags & TCP_SYN else 0)
-                                     ) & 0xFFFFFFFF
+        cursor[(pair, direction)] = (
+            seq + len(payload) + (1 if flags & TCP_SYN else 0)
+        ) & 0xFFFFFFFF
     checker.events(tcp, tcp.flush(ts))
     if tcp._flows:
         raise OracleFailure("tcp-open-after-flush", f"{len(tcp._flows)} flows still open")
@@ -151,16 +172,22 @@ def seeds() -> list[bytes]:
     def seg(pair: int, direction: int, flag: int, how: int, payload: bytes) -> bytes:
         # pair, direction, flags, how (+operands), ack (1 byte), ts, has payload, length
         operand = {0: b"", 1: b"\x10", 2: b"\x20", 3: b"\x00\x00\x10\x00", 4: b"", 5: b""}[how]
-        return (bytes([pair, direction, flag, how]) + operand + b"\x40\x00"
-                + bytes([1 if payload else 0]) + (bytes([len(payload)]) + payload
-                                                  if payload else b""))
+        return (
+            bytes([pair, direction, flag, how])
+            + operand
+            + b"\x40\x00"
+            + bytes([1 if payload else 0])
+            + (bytes([len(payload)]) + payload if payload else b"")
+        )
 
     hello, reply = b"\x16\x03\x01\x00\x05hello", b"\x16\x03\x03\x00\x03abc"
     handshake = seg(0, 0, 3, 0, b"") + seg(0, 1, 4, 0, b"") + seg(0, 0, 0, 0, hello)
     return [
         b"\x00\x00\x00" + handshake + seg(0, 1, 0, 0, reply) + seg(0, 0, 5, 0, b""),
         b"\x00\x01\x00" + handshake + seg(0, 0, 0, 2, b"later") + seg(0, 0, 0, 0, b"now"),
-        b"\x00\x02\x01" + seg(1, 0, 0, 0, hello) + seg(2, 0, 0, 0, reply) + seg(0, 0, 0, 4,
-                                                                                 b"wrap"),
+        b"\x00\x02\x01"
+        + seg(1, 0, 0, 0, hello)
+        + seg(2, 0, 0, 0, reply)
+        + seg(0, 0, 0, 4, b"wrap"),
         b"\x01\x00\x02" + handshake + seg(0, 0, 0, 1, b"again") + seg(0, 0, 6, 0, b""),
     ]

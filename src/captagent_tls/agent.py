@@ -39,11 +39,17 @@ class KeySource(Protocol):
 
 
 class Agent:
-    def __init__(self, capture: LiveCapture, pipeline: Pipeline,
-                 key_files: list[KeyLogFile], listeners: Sequence[KeySource],
-                 reload_keys: Callable[[], None], stats_interval_s: float = 60.0,
-                 report_stats: Callable[[], None] | None = None,
-                 on_turn: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        capture: LiveCapture,
+        pipeline: Pipeline,
+        key_files: list[KeyLogFile],
+        listeners: Sequence[KeySource],
+        reload_keys: Callable[[], None],
+        stats_interval_s: float = 60.0,
+        report_stats: Callable[[], None] | None = None,
+        on_turn: Callable[[int], None] | None = None,
+    ):
         self.capture = capture
         self.pipeline = pipeline
         self.key_files = key_files
@@ -66,8 +72,10 @@ class Agent:
         wake_read.setblocking(False)
         wake_write.setblocking(False)
         previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
-        previous = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        previous = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        }
         try:
             self._loop(wake_read)
         finally:

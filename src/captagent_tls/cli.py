@@ -69,13 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="captagent-tls",
         description="Rebuild TCP streams, decrypt TLS and pass on the SIP inside: to the "
-                    "console, as JSON lines, or to a HOMER collector as HEPv3.",
+        "console, as JSON lines, or to a HOMER collector as HEPv3.",
     )
     return add_options(parser)
 
 
-def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None
-                    ) -> argparse.Namespace:
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> argparse.Namespace:
     """The command line, over the config files (-c, --captagent-config), over defaults."""
     args = parser.parse_args(argv)
     if not (args.config or args.captagent_config):
@@ -95,8 +96,10 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None
 
         file_values.update(load_native(args.config))  # our own file wins over captagent's
     for dest in sorted(file_values.keys() - vars(args).keys()):
-        print(f"captagent-tls: warning: {dest}: not supported by this version; ignored",
-              file=sys.stderr)
+        print(
+            f"captagent-tls: warning: {dest}: not supported by this version; ignored",
+            file=sys.stderr,
+        )
         del file_values[dest]
     return resolve(parser, argv, file_values)
 
@@ -109,8 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
-        logging.WARNING,
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
         format="captagent-tls: %(message)s",
     )
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -130,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # -- keys ------------------------------------------------------------------------------------
+
 
 def load_rsa_key_files(args: argparse.Namespace, keys: KeyStore, live: bool = False) -> None:
     if not args.key:
@@ -161,8 +168,7 @@ def load_key_log_files(args: argparse.Namespace, keys: KeyStore) -> None:
 
 def report_key_log(source: str, result: KeyLogResult) -> None:
     if result.malformed_lines:
-        print(f"captagent-tls: warning: {source}: {result.describe_malformed()}",
-              file=sys.stderr)
+        print(f"captagent-tls: warning: {source}: {result.describe_malformed()}", file=sys.stderr)
 
 
 def embedded_secrets(path: str, keys: KeyStore) -> None:
@@ -171,8 +177,9 @@ def embedded_secrets(path: str, keys: KeyStore) -> None:
         return  # standard input cannot be read twice: blocks apply where they appear
 
     def add(text: bytes) -> None:
-        report_key_log(f"{path} (embedded secrets)",
-                       load_key_log(text.decode("utf-8", "replace"), keys))
+        report_key_log(
+            f"{path} (embedded secrets)", load_key_log(text.decode("utf-8", "replace"), keys)
+        )
 
     with CaptureReader(path, on_secrets=add) as reader:
         if reader.is_pcapng:
@@ -201,8 +208,11 @@ class KeyLogExporter:
             raise UserError(f"cannot write key log {path}: {exc.strerror or exc}") from None
         self.path = path
         if stat.S_ISREG(mode) and mode & 0o077:
-            log.warning("%s is readable or writable by group or others, and it will hold "
-                        "session secrets (chmod 600 it)", path)
+            log.warning(
+                "%s is readable or writable by group or others, and it will hold "
+                "session secrets (chmod 600 it)",
+                path,
+            )
         self._written: OrderedDict[bytes, None] = OrderedDict()
 
     def write(self, secret: SessionSecret) -> None:
@@ -212,8 +222,9 @@ class KeyLogExporter:
         if len(self._written) > self.REMEMBERED:
             self._written.popitem(last=False)
         try:
-            self.out.write(f"CLIENT_RANDOM {secret.client_random.hex()} "
-                           f"{secret.master_secret.hex()}\n")
+            self.out.write(
+                f"CLIENT_RANDOM {secret.client_random.hex()} {secret.master_secret.hex()}\n"
+            )
             self.out.flush()
         except OSError as exc:
             raise write_failed(self.out, exc, self.path) from None
@@ -227,19 +238,28 @@ class KeyLogExporter:
 
 # -- outputs ---------------------------------------------------------------------------------
 
+
 def hep_sink(args: argparse.Namespace, live: bool, warn: bool = True) -> Sink:
     from captagent_tls.sinks.hep import HepOptions, HepSink, TlsOptions
 
     if warn and args.hep_insecure and any(a.lower().startswith("tls://") for a in args.hep):
         log.warning("--hep-insecure: the certificates of tls:// collectors are not verified")
-    options = HepOptions(capture_id=args.hep_id, password=args.hep_password,
-                         ip_proto_tls=args.hep_ip_proto, node_name=args.hep_node_name,
-                         correlation_id=args.hep_correlation)
+    options = HepOptions(
+        capture_id=args.hep_id,
+        password=args.hep_password,
+        ip_proto_tls=args.hep_ip_proto,
+        node_name=args.hep_node_name,
+        correlation_id=args.hep_correlation,
+    )
     limits = parse_queue_limits(args.hep_queue)
     if not live:  # a file can wait for a slow collector: nothing is dropped for speed
         limits = dataclasses.replace(limits, wait_for_room=OFFLINE_WAIT_FOR_ROOM_S)
-    return HepSink(args.hep, options, limits=limits,
-                   tls=TlsOptions(ca_file=args.hep_ca, insecure=args.hep_insecure))
+    return HepSink(
+        args.hep,
+        options,
+        limits=limits,
+        tls=TlsOptions(ca_file=args.hep_ca, insecure=args.hep_insecure),
+    )
 
 
 def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink]:
@@ -263,13 +283,19 @@ def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink
 
 def pipeline_options(args: argparse.Namespace, keys_may_arrive: bool) -> PipelineOptions:
     """The options' values were checked as they were read (captagent_tls.config.options)."""
-    hold = HoldLimits(max_wait_s=args.key_wait,
-                      max_bytes_per_flow=min(args.key_hold_flow, args.key_hold_total),
-                      max_bytes_total=args.key_hold_total)
-    return PipelineOptions(flow_timeout_s=args.flow_timeout,
-                           max_direction_bytes=args.max_flow_buffer,
-                           max_flows=args.max_flows, session_cache_size=args.session_cache,
-                           keys_may_arrive=keys_may_arrive, hold=hold)
+    hold = HoldLimits(
+        max_wait_s=args.key_wait,
+        max_bytes_per_flow=min(args.key_hold_flow, args.key_hold_total),
+        max_bytes_total=args.key_hold_total,
+    )
+    return PipelineOptions(
+        flow_timeout_s=args.flow_timeout,
+        max_direction_bytes=args.max_flow_buffer,
+        max_flows=args.max_flows,
+        session_cache_size=args.session_cache,
+        keys_may_arrive=keys_may_arrive,
+        hold=hold,
+    )
 
 
 def finish(pipeline: Pipeline, sinks: list[Sink], exporter: KeyLogExporter | None) -> None:
@@ -290,6 +316,7 @@ def finish(pipeline: Pipeline, sinks: list[Sink], exporter: KeyLogExporter | Non
 
 # -- offline ---------------------------------------------------------------------------------
 
+
 def run_offline(args: argparse.Namespace) -> int:
     if args.keylog_listen:
         raise UserError("--keylog-listen needs live capture (-i)")
@@ -309,8 +336,13 @@ def run_offline(args: argparse.Namespace) -> int:
     reporter = ProblemReporter(views.stderr)
     exporter = KeyLogExporter(args.export_keylog) if args.export_keylog else None
     embedded_secrets(args.read, keys)
-    pipeline = Pipeline(keys, sinks, reporter.report, pipeline_options(args, False),
-                        on_secret=views.on_secret(exporter.write if exporter else None))
+    pipeline = Pipeline(
+        keys,
+        sinks,
+        reporter.report,
+        pipeline_options(args, False),
+        on_secret=views.on_secret(exporter.write if exporter else None),
+    )
 
     def secrets_in_stream(text: bytes) -> None:
         if load_key_log(text.decode("utf-8", "replace"), keys).added:
@@ -332,8 +364,9 @@ def run_offline(args: argparse.Namespace) -> int:
     except CaptureError as exc:
         if not reader.format:
             raise
-        raise UserError(f"{exc}; the {pipeline.stats.frames} packets before it were "
-                        "processed") from None
+        raise UserError(
+            f"{exc}; the {pipeline.stats.frames} packets before it were processed"
+        ) from None
     finally:
         # whatever was read, even from a broken file, is decrypted and delivered (the bar
         # stays up meanwhile: what waited for keys is counted in its last figures)
@@ -344,25 +377,32 @@ def run_offline(args: argparse.Namespace) -> int:
             views.close()
             reporter.flush()
     if reader.malformed:
-        print(f"captagent-tls: warning: {args.read}: {reader.describe_malformed()}",
-              file=sys.stderr)
+        print(
+            f"captagent-tls: warning: {args.read}: {reader.describe_malformed()}", file=sys.stderr
+        )
     if reader.truncated:
-        print(f"captagent-tls: warning: {args.read} is truncated (a record cut at byte "
-              f"{reader.truncated_at}); everything before the cut was processed",
-              file=sys.stderr)
+        print(
+            f"captagent-tls: warning: {args.read} is truncated (a record cut at byte "
+            f"{reader.truncated_at}); everything before the cut was processed",
+            file=sys.stderr,
+        )
     if not args.quiet:
         print(format_stats(snapshot(pipeline, sinks), sinks), file=sys.stderr)
         for line in views.summary_lines():
             print(f"captagent-tls: {line}", file=sys.stderr)
     dropped = pipeline.stats.internal_errors
     if dropped:
-        print(f"captagent-tls: error: {dropped} flow{' was' if dropped == 1 else 's were'} "
-              "dropped after internal errors (see above)", file=sys.stderr)
+        print(
+            f"captagent-tls: error: {dropped} flow{' was' if dropped == 1 else 's were'} "
+            "dropped after internal errors (see above)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     return 0
 
 
 # -- live ------------------------------------------------------------------------------------
+
 
 def run_live(args: argparse.Namespace) -> int:
     from captagent_tls.agent import Agent
@@ -380,17 +420,21 @@ def run_live(args: argparse.Namespace) -> int:
     key_files = [KeyLogFile(path, keys) for path in args.keylog]
     for source in key_files:
         source.poll()
-    listeners = [KeyLogListener(url, keys, args.keylog_listen_remote)
-                 for url in args.keylog_listen]
+    listeners = [KeyLogListener(url, keys, args.keylog_listen_remote) for url in args.keylog_listen]
     views = Views(args, live=True)
     sinks = build_sinks(args, live=True, views=views)
     exporter = KeyLogExporter(args.export_keylog) if args.export_keylog else None
     reporter = ProblemReporter(views.stderr)
-    pipeline = Pipeline(keys, sinks, reporter.report,
-                        pipeline_options(args, keys_may_arrive=bool(key_files or listeners)),
-                        on_secret=views.on_secret(exporter.write if exporter else None))
-    capture = views.live_capture(args.interface, args.filter, args.promisc, args.snaplen,
-                                 args.buffer_size)
+    pipeline = Pipeline(
+        keys,
+        sinks,
+        reporter.report,
+        pipeline_options(args, keys_may_arrive=bool(key_files or listeners)),
+        on_secret=views.on_secret(exporter.write if exporter else None),
+    )
+    capture = views.live_capture(
+        args.interface, args.filter, args.promisc, args.snaplen, args.buffer_size
+    )
     if args.user:
         import_what_packets_may_need()
         drop_privileges(args.user)
@@ -398,9 +442,15 @@ def run_live(args: argparse.Namespace) -> int:
     def report() -> None:
         log.warning("%s", format_stats(snapshot(pipeline, sinks, agent.kernel), sinks))
 
-    agent = Agent(capture, pipeline, key_files, listeners,
-                  reload_keys=lambda: load_rsa_key_files(args, keys, live=True),
-                  stats_interval_s=args.stats_interval, report_stats=report)
+    agent = Agent(
+        capture,
+        pipeline,
+        key_files,
+        listeners,
+        reload_keys=lambda: load_rsa_key_files(args, keys, live=True),
+        stats_interval_s=args.stats_interval,
+        report_stats=report,
+    )
     if args.metrics:
         start_metrics(args.metrics, pipeline, sinks, lambda: agent.kernel)
     log.info("capturing on %s", args.interface)
@@ -419,8 +469,9 @@ def run_live(args: argparse.Namespace) -> int:
     return 0
 
 
-def snapshot(pipeline: Pipeline, sinks: Sequence[Sink], kernel: KernelStats | None = None
-             ) -> Counters:
+def snapshot(
+    pipeline: Pipeline, sinks: Sequence[Sink], kernel: KernelStats | None = None
+) -> Counters:
     """Every counter of the run, once: for the summary, /metrics and the status line."""
     counters = pipeline.counters()
     for sink in sinks:
@@ -430,15 +481,17 @@ def snapshot(pipeline: Pipeline, sinks: Sequence[Sink], kernel: KernelStats | No
     return counters
 
 
-def start_metrics(address: str, pipeline: Pipeline, sinks: list[Sink],
-                  kernel: Callable[[], KernelStats | None]) -> None:
+def start_metrics(
+    address: str, pipeline: Pipeline, sinks: list[Sink], kernel: Callable[[], KernelStats | None]
+) -> None:
     from captagent_tls.metrics import AgentCollector, serve_metrics
 
     try:
         serve_metrics(address, AgentCollector(lambda: snapshot(pipeline, sinks, kernel())))
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot serve metrics on {address}: "
-                        f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise UserError(
+            f"cannot serve metrics on {address}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     log.info("metrics on http://%s/metrics", address)
 
 

@@ -40,13 +40,18 @@ CATALOGUE: dict[str, Spec] = {
     "tcp_duplicates": Spec(C, "TCP segments the stream already had"),
     "tcp_gaps": Spec(C, "Holes in TCP streams the capture missed"),
     "tcp_gap_bytes": Spec(C, "Bytes in those holes"),
-    "tcp_buffer_overflows": Spec(C, "Times out-of-order bytes outgrew --max-flow-buffer (the "
-                                    "hole became a gap)"),
+    "tcp_buffer_overflows": Spec(
+        C, "Times out-of-order bytes outgrew --max-flow-buffer (the hole became a gap)"
+    ),
     # TLS
     "tls_connections": Spec(C, "TCP flows that carry TLS"),
     "non_tls_flows": Spec(C, "TCP flows that do not carry TLS"),
-    "tls_sessions": Spec(C, "TLS sessions, each in exactly one outcome: full, resumed, "
-                            "incomplete, or why it could not be decrypted", ("outcome",)),
+    "tls_sessions": Spec(
+        C,
+        "TLS sessions, each in exactly one outcome: full, resumed, "
+        "incomplete, or why it could not be decrypted",
+        ("outcome",),
+    ),
     "tls_records": Spec(C, "TLS records by outcome", ("outcome",)),
     "tls_held_bytes": Spec(G, "Bytes of records waiting for keys"),
     "tls_waiting_connections": Spec(G, "TLS connections with records waiting for keys"),
@@ -63,16 +68,18 @@ CATALOGUE: dict[str, Spec] = {
     "sip_messages_dropped": Spec(C, "SIP messages dropped by a size bound", ("bound",)),
     "sip_dropped_bytes": Spec(C, "Bytes of the SIP messages dropped by a size bound"),
     "sip_held_bytes": Spec(G, "Bytes of incomplete SIP messages held, all flows"),
-    "sip_bound_bytes": Spec(G, "The SIP size bounds: one message, all flows' incomplete "
-                               "messages together", ("bound",)),
+    "sip_bound_bytes": Spec(
+        G, "The SIP size bounds: one message, all flows' incomplete messages together", ("bound",)
+    ),
     "websocket": Spec(C, "SIP over WebSocket, by what was seen", ("kind",)),
     # keys
     "key_log_secrets": Spec(G, "Key-log secrets held"),
     "key_log_max_secrets": Spec(G, "Key-log secrets held at most (the oldest go first)"),
     "key_log_evictions": Spec(C, "Key-log secrets evicted by the bound (oldest first)"),
     "key_log_lines": Spec(C, "Key-log lines from followed files and listeners", ("outcome",)),
-    "key_log_connections_closed": Spec(C, "Key-log listener connections closed by the agent",
-                                       ("reason",)),
+    "key_log_connections_closed": Spec(
+        C, "Key-log listener connections closed by the agent", ("reason",)
+    ),
     # HEP
     "hep_packets": Spec(C, "HEP packets made per collector, or not made and why", ("outcome",)),
     "hep_sent": Spec(C, "HEP packets sent", ("collector",)),
@@ -85,10 +92,8 @@ CATALOGUE: dict[str, Spec] = {
     "worker_restarts": Spec(C, "Worker processes that died and were started again"),
     "worker_packets": Spec(C, "Packets read, by worker", ("worker",)),
     "worker_sip_messages": Spec(C, "SIP messages framed, by worker", ("worker",)),
-    "worker_kernel_dropped_packets": Spec(C, "Packets the kernel dropped, by worker",
-                                          ("worker",)),
-    "worker_cpu_seconds": Spec(C, "CPU time (user and system) of each worker process",
-                               ("worker",)),
+    "worker_kernel_dropped_packets": Spec(C, "Packets the kernel dropped, by worker", ("worker",)),
+    "worker_cpu_seconds": Spec(C, "CPU time (user and system) of each worker process", ("worker",)),
 }
 
 Labels = tuple[str, ...]

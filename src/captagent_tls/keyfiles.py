@@ -37,8 +37,14 @@ def _not_a_key_file(path: str) -> KeyFileError:
 
 def _kind(key: object) -> str:
     name = type(key).__name__.replace("PrivateKey", "").lstrip("_")
-    return {"EllipticCurve": "EC", "Ed25519": "Ed25519", "Ed448": "Ed448", "DSA": "DSA",
-            "DH": "DH", "X25519": "X25519"}.get(name, name or "non-RSA")
+    return {
+        "EllipticCurve": "EC",
+        "Ed25519": "Ed25519",
+        "Ed448": "Ed448",
+        "DSA": "DSA",
+        "DH": "DH",
+        "X25519": "X25519",
+    }.get(name, name or "non-RSA")
 
 
 def _password_prompt(path: str) -> bytes | None:
@@ -47,9 +53,11 @@ def _password_prompt(path: str) -> bytes | None:
     return getpass.getpass(f"password for {path}: ").encode()
 
 
-def load_rsa_keys(path: str, password: bytes | None = None,
-                  prompt: Callable[[str], bytes | None] = _password_prompt
-                  ) -> list[rsa.RSAPrivateKey]:
+def load_rsa_keys(
+    path: str,
+    password: bytes | None = None,
+    prompt: Callable[[str], bytes | None] = _password_prompt,
+) -> list[rsa.RSAPrivateKey]:
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -66,20 +74,27 @@ def load_rsa_keys(path: str, password: bytes | None = None,
     return rsa_keys
 
 
-def _load(path: str, data: bytes, password: bytes | None,
-          prompt: Callable[[str], bytes | None]) -> list[object]:
+def _load(
+    path: str, data: bytes, password: bytes | None, prompt: Callable[[str], bytes | None]
+) -> list[object]:
     blocks = [m.group(0) for m in _PEM_KEY.finditer(data)]
     if blocks:
-        return [_unlock(path, password, prompt, _ENCRYPTED_PEM.search(block) is not None,
-                        partial(load_pem_private_key, block))
-                for block in blocks]
+        return [
+            _unlock(
+                path,
+                password,
+                prompt,
+                _ENCRYPTED_PEM.search(block) is not None,
+                partial(load_pem_private_key, block),
+            )
+            for block in blocks
+        ]
     if b"-----BEGIN" in data:
         raise KeyFileError(f"{path}: no private key in this PEM file (only certificates?)")
     try:
         return [load_der_private_key(data, None)]
     except TypeError:  # an encrypted DER key
-        return [_unlock(path, password, prompt, True,
-                        lambda pw: load_der_private_key(data, pw))]
+        return [_unlock(path, password, prompt, True, lambda pw: load_der_private_key(data, pw))]
     except Exception:  # noqa: BLE001, S110 - not DER: try PKCS#12 next
         pass
     key = _load_pkcs12(path, data, password, prompt)
@@ -88,8 +103,9 @@ def _load(path: str, data: bytes, password: bytes | None,
     return [key]
 
 
-def _load_pkcs12(path: str, data: bytes, password: bytes | None,
-                 prompt: Callable[[str], bytes | None]) -> object:
+def _load_pkcs12(
+    path: str, data: bytes, password: bytes | None, prompt: Callable[[str], bytes | None]
+) -> object:
     # imported here: it brings all of x509 (tens of ms of start-up) for this one format
     from cryptography.hazmat.primitives.serialization.pkcs12 import load_key_and_certificates
 
@@ -115,8 +131,13 @@ def _load_pkcs12(path: str, data: bytes, password: bytes | None,
         raise KeyFileError(f"{path}: wrong password") from None
 
 
-def _unlock(path: str, password: bytes | None, prompt: Callable[[str], bytes | None],
-            encrypted: bool, load: Callable[[bytes | None], object]) -> object:
+def _unlock(
+    path: str,
+    password: bytes | None,
+    prompt: Callable[[str], bytes | None],
+    encrypted: bool,
+    load: Callable[[bytes | None], object],
+) -> object:
     """``load`` with the password an encrypted key needs, asked for if not given; a password
     given for a key without one is not used (pyca would refuse it)."""
     if not encrypted:
@@ -143,6 +164,7 @@ def key_file_mode_warning(path: str) -> str | None:
     except OSError:
         return None
     if mode & 0o077:
-        return (f"key file {path} is readable by group or others (mode {mode & 0o777:o}); "
-                "chmod 600 it")
+        return (
+            f"key file {path} is readable by group or others (mode {mode & 0o777:o}); chmod 600 it"
+        )
     return None

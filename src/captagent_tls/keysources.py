@@ -71,8 +71,10 @@ class LimitedWarning:
         if self.logged < WARNINGS_IN_FULL:
             self.logged += 1
             if self.logged == WARNINGS_IN_FULL:
-                text += (f"; further ones are counted and logged every "
-                         f"{WARNING_SUMMARY_INTERVAL_S:.0f} s")
+                text += (
+                    f"; further ones are counted and logged every "
+                    f"{WARNING_SUMMARY_INTERVAL_S:.0f} s"
+                )
             log.warning("%s: %s", self.source, text)
             return
         if not self.unlogged:
@@ -85,8 +87,13 @@ class LimitedWarning:
 
     def flush(self) -> None:
         if self.unlogged:
-            log.warning("%s: %d more %s in the last %.0f s", self.source, self.unlogged,
-                        self.what, self.clock() - self.since)
+            log.warning(
+                "%s: %d more %s in the last %.0f s",
+                self.source,
+                self.unlogged,
+                self.what,
+                self.clock() - self.since,
+            )
             self.unlogged = 0
 
 
@@ -126,16 +133,22 @@ class LineBuffer:
 class _KeyLines:
     """Loads text into the key store, counting and (within limits) reporting bad lines."""
 
-    def __init__(self, keys: KeyStore, source: str, clock: Callable[[], float],
-                 forward: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        keys: KeyStore,
+        source: str,
+        clock: Callable[[], float],
+        forward: Callable[[str], None] | None = None,
+    ):
         self.keys = keys
         self.forward = forward
         self.stats = KeySourceStats()
         keys.source_stats.append(self.stats)
         self.malformed = LimitedWarning(source, "malformed key log line(s) ignored", clock)
 
-    def load(self, text: str, first_line: int = 1, line_numbers: bool = True,
-             too_long: int = 0) -> int:
+    def load(
+        self, text: str, first_line: int = 1, line_numbers: bool = True, too_long: int = 0
+    ) -> int:
         if text and self.forward is not None:
             self.forward(text)
         result = load_key_log(text, self.keys, first_line=first_line) if text else KeyLogResult()
@@ -260,30 +273,42 @@ class KeyLogListener:
     (with worker processes, the parent listens and forwards the lines to every worker).
     """
 
-    def __init__(self, url: str, keys: KeyStore, allow_remote: bool = False,
-                 limits: ListenerLimits | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 forward: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        url: str,
+        keys: KeyStore,
+        allow_remote: bool = False,
+        limits: ListenerLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        forward: Callable[[str], None] | None = None,
+    ):
         scheme, host, port = parse_listen_url(url)
         if not is_loopback(host):
             if not allow_remote:
                 raise KeySourceError(
                     f"key-log listener {url} is not on loopback: key-log lines are secrets in "
-                    "transit; add --keylog-listen-remote to bind it anyway")
-            log.warning("key-log listener %s accepts secrets from the network: keep it on a "
-                        "trusted link", url)
+                    "transit; add --keylog-listen-remote to bind it anyway"
+                )
+            log.warning(
+                "key-log listener %s accepts secrets from the network: keep it on a trusted link",
+                url,
+            )
         self.url = url
         self.keys = keys
         self.limits = limits if limits is not None else ListenerLimits()
         self.clock = clock
         self._lines = _KeyLines(keys, f"key-log listener {url}", clock, forward)
         self.stats = self._lines.stats
-        self._evicted = LimitedWarning(f"key-log listener {url}", "connection(s) closed to make "
-                                       "room or after the idle timeout", clock)
+        self._evicted = LimitedWarning(
+            f"key-log listener {url}",
+            "connection(s) closed to make room or after the idle timeout",
+            clock,
+        )
         self.scheme = scheme
         try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM if scheme == "udp"
-                                       else socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(
+                host, port, type=socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM
+            )
             family, kind, _, _, address = infos[0]
             self.sock = socket.socket(family, kind)
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -313,8 +338,7 @@ class KeyLogListener:
             if client.sock.fileno() in ready:
                 added += self._stream(client, now)
         if now >= self._next_idle_check:
-            self._next_idle_check = now + min(IDLE_CHECK_INTERVAL_S,
-                                              self.limits.idle_timeout_s / 4)
+            self._next_idle_check = now + min(IDLE_CHECK_INTERVAL_S, self.limits.idle_timeout_s / 4)
             self._close_idle(now)
             self._lines.malformed.tick()
             self._evicted.tick()
@@ -324,8 +348,11 @@ class KeyLogListener:
         for client in list(self._clients.values()):
             if now - client.last_active > self.limits.idle_timeout_s:
                 self.stats.connections_idle += 1
-                self._evicted.warn(1, f"closed a connection from {client.source} idle for "
-                                   f"{now - client.last_active:.0f} s")
+                self._evicted.warn(
+                    1,
+                    f"closed a connection from {client.source} idle for "
+                    f"{now - client.last_active:.0f} s",
+                )
                 self._drop(client)
 
     def _datagrams(self) -> int:
@@ -361,10 +388,13 @@ class KeyLogListener:
             return
         victim = min(candidates, key=lambda c: c.last_active)
         self.stats.connections_evicted += 1
-        self._evicted.warn(1, f"closed the connection from {victim.source} idle longest "
-                           f"({now - victim.last_active:.0f} s) to make room for one from "
-                           f"{source} (at most {limits.max_clients} connections, "
-                           f"{limits.max_clients_per_source} per address)")
+        self._evicted.warn(
+            1,
+            f"closed the connection from {victim.source} idle longest "
+            f"({now - victim.last_active:.0f} s) to make room for one from "
+            f"{source} (at most {limits.max_clients} connections, "
+            f"{limits.max_clients_per_source} per address)",
+        )
         self._drop(victim)
 
     def _drop(self, client: _Client) -> None:
@@ -382,14 +412,16 @@ class KeyLogListener:
         if not data:  # closed: a last line without a newline still counts
             rest = client.lines.partial
             self._drop(client)
-            return self._lines.load(rest.decode("utf-8", "replace"), line_numbers=False) \
-                if rest else 0
+            return (
+                self._lines.load(rest.decode("utf-8", "replace"), line_numbers=False) if rest else 0
+            )
         client.last_active = now
         complete, too_long, _ = client.lines.feed(data)
         if not complete and not too_long:
             return 0
-        return self._lines.load(complete.decode("utf-8", "replace"), line_numbers=False,
-                                too_long=too_long)
+        return self._lines.load(
+            complete.decode("utf-8", "replace"), line_numbers=False, too_long=too_long
+        )
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -29,8 +29,9 @@ class AgentCollector(Collector):
             if values is None:
                 continue
             family_type = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
-            family = family_type(f"{PREFIX}_{name}", spec.doc,
-                                 labels=list(spec.labels) if spec.labels else None)
+            family = family_type(
+                f"{PREFIX}_{name}", spec.doc, labels=list(spec.labels) if spec.labels else None
+            )
             for labels, value in sorted(values.items()):
                 family.add_metric(list(labels), value)
             yield family

@@ -78,21 +78,31 @@ class PipelineStats:
     websocket: WebSocketStats = field(default_factory=WebSocketStats)
 
 
-TRANSPORTS = {(False, False): "tls", (False, True): "tcp", (True, False): "wss",
-              (True, True): "ws"}  # by (WebSocket, unencrypted)
+TRANSPORTS = {
+    (False, False): "tls",
+    (False, True): "tcp",
+    (True, False): "wss",
+    (True, True): "ws",
+}  # by (WebSocket, unencrypted)
 
 
 class Pipeline:
-    def __init__(self, keys: KeyStore, sinks: list[Sink],
-                 on_problem: Callable[[TlsProblem], None] | None = None,
-                 options: PipelineOptions | None = None,
-                 on_secret: Callable[[SessionSecret], None] | None = None):
+    def __init__(
+        self,
+        keys: KeyStore,
+        sinks: list[Sink],
+        on_problem: Callable[[TlsProblem], None] | None = None,
+        options: PipelineOptions | None = None,
+        on_secret: Callable[[SessionSecret], None] | None = None,
+    ):
         options = options or PipelineOptions()
-        self.tcp = TcpReassembler(options.flow_timeout_s, options.max_direction_bytes,
-                                  options.max_flows)
+        self.tcp = TcpReassembler(
+            options.flow_timeout_s, options.max_direction_bytes, options.max_flows
+        )
         rsa = RsaPool(options.rsa_threads) if options.rsa_threads != 0 else None
-        self.tls = TlsTracker(keys, options.session_cache_size, options.keys_may_arrive,
-                              options.hold, rsa)
+        self.tls = TlsTracker(
+            keys, options.session_cache_size, options.keys_may_arrive, options.hold, rsa
+        )
         self._rsa_completed = rsa.completed if rsa is not None else deque()
         self.on_secret = on_secret
         self.sinks = sinks
@@ -115,8 +125,7 @@ class Pipeline:
         if self._rsa_completed:
             self._rsa_done(self._last_ts)
         try:
-            packet: Segment | Datagram | Fragment | Skip | None = decode(frame.linktype,
-                                                                          frame.data)
+            packet: Segment | Datagram | Fragment | Skip | None = decode(frame.linktype, frame.data)
             if type(packet) is Fragment:
                 packet = self.defrag.add(packet, ts)
                 if packet is not None and self.owns is not None and not self.owns(packet):
@@ -156,40 +165,56 @@ class Pipeline:
             c.set("packets_skipped", count, reason)
         for outcome in ("fragments", "reassembled", "expired", "overflows"):
             c.set("ip_fragments", getattr(defrag, outcome), outcome)
-        for name, value in (("tcp_segments", tcp.segments), ("flows", tcp.flows),
-                            ("active_flows", self.tcp.active_flows),
-                            ("flow_evictions", tcp.evictions), ("flow_timeouts", tcp.timeouts),
-                            ("tcp_out_of_order", tcp.out_of_order),
-                            ("tcp_duplicates", tcp.duplicates), ("tcp_gaps", tcp.gaps),
-                            ("tcp_gap_bytes", tcp.gap_bytes),
-                            ("tcp_buffer_overflows", tcp.buffer_overflows),
-                            ("tls_connections", tls.connections),
-                            ("non_tls_flows", tls.non_tls_flows),
-                            ("tls_held_bytes", self.tls.held_bytes),
-                            ("tls_waiting_connections", self.tls.waiting_connections),
-                            ("session_cache_evictions", self.tls.sessions.evictions),
-                            ("internal_errors", stats.internal_errors),
-                            ("sip_messages", stats.sip_messages),
-                            ("sip_messages_unencrypted", stats.plain_sip_messages),
-                            ("raw_chunks", stats.raw_chunks), ("raw_bytes", stats.raw_bytes),
-                            ("plain_other_bytes", stats.plain_other_bytes)):
+        for name, value in (
+            ("tcp_segments", tcp.segments),
+            ("flows", tcp.flows),
+            ("active_flows", self.tcp.active_flows),
+            ("flow_evictions", tcp.evictions),
+            ("flow_timeouts", tcp.timeouts),
+            ("tcp_out_of_order", tcp.out_of_order),
+            ("tcp_duplicates", tcp.duplicates),
+            ("tcp_gaps", tcp.gaps),
+            ("tcp_gap_bytes", tcp.gap_bytes),
+            ("tcp_buffer_overflows", tcp.buffer_overflows),
+            ("tls_connections", tls.connections),
+            ("non_tls_flows", tls.non_tls_flows),
+            ("tls_held_bytes", self.tls.held_bytes),
+            ("tls_waiting_connections", self.tls.waiting_connections),
+            ("session_cache_evictions", self.tls.sessions.evictions),
+            ("internal_errors", stats.internal_errors),
+            ("sip_messages", stats.sip_messages),
+            ("sip_messages_unencrypted", stats.plain_sip_messages),
+            ("raw_chunks", stats.raw_chunks),
+            ("raw_bytes", stats.raw_bytes),
+            ("plain_other_bytes", stats.plain_other_bytes),
+        ):
             c.set(name, value)
         c.set("tls_sessions", tls.sessions_full, "full")
         c.set("tls_sessions", tls.sessions_resumed, "resumed")
         c.set("tls_sessions", tls.sessions_incomplete, "incomplete")
         for reason, count in tls.undecryptable.items():
             c.set("tls_sessions", count, reason)
-        for outcome, value in (("decrypted", tls.records_decrypted),
-                               ("failed_authentication", tls.records_failed),
-                               ("unproven_iv", tls.records_unproven),
-                               ("no_keys", tls.records_undecrypted),
-                               ("expired_waiting_for_keys", tls.records_expired),
-                               ("over_hold_cap", tls.records_over_hold_cap)):
+        for outcome, value in (
+            ("decrypted", tls.records_decrypted),
+            ("failed_authentication", tls.records_failed),
+            ("unproven_iv", tls.records_unproven),
+            ("no_keys", tls.records_undecrypted),
+            ("expired_waiting_for_keys", tls.records_expired),
+            ("over_hold_cap", tls.records_over_hold_cap),
+        ):
             c.set("tls_records", value, outcome)
         c.set("tls_finished", tls.finished_verified, "verified")
         c.set("tls_finished", tls.finished_failed, "failed")
-        for kind in ("alerts", "key_updates", "early_data_records", "early_data_skipped",
-                     "resyncs", "framing_errors", "handshake_errors", "handshakes_too_large"):
+        for kind in (
+            "alerts",
+            "key_updates",
+            "early_data_records",
+            "early_data_skipped",
+            "resyncs",
+            "framing_errors",
+            "handshake_errors",
+            "handshakes_too_large",
+        ):
             c.set("tls_events", getattr(tls, kind), kind)
         sip = self.sip_budget
         c.set("sip_messages_dropped", sip.oversized_messages, "message_size")
@@ -199,8 +224,17 @@ class Pipeline:
         c.set("sip_bound_bytes", sip.max_message_bytes, "message_size")
         c.set("sip_bound_bytes", sip.limit, "all_flows_held")
         websocket = stats.websocket
-        for kind in ("upgrades", "sip_connections", "other_connections", "refused",
-                     "picked_up", "messages", "inflated", "keepalives", "control_frames"):
+        for kind in (
+            "upgrades",
+            "sip_connections",
+            "other_connections",
+            "refused",
+            "picked_up",
+            "messages",
+            "inflated",
+            "keepalives",
+            "control_frames",
+        ):
             c.set("websocket", getattr(websocket, kind), kind)
         for kind, count in websocket.problems.items():
             c.set("websocket", count, kind)
@@ -337,11 +371,16 @@ class Pipeline:
                     framer.flush()  # (gives back what it held to the shared budget)
             self._websockets.pop(flow, None)
         if self.on_problem is not None:
-            self.on_problem(TlsProblem(
-                flow, Notice.INTERNAL_ERROR.value,
-                f"internal error on {where}: {type(exc).__name__}: {exc}; that flow was "
-                "dropped and every other flow goes on (please report this with the capture)",
-                ts, where))
+            self.on_problem(
+                TlsProblem(
+                    flow,
+                    Notice.INTERNAL_ERROR.value,
+                    f"internal error on {where}: {type(exc).__name__}: {exc}; that flow was "
+                    "dropped and every other flow goes on (please report this with the capture)",
+                    ts,
+                    where,
+                )
+            )
 
     # -- stage to stage ---------------------------------------------------------------------
 
@@ -363,8 +402,20 @@ class Pipeline:
         self.stats.sip_messages += 1
         self.stats.plain_sip_messages += 1
         is_request = not unit.data.startswith(b"SIP/2.0 ")
-        self._emit(Message(ts, (datagram.src, datagram.sport), (datagram.dst, datagram.dport),
-                           "udp", unit.data, unit.call_id, True, is_request, "", ""))
+        self._emit(
+            Message(
+                ts,
+                (datagram.src, datagram.sport),
+                (datagram.dst, datagram.dport),
+                "udp",
+                unit.data,
+                unit.call_id,
+                True,
+                is_request,
+                "",
+                "",
+            )
+        )
 
     def _tls_events(self, events: list[TlsEvent]) -> None:
         framers = self._framers
@@ -394,16 +445,28 @@ class Pipeline:
                     if framer.idle:
                         del framers[key]
                 if units:
-                    self._deliver(event.flow, event.direction, units, event.ts_ns, event.info,
-                                  event.from_client)
+                    self._deliver(
+                        event.flow,
+                        event.direction,
+                        units,
+                        event.ts_ns,
+                        event.info,
+                        event.from_client,
+                    )
                 continue
             if self._websockets and self._websocket(event):
                 continue
             if type(event) is AppGap:
                 framer = self._framers.get((event.flow, event.direction))
                 if framer is not None:
-                    self._deliver(event.flow, event.direction, framer.gap(), event.ts_ns,
-                                  event.info, event.from_client)
+                    self._deliver(
+                        event.flow,
+                        event.direction,
+                        framer.gap(),
+                        event.ts_ns,
+                        event.info,
+                        event.from_client,
+                    )
             elif type(event) is TlsProblem:
                 if self.on_problem is not None:
                     self.on_problem(event)
@@ -414,11 +477,25 @@ class Pipeline:
                 for direction in (0, 1):
                     framer = self._framers.pop((flow, direction), None)
                     if framer is not None:
-                        self._deliver(flow, direction, framer.flush(), event.ts_ns, event.info,
-                                      direction == event.client_direction)
+                        self._deliver(
+                            flow,
+                            direction,
+                            framer.flush(),
+                            event.ts_ns,
+                            event.info,
+                            direction == event.client_direction,
+                        )
 
-    def _deliver(self, flow: Flow, direction: int, units: list[Unit], ts: int, info: TlsInfo,
-                 from_client: bool, websocket: bool = False) -> None:
+    def _deliver(
+        self,
+        flow: Flow,
+        direction: int,
+        units: list[Unit],
+        ts: int,
+        info: TlsInfo,
+        from_client: bool,
+        websocket: bool = False,
+    ) -> None:
         if not units:
             return
         plain = info is PLAINTEXT
@@ -437,8 +514,20 @@ class Pipeline:
             else:
                 stats.raw_chunks += 1
                 stats.raw_bytes += len(unit.data)
-            self._emit(Message(ts, src, dst, transport, unit.data, unit.call_id, unit.is_sip,
-                               from_client, version, suite))
+            self._emit(
+                Message(
+                    ts,
+                    src,
+                    dst,
+                    transport,
+                    unit.data,
+                    unit.call_id,
+                    unit.is_sip,
+                    from_client,
+                    version,
+                    suite,
+                )
+            )
 
     def _emit(self, message: Message) -> None:
         for sink in self.sinks:
@@ -466,11 +555,12 @@ class Pipeline:
                 if not start:
                     return False
                 session = self._websockets[flow] = WebSocketSession(
-                    self.stats.websocket, direction, start, event.data,
-                    sip_budget=self.sip_budget)
+                    self.stats.websocket, direction, start, event.data, sip_budget=self.sip_budget
+                )
             client = direction if event.from_client else 1 - direction
-            self._websocket_units(session, flow, session.feed(direction, event.data),
-                                  event.ts_ns, event.info, client)
+            self._websocket_units(
+                session, flow, session.feed(direction, event.data), event.ts_ns, event.info, client
+            )
             return True
         if kind is AppGap:
             assert isinstance(event, AppGap)
@@ -478,20 +568,33 @@ class Pipeline:
             if session is None:
                 return False
             client = event.direction if event.from_client else 1 - event.direction
-            self._websocket_units(session, event.flow, session.gap(event.direction),
-                                  event.ts_ns, event.info, client)
+            self._websocket_units(
+                session, event.flow, session.gap(event.direction), event.ts_ns, event.info, client
+            )
             return True
         if kind is ConnectionDone and self._websockets:
             assert isinstance(event, ConnectionDone)
             session = self._websockets.pop(event.flow, None)
             if session is not None:
-                self._websocket_units(session, event.flow, session.close(), event.ts_ns,
-                                      event.info, event.client_direction)
+                self._websocket_units(
+                    session,
+                    event.flow,
+                    session.close(),
+                    event.ts_ns,
+                    event.info,
+                    event.client_direction,
+                )
         return False  # (the rest of ConnectionDone is done by the caller)
 
-    def _websocket_units(self, session: WebSocketSession, flow: Flow,
-                         units: list[tuple[int, Unit]], ts: int, info: TlsInfo,
-                         tls_client: int) -> None:
+    def _websocket_units(
+        self,
+        session: WebSocketSession,
+        flow: Flow,
+        units: list[tuple[int, Unit]],
+        ts: int,
+        info: TlsInfo,
+        tls_client: int,
+    ) -> None:
         websocket = session.websocket
         client = session.client_dir if websocket else tls_client  # WebSocket: the side masking
         for direction, unit in units:
@@ -499,6 +602,13 @@ class Pipeline:
         if session.problems and self.on_problem is not None:
             server = flow.describe(session.client_dir)
             for kind, detail in session.problems:
-                self.on_problem(TlsProblem(flow, kind, f"WebSocket {server}: {detail}", ts,
-                                           format_endpoint(flow.endpoints[1 - session.client_dir])))
+                self.on_problem(
+                    TlsProblem(
+                        flow,
+                        kind,
+                        f"WebSocket {server}: {detail}",
+                        ts,
+                        format_endpoint(flow.endpoints[1 - session.client_dir]),
+                    )
+                )
         session.problems.clear()

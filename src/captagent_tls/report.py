@@ -45,8 +45,11 @@ class ProblemReporter:
         printed = self._printed.get(kind, 0)
         if printed < PROBLEMS_IN_FULL:
             self._printed[kind] = printed + 1
-            more = ("; further problems of this kind are counted and summed up once a minute"
-                    if printed + 1 == PROBLEMS_IN_FULL else "")
+            more = (
+                "; further problems of this kind are counted and summed up once a minute"
+                if printed + 1 == PROBLEMS_IN_FULL
+                else ""
+            )
             print(f"captagent-tls: {problem.message}{more}", file=self.out)
             return
         self.suppressed += 1
@@ -62,8 +65,11 @@ class ProblemReporter:
 
     def _summary(self, kind: str) -> None:
         count, _, latest = self._unprinted.pop(kind)
-        print(f"captagent-tls: {count} more problem(s) of the same kind ({kind}) with other "
-              f"servers; the latest: {latest}", file=self.out)
+        print(
+            f"captagent-tls: {count} more problem(s) of the same kind ({kind}) with other "
+            f"servers; the latest: {latest}",
+            file=self.out,
+        )
 
 
 def worker_lines(c: Counters) -> list[str]:
@@ -77,13 +83,18 @@ def worker_lines(c: Counters) -> list[str]:
         values = c.labelled(name)
         return " / ".join(str(int(values.get(w, 0))) for w in workers)
 
-    kernel = (f", kernel drops {each('worker_kernel_dropped_packets')}"
-              if c.labelled("worker_kernel_dropped_packets") else "")
+    kernel = (
+        f", kernel drops {each('worker_kernel_dropped_packets')}"
+        if c.labelled("worker_kernel_dropped_packets")
+        else ""
+    )
     cpu = c.labelled("worker_cpu_seconds")
     seconds = " / ".join(f"{cpu.get(w, 0):.2f}" for w in workers)
-    return [f"workers: {len(workers)}; packets {each('worker_packets')}, SIP messages "
-            f"{each('worker_sip_messages')}{kernel}; {c['worker_restarts']} restarted; "
-            f"CPU {seconds} s"]
+    return [
+        f"workers: {len(workers)}; packets {each('worker_packets')}, SIP messages "
+        f"{each('worker_sip_messages')}{kernel}; {c['worker_restarts']} restarted; "
+        f"CPU {seconds} s"
+    ]
 
 
 def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:
@@ -93,27 +104,44 @@ def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:
     skipped = c.labelled("packets_skipped")
     fragments = c.labelled("ip_fragments")
     sessions = c.labelled("tls_sessions")
-    undecryptable = ", ".join(
-        f"{labels[0].replace('_', ' ')} {int(count)}" for labels, count in sorted(sessions.items())
-        if labels[0] not in ("full", "resumed", "incomplete")) or "0"
+    undecryptable = (
+        ", ".join(
+            f"{labels[0].replace('_', ' ')} {int(count)}"
+            for labels, count in sorted(sessions.items())
+            if labels[0] not in ("full", "resumed", "incomplete")
+        )
+        or "0"
+    )
     records = {labels[0]: int(v) for labels, v in c.labelled("tls_records").items()}
     events = {labels[0]: int(v) for labels, v in c.labelled("tls_events").items()}
     websocket = {labels[0]: int(v) for labels, v in c.labelled("websocket").items()}
-    kernel = ([f"kernel: {c['kernel_received_packets']} packets received, "
-               f"{c['kernel_dropped_packets']} dropped, {c['interface_dropped_packets']} "
-               "dropped by the interface"] if "kernel_received_packets" in c.values else [])
+    kernel = (
+        [
+            f"kernel: {c['kernel_received_packets']} packets received, "
+            f"{c['kernel_dropped_packets']} dropped, {c['interface_dropped_packets']} "
+            "dropped by the interface"
+        ]
+        if "kernel_received_packets" in c.values
+        else []
+    )
     lines = [
         "--- captagent-tls stats ---",
         *kernel,
         f"packets: {c['packets']} read, {c['tcp_segments']} TCP, "
         f"{int(c.total('packets_skipped'))} skipped"
-        + (f" ({', '.join(f'{k[0]} {int(v)}' for k, v in sorted(skipped.items()))})"
-           if skipped else "")
-        + (f"; IP fragments {int(fragments.get(('fragments',), 0))} "
-           f"({int(fragments.get(('reassembled',), 0))} datagrams reassembled, "
-           f"{int(fragments.get(('expired',), 0))} expired, "
-           f"{int(fragments.get(('overflows',), 0))} over the cap)"
-           if fragments.get(("fragments",)) else ""),
+        + (
+            f" ({', '.join(f'{k[0]} {int(v)}' for k, v in sorted(skipped.items()))})"
+            if skipped
+            else ""
+        )
+        + (
+            f"; IP fragments {int(fragments.get(('fragments',), 0))} "
+            f"({int(fragments.get(('reassembled',), 0))} datagrams reassembled, "
+            f"{int(fragments.get(('expired',), 0))} expired, "
+            f"{int(fragments.get(('overflows',), 0))} over the cap)"
+            if fragments.get(("fragments",))
+            else ""
+        ),
         f"flows: {c['flows']} TCP, {c['tls_connections']} TLS, {c['non_tls_flows']} not TLS; "
         f"out of order {c['tcp_out_of_order']}, duplicates {c['tcp_duplicates']}, gaps "
         f"{c['tcp_gaps']} ({c['tcp_gap_bytes']} bytes), buffer overflows "
@@ -144,14 +172,19 @@ def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:
         f"{int(c.get('sip_messages_dropped', 'all_flows_held'))} while incomplete messages "
         f"held {int(c.get('sip_bound_bytes', 'all_flows_held')) >> 20} MiB "
         f"({c['sip_dropped_bytes']} bytes)",
-        *([f"WebSocket: {websocket.get('upgrades', 0)} upgrades "
-           f"({websocket.get('sip_connections', 0)} SIP, "
-           f"{websocket.get('other_connections', 0)} other, {websocket.get('refused', 0)} "
-           f"refused), {websocket.get('picked_up', 0)} picked up mid-stream; "
-           f"{websocket.get('messages', 0)} messages ({websocket.get('inflated', 0)} "
-           f"inflated, {websocket.get('keepalives', 0)} keep-alives), "
-           f"{websocket.get('control_frames', 0)} control frames"]
-          if any(websocket.values()) else []),
+        *(
+            [
+                f"WebSocket: {websocket.get('upgrades', 0)} upgrades "
+                f"({websocket.get('sip_connections', 0)} SIP, "
+                f"{websocket.get('other_connections', 0)} other, {websocket.get('refused', 0)} "
+                f"refused), {websocket.get('picked_up', 0)} picked up mid-stream; "
+                f"{websocket.get('messages', 0)} messages ({websocket.get('inflated', 0)} "
+                f"inflated, {websocket.get('keepalives', 0)} keep-alives), "
+                f"{websocket.get('control_frames', 0)} control frames"
+            ]
+            if any(websocket.values())
+            else []
+        ),
         f"key log: {c['key_log_secrets']} entries held, {c['key_log_evictions']} evicted (at "
         f"most {c['key_log_max_secrets']}); "
         f"lines from followed files and listeners: "
@@ -159,8 +192,11 @@ def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:
         f"{int(c.get('key_log_lines', 'malformed'))} malformed; listener connections closed: "
         f"{int(c.get('key_log_connections_closed', 'make_room'))} to make room, "
         f"{int(c.get('key_log_connections_closed', 'idle'))} idle",
-        *([f"internal errors: {c['internal_errors']} flows dropped"]
-          if c["internal_errors"] else []),
+        *(
+            [f"internal errors: {c['internal_errors']} flows dropped"]
+            if c["internal_errors"]
+            else []
+        ),
         *worker_lines(c),
     ]
     for sink in sinks:

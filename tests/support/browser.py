@@ -13,9 +13,18 @@ from pathlib import Path
 
 import pytest
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-default-apps", "--mute-audio", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--mute-audio",
+    "--hide-scrollbars",
+]
 
 
 def chromium_path() -> str:
@@ -28,8 +37,13 @@ def chromium_path() -> str:
 
 def _chromium(args: list[str], timeout: float) -> str:
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        proc = subprocess.run([chromium_path(), *FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [chromium_path(), *FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     if proc.returncode != 0:
         raise AssertionError(f"chromium exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
     return proc.stdout
@@ -41,14 +55,27 @@ def file_url(path: str | os.PathLike[str], fragment: str = "") -> str:
 
 def dump_dom(path: str | os.PathLike[str], fragment: str = "", timeout: float = 120) -> str:
     """The DOM after the page's scripts ran (virtual time lets timers finish first)."""
-    return _chromium(["--virtual-time-budget=10000", "--dump-dom", file_url(path, fragment)],
-                     timeout)
+    return _chromium(
+        ["--virtual-time-budget=10000", "--dump-dom", file_url(path, fragment)], timeout
+    )
 
 
-def screenshot(path: str | os.PathLike[str], png: str | os.PathLike[str], fragment: str = "",
-               size: tuple[int, int] = (1400, 1000), timeout: float = 120) -> None:
-    _chromium(["--virtual-time-budget=10000", f"--window-size={size[0]},{size[1]}",
-               f"--screenshot={os.fspath(png)}", file_url(path, fragment)], timeout)
+def screenshot(
+    path: str | os.PathLike[str],
+    png: str | os.PathLike[str],
+    fragment: str = "",
+    size: tuple[int, int] = (1400, 1000),
+    timeout: float = 120,
+) -> None:
+    _chromium(
+        [
+            "--virtual-time-budget=10000",
+            f"--window-size={size[0]},{size[1]}",
+            f"--screenshot={os.fspath(png)}",
+            file_url(path, fragment),
+        ],
+        timeout,
+    )
 
 
 @dataclass

@@ -31,8 +31,9 @@ class StreamServer:
     shutdown), ``abrupt`` closes at once, ``reset`` closes with a TCP reset (SO_LINGER 0).
     """
 
-    def __init__(self, context: ssl.SSLContext | None = None, read: bool = True,
-                 rcvbuf: int | None = None):
+    def __init__(
+        self, context: ssl.SSLContext | None = None, read: bool = True, rcvbuf: int | None = None
+    ):
         self.context = context
         self.read = read
         self.rcvbuf = rcvbuf
@@ -65,8 +66,9 @@ class StreamServer:
         self.port = listener.getsockname()[1]
         self._listener = listener
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, args=(listener, self._stop),
-                                          daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._accept, args=(listener, self._stop), daemon=True)
+        ]
         self._threads[0].start()
         return self
 
@@ -90,8 +92,7 @@ class StreamServer:
         if self.context is not None:
             sock.settimeout(5)
             try:
-                sock = self.context.wrap_socket(sock, server_side=True,
-                                                suppress_ragged_eofs=False)
+                sock = self.context.wrap_socket(sock, server_side=True, suppress_ragged_eofs=False)
             except (ssl.SSLError, OSError) as exc:
                 with self._cond:
                     self.handshake_failures.append(str(exc))
@@ -147,14 +148,14 @@ class StreamServer:
         found = []
         pos = 0
         while len(buffer) - pos >= 6:
-            if buffer[pos:pos + 4] != b"HEP3":
-                self.errors.append(f"bad magic {bytes(buffer[pos:pos + 4])!r}")
+            if buffer[pos : pos + 4] != b"HEP3":
+                self.errors.append(f"bad magic {bytes(buffer[pos : pos + 4])!r}")
                 pos = len(buffer)
                 break
-            total = int.from_bytes(buffer[pos + 4:pos + 6], "big")
+            total = int.from_bytes(buffer[pos + 4 : pos + 6], "big")
             if len(buffer) - pos < total:
                 break
-            found.append(bytes(buffer[pos:pos + total]))
+            found.append(bytes(buffer[pos : pos + total]))
             pos += total
         del buffer[:pos]
         if found:
@@ -198,50 +199,70 @@ def _name(cn: str) -> x509.Name:
 def _ca(cn: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False),
-                           critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     return key, cert
 
 
-def _server_context(tmp: Path, stem: str, ca_key, ca_cert, dns: list[str],
-                    ips: list[str]) -> ssl.SSLContext:
+def _server_context(
+    tmp: Path, stem: str, ca_key, ca_cert, dns: list[str], ips: list[str]
+) -> ssl.SSLContext:
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i))
-                                              for i in ips]
-    cert = (x509.CertificateBuilder().subject_name(_name(dns[0])).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(dns[0]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     cert_path, key_path = tmp / f"{stem}.pem", tmp / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     return context
-
 
 
 def make_pki(tmp: Path) -> Pki:
@@ -249,6 +270,9 @@ def make_pki(tmp: Path) -> Pki:
     _, other_cert = _ca("some other CA")
     (tmp / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     (tmp / "other-ca.pem").write_bytes(other_cert.public_bytes(serialization.Encoding.PEM))
-    return Pki(str(tmp / "ca.pem"), str(tmp / "other-ca.pem"),
-               _server_context(tmp, "server", ca_key, ca_cert, ["localhost"], ["127.0.0.1"]),
-               _server_context(tmp, "wrong", ca_key, ca_cert, ["collector.example"], []))
+    return Pki(
+        str(tmp / "ca.pem"),
+        str(tmp / "other-ca.pem"),
+        _server_context(tmp, "server", ca_key, ca_cert, ["localhost"], ["127.0.0.1"]),
+        _server_context(tmp, "wrong", ca_key, ca_cert, ["collector.example"], []),
+    )

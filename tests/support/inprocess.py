@@ -41,8 +41,11 @@ def read_frames(capture: str | os.PathLike[str]) -> list[Frame]:
         return [Frame(f.ts_ns, f.linktype, bytes(f.data)) for f in reader]
 
 
-def key_store(rsa_keys: Sequence[Path | str] = (), keylog: Path | str | None = None,
-              keys: KeyStore | None = None) -> KeyStore:
+def key_store(
+    rsa_keys: Sequence[Path | str] = (),
+    keylog: Path | str | None = None,
+    keys: KeyStore | None = None,
+) -> KeyStore:
     keys = keys if keys is not None else KeyStore()
     for path in rsa_keys:
         for key in load_rsa_keys(os.fspath(path)):
@@ -52,10 +55,12 @@ def key_store(rsa_keys: Sequence[Path | str] = (), keylog: Path | str | None = N
     return keys
 
 
-def run_frames(frames: Iterable[Frame], keys: KeyStore,
-               options: PipelineOptions | None = None,
-               between: Callable[[Pipeline, Frame], None] | None = None
-               ) -> tuple[Collected, Pipeline]:
+def run_frames(
+    frames: Iterable[Frame],
+    keys: KeyStore,
+    options: PipelineOptions | None = None,
+    between: Callable[[Pipeline, Frame], None] | None = None,
+) -> tuple[Collected, Pipeline]:
     """Feed frames through a fresh pipeline; ``between`` runs before each frame (to add keys
     at a given capture time, say)."""
     out = Collected()

@@ -53,11 +53,20 @@ class Agent:
     """captagent-tls -i lo ... as a child process."""
 
     def __init__(self, *args: str, interface: str | None = "lo", ready_timeout: float = 15.0):
-        self.args = [*(["-i", interface] if interface else []), "-v", "--stats-interval",
-                     "3600", *args]
+        self.args = [
+            *(["-i", interface] if interface else []),
+            "-v",
+            "--stats-interval",
+            "3600",
+            *args,
+        ]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "captagent_tls", *self.args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_env(),
+            text=True,
+        )
         self.stderr_lines: list[str] = []
         self._ready = threading.Event()
         self._stdout_chunks: list[str] = []
@@ -133,8 +142,15 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
 class TlsSipServer:
     """A SIP-over-TLS peer: reads each client message, answers with the scripted replies."""
 
-    def __init__(self, port: int, *, tls13: bool = False, key: Path = SERVER_KEY,
-                 cert: Path = SERVER_CERT, plain: bool = False):
+    def __init__(
+        self,
+        port: int,
+        *,
+        tls13: bool = False,
+        key: Path = SERVER_KEY,
+        cert: Path = SERVER_CERT,
+        plain: bool = False,
+    ):
         self.port = port
         self.plain = plain
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -187,14 +203,21 @@ class TlsSipServer:
         self.listener.close()
 
 
-def sip_call(server: TlsSipServer, *, tls13: bool = False, keylog: Path | None = None,
-             seed: int = 0, plain: bool = False) -> Sent:
+def sip_call(
+    server: TlsSipServer,
+    *,
+    tls13: bool = False,
+    keylog: Path | None = None,
+    seed: int = 0,
+    plain: bool = False,
+) -> Sent:
     """One TLS connection carrying one INVITE..BYE call; returns what was written."""
     raw = socket.create_connection(("127.0.0.1", server.port), timeout=20)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     client_port = raw.getsockname()[1]
-    factory = SipFactory(random.Random(seed), ("127.0.0.1", client_port),
-                         ("127.0.0.1", server.port))
+    factory = SipFactory(
+        random.Random(seed), ("127.0.0.1", client_port), ("127.0.0.1", server.port)
+    )
     script = [(direction, text.encode()) for direction, text in factory.invite_call()]
     server.scripts[client_port] = script
     if plain:
@@ -233,6 +256,11 @@ def received(out: list[dict]) -> list[tuple[int, str, bytes]]:
     from support.cli import payload_bytes
 
     return sorted(
-        (o["src_port"] if o["direction"] == "c2s" else o["dst_port"], o["direction"],
-         payload_bytes(o))
-        for o in out if o["kind"] == "sip")
+        (
+            o["src_port"] if o["direction"] == "c2s" else o["dst_port"],
+            o["direction"],
+            payload_bytes(o),
+        )
+        for o in out
+        if o["kind"] == "sip"
+    )

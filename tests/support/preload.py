@@ -71,13 +71,21 @@ def key_lines(text: str) -> list[str]:
 class Responder:
     """``sip_responder.py`` as a child process, in the environment given (the preload)."""
 
-    def __init__(self, env: dict[str, str], *args: str, tls13: bool = True,
-                 cwd: Path | None = None):
+    def __init__(
+        self, env: dict[str, str], *args: str, tls13: bool = True, cwd: Path | None = None
+    ):
         argv = [sys.executable, str(RESPONDER), *(["--tls13"] if tls13 else []), *args]
         # a session of its own: its forked workers go with it (killpg) whatever happens
-        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.report: list[str] = []
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 20)
@@ -114,15 +122,18 @@ class Responder:
 
 def requests(client_port: int, server_port: int, seed: int) -> list[bytes]:
     """A REGISTER, an INVITE dialog's requests (INVITE, ACK, BYE), a MESSAGE and an OPTIONS."""
-    factory = SipFactory(random.Random(seed), ("127.0.0.1", client_port),
-                         ("127.0.0.1", server_port))
+    factory = SipFactory(
+        random.Random(seed), ("127.0.0.1", client_port), ("127.0.0.1", server_port)
+    )
     dialogs = factory.register() + factory.invite_call() + factory.message()
-    return [text.encode() for direction, text in dialogs if direction == C2S] + \
-        [factory.options().encode()]
+    return [text.encode() for direction, text in dialogs if direction == C2S] + [
+        factory.options().encode()
+    ]
 
 
-def client_context(*, tls13: bool, keylog: Path | None = None,
-                   ciphers: str = TLS12_ECDHE) -> ssl.SSLContext:
+def client_context(
+    *, tls13: bool, keylog: Path | None = None, ciphers: str = TLS12_ECDHE
+) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -136,8 +147,9 @@ def client_context(*, tls13: bool, keylog: Path | None = None,
     return context
 
 
-def sip_exchange(port: int, *, tls13: bool, keylog: Path | None = None, seed: int = 0,
-                 ciphers: str = TLS12_ECDHE) -> Sent:
+def sip_exchange(
+    port: int, *, tls13: bool, keylog: Path | None = None, seed: int = 0, ciphers: str = TLS12_ECDHE
+) -> Sent:
     """One TLS connection: each request, then its answer read whole (none for ACK)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=20)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -158,8 +170,9 @@ def sip_exchange(port: int, *, tls13: bool, keylog: Path | None = None, seed: in
     return sent
 
 
-def exchanges(port: int, count: int, *, tls13: bool, parallel: int = 1,
-              keylogs: Path | None = None) -> list[Sent]:
+def exchanges(
+    port: int, count: int, *, tls13: bool, parallel: int = 1, keylogs: Path | None = None
+) -> list[Sent]:
     """``count`` connections, ``parallel`` at a time; client key logs in ``keylogs/N.keys``."""
     results: list[Sent | None] = [None] * count
     if keylogs is not None:
@@ -195,8 +208,9 @@ def client_key_lines(folder: Path) -> set[str]:
     """Every line the clients' own (Python) key logs hold: the reference."""
     lines: set[str] = set()
     for path in folder.glob("*.keys"):
-        lines.update(line for line in path.read_text().splitlines()
-                     if line and not line.startswith("#"))
+        lines.update(
+            line for line in path.read_text().splitlines() if line and not line.startswith("#")
+        )
     return lines
 
 

@@ -59,15 +59,30 @@ def response_to(request: bytes) -> bytes | None:
     lines = head.split("\r\n")
     if lines[0].startswith("ACK "):
         return None
-    copied = [line for line in lines[1:]
-              if line.split(":", 1)[0].strip().lower() in ("via", "v", "from", "f", "call-id",
-                                                           "i", "cseq")]
-    to = next((line for line in lines[1:] if line.split(":", 1)[0].strip().lower()
-               in ("to", "t")), "To: <sip:unknown@invalid>")
+    copied = [
+        line
+        for line in lines[1:]
+        if line.split(":", 1)[0].strip().lower()
+        in ("via", "v", "from", "f", "call-id", "i", "cseq")
+    ]
+    to = next(
+        (line for line in lines[1:] if line.split(":", 1)[0].strip().lower() in ("to", "t")),
+        "To: <sip:unknown@invalid>",
+    )
     if ";tag=" not in to:
         to += ";tag=responder"
-    return ("\r\n".join(["SIP/2.0 200 OK", *copied, to, f"Server: sip-responder pid={os.getpid()}",
-                         "Content-Length: 0"]) + "\r\n\r\n").encode()
+    return (
+        "\r\n".join(
+            [
+                "SIP/2.0 200 OK",
+                *copied,
+                to,
+                f"Server: sip-responder pid={os.getpid()}",
+                "Content-Length: 0",
+            ]
+        )
+        + "\r\n\r\n"
+    ).encode()
 
 
 def server_context(args: argparse.Namespace) -> ssl.SSLContext:
@@ -103,8 +118,9 @@ def serve_one(context: ssl.SSLContext, raw: socket.socket) -> None:
         print(f"sip_responder[{os.getpid()}]: {exc!r}", file=sys.stderr, flush=True)
 
 
-def worker(listener: socket.socket, context: ssl.SSLContext, connections: int,
-           threaded: bool) -> None:
+def worker(
+    listener: socket.socket, context: ssl.SSLContext, connections: int, threaded: bool
+) -> None:
     served = 0
     while connections == 0 or served < connections:
         raw, _ = listener.accept()
@@ -121,8 +137,12 @@ def callback_owner(address: int | None) -> str:
         return "none"
 
     class DlInfo(ctypes.Structure):
-        _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
-                    ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+        _fields_ = [
+            ("dli_fname", ctypes.c_char_p),
+            ("dli_fbase", ctypes.c_void_p),
+            ("dli_sname", ctypes.c_char_p),
+            ("dli_saddr", ctypes.c_void_p),
+        ]
 
     info = DlInfo()
     libc = ctypes.CDLL(None)
@@ -141,12 +161,15 @@ def report_callbacks(context: ssl.SSLContext) -> None:
     import _ssl
 
     # libssl's own function (dlsym through _ssl's handle searches only its dependencies) ...
-    in_libssl = get_type(ctypes.cast(ctypes.CDLL(_ssl.__file__).SSL_CTX_get_keylog_callback,
-                                     ctypes.c_void_p).value)
+    in_libssl = get_type(
+        ctypes.cast(ctypes.CDLL(_ssl.__file__).SSL_CTX_get_keylog_callback, ctypes.c_void_p).value
+    )
     # ... and the one the process binds to (global lookup: a preloaded library comes first)
-    as_seen = get_type(ctypes.cast(ctypes.CDLL(None).SSL_CTX_get_keylog_callback,
-                                   ctypes.c_void_p).value) \
-        if hasattr(ctypes.CDLL(None), "SSL_CTX_get_keylog_callback") else in_libssl
+    as_seen = (
+        get_type(ctypes.cast(ctypes.CDLL(None).SSL_CTX_get_keylog_callback, ctypes.c_void_p).value)
+        if hasattr(ctypes.CDLL(None), "SSL_CTX_get_keylog_callback")
+        else in_libssl
+    )
     print(f"callback in libssl: {callback_owner(in_libssl(ctx))}", flush=True)
     print(f"callback as seen: {callback_owner(as_seen(ctx))}", flush=True)
 

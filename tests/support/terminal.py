@@ -46,11 +46,16 @@ def _read_available(fd: int, chunks: list[bytes], wait: float) -> bool:
     return True
 
 
-def run_on_terminal(args: Sequence[str | os.PathLike[str]], *, stdout_on_terminal: bool = False,
-                    env: Mapping[str, str] | None = None, stdin: int | None = None,
-                    columns: int = 160, timeout: float = 120,
-                    while_running: Callable[[subprocess.Popen[bytes], list[bytes]], None]
-                    | None = None) -> TerminalRun:
+def run_on_terminal(
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    stdout_on_terminal: bool = False,
+    env: Mapping[str, str] | None = None,
+    stdin: int | None = None,
+    columns: int = 160,
+    timeout: float = 120,
+    while_running: Callable[[subprocess.Popen[bytes], list[bytes]], None] | None = None,
+) -> TerminalRun:
     """``python -m captagent_tls ARGS`` with stderr on a pty of ``columns`` columns.
 
     ``while_running(proc, chunks)`` is called once the process started (it may send
@@ -63,9 +68,13 @@ def run_on_terminal(args: Sequence[str | os.PathLike[str]], *, stdout_on_termina
     full_env.update(env or {})
     argv = [sys.executable, "-m", "captagent_tls", *map(os.fspath, args)]
     with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(argv, stdin=stdin if stdin is not None else subprocess.DEVNULL,
-                                stdout=slave if stdout_on_terminal else out, stderr=slave,
-                                env=full_env)
+        proc = subprocess.Popen(
+            argv,
+            stdin=stdin if stdin is not None else subprocess.DEVNULL,
+            stdout=slave if stdout_on_terminal else out,
+            stderr=slave,
+            env=full_env,
+        )
         os.close(slave)
         chunks: list[bytes] = []
         deadline = time.monotonic() + timeout

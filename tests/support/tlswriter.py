@@ -36,6 +36,7 @@ EXT_ENCRYPT_THEN_MAC, EXT_SUPPORTED_VERSIONS, EXT_EARLY_DATA = 22, 43, 42
 
 # -- the key schedule, from the RFCs, with the standard library ---------------------------
 
+
 def p_sha256(secret: bytes, seed: bytes, length: int) -> bytes:
     """RFC 5246 §5 P_SHA256."""
     out, a = b"", seed
@@ -92,20 +93,32 @@ def extensions(items: dict[int, bytes]) -> bytes:
 
 
 def client_hello(random: bytes, suites: list[int], exts: dict[int, bytes]) -> bytes:
-    body = (struct.pack("!H", TLS12) + random + b"\x00"
-            + struct.pack("!H", 2 * len(suites)) + b"".join(struct.pack("!H", s) for s in suites)
-            + b"\x01\x00" + extensions(exts))
+    body = (
+        struct.pack("!H", TLS12)
+        + random
+        + b"\x00"
+        + struct.pack("!H", 2 * len(suites))
+        + b"".join(struct.pack("!H", s) for s in suites)
+        + b"\x01\x00"
+        + extensions(exts)
+    )
     return handshake_message(CLIENT_HELLO, body)
 
 
-def server_hello(random: bytes, suite: int, exts: dict[int, bytes],
-                 version: int = TLS12) -> bytes:
-    body = (struct.pack("!H", version) + random + b"\x00" + struct.pack("!H", suite) + b"\x00"
-            + extensions(exts))
+def server_hello(random: bytes, suite: int, exts: dict[int, bytes], version: int = TLS12) -> bytes:
+    body = (
+        struct.pack("!H", version)
+        + random
+        + b"\x00"
+        + struct.pack("!H", suite)
+        + b"\x00"
+        + extensions(exts)
+    )
     return handshake_message(SERVER_HELLO, body)
 
 
 # -- record protection ------------------------------------------------------------------------
+
 
 class GcmWriter:
     """TLS 1.2 AES-GCM (RFC 5288): explicit nonce = the sequence number."""
@@ -176,6 +189,7 @@ class Tls13Writer:
 
 # -- TCP/IP framing ---------------------------------------------------------------------------
 
+
 @dataclass
 class TcpConversation:
     """Frames of one TCP connection between 10.0.0.1 (client) and 10.0.0.2 (server)."""
@@ -186,14 +200,21 @@ class TcpConversation:
     frames: list[Frame] = field(default_factory=list)
     seq: list[int] = field(default_factory=lambda: [1000, 5000])
 
-    def _frame(self, direction: int, flags: int, payload: bytes, seq: int | None = None,
-               ack: int | None = None) -> Frame:
+    def _frame(
+        self,
+        direction: int,
+        flags: int,
+        payload: bytes,
+        seq: int | None = None,
+        ack: int | None = None,
+    ) -> Frame:
         src, dst = (b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02")[:: 1 if direction == 0 else -1]
         ports = (self.client_port, self.server_port)[:: 1 if direction == 0 else -1]
         seq = self.seq[direction] if seq is None else seq
         ack = self.seq[1 - direction] if ack is None else ack
-        tcp = struct.pack("!HHIIBBHHH", *ports, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4,
-                          flags, 65535, 0, 0)
+        tcp = struct.pack(
+            "!HHIIBBHHH", *ports, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags, 65535, 0, 0
+        )
         total = 20 + len(tcp) + len(payload)
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 6, 0, src, dst)
         ethernet = b"\x00" * 12 + b"\x08\x00"
@@ -231,6 +252,7 @@ class TcpConversation:
 
 # -- sessions ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Tls12Session:
     """A TLS 1.2 ECDHE session whose master secret is given by a key-log line."""
@@ -256,10 +278,12 @@ class Tls12Session:
         """ServerHello (naming ``suite``, which may differ from what was offered), a
         placeholder Certificate and ServerHelloDone."""
         exts = {EXT_ENCRYPT_THEN_MAC: b""} if self.etm else {}
-        hello = server_hello(self.server_random, suite or self.suite, exts,
-                             version or self.version)
-        messages = [hello, handshake_message(CERTIFICATE, b"\x00\x00\x00"),
-                    handshake_message(SERVER_HELLO_DONE, b"")]
+        hello = server_hello(self.server_random, suite or self.suite, exts, version or self.version)
+        messages = [
+            hello,
+            handshake_message(CERTIFICATE, b"\x00\x00\x00"),
+            handshake_message(SERVER_HELLO_DONE, b""),
+        ]
         self.transcript += messages
         return record(HANDSHAKE, b"".join(messages), self.version)
 
@@ -279,11 +303,14 @@ class Tls12Session:
         client_mac, server_mac = block[0:20], block[20:40]
         client_key, server_key = block[40:56], block[56:72]
         client_iv, server_iv = block[72:88], block[88:104]
-        return (CbcWriter(client_key, client_mac, client_iv, self.version, self.etm),
-                CbcWriter(server_key, server_mac, server_iv, self.version, self.etm))
+        return (
+            CbcWriter(client_key, client_mac, client_iv, self.version, self.etm),
+            CbcWriter(server_key, server_mac, server_iv, self.version, self.etm),
+        )
 
-    def finished(self, from_client: bool, writer: GcmWriter | CbcWriter,
-                 tamper: bool = False) -> bytes:
+    def finished(
+        self, from_client: bool, writer: GcmWriter | CbcWriter, tamper: bool = False
+    ) -> bytes:
         label = b"client finished" if from_client else b"server finished"
         data = b"".join(self.transcript)
         if self.version >= TLS12:
@@ -304,16 +331,26 @@ class Tls13Session:
 
     client_random: bytes = field(default_factory=lambda: os.urandom(32))
     server_random: bytes = field(default_factory=lambda: os.urandom(32))
-    secrets: dict[str, bytes] = field(default_factory=lambda: {
-        name: os.urandom(32) for name in (
-            "CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
-            "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0",
-            "CLIENT_EARLY_TRAFFIC_SECRET")})
+    secrets: dict[str, bytes] = field(
+        default_factory=lambda: {
+            name: os.urandom(32)
+            for name in (
+                "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+                "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+                "CLIENT_TRAFFIC_SECRET_0",
+                "SERVER_TRAFFIC_SECRET_0",
+                "CLIENT_EARLY_TRAFFIC_SECRET",
+            )
+        }
+    )
     transcript: list[bytes] = field(default_factory=list)
 
     def key_log(self, without: tuple[str, ...] = ()) -> str:
-        return "".join(f"{name} {self.client_random.hex()} {secret.hex()}\n"
-                       for name, secret in self.secrets.items() if name not in without)
+        return "".join(
+            f"{name} {self.client_random.hex()} {secret.hex()}\n"
+            for name, secret in self.secrets.items()
+            if name not in without
+        )
 
     def writer(self, name: str) -> Tls13Writer:
         return Tls13Writer(self.secrets[name])
@@ -327,8 +364,9 @@ class Tls13Session:
         return record(HANDSHAKE, message, 0x0301)
 
     def server_hello(self, random: bytes | None = None) -> bytes:
-        message = server_hello(random or self.server_random, TLS13_AES128,
-                               {EXT_SUPPORTED_VERSIONS: b"\x03\x04"})
+        message = server_hello(
+            random or self.server_random, TLS13_AES128, {EXT_SUPPORTED_VERSIONS: b"\x03\x04"}
+        )
         self.transcript.append(message)
         return record(HANDSHAKE, message)
 
@@ -339,6 +377,7 @@ class Tls13Session:
 
     def finished(self, secret_name: str) -> bytes:
         key = hkdf_expand_label(self.secrets[secret_name], b"finished", b"", 32)
-        verify = hmac.new(key, hashlib.sha256(b"".join(self.transcript)).digest(),
-                          hashlib.sha256).digest()
+        verify = hmac.new(
+            key, hashlib.sha256(b"".join(self.transcript)).digest(), hashlib.sha256
+        ).digest()
         return self.handshake_message(FINISHED, verify)

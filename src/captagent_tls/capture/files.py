@@ -204,8 +204,10 @@ class CaptureReader:
         """One line: how many structures were skipped and what the first one was."""
         if not self.malformed:
             return ""
-        return (f"{self.malformed} malformed {self.format or 'capture'} structure(s) skipped "
-                f"(the first {self.first_malformed})")
+        return (
+            f"{self.malformed} malformed {self.format or 'capture'} structure(s) skipped "
+            f"(the first {self.first_malformed})"
+        )
 
     def _skip(self, offset: int, what: str) -> None:
         self.malformed += 1
@@ -214,8 +216,9 @@ class CaptureReader:
 
     def _corrupt(self, offset: int, what: str) -> CaptureError:
         where = " of the decompressed data" if self._gzip else ""
-        return CaptureError(f"{self.path}: corrupt {self.format or 'capture'} file at byte "
-                            f"{offset}{where}: {what}")
+        return CaptureError(
+            f"{self.path}: corrupt {self.format or 'capture'} file at byte {offset}{where}: {what}"
+        )
 
     def _cut(self, offset: int) -> None:
         self.truncated = True
@@ -225,12 +228,11 @@ class CaptureReader:
         if self._gzip:
             what = "gzip file ends early" if window.damage_is_cut else "damaged gzip data"
             if window.damage_at == 0:
-                return CaptureError(f"{self.path}: cannot decompress: {what} "
-                                    f"({window.damage})")
-            return CaptureError(f"{self.path}: {what} after {window.damage_at} decompressed "
-                                f"bytes ({window.damage})")
-        return CaptureError(f"{self.path}: cannot read at byte {window.damage_at}: "
-                            f"{window.damage}")
+                return CaptureError(f"{self.path}: cannot decompress: {what} ({window.damage})")
+            return CaptureError(
+                f"{self.path}: {what} after {window.damage_at} decompressed bytes ({window.damage})"
+            )
+        return CaptureError(f"{self.path}: cannot read at byte {window.damage_at}: {window.damage}")
 
     def __iter__(self) -> Iterator[Frame]:
         window = self._window
@@ -240,9 +242,10 @@ class CaptureReader:
                 if window.damage:
                     raise self._damaged_stream(window)
                 raise CaptureError(f"{self.path}: not a pcap or pcapng file (too short)")
-            magic_le, magic_be = struct.unpack_from("<I", window.buf)[0], struct.unpack_from(
-                ">I", window.buf
-            )[0]
+            magic_le, magic_be = (
+                struct.unpack_from("<I", window.buf)[0],
+                struct.unpack_from(">I", window.buf)[0],
+            )
             if magic_le == PCAPNG_SHB:
                 self.format = "pcapng"
                 yield from self._pcapng(window)
@@ -257,8 +260,10 @@ class CaptureReader:
                 raise CaptureError(f"{self.path}: cannot read: {exc}") from None
             self._cut(window.base)
         except struct.error as exc:  # a check missing below: still one line, never a traceback
-            raise CaptureError(f"{self.path}: corrupt {self.format or 'capture'} file near "
-                               f"byte {window.base}: {exc}") from None
+            raise CaptureError(
+                f"{self.path}: corrupt {self.format or 'capture'} file near "
+                f"byte {window.base}: {exc}"
+            ) from None
         if window.damage:
             if not window.damage_is_cut or not self.format:
                 raise self._damaged_stream(window)
@@ -335,8 +340,9 @@ class CaptureReader:
             end = pos + blen - 4
             trailer = struct.unpack_from(endian + "I", buf, end)[0]
             if trailer != blen:
-                raise self._corrupt(offset, f"block length {blen} at its start but {trailer} "
-                                            "at its end")
+                raise self._corrupt(
+                    offset, f"block length {blen} at its start but {trailer} at its end"
+                )
             if blen < MIN_BLOCK_LENGTH.get(btype, 12):
                 what = f"{BLOCK_NAMES[btype]} block of {blen} bytes, too short for its fields"
                 if btype == PCAPNG_SHB:
@@ -378,8 +384,9 @@ class CaptureReader:
                     self.on_secrets(bytes(buf[body + 8 : body + 8 + slen]))
             pos += blen
 
-    def _interface(self, buf: bytes | memoryview, body: int, end: int, endian: str,
-                   offset: int) -> tuple[int, int, int, int]:
+    def _interface(
+        self, buf: bytes | memoryview, body: int, end: int, endian: str, offset: int
+    ) -> tuple[int, int, int, int]:
         linktype = struct.unpack_from(endian + "H", buf, body)[0]
         mult, div, ts_offset = 1000, 1, 0  # default resolution: microseconds
         opt = body + 8

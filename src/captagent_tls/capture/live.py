@@ -32,8 +32,15 @@ class KernelStats(NamedTuple):
 
 
 class LiveCapture:
-    def __init__(self, interface: str, bpf: str | None = None, promisc: bool = True,
-                 snaplen: int = 262144, buffer_kib: int = 32768, timeout_ms: int = 50):
+    def __init__(
+        self,
+        interface: str,
+        bpf: str | None = None,
+        promisc: bool = True,
+        snaplen: int = 262144,
+        buffer_kib: int = 32768,
+        timeout_ms: int = 50,
+    ):
         try:
             import pcapy
         except ImportError as exc:  # pragma: no cover - pcapy-ng is a dependency
@@ -42,8 +49,9 @@ class LiveCapture:
         devices = capture_devices()
         if interface not in devices:
             # libpcap would open a socket and fail later with an unrelated error (F_GETFL)
-            raise CaptureError(f"no such interface {interface} (there are: "
-                               f"{', '.join(devices) or 'none'})")
+            raise CaptureError(
+                f"no such interface {interface} (there are: {', '.join(devices) or 'none'})"
+            )
         reader = None
         try:
             reader = pcapy.create(interface)

@@ -69,7 +69,7 @@ _MODULE_REASONS = {
 
 _SETTING_REASONS = {
     "capture-plan": "no capture plan is needed: TLS is decrypted, SIP framed and HEP sent "
-                    "for every captured TLS connection",
+    "for every captured TLS connection",
     "capture-filter": "RTP/RTCP capture is not supported",
     "reasm": "IP fragments are always reassembled",
     "tcpdefrag": "TCP streams are always reassembled",
@@ -86,14 +86,30 @@ _SETTING_REASONS = {
 }
 
 #: Ignored settings whose value says what captagent-tls does anyway: no warning for these.
-_SAME_AS_OURS = frozenset({
-    ("reasm", "true"), ("tcpdefrag", "true"), ("payload-compression", "false"),
-    ("payload-send", "true"), ("daemon", "false"), ("syslog", "false"),
-})
+_SAME_AS_OURS = frozenset(
+    {
+        ("reasm", "true"),
+        ("tcpdefrag", "true"),
+        ("payload-compression", "false"),
+        ("payload-send", "true"),
+        ("daemon", "false"),
+        ("syslog", "false"),
+    }
+)
 
 #: core.conf settings without meaning here and not worth a warning.
-_CORE_SILENT = frozenset({"version", "serial", "uuid", "module_path", "config_path",
-                          "capture_plans_path", "backup", "license"})
+_CORE_SILENT = frozenset(
+    {
+        "version",
+        "serial",
+        "uuid",
+        "module_path",
+        "config_path",
+        "capture_plans_path",
+        "backup",
+        "license",
+    }
+)
 
 _FRAGMENTS = {
     "ipv4fragments": "(ip[6:2] & 0x3fff != 0)",  # MF set or offset non-zero
@@ -143,14 +159,15 @@ class _CaptagentReader:
         if (name, value) in _SAME_AS_OURS:
             return
         reason = _SETTING_REASONS.get(name, "unrecognised setting")
-        self.warn((module, name),
-                  f"{node.where}: {module}: {name}={value!r} ignored: {reason}")
+        self.warn((module, name), f"{node.where}: {module}: {name}={value!r} ignored: {reason}")
 
     def set(self, dest: str, value: object, node: XmlNode, label: str) -> None:
         if dest in self.values and self.values[dest] != value:
-            self.warn(("conflict", dest),
-                      f"{node.where}: {label} ignored: {dest} is already "
-                      f"{self.values[dest]!r} from {self.origin[dest]}")
+            self.warn(
+                ("conflict", dest),
+                f"{node.where}: {label} ignored: {dest} is already "
+                f"{self.values[dest]!r} from {self.origin[dest]}",
+            )
             return
         if dest not in self.values:
             self.values[dest] = value
@@ -164,8 +181,9 @@ class _CaptagentReader:
         except ValueError:
             number = None
         if number is None or not low <= number <= high:
-            raise ConfigError(f"{node.where}: {name}: expected an integer from {low} to "
-                              f"{high}, got {value!r}")
+            raise ConfigError(
+                f"{node.where}: {name}: expected an integer from {low} to {high}, got {value!r}"
+            )
         return number
 
     @staticmethod
@@ -175,15 +193,18 @@ class _CaptagentReader:
         except ValueError:
             number = math.nan
         if not math.isfinite(number) or number <= 0:
-            raise ConfigError(f"{node.where}: {name}: expected a number of seconds above 0, "
-                              f"got {value!r}")
+            raise ConfigError(
+                f"{node.where}: {name}: expected a number of seconds above 0, got {value!r}"
+            )
         return number
 
     def boolean(self, module: str, node: XmlNode, name: str, value: str) -> bool:
         if value not in ("true", "false"):
-            self.warn((module, name, "bool"),
-                      f"{node.where}: {module}: {name}={value!r} read as "
-                      f"{value.startswith('true')}, as captagent does")
+            self.warn(
+                (module, name, "bool"),
+                f"{node.where}: {module}: {name}={value!r} read as "
+                f"{value.startswith('true')}, as captagent does",
+            )
         return value.startswith("true")
 
     # ---- core.conf
@@ -218,9 +239,11 @@ class _CaptagentReader:
 
     def socket_pcap(self, module: XmlNode, profiles: list[XmlNode]) -> None:
         if not profiles:
-            self.warn(("socket_pcap", "none"),
-                      f"{module.where}: socket_pcap has no enabled profile: no interface or "
-                      "filter is configured")
+            self.warn(
+                ("socket_pcap", "none"),
+                f"{module.where}: socket_pcap has no enabled profile: no interface or "
+                "filter is configured",
+            )
             return
         captures = [self.pcap_profile(profile) for profile in profiles]
         first, label = profiles[0], "socket_pcap"
@@ -229,9 +252,11 @@ class _CaptagentReader:
             self.set("interface", devices[0], first, f"{label} dev")
         elif devices:
             self.set("interface", "any", first, f"{label} dev")
-            self.warn(("socket_pcap", "devs"),
-                      f"{first.where}: socket_pcap: enabled profiles capture on "
-                      f"{', '.join(devices)}: captagent-tls captures once, on 'any'")
+            self.warn(
+                ("socket_pcap", "devs"),
+                f"{first.where}: socket_pcap: enabled profiles capture on "
+                f"{', '.join(devices)}: captagent-tls captures once, on 'any'",
+            )
         if all(c.filter for c in captures):  # one profile taking everything takes it all
             filters = [c.bpf() for c in captures]
             merged = filters[0] if len(filters) == 1 else " or ".join(f"({f})" for f in filters)
@@ -244,15 +269,18 @@ class _CaptagentReader:
         buffers = [c.buffer_kib for c in captures if c.buffer_kib is not None]
         if buffers:
             self.set("buffer_size", max(buffers), first, f"{label} ring-buffer")
-        intervals = [c.stats_interval for c in captures
-                     if c.stats_enable and c.stats_interval is not None]
+        intervals = [
+            c.stats_interval for c in captures if c.stats_enable and c.stats_interval is not None
+        ]
         if intervals:
             self.set("stats_interval", float(min(intervals)), first, f"{label} stats-interval")
         if len(profiles) > 1:
             names = ", ".join(p.attrib.get("name", "?") for p in profiles)
-            self.warn(("socket_pcap", "merged"),
-                      f"{first.where}: socket_pcap: enabled profiles {names} are merged into "
-                      f"one capture (filter: {self.values.get('filter', 'none')})")
+            self.warn(
+                ("socket_pcap", "merged"),
+                f"{first.where}: socket_pcap: enabled profiles {names} are merged into "
+                f"one capture (filter: {self.values.get('filter', 'none')})",
+            )
 
     def pcap_profile(self, profile: XmlNode) -> _PcapProfile:
         capture = _PcapProfile()
@@ -266,10 +294,12 @@ class _CaptagentReader:
             elif name == "snap-len":
                 capture.snaplen = self.integer(node, name, value, 1, 262144)
                 if capture.snaplen < 65535:
-                    self.warn(("socket_pcap", name, "short"),
-                              f"{node.where}: socket_pcap: snap-len={value} cuts longer "
-                              "packets (offloaded TCP segments reach 64 KiB): TLS records "
-                              "in them cannot be decrypted")
+                    self.warn(
+                        ("socket_pcap", name, "short"),
+                        f"{node.where}: socket_pcap: snap-len={value} cuts longer "
+                        "packets (offloaded TCP segments reach 64 KiB): TLS records "
+                        "in them cannot be decrypted",
+                    )
             elif name == "ring-buffer":  # MiB in captagent, KiB for us
                 capture.buffer_kib = self.integer(node, name, value, 1, 1 << 20) * 1024
             elif name in _FRAGMENTS:
@@ -291,8 +321,12 @@ class _CaptagentReader:
                     if value:
                         keys.append(relative_to(Path(node.file).parent, value))
                 elif name == "flow-timeout":
-                    self.set("flow_timeout", self.seconds(node, name, value), node,
-                             f"{module} flow-timeout")
+                    self.set(
+                        "flow_timeout",
+                        self.seconds(node, name, value),
+                        node,
+                        f"{module} flow-timeout",
+                    )
                 else:
                     self.ignored(module, name, value, node)
         if keys:
@@ -308,8 +342,14 @@ class _CaptagentReader:
             pname = profile.attrib.get("name", "?")
             settings: dict[str, tuple[str, XmlNode]] = {}
             for name, value, node in _params(profile):
-                if name in ("capture-host", "capture-port", "capture-proto", "capture-id",
-                            "capture-password", "version"):
+                if name in (
+                    "capture-host",
+                    "capture-port",
+                    "capture-proto",
+                    "capture-id",
+                    "capture-password",
+                    "version",
+                ):
                     settings.setdefault(name, (value, node))
                 else:
                     self.ignored("transport_hep", name, value, node)
@@ -318,9 +358,11 @@ class _CaptagentReader:
                 value, node = settings["version"]
                 version = self.integer(node, "version", value, 1, 3)
                 if version != 3:
-                    self.warn(("transport_hep", "version", value),
-                              f"{node.where}: {label}: version={value} ignored: captagent-tls "
-                              "sends HEPv3 only (HOMER 5 and later, heplify-server read it)")
+                    self.warn(
+                        ("transport_hep", "version", value),
+                        f"{node.where}: {label}: version={value} ignored: captagent-tls "
+                        "sends HEPv3 only (HOMER 5 and later, heplify-server read it)",
+                    )
             if "capture-host" not in settings or not settings["capture-host"][0]:
                 raise ConfigError(f"{profile.where}: {label}: capture-host is missing")
             if "capture-port" not in settings:
@@ -331,8 +373,10 @@ class _CaptagentReader:
             proto_text, proto_node = settings.get("capture-proto", ("udp", profile))
             scheme = _HEP_SCHEMES.get(proto_text.lower())
             if scheme is None:
-                raise ConfigError(f"{proto_node.where}: capture-proto: expected udp, tcp or "
-                                  f"ssl, got {proto_text!r}")
+                raise ConfigError(
+                    f"{proto_node.where}: capture-proto: expected udp, tcp or "
+                    f"ssl, got {proto_text!r}"
+                )
             if ":" in host and not host.startswith("["):
                 host = f"[{host}]"
             address = f"{scheme}://{host}:{port}"
@@ -343,8 +387,12 @@ class _CaptagentReader:
             collectors.append(address)
             if "capture-id" in settings:
                 value, node = settings["capture-id"]
-                self.set("hep_id", self.integer(node, "capture-id", value, 0, 0xFFFFFFFF), node,
-                         f"{label} capture-id")
+                self.set(
+                    "hep_id",
+                    self.integer(node, "capture-id", value, 0, 0xFFFFFFFF),
+                    node,
+                    f"{label} capture-id",
+                )
             if "capture-password" in settings:
                 value, node = settings["capture-password"]
                 self.set("hep_password", value, node, f"{label} capture-password")
@@ -352,9 +400,11 @@ class _CaptagentReader:
             self.values["hep"] = list(dict.fromkeys(collectors))
             self.origin["hep"] = profiles[0].where
         else:
-            self.warn(("transport_hep", "none"),
-                      f"{module.where}: transport_hep has no enabled profile: no HEP collector "
-                      "is configured")
+            self.warn(
+                ("transport_hep", "none"),
+                f"{module.where}: transport_hep has no enabled profile: no HEP collector "
+                "is configured",
+            )
 
 
 def _module_elements(root: XmlNode) -> dict[str, XmlNode]:
@@ -370,7 +420,7 @@ def _module_from_file(path: Path, name: str, budget: XmlBudget) -> XmlNode:
     root = load_xml(path, budget)
     element = _module_elements(root).get(name)
     if element is None:
-        raise ConfigError(f"{path}: no <module name=\"{name}\"> in it")
+        raise ConfigError(f'{path}: no <module name="{name}"> in it')
     return element
 
 
@@ -396,8 +446,10 @@ def _read_main(reader: _CaptagentReader, main: Path, root: XmlNode) -> None:
         candidates = [folder / f"{name}.xml" for folder in folders]
         found = next((c for c in candidates if c.is_file()), None)
         if found is None:
-            raise ConfigError(f"{load.where}: module {name} is loaded but "
-                              f"{' or '.join(map(str, candidates))} is missing")
+            raise ConfigError(
+                f"{load.where}: module {name} is loaded but "
+                f"{' or '.join(map(str, candidates))} is missing"
+            )
         elements[name] = _module_from_file(found, name, reader.budget)
     for name in _HANDLED:
         if name in elements:
@@ -405,9 +457,10 @@ def _read_main(reader: _CaptagentReader, main: Path, root: XmlNode) -> None:
     # installations ship every module's file; only unused keys are worth a word
     unused = main.parent / "protocol_tls.xml"
     if "protocol_tls" not in elements and unused.is_file():
-        reader.warn(("unloaded", "protocol_tls"),
-                    f"{main}: module protocol_tls is not loaded: the keys in {unused} are "
-                    "not used")
+        reader.warn(
+            ("unloaded", "protocol_tls"),
+            f"{main}: module protocol_tls is not loaded: the keys in {unused} are not used",
+        )
 
 
 def _read_modules(reader: _CaptagentReader, root: XmlNode) -> bool:
@@ -443,13 +496,19 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
         if main.is_file():
             _read_main(reader, main, load_xml(main, reader.budget))
         else:
-            files = [given / f"{name}.xml" for name in _HANDLED
-                     if (given / f"{name}.xml").is_file()]
+            files = [
+                given / f"{name}.xml" for name in _HANDLED if (given / f"{name}.xml").is_file()
+            ]
             if not files:
-                raise ConfigError(f"{given}: no captagent.xml and no "
-                                  f"{', '.join(n + '.xml' for n in _HANDLED)} in it")
-            reader.warn(("no-main",), f"{given}: no captagent.xml: reading "
-                                      f"{', '.join(f.name for f in files)} as if loaded")
+                raise ConfigError(
+                    f"{given}: no captagent.xml and no "
+                    f"{', '.join(n + '.xml' for n in _HANDLED)} in it"
+                )
+            reader.warn(
+                ("no-main",),
+                f"{given}: no captagent.xml: reading "
+                f"{', '.join(f.name for f in files)} as if loaded",
+            )
             for file in files:
                 reader.module(file.stem, _module_from_file(file, file.stem, reader.budget))
     elif is_file:
@@ -465,7 +524,7 @@ def load_captagent(path: str | Path) -> tuple[dict[str, object], list[str]]:
         try:
             values[dest] = check(dest, value)
         except ValueError as exc:
-            raise ConfigError(f"{reader.origin.get(dest, given)}: "
-                              f"{reader.labels.get(dest, dest)}: {exc}") from None
+            raise ConfigError(
+                f"{reader.origin.get(dest, given)}: {reader.labels.get(dest, dest)}: {exc}"
+            ) from None
     return values, reader.warnings
-

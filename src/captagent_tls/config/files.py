@@ -21,8 +21,9 @@ def read_limited(path: str | Path) -> bytes:
     with open(path, "rb") as fh:
         data = fh.read(MAX_CONFIG_BYTES + 1)
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: more than {MAX_CONFIG_BYTES >> 20} MiB, too large for a "
-                          "configuration file")
+        raise ConfigError(
+            f"{path}: more than {MAX_CONFIG_BYTES >> 20} MiB, too large for a configuration file"
+        )
     return data
 
 

@@ -17,8 +17,11 @@ __all__ = ["ALTERNATIVES", "explicit_args", "merge", "resolve"]
 ALTERNATIVES = (frozenset({"read", "interface"}),)
 
 
-def merge(defaults: Mapping[str, object], file_values: Mapping[str, object],
-          command_line_values: Mapping[str, object]) -> dict[str, object]:
+def merge(
+    defaults: Mapping[str, object],
+    file_values: Mapping[str, object],
+    command_line_values: Mapping[str, object],
+) -> dict[str, object]:
     """Command line > config file > defaults, option by option.
 
     A list from a higher layer replaces the lower one's (``-k a.key`` on the command line
@@ -58,8 +61,9 @@ def explicit_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
     return set(vars(typed))
 
 
-def resolve(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-            file_values: Mapping[str, object]) -> argparse.Namespace:
+def resolve(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None, file_values: Mapping[str, object]
+) -> argparse.Namespace:
     """Parse *argv* and lay it over *file_values* and the parser's defaults.
 
     Options the parser does not know yet (from a file) are kept in the namespace too.

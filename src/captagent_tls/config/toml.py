@@ -25,7 +25,7 @@ def _toml_syntax_error(name: str, exc: tomllib.TOMLDecodeError) -> str:
     message = str(exc)
     where = _TOML_WHERE.search(message)
     if where:
-        return f"{name}:{where[1]}:{where[2]}: TOML syntax error: {message[:where.start()]}"
+        return f"{name}:{where[1]}:{where[2]}: TOML syntax error: {message[: where.start()]}"
     return f"{name}: TOML syntax error: {message}"
 
 
@@ -53,8 +53,9 @@ def load_native(path: str | Path) -> dict[str, object]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(_toml_syntax_error(name, exc)) from None
     except RecursionError:  # tomllib parses nested arrays and inline tables recursively
-        raise ConfigError(f"{name}: nested too deeply (arrays or inline tables within one "
-                          "another, hundreds deep)") from None
+        raise ConfigError(
+            f"{name}: nested too deeply (arrays or inline tables within one another, hundreds deep)"
+        ) from None
 
     values: dict[str, object] = {}
     set_by: dict[str, str] = {}
@@ -78,17 +79,18 @@ def load_native(path: str | Path) -> dict[str, object]:
                 if dest is None:
                     raise _unknown(name, dotted, sorted(names), table=key)
                 if isinstance(sub_value, dict):
-                    raise ConfigError(f"{name}: {dotted}: expected {describe_kind(dest)}, "
-                                      "got a table")
+                    raise ConfigError(
+                        f"{name}: {dotted}: expected {describe_kind(dest)}, got a table"
+                    )
                 put(dest, dotted, sub_value)
         elif bare in OPTIONS:
             if isinstance(value, dict):
-                raise ConfigError(f"{name}: {key}: expected {describe_kind(bare)}, "
-                                  "got a table")
+                raise ConfigError(f"{name}: {key}: expected {describe_kind(bare)}, got a table")
             put(bare, key, value)
         elif bare in TABLES:
-            raise ConfigError(f"{name}: {key}: expected a table ([{key}]), "
-                              f"got {type_name(value)} {value!r}")
+            raise ConfigError(
+                f"{name}: {key}: expected a table ([{key}]), got {type_name(value)} {value!r}"
+            )
         else:
             raise _unknown(name, key, sorted([*OPTIONS, *TABLES]))
     resolve_paths(values, Path(path).parent)

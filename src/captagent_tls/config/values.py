@@ -29,7 +29,14 @@ if TYPE_CHECKING:
     from captagent_tls.sinks.hep.queue import QueueLimits
 
 STR, BOOL, INT, FLOAT, LIST, SIZE, CHOICE = (
-    "string", "boolean", "integer", "number", "list", "size", "choice")
+    "string",
+    "boolean",
+    "integer",
+    "number",
+    "list",
+    "size",
+    "choice",
+)
 COUNT_OR_AUTO = "count or auto"  # a whole number, or "auto" (--workers)
 
 DAY_S = 86_400
@@ -63,8 +70,13 @@ def type_name(value: object) -> str:
     """How a file spells the type of a value (TOML's names)."""
     if isinstance(value, bool):
         return "boolean"
-    for kind, name in ((str, "string"), (int, "integer"), (float, "float"), (list, "array"),
-                       (dict, "table")):
+    for kind, name in (
+        (str, "string"),
+        (int, "integer"),
+        (float, "float"),
+        (list, "array"),
+        (dict, "table"),
+    ):
         if isinstance(value, kind):
             return name
     return "date/time"
@@ -122,8 +134,9 @@ def typed(kind: str, value: object) -> object:
         raise wrong
     for i, item in enumerate(value):
         if not isinstance(item, str):
-            raise ValueError(f"item {i + 1}: expected a string, got {type_name(item)} "
-                             f"{shown(item)}")
+            raise ValueError(
+                f"item {i + 1}: expected a string, got {type_name(item)} {shown(item)}"
+            )
     return list(value)
 
 
@@ -231,8 +244,9 @@ def parse_queue_limits(text: str) -> QueueLimits:
         messages = int(messages_text)
         size = parse_size(bytes_text) if bytes_text else QueueLimits().max_bytes
     except ValueError:
-        raise HepConfigError(f"bad HEP queue {shown(text)}: expected MESSAGES or "
-                             "MESSAGES,BYTES, e.g. 100000,64M") from None
+        raise HepConfigError(
+            f"bad HEP queue {shown(text)}: expected MESSAGES or MESSAGES,BYTES, e.g. 100000,64M"
+        ) from None
     if not 1 <= messages <= MAX_COUNT:
         raise HepConfigError(f"bad HEP queue {shown(text)}: from 1 to {MAX_COUNT} messages")
     if not 1 <= size <= 64 * GIB:

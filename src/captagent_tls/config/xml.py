@@ -75,12 +75,16 @@ def _parse_xml(path: Path, budget: XmlBudget) -> XmlNode:
 
     def start(tag: str, attrib: dict[str, str]) -> None:
         if len(stack) >= MAX_XML_DEPTH:
-            raise ConfigError(f"{path}:{parser.CurrentLineNumber}: nested too deeply (more "
-                              f"than {MAX_XML_DEPTH} elements within one another)")
+            raise ConfigError(
+                f"{path}:{parser.CurrentLineNumber}: nested too deeply (more "
+                f"than {MAX_XML_DEPTH} elements within one another)"
+            )
         budget.elements += 1
         if budget.elements > MAX_XML_ELEMENTS:
-            raise ConfigError(f"{path}:{parser.CurrentLineNumber}: more than "
-                              f"{MAX_XML_ELEMENTS} elements in the configuration")
+            raise ConfigError(
+                f"{path}:{parser.CurrentLineNumber}: more than "
+                f"{MAX_XML_ELEMENTS} elements in the configuration"
+            )
         node = XmlNode(tag, attrib, str(path), parser.CurrentLineNumber)
         (stack[-1].children if stack else roots).append(node)
         stack.append(node)
@@ -98,8 +102,9 @@ def _parse_xml(path: Path, budget: XmlBudget) -> XmlNode:
     try:
         parser.Parse(data, True)
     except expat.ExpatError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}:{exc.offset + 1}: XML error: "
-                          f"{expat.ErrorString(exc.code)}") from None
+        raise ConfigError(
+            f"{path}:{exc.lineno}:{exc.offset + 1}: XML error: {expat.ErrorString(exc.code)}"
+        ) from None
     return roots[0]
 
 
@@ -108,8 +113,9 @@ def _is_include(node: XmlNode) -> bool:
     return local == "include" and (bool(colon) or "href" in node.attrib)
 
 
-def load_xml(path: Path, budget: XmlBudget | None = None,
-             including: tuple[Path, ...] = ()) -> XmlNode:
+def load_xml(
+    path: Path, budget: XmlBudget | None = None, including: tuple[Path, ...] = ()
+) -> XmlNode:
     """Parse a file and replace its ``<xi:include href=...>`` elements by what they name."""
     budget = budget or XmlBudget()
     root = _parse_xml(path, budget)
@@ -137,8 +143,10 @@ def _include(node: XmlNode, budget: XmlBudget, including: tuple[Path, ...]) -> X
     if target.resolve() in including:
         raise ConfigError(f"{node.where}: {target} includes itself")
     if len(including) >= MAX_INCLUDE_DEPTH:
-        raise ConfigError(f"{node.where}: includes nested too deeply (more than "
-                          f"{MAX_INCLUDE_DEPTH} files including one another)")
+        raise ConfigError(
+            f"{node.where}: includes nested too deeply (more than "
+            f"{MAX_INCLUDE_DEPTH} files including one another)"
+        )
     if not target.is_file():
         raise ConfigError(f"{node.where}: included file {target} not found")
     return load_xml(target, budget, including)

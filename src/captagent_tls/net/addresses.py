@@ -30,8 +30,9 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def split_url(text: str, schemes: tuple[str, ...], default: str | None = None
-              ) -> tuple[str, str, int]:
+def split_url(
+    text: str, schemes: tuple[str, ...], default: str | None = None
+) -> tuple[str, str, int]:
     """``scheme://HOST:PORT`` (or a bare ``HOST:PORT`` when there is a default scheme) ->
     (scheme, host, port); ValueError saying what is wrong."""
     choices = f"{', '.join(schemes[:-1])} or {schemes[-1]}"

@@ -36,8 +36,12 @@ class _Pending:
 
 
 class Defragmenter:
-    def __init__(self, max_datagrams: int = 4096, timeout_s: float = 30.0,
-                 max_held_bytes: int = MAX_HELD_BYTES):
+    def __init__(
+        self,
+        max_datagrams: int = 4096,
+        timeout_s: float = 30.0,
+        max_held_bytes: int = MAX_HELD_BYTES,
+    ):
         self.max_datagrams = max_datagrams
         self.max_held_bytes = max_held_bytes
         self.timeout_ns = int(timeout_s * 1e9)
@@ -91,8 +95,9 @@ class Defragmenter:
             return None
         self._drop(key)
         self.stats.reassembled += 1
-        return transport(fragment.src, fragment.dst, fragment.protocol,
-                         bytes(data[: pending.total]))
+        return transport(
+            fragment.src, fragment.dst, fragment.protocol, bytes(data[: pending.total])
+        )
 
     def _expire(self, now: int) -> None:
         horizon = now - self.timeout_ns

@@ -67,8 +67,13 @@ def ip_offset(linktype: int, data: bytes | memoryview) -> int | Skip:
         offset, ethertype_at = 20, 0
     elif linktype == LINKTYPE_LINUX_SLL:
         offset, ethertype_at = 16, 14
-    elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_RAW_ALT12,
-                      LINKTYPE_RAW_ALT14):
+    elif linktype in (
+        LINKTYPE_RAW,
+        LINKTYPE_IPV4,
+        LINKTYPE_IPV6,
+        LINKTYPE_RAW_ALT12,
+        LINKTYPE_RAW_ALT14,
+    ):
         return 0
     elif linktype in (LINKTYPE_NULL, LINKTYPE_LOOP):
         # the address family is in host byte order for NULL, network order for LOOP;
@@ -131,8 +136,15 @@ def decode(linktype: int, data: bytes | memoryview) -> Decoded:
         if fragment & 0x3FFF:  # MF flag or a fragment offset
             if end > len(data):
                 return TRUNCATED
-            return Fragment(src, dst, protocol, ident, (fragment & 0x1FFF) * 8,
-                            bool(fragment & 0x2000), data[l4:end])
+            return Fragment(
+                src,
+                dst,
+                protocol,
+                ident,
+                (fragment & 0x1FFF) * 8,
+                bool(fragment & 0x2000),
+                data[l4:end],
+            )
     elif version == 6:
         if len(data) < offset + 40:
             return TRUNCATED
@@ -152,8 +164,9 @@ def decode(linktype: int, data: bytes | memoryview) -> Decoded:
                 return TRUNCATED
             field = _u16(data, l4 + 2)[0]
             ident = int.from_bytes(data[l4 + 4 : l4 + 8], "big")
-            return Fragment(src, dst, data[l4], ident, field & 0xFFF8, bool(field & 1),
-                            data[l4 + 8 : end])
+            return Fragment(
+                src, dst, data[l4], ident, field & 0xFFF8, bool(field & 1), data[l4 + 8 : end]
+            )
     else:
         return NOT_IP
     if end > len(data):
@@ -162,8 +175,9 @@ def decode(linktype: int, data: bytes | memoryview) -> Decoded:
     return transport(src, dst, protocol, data[l4:end])
 
 
-def transport(src: bytes, dst: bytes, protocol: int, packet: bytes | memoryview
-              ) -> Segment | Datagram | Skip:
+def transport(
+    src: bytes, dst: bytes, protocol: int, packet: bytes | memoryview
+) -> Segment | Datagram | Skip:
     """The TCP segment or UDP datagram in an IP payload."""
     if protocol == IPPROTO_TCP:
         if len(packet) < 20:

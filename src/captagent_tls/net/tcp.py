@@ -308,8 +308,9 @@ class TcpReassembler:
             self._close(oldest, "evicted", ts_ns, events)
         return forward if (seg.src, seg.sport) == a else backward
 
-    def _data(self, half: _Half, seq: int, payload: bytes | memoryview, ts_ns: int,
-              events: list[Event]) -> None:
+    def _data(
+        self, half: _Half, seq: int, payload: bytes | memoryview, ts_ns: int, events: list[Event]
+    ) -> None:
         if half.next_seq is None:
             half.next_seq = seq
         delta = seq_delta(seq, half.next_seq)
@@ -356,8 +357,9 @@ class TcpReassembler:
         if position > REBASE_AFTER:
             # keep the distance from the base far from 2**32, where it would wrap; every
             # offset moves by the same amount, so the heap stays a heap
-            waiting.segments = {offset - position: data
-                                for offset, data in waiting.segments.items()}
+            waiting.segments = {
+                offset - position: data for offset, data in waiting.segments.items()
+            }
             waiting.order = [offset - position for offset in waiting.order]
             waiting.base = half.next_seq
             position = 0

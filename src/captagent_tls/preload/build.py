@@ -23,8 +23,10 @@ CFLAGS = ["-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-Wall", "-Wextra"]
 # -z defs: a symbol left undefined is an error here, not a surprise in a SIP server.
 LDFLAGS = ["-Wl,-z,defs", "-Wl,-z,relro", "-Wl,-z,now", "-ldl", "-lpthread"]
 
-HEADERS_HINT = "the OpenSSL headers are missing (Debian/Ubuntu: apt-get install libssl-dev; " \
+HEADERS_HINT = (
+    "the OpenSSL headers are missing (Debian/Ubuntu: apt-get install libssl-dev; "
     "Fedora/RHEL: dnf install openssl-devel)"
+)
 COMPILER_HINT = "no C compiler found (Debian/Ubuntu: apt-get install gcc; or set CC)"
 
 
@@ -55,9 +57,14 @@ def compile_library(output: Path, source: Path = SOURCE, timeout: float = 120) -
     os.close(fd)
     try:
         try:
-            result = subprocess.run([*cc, *CFLAGS, "-o", temporary, str(source), *LDFLAGS],
-                                    capture_output=True, text=True, timeout=timeout,
-                                    stdin=subprocess.DEVNULL, check=False)
+            result = subprocess.run(
+                [*cc, *CFLAGS, "-o", temporary, str(source), *LDFLAGS],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         except OSError as exc:
             raise BuildError(f"cannot run {cc[0]}: {exc.strerror or exc}") from exc
         except subprocess.TimeoutExpired as exc:

@@ -36,34 +36,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Print the path of the key-log library to preload into a SIP server "
-                    "that links OpenSSL (Kamailio 5.x, OpenSIPS, Asterisk, FreeSWITCH), and a "
-                    "systemd drop-in that loads it.  The server then hands every TLS session "
-                    "secret it negotiates to captagent-tls.",
+        "that links OpenSSL (Kamailio 5.x, OpenSIPS, Asterisk, FreeSWITCH), and a "
+        "systemd drop-in that loads it.  The server then hands every TLS session "
+        "secret it negotiates to captagent-tls.",
         epilog="Read the keys with: captagent-tls -i any --keylog-listen udp://127.0.0.1:5999 "
-               "(or --keylog FILE).  Per-server instructions: contrib/keylog-preload.md.")
-    parser.add_argument("--udp", metavar="HOST:PORT",
-                        help="send each key-log line as one UDP datagram to this address, "
-                             "an IP literal ([::1]:PORT for IPv6); the agent's "
-                             f"--keylog-listen udp://HOST:PORT (default {DEFAULT_UDP} unless "
-                             "--file is given)")
-    parser.add_argument("--file", metavar="PATH",
-                        help="append each key-log line to this file (absolute path; created "
-                             "0600, by the server's user: its directory must be writable "
-                             "by that user)")
-    parser.add_argument("--remote", action="store_true",
-                        help="allow --udp to an address other than loopback (key-log lines "
-                             "are secrets in transit)")
-    parser.add_argument("--service", metavar="UNIT",
-                        help="the SIP server's systemd unit (kamailio, opensips, asterisk, "
-                             "freeswitch): names the drop-in file in the output")
-    parser.add_argument("--path", action="store_true",
-                        help="print only the library's path (e.g. for LD_PRELOAD=$(...))")
-    parser.add_argument("--check", metavar="PID", type=int,
-                        help="tell whether the running process PID has the library loaded, "
-                             "where it sends the key-log lines, and whether it uses libssl")
-    parser.add_argument("--build", action="store_true",
-                        help="compile the library in place with the system's C compiler "
-                             "(needs gcc and the OpenSSL headers: libssl-dev)")
+        "(or --keylog FILE).  Per-server instructions: contrib/keylog-preload.md.",
+    )
+    parser.add_argument(
+        "--udp",
+        metavar="HOST:PORT",
+        help="send each key-log line as one UDP datagram to this address, "
+        "an IP literal ([::1]:PORT for IPv6); the agent's "
+        f"--keylog-listen udp://HOST:PORT (default {DEFAULT_UDP} unless "
+        "--file is given)",
+    )
+    parser.add_argument(
+        "--file",
+        metavar="PATH",
+        help="append each key-log line to this file (absolute path; created "
+        "0600, by the server's user: its directory must be writable "
+        "by that user)",
+    )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="allow --udp to an address other than loopback (key-log lines are secrets in transit)",
+    )
+    parser.add_argument(
+        "--service",
+        metavar="UNIT",
+        help="the SIP server's systemd unit (kamailio, opensips, asterisk, "
+        "freeswitch): names the drop-in file in the output",
+    )
+    parser.add_argument(
+        "--path",
+        action="store_true",
+        help="print only the library's path (e.g. for LD_PRELOAD=$(...))",
+    )
+    parser.add_argument(
+        "--check",
+        metavar="PID",
+        type=int,
+        help="tell whether the running process PID has the library loaded, "
+        "where it sends the key-log lines, and whether it uses libssl",
+    )
+    parser.add_argument(
+        "--build",
+        action="store_true",
+        help="compile the library in place with the system's C compiler "
+        "(needs gcc and the OpenSSL headers: libssl-dev)",
+    )
     return parser
 
 
@@ -105,12 +127,14 @@ def require_library() -> Path:
         raise UserError(
             f"the key-log library is not built ({library_path()} is missing: the package was "
             f"installed without a C compiler or the OpenSSL headers).  Install them (Debian: "
-            f"apt-get install gcc libssl-dev) and run: {PROG} --build")
+            f"apt-get install gcc libssl-dev) and run: {PROG} --build"
+        )
     text = str(library)
     if any(c.isspace() or c in ":\"'\\" for c in text):
         raise UserError(
             f"LD_PRELOAD cannot name {text} (spaces, colons or quotes in the path): copy the "
-            f"library elsewhere, e.g. install -m 0755 '{text}' /usr/local/lib/sslkeylog.so")
+            f"library elsewhere, e.g. install -m 0755 '{text}' /usr/local/lib/sslkeylog.so"
+        )
     return library
 
 
@@ -120,20 +144,25 @@ def udp_destination(text: str, allow_remote: bool) -> str:
         _, host, port = split_url(text, ("udp",), default="udp")
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise UserError(f"--udp {text}: expected IP:PORT or [IPv6]:PORT (an IP address: "
-                        "the library resolves no names)") from None
+        raise UserError(
+            f"--udp {text}: expected IP:PORT or [IPv6]:PORT (an IP address: "
+            "the library resolves no names)"
+        ) from None
     mapped = getattr(address, "ipv4_mapped", None)
     loopback = address.is_loopback or (mapped is not None and mapped.is_loopback)
     if not loopback and not allow_remote:
-        raise UserError(f"--udp {text} is not on loopback: key-log lines are secrets in "
-                        "transit; add --remote to send them over the network anyway")
+        raise UserError(
+            f"--udp {text} is not on loopback: key-log lines are secrets in "
+            "transit; add --remote to send them over the network anyway"
+        )
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 def keylog_file(text: str) -> str:
     if not os.path.isabs(text):
-        raise UserError(f"--file {text}: give an absolute path (a service's working "
-                        "directory is /)")
+        raise UserError(
+            f"--file {text}: give an absolute path (a service's working directory is /)"
+        )
     if any(c.isspace() or c in "\"'\\" for c in text):
         raise UserError(f"--file {text}: choose a path without spaces or quotes")
     return os.path.normpath(text)
@@ -182,27 +211,35 @@ def check_process(pid: int) -> str:
     proc = Path("/proc") / str(pid)
     try:
         name = (proc / "comm").read_text().strip()
-        mapped = {line.split(maxsplit=5)[5] for line in
-                  (proc / "maps").read_text().splitlines() if len(line.split(maxsplit=5)) == 6}
+        mapped = {
+            line.split(maxsplit=5)[5]
+            for line in (proc / "maps").read_text().splitlines()
+            if len(line.split(maxsplit=5)) == 6
+        }
         environ = (proc / "environ").read_bytes().split(b"\0")
     except FileNotFoundError:
         raise UserError(f"--check {pid}: no such process") from None
     except PermissionError:
-        raise UserError(f"--check {pid}: not allowed to read /proc/{pid} (run as root or "
-                        "as the server's user)") from None
+        raise UserError(
+            f"--check {pid}: not allowed to read /proc/{pid} (run as root or as the server's user)"
+        ) from None
     except OSError as exc:
         raise UserError(f"--check {pid}: {exc.strerror or exc}") from None
     libraries = sorted(path for path in mapped if os.path.basename(path) == "sslkeylog.so")
     libssl = sorted(path for path in mapped if os.path.basename(path).startswith("libssl.so"))
-    settings = [entry.decode(errors="replace") for entry in environ
-                if entry.split(b"=", 1)[0] in (b"SSLKEYLOGFILE", b"SSLKEYLOG_UDP",
-                                               b"SSLKEYLOG_UDP_REMOTE")]
+    settings = [
+        entry.decode(errors="replace")
+        for entry in environ
+        if entry.split(b"=", 1)[0] in (b"SSLKEYLOGFILE", b"SSLKEYLOG_UDP", b"SSLKEYLOG_UDP_REMOTE")
+    ]
     lines = [f"process {pid} ({name}):"]
     if libraries:
         lines.append(f"  library loaded: {', '.join(libraries)}")
     else:
-        lines.append("  library NOT loaded: add the drop-in, then systemctl daemon-reload and "
-                     "restart the service")
+        lines.append(
+            "  library NOT loaded: add the drop-in, then systemctl daemon-reload and "
+            "restart the service"
+        )
     active = [setting for setting in settings if setting.split("=", 1)[1]]
     remote = "SSLKEYLOG_UDP_REMOTE=1" in settings
     for setting in active:
@@ -211,12 +248,22 @@ def check_process(pid: int) -> str:
                 udp_destination(setting.split("=", 1)[1], remote)
             except UserError as exc:
                 lines.append(f"  SSLKEYLOG_UDP is refused by the library: {exc}")
-    lines.append("  sends key-log lines: " + (", ".join(active) if active else
-                                              "nowhere (neither SSLKEYLOGFILE nor "
-                                              "SSLKEYLOG_UDP is set)"))
-    lines.append("  libssl: " + (", ".join(libssl) if libssl else
-                                 "not loaded (yet): the library acts once the server "
-                                 "uses OpenSSL"))
+    lines.append(
+        "  sends key-log lines: "
+        + (
+            ", ".join(active)
+            if active
+            else "nowhere (neither SSLKEYLOGFILE nor SSLKEYLOG_UDP is set)"
+        )
+    )
+    lines.append(
+        "  libssl: "
+        + (
+            ", ".join(libssl)
+            if libssl
+            else "not loaded (yet): the library acts once the server uses OpenSSL"
+        )
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -21,8 +21,11 @@ class ConsoleSink(Sink):
         self.flush_each = flush_each
 
     def emit(self, message: Message) -> None:
-        security = (f"{message.tls_version} {message.cipher_suite}" if message.tls_version
-                    else message.transport.upper())
+        security = (
+            f"{message.tls_version} {message.cipher_suite}"
+            if message.tls_version
+            else message.transport.upper()
+        )
         if message.transport == "wss":
             security = f"WSS {security}"
         kind = "" if message.is_sip else f" [{len(message.payload)} bytes, not SIP]"

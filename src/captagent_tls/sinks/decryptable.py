@@ -66,21 +66,20 @@ def _block(block_type: int, body: bytes) -> bytes:
 
 
 def section_header() -> bytes:
-    options = (_option(OPTION_SHB_USERAPPL, f"captagent-tls {__version__}".encode())
-               + _option(OPTION_END, b""))
+    options = _option(OPTION_SHB_USERAPPL, f"captagent-tls {__version__}".encode()) + _option(
+        OPTION_END, b""
+    )
     return _block(BLOCK_SHB, struct.pack("<IHHq", BYTE_ORDER_MAGIC, 1, 0, -1) + options)
 
 
 def interface_description(linktype: int) -> bytes:
     """One interface per link type, with nanosecond timestamps (our frames carry ns)."""
-    options = (_option(OPTION_IF_TSRESOL, bytes([TSRESOL_NANOSECONDS]))
-               + _option(OPTION_END, b""))
+    options = _option(OPTION_IF_TSRESOL, bytes([TSRESOL_NANOSECONDS])) + _option(OPTION_END, b"")
     return _block(BLOCK_IDB, struct.pack("<HHI", linktype, 0, 0) + options)
 
 
 def decryption_secrets(key_log: bytes) -> bytes:
-    return _block(BLOCK_DSB, struct.pack("<II", SECRETS_TLS_KEY_LOG, len(key_log))
-                  + _pad(key_log))
+    return _block(BLOCK_DSB, struct.pack("<II", SECRETS_TLS_KEY_LOG, len(key_log)) + _pad(key_log))
 
 
 class DecryptableCaptureWriter:
@@ -99,7 +98,8 @@ class DecryptableCaptureWriter:
         try:
             os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT: not this one
             self._spool: IO[bytes] = tempfile.TemporaryFile(  # noqa: SIM115 - closed in close()
-                dir=os.path.dirname(os.path.abspath(path)), buffering=SPOOL_BUFFER)
+                dir=os.path.dirname(os.path.abspath(path)), buffering=SPOOL_BUFFER
+            )
         except OSError as exc:
             os.close(fd)
             raise OSError(f"{path}: {exc.strerror or exc}") from None
@@ -121,8 +121,11 @@ class DecryptableCaptureWriter:
         ts = frame.ts_ns
         write = self._spool.write
         try:
-            write(_epb_head(BLOCK_EPB, 32 + size + padding, interface, ts >> 32,
-                            ts & 0xFFFFFFFF, size, size))
+            write(
+                _epb_head(
+                    BLOCK_EPB, 32 + size + padding, interface, ts >> 32, ts & 0xFFFFFFFF, size, size
+                )
+            )
             write(data)
             write(b"\0" * padding + (32 + size + padding).to_bytes(4, "little"))
         except OSError as exc:  # the disk is full: the run cannot give what was asked
@@ -155,8 +158,9 @@ class DecryptableCaptureWriter:
             self._out.close()
 
 
-def tee_frames(feed: Callable[[Frame], None], writer: DecryptableCaptureWriter
-               ) -> Callable[[Frame], None]:
+def tee_frames(
+    feed: Callable[[Frame], None], writer: DecryptableCaptureWriter
+) -> Callable[[Frame], None]:
     """``feed`` that also writes every frame it is given."""
     write = writer.frame
 

@@ -31,8 +31,15 @@ class JsonLinesSink(Sink):
         self._fixed: dict[tuple[object, ...], str] = {}
 
     def _fixed_fields(self, message: Message) -> str:
-        key = (message.src, message.dst, message.transport, message.from_client,
-               message.tls_version, message.cipher_suite, message.is_sip)
+        key = (
+            message.src,
+            message.dst,
+            message.transport,
+            message.from_client,
+            message.tls_version,
+            message.cipher_suite,
+            message.is_sip,
+        )
         fixed = self._fixed.get(key)
         if fixed is None:
             if len(self._fixed) >= FIXED_FIELDS_KEPT:
@@ -46,7 +53,8 @@ class JsonLinesSink(Sink):
                 f'"transport": "{message.transport}", '
                 f'"direction": "{"c2s" if message.from_client else "s2c"}", '
                 f'"tls_version": {version}, "cipher_suite": {suite}, '
-                f'"kind": "{"sip" if message.is_sip else "raw"}", ')
+                f'"kind": "{"sip" if message.is_sip else "raw"}", '
+            )
         return fixed
 
     def emit(self, message: Message) -> None:
@@ -54,8 +62,7 @@ class JsonLinesSink(Sink):
         try:
             payload = '"payload": ' + _string(message.payload.decode("utf-8"))
         except UnicodeDecodeError:
-            payload = ('"payload_b64": "'
-                       + base64.b64encode(message.payload).decode("ascii") + '"')
+            payload = '"payload_b64": "' + base64.b64encode(message.payload).decode("ascii") + '"'
         call_id = "null" if message.call_id is None else _string(message.call_id)
         try:
             self.out.write(

@@ -38,16 +38,18 @@ def exported_pdu(message: Message) -> bytes:
     (src, sport), (dst, dport) = message.src, message.dst
     v6 = len(src) == 16
     port_type = PORT_TYPE_UDP if message.transport == "udp" else PORT_TYPE_TCP
-    return b"".join((
-        _tag(TAG_DISSECTOR_NAME, b"sip"),
-        _tag(TAG_IPV6_SRC if v6 else TAG_IPV4_SRC, src),
-        _tag(TAG_IPV6_DST if v6 else TAG_IPV4_DST, dst),
-        _tag(TAG_PORT_TYPE, struct.pack("!I", port_type)),
-        _tag(TAG_SRC_PORT, struct.pack("!I", sport)),
-        _tag(TAG_DST_PORT, struct.pack("!I", dport)),
-        struct.pack("!HH", TAG_END, 0),
-        message.payload,
-    ))
+    return b"".join(
+        (
+            _tag(TAG_DISSECTOR_NAME, b"sip"),
+            _tag(TAG_IPV6_SRC if v6 else TAG_IPV4_SRC, src),
+            _tag(TAG_IPV6_DST if v6 else TAG_IPV4_DST, dst),
+            _tag(TAG_PORT_TYPE, struct.pack("!I", port_type)),
+            _tag(TAG_SRC_PORT, struct.pack("!I", sport)),
+            _tag(TAG_DST_PORT, struct.pack("!I", dport)),
+            struct.pack("!HH", TAG_END, 0),
+            message.payload,
+        )
+    )
 
 
 class PcapFileSink(Sink):
@@ -58,8 +60,11 @@ class PcapFileSink(Sink):
         self.skipped_not_sip = 0
         self.skipped_too_large = 0
         try:
-            out.write(struct.pack("<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, SNAPLEN,
-                                  LINKTYPE_WIRESHARK_UPPER_PDU))
+            out.write(
+                struct.pack(
+                    "<IHHiIII", PCAP_MAGIC_NS, 2, 4, 0, 0, SNAPLEN, LINKTYPE_WIRESHARK_UPPER_PDU
+                )
+            )
         except OSError as exc:
             raise write_failed(out, exc) from None
 
@@ -88,5 +93,9 @@ class PcapFileSink(Sink):
         except OSError as exc:
             raise write_failed(self.out, exc) from None
         if self.skipped_too_large:
-            log.warning("-w: %d SIP messages larger than %d bytes were not written (pcap "
-                        "readers refuse the file otherwise)", self.skipped_too_large, SNAPLEN)
+            log.warning(
+                "-w: %d SIP messages larger than %d bytes were not written (pcap "
+                "readers refuse the file otherwise)",
+                self.skipped_too_large,
+                SNAPLEN,
+            )

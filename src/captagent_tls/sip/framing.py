@@ -60,6 +60,7 @@ def call_id_of(headers: bytes) -> str | None:
 # The usual spellings are found with bytes.find; the regexes handle any case and the compact
 # forms.  Framing runs once per message, so this matters for throughput.
 
+
 def _content_length(data: bytes | bytearray, start: int, end: int) -> int:
     at = data.find(b"\r\nContent-Length:", start, end)
     if at >= 0:
@@ -217,8 +218,9 @@ class SipFramer:
                 return end
             header_end = data.find(b"\r\n\r\n", pos)
             if header_end < 0:
-                if (end - pos > min(MAX_HEADER_BYTES, self.budget.max_message_bytes)
-                        or not _maybe_start_line(data, pos)):
+                if end - pos > min(
+                    MAX_HEADER_BYTES, self.budget.max_message_bytes
+                ) or not _maybe_start_line(data, pos):
                     self.hunting = True
                     pos = self._skip_line(data, pos, units)
                     continue
@@ -242,8 +244,9 @@ class SipFramer:
                     self.skip = total_end - end
                     return end
                 break
-            units.append(Unit(bytes(data[pos:total_end]),
-                              _call_id(data, pos, header_end + 2), True))
+            units.append(
+                Unit(bytes(data[pos:total_end]), _call_id(data, pos, header_end + 2), True)
+            )
             self.started = True
             pos = total_end
         return pos

@@ -16,8 +16,9 @@ MAX_SUMMARY_HEADER = 64 * 1024  # as the framing's cap: a header block is never 
 
 _STATUS_LINE = re.compile(rb"SIP/2\.0 (\d{3})(?: ([^\r\n]*))?")
 _REQUEST_LINE = re.compile(rb"([A-Za-z][A-Za-z0-9!%*_+`'~.-]*) ([^ \r\n]+) SIP/2\.0")
-_FIELD = re.compile(rb"^(from|f|to|t|cseq)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$",
-                    re.IGNORECASE | re.MULTILINE)
+_FIELD = re.compile(
+    rb"^(from|f|to|t|cseq)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
 _CSEQ = re.compile(r"(\d+)\s+([^\s]+)")
 _ADDR_SPEC = re.compile(r"<([^>]*)>")
 _NAMES = {b"from": "from", b"f": "from", b"to": "to", b"t": "to", b"cseq": "cseq"}
@@ -76,8 +77,9 @@ def summarize(message: bytes) -> SipSummary:
     parsed = _CSEQ.match(fields.get("cseq", ""))
     if parsed is not None and len(parsed.group(1)) <= 10:
         cseq, cseq_method = int(parsed.group(1)), parsed.group(2).upper()
-    return SipSummary(method, status, reason, fields.get("from", ""), fields.get("to", ""),
-                      cseq, cseq_method)
+    return SipSummary(
+        method, status, reason, fields.get("from", ""), fields.get("to", ""), cseq, cseq_method
+    )
 
 
 def address_of(name_addr: str) -> str:

@@ -39,7 +39,6 @@ class SessionAccounting(ConnectionState):
             return Reason.KEY_EXCHANGE_LOST
         return Reason.NO_KEY
 
-
     def _open_session(self) -> None:
         self.session_open = True
         self.session_decrypted = False
@@ -58,13 +57,21 @@ class SessionAccounting(ConnectionState):
         if hs is None:
             return
         if hs.master is not None:
-            events.append(SessionSecret(self.flow, hs.client_hello.random, hs.master,
-                                        hs.master_source))
+            events.append(
+                SessionSecret(self.flow, hs.client_hello.random, hs.master, hs.master_source)
+            )
         elif is_tls13(hs.version):
             logged = self.ctx.keys.secrets_for(hs.client_hello.random)
             if logged is not None and logged.tls13:
-                events.append(SessionSecret(self.flow, hs.client_hello.random, b"", "key log",
-                                            tuple(sorted(logged.tls13.items()))))
+                events.append(
+                    SessionSecret(
+                        self.flow,
+                        hs.client_hello.random,
+                        b"",
+                        "key log",
+                        tuple(sorted(logged.tls13.items())),
+                    )
+                )
 
     def _set_outcome(self, outcome: str) -> None:
         """Put the session in one counter, out of the one it was in."""
@@ -104,8 +111,11 @@ class SessionAccounting(ConnectionState):
         lost = ""
         if hs is None and self.flow.syn_seen:
             lost = "ClientHello"
-        elif hs is not None and hs.server_hello is None and (self.flow.syn_seen
-                                                              or server_side.handshake_gap):
+        elif (
+            hs is not None
+            and hs.server_hello is None
+            and (self.flow.syn_seen or server_side.handshake_gap)
+        ):
             lost = "ServerHello"
         return Facts(
             server=self.server_endpoint(),
@@ -125,8 +135,15 @@ class SessionAccounting(ConnectionState):
         self.failed = reason
         if self.outcome is None:
             self._set_outcome(reason.value)
-        events.append(TlsProblem(self.flow, reason.value, describe(reason, self._facts(detail)),
-                                 ts, self.server_endpoint()))
+        events.append(
+            TlsProblem(
+                self.flow,
+                reason.value,
+                describe(reason, self._facts(detail)),
+                ts,
+                self.server_endpoint(),
+            )
+        )
 
     def _refuse(self, reason: Reason, ts: int, events: list[Event], detail: str) -> None:
         """The session contradicts itself: nothing more of it is opened or passed on."""
@@ -141,8 +158,15 @@ class SessionAccounting(ConnectionState):
             self.handshake.candidates = []
         self.failed = reason
         self._set_outcome(reason.value)
-        events.append(TlsProblem(self.flow, reason.value, describe(reason, self._facts(detail)),
-                                 ts, self.server_endpoint()))
+        events.append(
+            TlsProblem(
+                self.flow,
+                reason.value,
+                describe(reason, self._facts(detail)),
+                ts,
+                self.server_endpoint(),
+            )
+        )
 
     def _notice(self, notice: Notice, ts: int, events: list[Event], message: str) -> None:
         if notice in self.notices:

@@ -76,8 +76,9 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
             if not chunk:
                 return events
         elif self.is_tls is False:
-            events.append(AppData(self.flow, direction, chunk, ts, PLAINTEXT,
-                                  direction == self.client_dir))
+            events.append(
+                AppData(self.flow, direction, chunk, ts, PLAINTEXT, direction == self.client_dir)
+            )
             return events
         for content_type, version, fragment in side.feed(chunk):
             if content_type == FRAMING_LOST:
@@ -108,8 +109,16 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         if self.is_tls is None:  # it ended before its first bytes could tell: not TLS
             for direction, side in enumerate(self.sides):
                 if side.buf:
-                    events.append(AppData(self.flow, direction, bytes(side.buf), ts,
-                                          PLAINTEXT, direction == (self.client_dir or 0)))
+                    events.append(
+                        AppData(
+                            self.flow,
+                            direction,
+                            bytes(side.buf),
+                            ts,
+                            PLAINTEXT,
+                            direction == (self.client_dir or 0),
+                        )
+                    )
                     side.buf = None
         if self.held:
             self._drop_held(ts, events, "the connection closed first")
@@ -128,8 +137,13 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         hs = self.handshake
         if hs is not None and hs.rsa_job is not None and hs.rsa_job.done:
             self._collect_rsa(hs)
-        if (hs is not None and hs.master is None and hs.server_hello is not None
-                and not is_tls13(hs.version) and not self.failed_for_good):
+        if (
+            hs is not None
+            and hs.master is None
+            and hs.server_hello is not None
+            and not is_tls13(hs.version)
+            and not self.failed_for_good
+        ):
             self._find_master(hs)
         for direction, side in enumerate(self.sides):
             if side.encrypted and not side.has_keys:
@@ -166,8 +180,11 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         if hs.rsa_job is not None:
             return True
         rsa = self.ctx.rsa
-        return (hs.missing is Reason.SESSION_UNKNOWN and rsa is not None
-                and (rsa.busy or bool(rsa.completed)))
+        return (
+            hs.missing is Reason.SESSION_UNKNOWN
+            and rsa is not None
+            and (rsa.busy or bool(rsa.completed))
+        )
 
     @property
     def held_bytes(self) -> int:
@@ -184,7 +201,6 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         if held and (max_wait_ns < 0 or now - held.since > max_wait_ns):
             self._drop_held(now, events, why or f"no keys within {max_wait_ns / 1e9:g} s")
         return events
-
 
     # -- what the first bytes say, and lost bytes ---------------------------------------------
 
@@ -226,11 +242,20 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
             self.client_dir = 0  # plain TCP: the side that sent the SYN, or spoke first
         other = self.sides[1 - direction]
         if other.buf:  # what the other direction held while the flow was undecided
-            events.append(AppData(self.flow, 1 - direction, bytes(other.buf), ts, PLAINTEXT,
-                                  1 - direction == self.client_dir))
+            events.append(
+                AppData(
+                    self.flow,
+                    1 - direction,
+                    bytes(other.buf),
+                    ts,
+                    PLAINTEXT,
+                    1 - direction == self.client_dir,
+                )
+            )
             other.buf = None
-        events.append(AppData(self.flow, direction, head, ts, PLAINTEXT,
-                              direction == self.client_dir))
+        events.append(
+            AppData(self.flow, direction, head, ts, PLAINTEXT, direction == self.client_dir)
+        )
         return b""
 
     def _is_tls(self) -> None:
@@ -251,18 +276,29 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
             side.handshake_gap = True
             if hs is not None:
                 hs.gap = True
-        events.append(AppGap(self.flow, direction, ts, self.app_info,
-                             direction == self.client_dir))
+        events.append(AppGap(self.flow, direction, ts, self.app_info, direction == self.client_dir))
 
     # -- records ------------------------------------------------------------------------------
 
-    def _record(self, direction: int, content_type: int, version: int, fragment: bytes,
-                ts: int, events: list[Event]) -> None:
+    def _record(
+        self,
+        direction: int,
+        content_type: int,
+        version: int,
+        fragment: bytes,
+        ts: int,
+        events: list[Event],
+    ) -> None:
         side = self.sides[direction]
         decryptor = side.decryptor
-        if (content_type == APPLICATION_DATA and decryptor is not None
-                and side.phase != Phase.EARLY and not side.seq_unknown and not side.gap_pending
-                and (not self.held or self._replaying)):
+        if (
+            content_type == APPLICATION_DATA
+            and decryptor is not None
+            and side.phase != Phase.EARLY
+            and not side.seq_unknown
+            and not side.gap_pending
+            and (not self.held or self._replaying)
+        ):
             # the steady state of a session, kept short: it runs once per record
             opened = self._open_in_order(side, decryptor, content_type, version, fragment)
             if opened is not None:
@@ -281,36 +317,50 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
                 # protected data before this side's ChangeCipherSpec: that was lost in a gap,
                 # or the connection started before the capture
                 self._protected_from_now(direction)
-            elif content_type == HANDSHAKE and side.handshake_gap and self._lost_key_change(
-                    direction, version, fragment, ts, events):
+            elif (
+                content_type == HANDSHAKE
+                and side.handshake_gap
+                and self._lost_key_change(direction, version, fragment, ts, events)
+            ):
                 return
             else:
                 side.lost = False
                 self._dispatch(direction, content_type, fragment, ts, events)
                 return
         if not side.has_keys:
-            self._no_keys(HeldRecord(direction, content_type, version, fragment, ts, False),
-                          events)
+            self._no_keys(HeldRecord(direction, content_type, version, fragment, ts, False), events)
             return
         opened = self._open(direction, content_type, version, fragment, ts, events)
         if opened is not None:
             side.lost = False
             self._dispatch(direction, *opened, ts, events)
 
-    def _dispatch(self, direction: int, content_type: int, fragment: bytes, ts: int,
-                  events: list[Event]) -> None:
+    def _dispatch(
+        self, direction: int, content_type: int, fragment: bytes, ts: int, events: list[Event]
+    ) -> None:
         """Act on a record's (decrypted) content."""
         side = self.sides[direction]
         if content_type == APPLICATION_DATA:
             if fragment:
                 if side.gap_pending:
                     side.gap_pending = False
-                    events.append(AppGap(self.flow, direction, ts, self.app_info,
-                                         direction == self.client_dir))
+                    events.append(
+                        AppGap(
+                            self.flow, direction, ts, self.app_info, direction == self.client_dir
+                        )
+                    )
                 if not self.session_decrypted:
                     self._decrypted(events)
-                events.append(AppData(self.flow, direction, fragment, ts, self.app_info,
-                                      direction == self.client_dir))
+                events.append(
+                    AppData(
+                        self.flow,
+                        direction,
+                        fragment,
+                        ts,
+                        self.app_info,
+                        direction == self.client_dir,
+                    )
+                )
         elif content_type == HANDSHAKE:
             if side.expect_finished:
                 side.expect_finished = False
@@ -336,8 +386,9 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         side.gap_pending = True
         self._install(direction)
 
-    def _lost_key_change(self, direction: int, version: int, fragment: bytes, ts: int,
-                         events: list[Event]) -> bool:
+    def _lost_key_change(
+        self, direction: int, version: int, fragment: bytes, ts: int, events: list[Event]
+    ) -> bool:
         """A handshake record on a side whose ChangeCipherSpec may have been lost in a gap:
         if this side's pending keys open it, it is the protected Finished."""
         hs = self.handshake
@@ -354,4 +405,3 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         self.stats.records_decrypted += 1
         self._dispatch(direction, *opened, ts, events)
         return True
-

@@ -94,5 +94,4 @@ class ConnectionDone(NamedTuple):
     client_direction: int
 
 
-Event = (AppData | AppGap | HandshakeDone | TlsAlert | TlsProblem | SessionSecret
-         | ConnectionDone)
+Event = AppData | AppGap | HandshakeDone | TlsAlert | TlsProblem | SessionSecret | ConnectionDone

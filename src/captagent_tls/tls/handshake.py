@@ -99,8 +99,7 @@ class ClientHello:
     def supported_versions(self) -> list[int]:
         """The versions of the supported_versions extension (RFC 8446 §4.2.1)."""
         versions = self.extensions.get(EXT_SUPPORTED_VERSIONS, b"")[1:]
-        return [int.from_bytes(versions[i : i + 2], "big")
-                for i in range(0, len(versions) - 1, 2)]
+        return [int.from_bytes(versions[i : i + 2], "big") for i in range(0, len(versions) - 1, 2)]
 
     @property
     def offers_tls13(self) -> bool:

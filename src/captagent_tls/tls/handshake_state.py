@@ -73,8 +73,9 @@ class HandshakeState:
         return True
 
 
-def hello_inconsistency(client: hsk.ClientHello, server: hsk.ServerHello,
-                        suite: CipherSuite | None, tls13: bool) -> str:
+def hello_inconsistency(
+    client: hsk.ClientHello, server: hsk.ServerHello, suite: CipherSuite | None, tls13: bool
+) -> str:
     """Why a ServerHello cannot answer this ClientHello ("" when it can).
 
     A server picks one of the offered suites and a version the client offers; a ServerHello
@@ -93,14 +94,18 @@ def hello_inconsistency(client: hsk.ClientHello, server: hsk.ServerHello,
     version = server.version
     if tls13:
         if version not in client.supported_versions:
-            return (f"its ServerHello selects {version_name(version)}, which the ClientHello "
-                    "did not offer")
+            return (
+                f"its ServerHello selects {version_name(version)}, which the ClientHello "
+                "did not offer"
+            )
         if suite is not None and suite.key_exchange != "TLS13":
             return f"its ServerHello selects TLS 1.3 with {name}, which is not a TLS 1.3 suite"
         return ""
     if not SSL3 <= version <= min(client.version, TLS12):
-        return (f"its ServerHello selects {version_name(version)}, but the ClientHello offered "
-                f"up to {version_name(client.version)}")
+        return (
+            f"its ServerHello selects {version_name(version)}, but the ClientHello offered "
+            f"up to {version_name(client.version)}"
+        )
     if suite is not None and suite.key_exchange == "TLS13":
         return f"its ServerHello selects {version_name(version)} with the TLS 1.3 suite {name}"
     if suite is not None and suite.kind == "aead" and version < TLS12:
@@ -134,12 +139,17 @@ def logged_pre_master(hs: HandshakeState, keys: KeyStore) -> bytes | None:
 def master_from_pre_master(hs: HandshakeState, pre_master: bytes) -> bytes:
     suite, hello = hs.suite, hs.server_hello
     assert suite is not None and hello is not None
-    return master_secret(hs.version, suite.prf_hash, pre_master, hs.client_hello.random,
-                         hello.random, hs.session_hash)
+    return master_secret(
+        hs.version,
+        suite.prf_hash,
+        pre_master,
+        hs.client_hello.random,
+        hello.random,
+        hs.session_hash,
+    )
 
 
-def rsa_candidates(hs: HandshakeState, keys: KeyStore
-                   ) -> tuple[list[RsaKey], bool, Reason | None]:
+def rsa_candidates(hs: HandshakeState, keys: KeyStore) -> tuple[list[RsaKey], bool, Reason | None]:
     """The RSA keys that may decrypt this handshake's pre-master secret.
 
     Returns (keys, proven by the certificate, why none).  With the server's certificate in
@@ -162,13 +172,17 @@ def encrypted_pre_master(hs: HandshakeState) -> bytes:
     return hsk.rsa_encrypted_pre_master(hs.key_exchange, ssl3=hs.version == SSL3)
 
 
-def rsa_masters(hs: HandshakeState, pre_masters: list[bytes | None], proven: bool
-                ) -> tuple[list[bytes], Reason | None]:
+def rsa_masters(
+    hs: HandshakeState, pre_masters: list[bytes | None], proven: bool
+) -> tuple[list[bytes], Reason | None]:
     """Master secrets from the pre-master secrets the candidate keys decrypted to (None where
     a key refused).  A pre-master must carry a version one of the hellos named."""
     versions = (hs.client_hello.version, hs.version)
-    masters = [master_from_pre_master(hs, pre_master) for pre_master in pre_masters
-               if pre_master is not None and int.from_bytes(pre_master[:2], "big") in versions]
+    masters = [
+        master_from_pre_master(hs, pre_master)
+        for pre_master in pre_masters
+        if pre_master is not None and int.from_bytes(pre_master[:2], "big") in versions
+    ]
     if not masters:
         return [], Reason.NO_KEY if proven else Reason.KEY_MISMATCH
     return masters, None
@@ -180,8 +194,14 @@ def derive_decryptors(hs: HandshakeState, master: bytes) -> tuple[Decryptor, Dec
     hello = hs.server_hello
     assert suite is not None and hello is not None
     mac, key, iv = suite.mac_len, suite.key_len, suite.iv_len
-    block = key_block(hs.version, suite.prf_hash, master, hs.client_hello.random,
-                      hello.random, 2 * (mac + key + iv))
+    block = key_block(
+        hs.version,
+        suite.prf_hash,
+        master,
+        hs.client_hello.random,
+        hello.random,
+        2 * (mac + key + iv),
+    )
     parts = []
     pos = 0
     for size in (mac, mac, key, key, iv, iv):

@@ -55,8 +55,7 @@ class HeldRecords:
         if self.stand_ins >= MAX_STAND_INS:
             return False
         self.stand_ins += 1
-        self.records.append(record._replace(fragment=record.fragment[-TAIL_BYTES:],
-                                            dropped=True))
+        self.records.append(record._replace(fragment=record.fragment[-TAIL_BYTES:], dropped=True))
         return True
 
     def release(self, budget: HoldBudget) -> list[HeldRecord]:

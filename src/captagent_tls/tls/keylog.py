@@ -14,15 +14,17 @@ from dataclasses import dataclass, field
 
 from captagent_tls.tls.keys import KeyStore
 
-TLS13_LABELS = frozenset((
-    "CLIENT_EARLY_TRAFFIC_SECRET",
-    "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
-    "SERVER_HANDSHAKE_TRAFFIC_SECRET",
-    "CLIENT_TRAFFIC_SECRET_0",
-    "SERVER_TRAFFIC_SECRET_0",
-    "EXPORTER_SECRET",
-    "EARLY_EXPORTER_SECRET",
-))
+TLS13_LABELS = frozenset(
+    (
+        "CLIENT_EARLY_TRAFFIC_SECRET",
+        "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+        "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+        "CLIENT_TRAFFIC_SECRET_0",
+        "SERVER_TRAFFIC_SECRET_0",
+        "EXPORTER_SECRET",
+        "EARLY_EXPORTER_SECRET",
+    )
+)
 # each entry stores the one string object per label, not the copy split from its line
 _LABEL_OBJECTS = {label: label for label in TLS13_LABELS}
 MALFORMED_LINE_NUMBERS_KEPT = 10  # a result names this many; the rest are only counted
@@ -61,9 +63,12 @@ def parse_line(line: str, keys: KeyStore) -> bool | None:
     parts = line.split()
     label = parts[0]
     if label == "RSA" and len(parts) == 3 and parts[1].startswith("Session-ID:"):
-        session_id = _hex(parts[1][len("Session-ID:"):], tuple(range(1, 33)))
-        master = (_hex(parts[2][len("Master-Key:"):], (48,))
-                  if parts[2].startswith("Master-Key:") else None)
+        session_id = _hex(parts[1][len("Session-ID:") :], tuple(range(1, 33)))
+        master = (
+            _hex(parts[2][len("Master-Key:") :], (48,))
+            if parts[2].startswith("Master-Key:")
+            else None
+        )
         if session_id is None or master is None:
             return False
         keys.add_master_for_session(session_id, master)

@@ -130,8 +130,7 @@ class KeyStore:
         if not known:
             self._added(mapping, key)
 
-    def _added(self, mapping: dict[bytes, KeyLogSecrets] | dict[bytes, bytes],
-               key: bytes) -> None:
+    def _added(self, mapping: dict[bytes, KeyLogSecrets] | dict[bytes, bytes], key: bytes) -> None:
         age = self._age
         age.append((mapping, key))
         while len(age) > self.max_entries:
@@ -175,8 +174,9 @@ class KeyStore:
             # from the wire, so anything: not a certificate whose RSA key we could match
             modulus = None
         else:
-            modulus = (public_key.public_numbers().n
-                       if isinstance(public_key, rsa.RSAPublicKey) else None)
+            modulus = (
+                public_key.public_numbers().n if isinstance(public_key, rsa.RSAPublicKey) else None
+            )
         self._cert_moduli[cert_der] = modulus
         if len(self._cert_moduli) > self.CERT_CACHE:
             self._cert_moduli.popitem(last=False)

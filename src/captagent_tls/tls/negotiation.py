@@ -38,8 +38,9 @@ from captagent_tls.tls.tls13 import CLIENT, SERVER, is_tls13
 from captagent_tls.tls.tls_info import tls_info
 
 MAX_HANDSHAKE_MESSAGE = 1 << 20
-SERVER_FULL_FLIGHT = frozenset((hsk.CERTIFICATE, hsk.SERVER_KEY_EXCHANGE,
-                                hsk.CERTIFICATE_REQUEST, hsk.SERVER_HELLO_DONE))
+SERVER_FULL_FLIGHT = frozenset(
+    (hsk.CERTIFICATE, hsk.SERVER_KEY_EXCHANGE, hsk.CERTIFICATE_REQUEST, hsk.SERVER_HELLO_DONE)
+)
 
 
 class Negotiation(ConnectionState):
@@ -74,8 +75,9 @@ class Negotiation(ConnectionState):
         if not buf and side.handshake_buf is buf:
             side.handshake_buf = None
 
-    def _handshake_message(self, direction: int, message: bytes, ts: int,
-                           events: list[Event]) -> None:
+    def _handshake_message(
+        self, direction: int, message: bytes, ts: int, events: list[Event]
+    ) -> None:
         msg_type = message[0]
         body = message[4:]
         if msg_type == hsk.CLIENT_HELLO:
@@ -99,9 +101,12 @@ class Negotiation(ConnectionState):
             return
         if not hs.add_to_transcript(message):
             self.stats.handshakes_too_large += 1
-            self._refuse(Reason.HANDSHAKE_TOO_LARGE, ts, events,
-                         "its handshake messages exceed "
-                         f"{hs.transcript_bytes >> 10} KiB")
+            self._refuse(
+                Reason.HANDSHAKE_TOO_LARGE,
+                ts,
+                events,
+                f"its handshake messages exceed {hs.transcript_bytes >> 10} KiB",
+            )
             return
         if msg_type == hsk.SERVER_HELLO and not from_client:
             self._server_hello(hs, message, ts, events)
@@ -151,12 +156,16 @@ class Negotiation(ConnectionState):
     def _renegotiating(self) -> bool:
         return any(side.encrypted for side in self.sides)
 
-    def _server_hello(self, hs: HandshakeState, message: bytes, ts: int,
-                      events: list[Event]) -> None:
+    def _server_hello(
+        self, hs: HandshakeState, message: bytes, ts: int, events: list[Event]
+    ) -> None:
         body = message[4:]
         version = int.from_bytes(body[:2], "big")
-        hello = (hsk.parse_server_hello_tls13_draft(body) if 0x7F00 <= version <= 0x7F15
-                 else hsk.parse_server_hello(body))
+        hello = (
+            hsk.parse_server_hello_tls13_draft(body)
+            if 0x7F00 <= version <= 0x7F15
+            else hsk.parse_server_hello(body)
+        )
         tls13_hello = is_tls13(hello.version)
         for side in self.sides:  # what every record carries from now on (RFC 8446 §5.1)
             side.version = TLS12 if tls13_hello else hello.version
@@ -179,10 +188,15 @@ class Negotiation(ConnectionState):
             self._server_hello_tls13(hs, hello)
             return
         client_ext = hs.client_hello.extensions
-        hs.ems = (hsk.EXT_EXTENDED_MASTER_SECRET in client_ext
-                  and hsk.EXT_EXTENDED_MASTER_SECRET in hello.extensions)
-        hs.etm = (suite.kind == "cbc" and hsk.EXT_ENCRYPT_THEN_MAC in client_ext
-                  and hsk.EXT_ENCRYPT_THEN_MAC in hello.extensions)
+        hs.ems = (
+            hsk.EXT_EXTENDED_MASTER_SECRET in client_ext
+            and hsk.EXT_EXTENDED_MASTER_SECRET in hello.extensions
+        )
+        hs.etm = (
+            suite.kind == "cbc"
+            and hsk.EXT_ENCRYPT_THEN_MAC in client_ext
+            and hsk.EXT_ENCRYPT_THEN_MAC in hello.extensions
+        )
         session_id = hs.client_hello.session_id
         hs.abbreviated = bool(session_id) and hello.session_id == session_id
         self._find_master(hs)
@@ -194,8 +208,9 @@ class Negotiation(ConnectionState):
         if logged is not None:
             self._set_master(hs, logged, "key log")
         elif hs.abbreviated:
-            cached = self.ctx.sessions.lookup(hs.client_hello.session_id,
-                                              hs.client_hello.ticket or b"")
+            cached = self.ctx.sessions.lookup(
+                hs.client_hello.session_id, hs.client_hello.ticket or b""
+            )
             if cached is not None:
                 self._set_master(hs, cached, "session cache")
             else:
@@ -241,8 +256,9 @@ class Negotiation(ConnectionState):
             pre_masters = []
         self._rsa_decrypted(hs, pre_masters, hs.rsa_proven)
 
-    def _rsa_decrypted(self, hs: HandshakeState, pre_masters: list[bytes | None],
-                       proven: bool) -> None:
+    def _rsa_decrypted(
+        self, hs: HandshakeState, pre_masters: list[bytes | None], proven: bool
+    ) -> None:
         masters, hs.missing = rsa_masters(hs, pre_masters, proven)
         if proven and masters:
             self._set_master(hs, masters[0], "rsa")
@@ -290,9 +306,14 @@ class Negotiation(ConnectionState):
         if hs is None or self.client_dir is None or hs.server_hello is None:
             return
         role = self._role(direction)
-        if (role == SERVER and not hs.key_exchange_seen and not hs.abbreviated
-                and hs.master is None and not hs.server_flight
-                and hs.client_hello.ticket is not None):
+        if (
+            role == SERVER
+            and not hs.key_exchange_seen
+            and not hs.abbreviated
+            and hs.master is None
+            and not hs.server_flight
+            and hs.client_hello.ticket is not None
+        ):
             # the server resumed a ticket without echoing a session ID (RFC 5077 §3.4): it
             # sent nothing a full handshake has, and the client offered a ticket
             hs.abbreviated = True
@@ -302,8 +323,9 @@ class Negotiation(ConnectionState):
             return
         self._take_pending(hs, direction)
 
-    def _finished_first(self, direction: int, fragment: bytes, ts: int,
-                        events: list[Event]) -> bool:
+    def _finished_first(
+        self, direction: int, fragment: bytes, ts: int, events: list[Event]
+    ) -> bool:
         """The first protected handshake message of a TLS 1.0-1.2 side is its Finished.
         Anything else, with no bytes lost, means the keys open records under a cipher the
         peers did not use."""
@@ -311,20 +333,25 @@ class Negotiation(ConnectionState):
         if not fragment:
             self.sides[direction].expect_finished = True  # (an empty record says nothing)
             return True
-        if (fragment[:1] == bytes([hsk.FINISHED])
-                and (len(fragment) < 4 or int.from_bytes(fragment[1:4], "big")
-                     == expected_length)):
+        if fragment[:1] == bytes([hsk.FINISHED]) and (
+            len(fragment) < 4 or int.from_bytes(fragment[1:4], "big") == expected_length
+        ):
             return True
         if self.sides[direction].handshake_gap:
             return True
-        self._refuse(Reason.FINISHED_MISMATCH, ts, events,
-                     f"the first protected message of the "
-                     f"{'client' if self._role(direction) == CLIENT else 'server'} is not its "
-                     "Finished message")
+        self._refuse(
+            Reason.FINISHED_MISMATCH,
+            ts,
+            events,
+            f"the first protected message of the "
+            f"{'client' if self._role(direction) == CLIENT else 'server'} is not its "
+            "Finished message",
+        )
         return False
 
-    def _finished(self, direction: int, hs: HandshakeState, message: bytes, ts: int,
-                  events: list[Event]) -> None:
+    def _finished(
+        self, direction: int, hs: HandshakeState, message: bytes, ts: int, events: list[Event]
+    ) -> None:
         role = self._role(direction)
         suite = hs.suite
         expected = None
@@ -333,8 +360,9 @@ class Negotiation(ConnectionState):
             if secret is not None:
                 expected = tls13_finished(suite.prf_hash, secret, hs.transcript)
         elif hs.master is not None and suite is not None:
-            expected = finished_verify_data(hs.version, suite.prf_hash, hs.master,
-                                            role == CLIENT, hs.transcript)
+            expected = finished_verify_data(
+                hs.version, suite.prf_hash, hs.master, role == CLIENT, hs.transcript
+            )
         if expected is not None:
             if compare_digest(expected, message[4:]):
                 self.stats.finished_verified += 1
@@ -342,15 +370,26 @@ class Negotiation(ConnectionState):
             else:
                 self.stats.finished_failed += 1
                 who = "client" if role == CLIENT else "server"
-                if not (hs.gap or any(side.handshake_gap for side in self.sides)
-                        or self._messages_missing(hs, role)):
-                    self._refuse(Reason.FINISHED_MISMATCH, ts, events,
-                                 f"the {who} Finished message does not verify")
+                if not (
+                    hs.gap
+                    or any(side.handshake_gap for side in self.sides)
+                    or self._messages_missing(hs, role)
+                ):
+                    self._refuse(
+                        Reason.FINISHED_MISMATCH,
+                        ts,
+                        events,
+                        f"the {who} Finished message does not verify",
+                    )
                     return
-                self._notice(Notice.FINISHED_UNVERIFIABLE, ts, events,
-                             f"the {who} Finished message on {self.server_endpoint()} cannot "
-                             "be verified: handshake messages were lost in a capture gap "
-                             "(its records still authenticate)")
+                self._notice(
+                    Notice.FINISHED_UNVERIFIABLE,
+                    ts,
+                    events,
+                    f"the {who} Finished message on {self.server_endpoint()} cannot "
+                    "be verified: handshake messages were lost in a capture gap "
+                    "(its records still authenticate)",
+                )
         hs.transcript.append(message)
         hs.finished[role] = True
         if is_tls13(hs.version):
@@ -359,8 +398,11 @@ class Negotiation(ConnectionState):
             side.decryptor = side.fallback = None
             self._install(direction)
         if all(hs.finished) and not self.failed_for_good and self.info is not None:
-            events.append(HandshakeDone(self.flow, self.info.version, self.info.cipher_suite,
-                                        hs.abbreviated, ts))
+            events.append(
+                HandshakeDone(
+                    self.flow, self.info.version, self.info.cipher_suite, hs.abbreviated, ts
+                )
+            )
             # what an idle session keeps is its keys: the handshake's state can go
             self.handshake = None
             if not is_tls13(self.version):
@@ -398,25 +440,38 @@ class Negotiation(ConnectionState):
 
     def _early_data_possible(self, direction: int) -> bool:
         hs = self.handshake
-        return (hs is not None and hs.server_hello is None and direction == self.client_dir
-                and hs.offers_early_data)
+        return (
+            hs is not None
+            and hs.server_hello is None
+            and direction == self.client_dir
+            and hs.offers_early_data
+        )
 
-    def _early_data(self, direction: int, content_type: int, version: int, fragment: bytes,
-                    ts: int, events: list[Event]) -> None:
+    def _early_data(
+        self,
+        direction: int,
+        content_type: int,
+        version: int,
+        fragment: bytes,
+        ts: int,
+        events: list[Event],
+    ) -> None:
         side = self.sides[direction]
         hs = self.handshake
         assert hs is not None
         secret = self._tls13_secret(CLIENT, Phase.EARLY)
         if secret is None:
             if self.ctx.keys_may_arrive:
-                self._hold(HeldRecord(direction, content_type, version, fragment, ts, False),
-                           events)
+                self._hold(
+                    HeldRecord(direction, content_type, version, fragment, ts, False), events
+                )
             else:
                 self.stats.early_data_skipped += 1
                 side.gap_pending = True
             return
-        found = tls13.open_early_data(hs.client_hello.cipher_suites, secret, content_type,
-                                      version, fragment)
+        found = tls13.open_early_data(
+            hs.client_hello.cipher_suites, secret, content_type, version, fragment
+        )
         if found is None:
             self.stats.early_data_skipped += 1
             side.gap_pending = True
@@ -436,16 +491,19 @@ class Negotiation(ConnectionState):
             hs.hello_retry = True
             first_hello = hs.transcript[0]
             hashed = digest(suite.prf_hash, first_hello)
-            hs.transcript = [bytes([hsk.MESSAGE_HASH, 0, 0, len(hashed)]) + hashed,
-                             hs.transcript[-1]]
+            hs.transcript = [
+                bytes([hsk.MESSAGE_HASH, 0, 0, len(hashed)]) + hashed,
+                hs.transcript[-1],
+            ]
             return
         hs.abbreviated = hsk.EXT_PRE_SHARED_KEY in hello.extensions
         client, server = self.sides[self.client_dir], self.sides[1 - self.client_dir]
         server.phase = Phase.HANDSHAKE
         self._install(1 - self.client_dir)
         early = client.decryptor if client.phase == Phase.EARLY else None
-        client.phase = (Phase.EARLY if hs.offers_early_data and not hs.hello_retry
-                        else Phase.HANDSHAKE)
+        client.phase = (
+            Phase.EARLY if hs.offers_early_data and not hs.hello_retry else Phase.HANDSHAKE
+        )
         self._install(self.client_dir)
         if early is not None:
             client.decryptor = early  # found by trial before the ServerHello: keep its count
@@ -468,8 +526,9 @@ class Negotiation(ConnectionState):
             early = self._tls13_secret(CLIENT, Phase.EARLY)
             handshake_secret = self._tls13_secret(CLIENT, Phase.HANDSHAKE)
             side.decryptor = tls13.decryptor(suite, self.version, early) if early else None
-            side.fallback = (tls13.decryptor(suite, self.version, handshake_secret)
-                             if handshake_secret else None)
+            side.fallback = (
+                tls13.decryptor(suite, self.version, handshake_secret) if handshake_secret else None
+            )
             return
         if side.phase == Phase.APPLICATION and side.traffic_secret:
             secret: bytes | None = side.traffic_secret
@@ -490,4 +549,3 @@ class Negotiation(ConnectionState):
         side.traffic_secret = tls13.next_secret(self.suite, side.traffic_secret)
         side.decryptor = tls13.decryptor(self.suite, self.version, side.traffic_secret)
         self.stats.key_updates += 1
-

@@ -15,8 +15,9 @@ RESYNC_MAX_SKIPPED_RECORDS = 256
 END_OF_EARLY_DATA_MESSAGE = bytes([5, 0, 0, 0])  # its bytes are fixed (RFC 8446 §4.5)
 
 
-def try_open(decryptor: Decryptor | None, content_type: int, version: int, fragment: bytes
-             ) -> tuple[int, bytes] | None:
+def try_open(
+    decryptor: Decryptor | None, content_type: int, version: int, fragment: bytes
+) -> tuple[int, bytes] | None:
     """Open a record if this decryptor can; None (and no state change) if it cannot."""
     if decryptor is None:
         return None
@@ -26,8 +27,9 @@ def try_open(decryptor: Decryptor | None, content_type: int, version: int, fragm
         return None
 
 
-def guess_sequence(decryptor: Decryptor, content_type: int, version: int, fragment: bytes
-                   ) -> tuple[int, bytes] | None:
+def guess_sequence(
+    decryptor: Decryptor, content_type: int, version: int, fragment: bytes
+) -> tuple[int, bytes] | None:
     """Open a record whose sequence number is not known: the next few are tried."""
     first = decryptor.seq
     guesses = range(first, first + RESYNC_MAX_SKIPPED_RECORDS)
@@ -49,8 +51,15 @@ def guess_sequence(decryptor: Decryptor, content_type: int, version: int, fragme
 class RecordOpening(ConnectionState):
     __slots__ = ()
 
-    def _open(self, direction: int, content_type: int, version: int, fragment: bytes, ts: int,
-              events: list[Event]) -> tuple[int, bytes] | None:
+    def _open(
+        self,
+        direction: int,
+        content_type: int,
+        version: int,
+        fragment: bytes,
+        ts: int,
+        events: list[Event],
+    ) -> tuple[int, bytes] | None:
         side = self.sides[direction]
         if side.trials:
             return self._open_trial(direction, content_type, version, fragment, ts, events)
@@ -58,15 +67,15 @@ class RecordOpening(ConnectionState):
             return self._open_early(side, content_type, version, fragment)
         decryptor = side.decryptor
         if decryptor is None:  # TLS 1.3 early data refused and no handshake keys yet
-            self._no_keys(HeldRecord(direction, content_type, version, fragment, ts, False),
-                          events)
+            self._no_keys(HeldRecord(direction, content_type, version, fragment, ts, False), events)
             return None
         if side.seq_unknown:
             return self._open_after_gap(direction, decryptor, content_type, version, fragment)
         return self._open_in_order(side, decryptor, content_type, version, fragment)
 
-    def _open_in_order(self, side: Side, decryptor: Decryptor, content_type: int, version: int,
-                       fragment: bytes) -> tuple[int, bytes] | None:
+    def _open_in_order(
+        self, side: Side, decryptor: Decryptor, content_type: int, version: int, fragment: bytes
+    ) -> tuple[int, bytes] | None:
         """The next record of a side whose keys and sequence number are known."""
         try:
             opened = decryptor.open(content_type, version, fragment)
@@ -79,8 +88,9 @@ class RecordOpening(ConnectionState):
         self.stats.records_decrypted += 1
         return opened
 
-    def _open_early(self, side: Side, content_type: int, version: int, fragment: bytes
-                    ) -> tuple[int, bytes] | None:
+    def _open_early(
+        self, side: Side, content_type: int, version: int, fragment: bytes
+    ) -> tuple[int, bytes] | None:
         """TLS 1.3 client records after a ClientHello offering 0-RTT: early data while the
         early keys open them, then (or if the server refused it) the handshake keys."""
         opened = try_open(side.decryptor, content_type, version, fragment)
@@ -104,8 +114,9 @@ class RecordOpening(ConnectionState):
         side.gap_pending = True
         return None
 
-    def _open_after_gap(self, direction: int, decryptor: Decryptor, content_type: int,
-                        version: int, fragment: bytes) -> tuple[int, bytes] | None:
+    def _open_after_gap(
+        self, direction: int, decryptor: Decryptor, content_type: int, version: int, fragment: bytes
+    ) -> tuple[int, bytes] | None:
         """After lost records the sequence number is unknown: try the next few.  In TLS 1.3
         the lost records may have ended the handshake: then the application keys open it."""
         side = self.sides[direction]
@@ -117,7 +128,10 @@ class RecordOpening(ConnectionState):
                 opened = guess_sequence(later, content_type, version, fragment)
                 if opened is not None:
                     side.phase, side.decryptor, side.traffic_secret = (
-                        Phase.APPLICATION, later, secret)
+                        Phase.APPLICATION,
+                        later,
+                        secret,
+                    )
         if opened is None:
             decryptor.skip(fragment)
             self.stats.records_failed += 1
@@ -129,8 +143,9 @@ class RecordOpening(ConnectionState):
         return opened
 
     @staticmethod
-    def _guess_sequence(decryptor: Decryptor, content_type: int, version: int,
-                        fragment: bytes) -> tuple[int, bytes] | None:
+    def _guess_sequence(
+        decryptor: Decryptor, content_type: int, version: int, fragment: bytes
+    ) -> tuple[int, bytes] | None:
         first = decryptor.seq
         guesses = range(first, first + RESYNC_MAX_SKIPPED_RECORDS)
         explicit = getattr(decryptor, "explicit", 0)
@@ -147,8 +162,15 @@ class RecordOpening(ConnectionState):
         decryptor.seq = first
         return None
 
-    def _open_trial(self, direction: int, content_type: int, version: int, fragment: bytes,
-                    ts: int, events: list[Event]) -> tuple[int, bytes] | None:
+    def _open_trial(
+        self,
+        direction: int,
+        content_type: int,
+        version: int,
+        fragment: bytes,
+        ts: int,
+        events: list[Event],
+    ) -> tuple[int, bytes] | None:
         """No certificate told us which key: the first protected record picks the master."""
         side = self.sides[direction]
         trials, side.trials = side.trials, []
@@ -173,4 +195,3 @@ class RecordOpening(ConnectionState):
         self.stats.records_failed += 1
         self._fail(Reason.KEY_MISMATCH, ts, events)
         return None
-

@@ -40,9 +40,18 @@ class Notice(StrEnum):
 
 
 # Undecryptable reasons after which no key that arrives later can help.
-FINAL = frozenset((Reason.UNSUPPORTED_SUITE, Reason.NO_HANDSHAKE, Reason.HANDSHAKE_LOST,
-                   Reason.INCONSISTENT, Reason.FINISHED_MISMATCH, Reason.HANDSHAKE_TOO_LARGE,
-                   Reason.KEYS_LATE, Reason.KEY_EXCHANGE_LOST))
+FINAL = frozenset(
+    (
+        Reason.UNSUPPORTED_SUITE,
+        Reason.NO_HANDSHAKE,
+        Reason.HANDSHAKE_LOST,
+        Reason.INCONSISTENT,
+        Reason.FINISHED_MISMATCH,
+        Reason.HANDSHAKE_TOO_LARGE,
+        Reason.KEYS_LATE,
+        Reason.KEY_EXCHANGE_LOST,
+    )
+)
 
 
 class Facts(NamedTuple):
@@ -65,42 +74,56 @@ def describe(reason: Reason, facts: Facts) -> str:
         return f"no handshake seen for {facts.flow}: it started before the capture"
     if reason is Reason.HANDSHAKE_LOST:
         lost = facts.lost or "the handshake"
-        return (f"cannot decrypt {facts.flow}: the {lost} was lost in a capture gap"
-                if facts.lost else
-                f"cannot decrypt {facts.flow}: its handshake is not in the capture")
+        return (
+            f"cannot decrypt {facts.flow}: the {lost} was lost in a capture gap"
+            if facts.lost
+            else f"cannot decrypt {facts.flow}: its handshake is not in the capture"
+        )
     if reason is Reason.KEY_EXCHANGE_LOST:
-        return (f"cannot decrypt the session on server {server}: its ClientKeyExchange was "
-                "lost in a capture gap (a key log would decrypt it)")
+        return (
+            f"cannot decrypt the session on server {server}: its ClientKeyExchange was "
+            "lost in a capture gap (a key log would decrypt it)"
+        )
     if reason is Reason.NO_KEY:
         if facts.certificate_seen and facts.rsa_keys_given:
-            return (f"no key for server {server}: none of the given keys matches its "
-                    "certificate")
+            return f"no key for server {server}: none of the given keys matches its certificate"
         if facts.rsa_keys_given:
             return f"no key for server {server}: no given key decrypts its pre-master secret"
         return f"no key for server {server}: no RSA key given"
     if reason is Reason.KEY_MISMATCH:
         return f"key mismatch for server {server}: no given key decrypts its session"
     if reason is Reason.SESSION_UNKNOWN:
-        return (f"resumed session on server {server} whose full handshake is not in the "
-                "capture (a key log would decrypt it)")
+        return (
+            f"resumed session on server {server} whose full handshake is not in the "
+            "capture (a key log would decrypt it)"
+        )
     if reason is Reason.NEEDS_KEY_LOG:
-        return (f"server {server} uses {facts.suite}: only a key log can decrypt it, and it "
-                "has no entry for this session")
+        return (
+            f"server {server} uses {facts.suite}: only a key log can decrypt it, and it "
+            "has no entry for this session"
+        )
     if reason is Reason.UNSUPPORTED_SUITE:
-        return (f"unsupported cipher suite {facts.suite} (0x{facts.suite_code:04X}) on server "
-                f"{server}")
+        return (
+            f"unsupported cipher suite {facts.suite} (0x{facts.suite_code:04X}) on server {server}"
+        )
     if reason is Reason.INCONSISTENT:
-        return (f"not decrypting the session on server {server}: {facts.detail}; the capture "
-                "was altered or damaged")
+        return (
+            f"not decrypting the session on server {server}: {facts.detail}; the capture "
+            "was altered or damaged"
+        )
     if reason is Reason.FINISHED_MISMATCH:
-        return (f"not decrypting the session on server {server}: {facts.detail}, and no "
-                "handshake bytes were lost, so the handshake in the capture was altered or "
-                "damaged")
+        return (
+            f"not decrypting the session on server {server}: {facts.detail}, and no "
+            "handshake bytes were lost, so the handshake in the capture was altered or "
+            "damaged"
+        )
     if reason is Reason.HANDSHAKE_TOO_LARGE:
         return f"not following the handshake on server {server}: {facts.detail}"
     if reason is Reason.RECORDS_FAIL:
-        return (f"the records of the session on server {server} fail authentication with "
-                "the keys found for it: the capture is damaged or altered")
+        return (
+            f"the records of the session on server {server} fail authentication with "
+            "the keys found for it: the capture is damaged or altered"
+        )
     if reason is Reason.KEYS_LATE:
         return f"no keys for {facts.flow} within the wait: {facts.detail}"
     raise AssertionError(reason)

@@ -130,8 +130,13 @@ class AeadProfile(NamedTuple):
 @lru_cache(maxsize=64)
 def aead_profile(suite: CipherSuite, version: int) -> AeadProfile:
     tls13 = version >= TLS13
-    return AeadProfile(tls13, not 0x7F00 <= version < 0x7F19, suite.tag_len,
-                       0 if tls13 else suite.explicit_nonce_len, suite.algorithm)
+    return AeadProfile(
+        tls13,
+        not 0x7F00 <= version < 0x7F19,
+        suite.tag_len,
+        0 if tls13 else suite.explicit_nonce_len,
+        suite.algorithm,
+    )
 
 
 class AeadDecryptor(Decryptor):
@@ -181,8 +186,7 @@ class AeadDecryptor(Decryptor):
             nonce = (self.iv_int ^ seq).to_bytes(12, "big")
             ciphertext = fragment
         if tls13:
-            aad = struct.pack("!BHH", content_type, version, len(fragment)) if header_aad \
-                else b""
+            aad = struct.pack("!BHH", content_type, version, len(fragment)) if header_aad else b""
         else:
             size = len(ciphertext) - tag_len
             if size < 0:
@@ -217,8 +221,14 @@ class _MacCheck:
 
     def compute(self, seq: int, content_type: int, version: int, data: bytes) -> bytes:
         if self.ssl3:
-            inner = digest(self.hash_name, self.mac_key, self.pad1, _seq(seq),
-                           struct.pack("!BH", content_type, len(data)), data)
+            inner = digest(
+                self.hash_name,
+                self.mac_key,
+                self.pad1,
+                _seq(seq),
+                struct.pack("!BH", content_type, len(data)),
+                data,
+            )
             return digest(self.hash_name, self.mac_key, self.pad2, inner)
         if self.keyed is None:
             self.keyed = hmac.HMAC(self.mac_key, hash_algorithm(self.hash_name))
@@ -239,11 +249,26 @@ class CbcDecryptor(Decryptor):
     is the last ciphertext block of the one before.
     """
 
-    __slots__ = ("block", "explicit_iv", "etm", "ssl3", "mac", "algorithm", "chained_iv",
-                 "iv_proven")
+    __slots__ = (
+        "block",
+        "explicit_iv",
+        "etm",
+        "ssl3",
+        "mac",
+        "algorithm",
+        "chained_iv",
+        "iv_proven",
+    )
 
-    def __init__(self, suite: CipherSuite, key: bytes, mac_key: bytes, iv: bytes, version: int,
-                 encrypt_then_mac: bool):
+    def __init__(
+        self,
+        suite: CipherSuite,
+        key: bytes,
+        mac_key: bytes,
+        iv: bytes,
+        version: int,
+        encrypt_then_mac: bool,
+    ):
         self.seq = 0
         self.block = suite.iv_len
         self.explicit_iv = version >= TLS11
@@ -355,8 +380,14 @@ class StreamDecryptor(Decryptor):
         return content_type, data
 
 
-def make_decryptor(suite: CipherSuite, version: int, key: bytes, iv: bytes, mac_key: bytes,
-                   encrypt_then_mac: bool = False) -> Decryptor:
+def make_decryptor(
+    suite: CipherSuite,
+    version: int,
+    key: bytes,
+    iv: bytes,
+    mac_key: bytes,
+    encrypt_then_mac: bool = False,
+) -> Decryptor:
     if suite.kind == "aead":
         return AeadDecryptor(suite, key, iv, version)
     if suite.kind == "cbc":

@@ -152,8 +152,9 @@ class RecordStream:
             if version < 0:  # (3.x with x > 4: not one we know; kept as it is)
                 version = (data[pos + 1] << 8) | data[pos + 2]
             self.version = version
-            records.append((content_type, version, bytes(data[pos + HEADER : pos + HEADER
-                                                              + length])))
+            records.append(
+                (content_type, version, bytes(data[pos + HEADER : pos + HEADER + length]))
+            )
             pos += HEADER + length
         self._keep(data, pos)
         return records

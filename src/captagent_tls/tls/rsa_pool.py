@@ -71,8 +71,7 @@ class RsaPool:
         # jobs done and not yet taken up by the capture loop (appended by the pool's threads)
         self.completed: deque[RsaJob] = deque()
 
-    def submit(self, owner: ConnectionState, keys: Sequence[RsaKey], encrypted: bytes
-               ) -> RsaJob:
+    def submit(self, owner: ConnectionState, keys: Sequence[RsaKey], encrypted: bytes) -> RsaJob:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="rsa")
             # a thread that finished a decryption needs the GIL back to hand its result over

@@ -19,8 +19,9 @@ class SessionCache:
     def __len__(self) -> int:
         return len(self._by_id) + len(self._by_ticket)
 
-    def store(self, master: bytes, session_id: bytes = b"", ticket: bytes = b"",
-              announce: bool = True) -> None:
+    def store(
+        self, master: bytes, session_id: bytes = b"", ticket: bytes = b"", announce: bool = True
+    ) -> None:
         if announce and self.on_store is not None:
             self.on_store(master, session_id, ticket)
         for table, key in ((self._by_id, session_id), (self._by_ticket, ticket)):

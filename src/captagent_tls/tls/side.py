@@ -30,8 +30,18 @@ class Side(RecordStream):
     """One direction: its record stream (what ``RecordStream`` keeps, inherited rather than
     held, so an idle session keeps one object per direction) and its keys."""
 
-    __slots__ = ("handshake_buf", "decryptor", "fallback", "phase", "traffic_secret",
-                 "trials", "seq_unknown", "gap_pending", "handshake_gap", "expect_finished")
+    __slots__ = (
+        "handshake_buf",
+        "decryptor",
+        "fallback",
+        "phase",
+        "traffic_secret",
+        "trials",
+        "seq_unknown",
+        "gap_pending",
+        "handshake_gap",
+        "expect_finished",
+    )
 
     def __init__(self) -> None:
         super().__init__()

@@ -22,10 +22,29 @@ from captagent_tls.tls.suites import CipherSuite
 class ConnectionState:
     """Attributes every part reads, and the steps one part asks of another."""
 
-    __slots__ = ("flow", "ctx", "stats", "sides", "client_dir", "is_tls", "handshake",
-                 "version", "suite", "client_random", "info", "failed", "refused", "closed",
-                 "held", "_replaying", "outcome", "session_open", "session_decrypted",
-                 "keys_failed", "notices")
+    __slots__ = (
+        "flow",
+        "ctx",
+        "stats",
+        "sides",
+        "client_dir",
+        "is_tls",
+        "handshake",
+        "version",
+        "suite",
+        "client_random",
+        "info",
+        "failed",
+        "refused",
+        "closed",
+        "held",
+        "_replaying",
+        "outcome",
+        "session_open",
+        "session_decrypted",
+        "keys_failed",
+        "notices",
+    )
 
     flow: Flow
     ctx: TlsContext
@@ -64,12 +83,20 @@ class ConnectionState:
     def _role(self, direction: int) -> int:
         raise NotImplementedError
 
-    def _record(self, direction: int, content_type: int, version: int, fragment: bytes,
-                ts: int, events: list[Event]) -> None:
+    def _record(
+        self,
+        direction: int,
+        content_type: int,
+        version: int,
+        fragment: bytes,
+        ts: int,
+        events: list[Event],
+    ) -> None:
         raise NotImplementedError
 
-    def _dispatch(self, direction: int, content_type: int, fragment: bytes, ts: int,
-                  events: list[Event]) -> None:
+    def _dispatch(
+        self, direction: int, content_type: int, fragment: bytes, ts: int, events: list[Event]
+    ) -> None:
         raise NotImplementedError
 
     def _lost(self, direction: int, events: list[Event], ts: int) -> None:

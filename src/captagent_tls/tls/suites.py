@@ -320,8 +320,9 @@ def _parse(code: int, name: str) -> CipherSuite:
         mac_hash = hash_name
     if "_EXPORT_" in name:
         algorithm = ""  # export key derivation (RFC 2246 §6.3) is not implemented
-    return CipherSuite(code, name, key_exchange, kind, algorithm, key_len, iv_len, tag_len,
-                       mac_hash, mac_len, prf)
+    return CipherSuite(
+        code, name, key_exchange, kind, algorithm, key_len, iv_len, tag_len, mac_hash, mac_len, prf
+    )
 
 
 @cache

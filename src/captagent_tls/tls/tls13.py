@@ -24,8 +24,7 @@ def is_tls13(version: int) -> bool:
     return version >= TLS13  # includes the 0x7fXX drafts
 
 
-def logged_secret(keys: KeyStore, client_random: bytes, role: int, phase: Phase
-                  ) -> bytes | None:
+def logged_secret(keys: KeyStore, client_random: bytes, role: int, phase: Phase) -> bytes | None:
     logged = keys.secrets_for(client_random)
     label = SECRET_LABELS.get((role, phase))  # (none for a side that never got its keys)
     if logged is None or label is None:
@@ -43,15 +42,20 @@ def next_secret(suite: CipherSuite, secret: bytes) -> bytes:
     return next_traffic_secret(suite.prf_hash, secret)
 
 
-def open_early_data(offered_suites: bytes, secret: bytes, content_type: int, version: int,
-                    fragment: bytes) -> tuple[Decryptor, CipherSuite, tuple[int, bytes]] | None:
+def open_early_data(
+    offered_suites: bytes, secret: bytes, content_type: int, version: int, fragment: bytes
+) -> tuple[Decryptor, CipherSuite, tuple[int, bytes]] | None:
     """0-RTT data before the ServerHello: its suite is the resumed session's, one the
     ClientHello offers, so the offered TLS 1.3 suites whose hash fits the secret are tried
     until one authenticates the record."""
     for at in range(0, len(offered_suites) - 1, 2):
         suite = lookup(int.from_bytes(offered_suites[at : at + 2], "big"))
-        if (suite is None or suite.key_exchange != "TLS13" or not suite.supported
-                or hash_algorithm(suite.prf_hash).digest_size != len(secret)):
+        if (
+            suite is None
+            or suite.key_exchange != "TLS13"
+            or not suite.supported
+            or hash_algorithm(suite.prf_hash).digest_size != len(secret)
+        ):
             continue
         candidate = decryptor(suite, TLS13, secret)
         try:

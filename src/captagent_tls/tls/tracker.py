@@ -19,12 +19,22 @@ __all__ = ["HoldLimits", "TlsStats", "TlsTracker"]
 
 
 class TlsTracker:
-    def __init__(self, keys: KeyStore | None = None, session_cache_size: int = 20_000,
-                 keys_may_arrive: bool = False, hold: HoldLimits | None = None,
-                 rsa: RsaPool | None = None):
-        self.context = TlsContext(keys if keys is not None else KeyStore(),
-                                  SessionCache(session_cache_size), TlsStats(),
-                                  hold or HoldLimits(), keys_may_arrive, rsa)
+    def __init__(
+        self,
+        keys: KeyStore | None = None,
+        session_cache_size: int = 20_000,
+        keys_may_arrive: bool = False,
+        hold: HoldLimits | None = None,
+        rsa: RsaPool | None = None,
+    ):
+        self.context = TlsContext(
+            keys if keys is not None else KeyStore(),
+            SessionCache(session_cache_size),
+            TlsStats(),
+            hold or HoldLimits(),
+            keys_may_arrive,
+            rsa,
+        )
         self.keys = self.context.keys
         self.sessions = self.context.sessions
         self.stats = self.context.stats
@@ -67,8 +77,9 @@ class TlsTracker:
         if conn is None:
             return [ConnectionDone(flow, ts, PLAINTEXT, 0)]
         conn.closed = True
-        if conn.waiting and (self.context.keys_may_arrive or conn.keys_coming
-                             or self.context.sessions_shared):
+        if conn.waiting and (
+            self.context.keys_may_arrive or conn.keys_coming or self.context.sessions_shared
+        ):
             return []
         return self._finish(conn, ts)
 

@@ -25,16 +25,20 @@ class KeyWaiting(ConnectionState):
             self._hold(record, events)
             return
         ctx = self.ctx
-        if (ctx.keys_may_arrive or (ctx.sessions_shared and not ctx.settling
-                                    and self._why_no_keys() is Reason.SESSION_UNKNOWN)) \
-                and not self.failed_for_good:
+        if (
+            ctx.keys_may_arrive
+            or (
+                ctx.sessions_shared
+                and not ctx.settling
+                and self._why_no_keys() is Reason.SESSION_UNKNOWN
+            )
+        ) and not self.failed_for_good:
             self._hold(record, events)
             return
         self.stats.records_undecrypted += 1
         self.sides[record.direction].gap_pending = True
         if self.failed is None:
             self._fail(self._why_no_keys(), record.ts_ns, events)
-
 
     def _hold(self, record: HeldRecord, events: list[Event]) -> None:
         """Keep a record until keys arrive; everything after it waits too, in order."""
@@ -47,10 +51,14 @@ class KeyWaiting(ConnectionState):
             self.sides[record.direction].gap_pending = True
         elif held.records[-1].dropped:
             self.stats.records_over_hold_cap += 1
-            self._notice(Notice.RECORDS_DROPPED, record.ts_ns, events,
-                         f"records of {self.flow.describe()} waiting for keys are over the "
-                         "hold cap (--key-hold-flow, --key-hold-total): the newest are "
-                         "dropped, the rest wait")
+            self._notice(
+                Notice.RECORDS_DROPPED,
+                record.ts_ns,
+                events,
+                f"records of {self.flow.describe()} waiting for keys are over the "
+                "hold cap (--key-hold-flow, --key-hold-total): the newest are "
+                "dropped, the rest wait",
+            )
 
     def _drop_held(self, ts: int, events: list[Event], why: str) -> None:
         held = self.held
@@ -60,9 +68,15 @@ class KeyWaiting(ConnectionState):
         for record in records:
             self.sides[record.direction].gap_pending = True
         self.stats.records_expired += len(records)
-        events.append(TlsProblem(self.flow, Notice.RECORDS_DROPPED.value,
-                                 f"dropped {len(records)} records of {self.flow.describe()}: "
-                                 f"{why}", ts, self.server_endpoint()))
+        events.append(
+            TlsProblem(
+                self.flow,
+                Notice.RECORDS_DROPPED.value,
+                f"dropped {len(records)} records of {self.flow.describe()}: {why}",
+                ts,
+                self.server_endpoint(),
+            )
+        )
         if self.failed is None:
             self.failed = Reason.KEYS_LATE
             if self.outcome is None:
@@ -85,8 +99,14 @@ class KeyWaiting(ConnectionState):
                 elif record.content_type == FRAMING_LOST:  # bytes lost after those before
                     self._lost(record.direction, events, record.ts_ns)
                 else:
-                    self._record(record.direction, record.content_type, record.version,
-                                 record.fragment, record.ts_ns, events)
+                    self._record(
+                        record.direction,
+                        record.content_type,
+                        record.version,
+                        record.fragment,
+                        record.ts_ns,
+                        events,
+                    )
         finally:
             self._replaying = False
 
@@ -104,8 +124,14 @@ class KeyWaiting(ConnectionState):
                 if record.dropped:
                     self._skip_dropped(record, events)
                 else:
-                    self._record(record.direction, record.content_type, record.version,
-                                 record.fragment, record.ts_ns, events)
+                    self._record(
+                        record.direction,
+                        record.content_type,
+                        record.version,
+                        record.fragment,
+                        record.ts_ns,
+                        events,
+                    )
         finally:
             self.ctx.settling = False
 

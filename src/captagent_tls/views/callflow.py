@@ -46,9 +46,24 @@ class ReportError(OutputError):
 
 
 class _Call:
-    __slots__ = ("index", "call_id", "from_", "to", "first_us", "last_us", "status", "reason",
-                 "messages", "transport", "tls_version", "cipher_suite", "method", "cseq",
-                 "provisional", "provisional_reason")
+    __slots__ = (
+        "index",
+        "call_id",
+        "from_",
+        "to",
+        "first_us",
+        "last_us",
+        "status",
+        "reason",
+        "messages",
+        "transport",
+        "tls_version",
+        "cipher_suite",
+        "method",
+        "cseq",
+        "provisional",
+        "provisional_reason",
+    )
 
     def __init__(self, index: int, call_id: str, ts_us: int):
         self.index = index
@@ -65,11 +80,25 @@ class _Call:
         self.cseq = -1
 
     def row(self) -> list[object]:
-        status, reason = ((self.status, self.reason) if self.status
-                          else (self.provisional, self.provisional_reason))
-        return [self.call_id, self.from_, self.to, self.first_us, self.last_us, status, reason,
-                self.messages, self.transport, self.tls_version, self.cipher_suite,
-                self.method]
+        status, reason = (
+            (self.status, self.reason)
+            if self.status
+            else (self.provisional, self.provisional_reason)
+        )
+        return [
+            self.call_id,
+            self.from_,
+            self.to,
+            self.first_us,
+            self.last_us,
+            status,
+            reason,
+            self.messages,
+            self.transport,
+            self.tls_version,
+            self.cipher_suite,
+            self.method,
+        ]
 
 
 def _json_for_html(text: str) -> str:
@@ -86,11 +115,13 @@ class CallFlowReport(Sink):
         try:
             self._out: TextIO = open(path, "w", encoding="utf-8")  # noqa: SIM115 - see close
             self._spool = tempfile.TemporaryFile(  # noqa: SIM115 - closed in close()
-                "w+", encoding="utf-8", buffering=SPOOL_BUFFER,
-                dir=os.path.dirname(os.path.abspath(path)))
+                "w+",
+                encoding="utf-8",
+                buffering=SPOOL_BUFFER,
+                dir=os.path.dirname(os.path.abspath(path)),
+            )
         except OSError as exc:
-            raise ReportError(f"report {path}: {exc.strerror or exc}"
-                              ) from None
+            raise ReportError(f"report {path}: {exc.strerror or exc}") from None
         self._calls: dict[str, _Call] = {}
         self._endpoints: dict[Endpoint, int] = {}
         self.messages = 0  # in the report
@@ -138,10 +169,18 @@ class CallFlowReport(Sink):
                     call.status, call.reason = summary.status, summary.reason
                 else:
                     call.provisional, call.provisional_reason = summary.status, summary.reason
-        record = [call.index, ts_us, self._endpoint(message.src), self._endpoint(message.dst),
-                  summary.label, summary.status,
-                  message.payload.decode("utf-8", "backslashreplace"), message.transport,
-                  message.tls_version, message.cipher_suite]
+        record = [
+            call.index,
+            ts_us,
+            self._endpoint(message.src),
+            self._endpoint(message.dst),
+            summary.label,
+            summary.status,
+            message.payload.decode("utf-8", "backslashreplace"),
+            message.transport,
+            message.tls_version,
+            message.cipher_suite,
+        ]
         self._spool.write(("" if self._first else ",") + _json_for_html(_dumps(record)) + "\n")
         self._first = False
         self.messages += 1
@@ -157,8 +196,7 @@ class CallFlowReport(Sink):
         try:
             self._write()
         except OSError as exc:
-            raise ReportError(f"report {self.path}: {exc.strerror or exc}"
-                              ) from None
+            raise ReportError(f"report {self.path}: {exc.strerror or exc}") from None
         finally:
             self._spool.close()
             self._out.close()
@@ -173,14 +211,21 @@ class CallFlowReport(Sink):
         if not marker:
             raise ReportError("the report template has no data marker")  # a packaging fault
         endpoints = [format_endpoint(e) for e in self._endpoints]
-        meta = {"generator": f"captagent-tls {__version__}", "calls": len(self._calls),
-                "messages": self.messages, "not_shown": self.not_shown,
-                "max_calls": self.max_calls}
+        meta = {
+            "generator": f"captagent-tls {__version__}",
+            "calls": len(self._calls),
+            "messages": self.messages,
+            "not_shown": self.not_shown,
+            "max_calls": self.max_calls,
+        }
         out.write(head.replace("/*STYLE*/", style))
-        out.write('<script type="application/json" id="meta">'
-                  f"{_json_for_html(_dumps(meta))}</script>\n")
-        out.write('<script type="application/json" id="endpoints">'
-                  f"{_json_for_html(_dumps(endpoints))}</script>\n")
+        out.write(
+            f'<script type="application/json" id="meta">{_json_for_html(_dumps(meta))}</script>\n'
+        )
+        out.write(
+            '<script type="application/json" id="endpoints">'
+            f"{_json_for_html(_dumps(endpoints))}</script>\n"
+        )
         out.write('<script type="application/json" id="calls">[')
         for n, call in enumerate(self._calls.values()):
             out.write(("," if n else "") + _json_for_html(_dumps(call.row())) + "\n")
@@ -198,10 +243,16 @@ class CallFlowReport(Sink):
         self.size = os.fstat(out.fileno()).st_size
 
     def summary_line(self) -> str:
-        skipped = (f"; {self.not_shown} messages not shown (not SIP, no Call-ID, or past "
-                   f"{self.max_calls} calls)" if self.not_shown else "")
-        return (f"report: {self.path}: {self.calls} calls, {self.messages} messages, "
-                f"{_size(self.size)}{skipped}")
+        skipped = (
+            f"; {self.not_shown} messages not shown (not SIP, no Call-ID, or past "
+            f"{self.max_calls} calls)"
+            if self.not_shown
+            else ""
+        )
+        return (
+            f"report: {self.path}: {self.calls} calls, {self.messages} messages, "
+            f"{_size(self.size)}{skipped}"
+        )
 
 
 def _size(size: int) -> str:
@@ -210,4 +261,3 @@ def _size(size: int) -> str:
     if size >= 1 << 10:
         return f"{size / (1 << 10):.1f} KiB"
     return f"{size} bytes"
-

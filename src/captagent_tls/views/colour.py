@@ -25,8 +25,7 @@ FAILURE = "\x1b[31m"  # 3xx-6xx: red (the call did not go through as asked)
 NOT_SIP = DIM
 
 
-def colour_wanted(choice: str, stream: IO[Any],
-                  environ: Mapping[str, str] | None = None) -> bool:
+def colour_wanted(choice: str, stream: IO[Any], environ: Mapping[str, str] | None = None) -> bool:
     if choice == "always":
         return True
     if choice == "never":

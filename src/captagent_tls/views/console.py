@@ -31,8 +31,9 @@ from captagent_tls.views.colour import (
 )
 
 # C0 controls but tab, LF and CR; DEL; C1 controls (a terminal may take 0x9b as CSI)
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20),
-                                         *range(0x7F, 0xA0))}
+_CONTROLS = {
+    c: f"\\x{c:02x}" for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0))
+}
 
 
 def printable(text: str) -> str:
@@ -94,8 +95,11 @@ def colourize(message: Message, text: str) -> str:
         first = body if line_end < 0 else body[:line_end]
         cr = "\r" if first.endswith("\r") else ""
         first = first[: len(first) - len(cr)]
-        body = paint(status_colour(_start_line_status(first)), first) + cr + (
-            body[line_end:] if line_end >= 0 else "")
+        body = (
+            paint(status_colour(_start_line_status(first)), first)
+            + cr
+            + (body[line_end:] if line_end >= 0 else "")
+        )
     return f"{header}\n{body}"
 
 
@@ -130,9 +134,11 @@ class BriefSink(Sink):
             return printable(f"{when} {src} -> {dst} {label:<20} {call_id} {security}") + "\n"
         direction = direction_colour(message.from_client)
         label_colour = NOT_SIP if status < 0 else status_colour(status)
-        return (f"{when} {direction}{printable(src)} -> {printable(dst)}{RESET} "
-                f"{label_colour}{printable(label.ljust(20))}{RESET} {printable(call_id)} "
-                f"{DIM}{security}{RESET}\n")
+        return (
+            f"{when} {direction}{printable(src)} -> {printable(dst)}{RESET} "
+            f"{label_colour}{printable(label.ljust(20))}{RESET} {printable(call_id)} "
+            f"{DIM}{security}{RESET}\n"
+        )
 
     def emit(self, message: Message) -> None:
         self.out.write(self.line(message))
@@ -143,8 +149,9 @@ class BriefSink(Sink):
         self.out.flush()
 
 
-def console_view(out: TextIO, flush_each: bool, colour: bool, brief: bool
-                 ) -> ConsoleSink | ColourConsoleSink | BriefSink:
+def console_view(
+    out: TextIO, flush_each: bool, colour: bool, brief: bool
+) -> ConsoleSink | ColourConsoleSink | BriefSink:
     """The console sink the options ask for; without colour or --brief, the plain one."""
     if brief:
         return BriefSink(out, flush_each, colour)

@@ -135,8 +135,7 @@ class FileProgress:
     """The bar while a capture file is read: bytes of the file, packets, SIP messages per
     second and the time left; on standard input a running count without a total."""
 
-    def __init__(self, line: TerminalLine, path: str, reader: CaptureReader,
-                 pipeline: Pipeline):
+    def __init__(self, line: TerminalLine, path: str, reader: CaptureReader, pipeline: Pipeline):
         self.line = line
         self.reader = reader
         self.pipeline = pipeline
@@ -144,13 +143,25 @@ class FileProgress:
         self.total: int | None = (os.stat(path).st_size if path != "-" else 0) or None
         name = os.path.basename(path) if path != "-" else "stdin"
         if self.total is not None:
-            bar = _tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=name, file=line.out,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                   "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            bar = _tqdm(
+                total=self.total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=name,
+                file=line.out,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+                "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+            )
         else:
-            bar = _tqdm(total=None, unit=" packets", unit_scale=True, desc=name, file=line.out,
-                        bar_format="{desc}: {n_fmt}{unit} [{elapsed}, {rate_fmt}{postfix}]")
+            bar = _tqdm(
+                total=None,
+                unit=" packets",
+                unit_scale=True,
+                desc=name,
+                file=line.out,
+                bar_format="{desc}: {n_fmt}{unit} [{elapsed}, {rate_fmt}{postfix}]",
+            )
         line.show(bar)
         self.bar = bar
         self._started = time.monotonic()
@@ -188,8 +199,7 @@ class FileProgress:
             return count
         stored = self.reader.stored_position
         if stored is None:
-            framing = (PCAP_RECORD_HEADER if self.reader.format == "pcap"
-                       else PCAPNG_PACKET_FRAMING)
+            framing = PCAP_RECORD_HEADER if self.reader.format == "pcap" else PCAPNG_PACKET_FRAMING
             stored = PCAP_FILE_HEADER + data_bytes + int(count * framing)
         return min(stored, self.total)
 
@@ -198,8 +208,9 @@ class FileProgress:
         then, before = self._last
         if now > then:  # SIP messages per second, smoothed over the last few refreshes
             rate = (messages - before) / (now - then)
-            self._message_rate = rate if not self._message_rate else (
-                0.3 * rate + 0.7 * self._message_rate)
+            self._message_rate = (
+                rate if not self._message_rate else (0.3 * rate + 0.7 * self._message_rate)
+            )
         self._last = (now, messages)
         self._draw(self._position(count, data_bytes), count, messages)
 
@@ -210,7 +221,8 @@ class FileProgress:
             bar.set_postfix_str(
                 (f"{_count(count)} packets, " if self.total else "")
                 + f"{_count(messages)} SIP messages, {_count(self._message_rate)}/s",
-                refresh=False)
+                refresh=False,
+            )
             bar.refresh(nolock=True)
             self.line.drawn = True
 
@@ -235,10 +247,16 @@ class WorkersFileProgress:
     def __init__(self, line: TerminalLine, path: str):
         self.line = line
         self.total = os.stat(path).st_size or None
-        self.bar = _tqdm(total=self.total, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc=os.path.basename(path), file=line.out,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
-                                    "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        self.bar = _tqdm(
+            total=self.total,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=os.path.basename(path),
+            file=line.out,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
+            "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+        )
         line.show(self.bar)
         self._started = time.monotonic()
         self._next_refresh = 0.0
@@ -255,16 +273,20 @@ class WorkersFileProgress:
         then, before = self._last
         if now > then:
             rate = (messages - before) / (now - then)
-            self._message_rate = rate if not self._message_rate else (
-                0.3 * rate + 0.7 * self._message_rate)
+            self._message_rate = (
+                rate if not self._message_rate else (0.3 * rate + 0.7 * self._message_rate)
+            )
         self._last = (now, messages)
         self._draw(position, packets, messages)
 
     def _draw(self, position: int, packets: int, messages: int) -> None:
         with self.line.lock:
             self.bar.n = min(position, self.total) if self.total else position
-            self.bar.set_postfix_str(f"{_count(packets)} packets, {_count(messages)} SIP "
-                                     f"messages, {_count(self._message_rate)}/s", refresh=False)
+            self.bar.set_postfix_str(
+                f"{_count(packets)} packets, {_count(messages)} SIP "
+                f"messages, {_count(self._message_rate)}/s",
+                refresh=False,
+            )
             self.bar.refresh(nolock=True)
             self.line.drawn = True
 
@@ -284,8 +306,12 @@ class LiveStatus:
     and SIP messages per second, kernel drops, what waits for HEP collectors, TCP flows, and
     TLS sessions waiting for keys."""
 
-    def __init__(self, line: TerminalLine, snapshot: Callable[[], Counters],
-                 interval_s: float = STATUS_REFRESH_S):
+    def __init__(
+        self,
+        line: TerminalLine,
+        snapshot: Callable[[], Counters],
+        interval_s: float = STATUS_REFRESH_S,
+    ):
         self.line = line
         self.snapshot = snapshot
         self.interval_s = interval_s
@@ -299,11 +325,16 @@ class LiveStatus:
         then, frames_before, messages_before = self._last
         span = max(now - then, 1e-9)
         self._last = (now, packets, messages)
-        drops = (counters["kernel_dropped_packets"] + counters["interface_dropped_packets"]
-                 if "kernel_received_packets" in counters.values else None)
-        parts = [f"{_count((packets - frames_before) / span)} packets/s",
-                 f"{_count((messages - messages_before) / span)} SIP messages/s",
-                 f"kernel drops {_count(drops)}" if drops is not None else "kernel drops ?"]
+        drops = (
+            counters["kernel_dropped_packets"] + counters["interface_dropped_packets"]
+            if "kernel_received_packets" in counters.values
+            else None
+        )
+        parts = [
+            f"{_count((packets - frames_before) / span)} packets/s",
+            f"{_count((messages - messages_before) / span)} SIP messages/s",
+            f"kernel drops {_count(drops)}" if drops is not None else "kernel drops ?",
+        ]
         if "hep_queued" in counters.values:
             parts.append(f"HEP queue {_count(counters.total('hep_queued'))}")
         parts.append(f"flows {_count(counters['active_flows'])}")
@@ -311,8 +342,15 @@ class LiveStatus:
         return " | ".join(parts)
 
     def start(self) -> None:
-        self.line.show(_tqdm(leave=False, total=None, file=self.line.out,
-                             bar_format="{desc}", desc="capturing..."))
+        self.line.show(
+            _tqdm(
+                leave=False,
+                total=None,
+                file=self.line.out,
+                bar_format="{desc}",
+                desc="capturing...",
+            )
+        )
         counters = self.snapshot()
         self._last = (time.monotonic(), counters["packets"], counters["sip_messages"])
         self._thread = threading.Thread(target=self._run, name="status line", daemon=True)

@@ -31,13 +31,18 @@ if TYPE_CHECKING:
 class Views:
     """What the views options ask for, around one run (``live``: capturing from -i)."""
 
-    def __init__(self, args: argparse.Namespace, live: bool,
-                 stdout: TextIO | None = None, stderr: TextIO | None = None):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        live: bool,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ):
         self.args = args
         self.live = live
         self._stdout = stdout if stdout is not None else sys.stdout
         self._stderr = stderr if stderr is not None else sys.stderr
-        shown = (args.status if live else args.progress and not args.quiet)
+        shown = args.status if live else args.progress and not args.quiet
         self.line: TerminalLine | None = None
         if shown and is_terminal(self._stderr):
             from captagent_tls.views.progress import TerminalLine
@@ -88,8 +93,9 @@ class Views:
 
     # -- taps --------------------------------------------------------------------------------
 
-    def on_secret(self, other: Callable[[SessionSecret], None] | None
-                  ) -> Callable[[SessionSecret], None] | None:
+    def on_secret(
+        self, other: Callable[[SessionSecret], None] | None
+    ) -> Callable[[SessionSecret], None] | None:
         """The pipeline's ``on_secret``: ``other`` (the key-log export) and the writer."""
         if self.writer is None:
             return other
@@ -134,8 +140,11 @@ class Views:
     def start_status(self, snapshot: Callable[[], Counters]) -> None:
         if self.line is None:
             if self.args.status and self.live:
-                print("captagent-tls: warning: --status needs stderr to be a terminal; "
-                      "the stats are logged every --stats-interval instead", file=self._stderr)
+                print(
+                    "captagent-tls: warning: --status needs stderr to be a terminal; "
+                    "the stats are logged every --stats-interval instead",
+                    file=self._stderr,
+                )
             return
         from captagent_tls.views.progress import LiveStatus
 
@@ -169,6 +178,8 @@ class Views:
             lines.append(self.report.summary_line())
         writer = self.writer
         if writer is not None and writer.closed:
-            lines.append(f"decryptable capture: {writer.path}: {writer.frames} packets, secrets "
-                         f"of {writer.sessions} TLS sessions (mode 0600: it holds secrets)")
+            lines.append(
+                f"decryptable capture: {writer.path}: {writer.frames} packets, secrets "
+                f"of {writer.sessions} TLS sessions (mode 0600: it holds secrets)"
+            )
         return lines

@@ -65,7 +65,8 @@ def negotiated(extension: Extension) -> DeflateParams:
         client_no_context_takeover=flags.get("client_no_context_takeover", False),
         server_no_context_takeover=flags.get("server_no_context_takeover", False),
         client_max_window_bits=bits.get("client_max_window_bits", MAX_WINDOW_BITS),
-        server_max_window_bits=bits.get("server_max_window_bits", MAX_WINDOW_BITS))
+        server_max_window_bits=bits.get("server_max_window_bits", MAX_WINDOW_BITS),
+    )
 
 
 class InflateError(Exception):
@@ -84,8 +85,9 @@ class Inflater:
 
     __slots__ = ("window_bits", "takeover", "max_size", "_zlib")
 
-    def __init__(self, window_bits: int = MAX_WINDOW_BITS, takeover: bool = True,
-                 max_size: int = 1 << 20):
+    def __init__(
+        self, window_bits: int = MAX_WINDOW_BITS, takeover: bool = True, max_size: int = 1 << 20
+    ):
         # zlib cannot inflate raw DEFLATE with an 8-bit window, and its deflate never makes
         # one (it uses 9 bits instead): a 9-bit window reads everything an 8-bit one does
         self.window_bits = max(window_bits, 9)

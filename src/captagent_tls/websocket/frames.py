@@ -56,7 +56,8 @@ def unmask(payload: bytes | memoryview, key: bytes) -> bytes:
         return b""
     pad = key * (size // 4 + 1)
     return (int.from_bytes(payload, "little") ^ int.from_bytes(pad[:size], "little")).to_bytes(
-        size, "little")
+        size, "little"
+    )
 
 
 class FrameHeader(NamedTuple):
@@ -106,8 +107,11 @@ def header_problem(header: FrameHeader, from_client: bool | None, deflate: bool)
     if header.rsv & 0x30:
         return "RSV2/RSV3 set, which no negotiated extension defines"
     if header.rsv & 0x40 and (not deflate or header.opcode not in (OP_TEXT, OP_BINARY)):
-        return ("RSV1 set without permessage-deflate" if not deflate
-                else "RSV1 set on a continuation or control frame")
+        return (
+            "RSV1 set without permessage-deflate"
+            if not deflate
+            else "RSV1 set on a continuation or control frame"
+        )
     if from_client is not None and bool(header.mask) != from_client:
         return "a client frame without masking" if from_client else "a masked server frame"
     return ""
@@ -123,13 +127,35 @@ class FrameDecoder:
     mid-way, or bytes were lost) and looks for a frame that starts a SIP message.
     """
 
-    __slots__ = ("from_client", "inflater", "max_frame", "max_message", "buf", "skip",
-                 "parts", "part_bytes", "part_opcode", "part_compressed", "dropping",
-                 "hunting", "broken", "closed", "frames", "control_frames", "close_code")
+    __slots__ = (
+        "from_client",
+        "inflater",
+        "max_frame",
+        "max_message",
+        "buf",
+        "skip",
+        "parts",
+        "part_bytes",
+        "part_opcode",
+        "part_compressed",
+        "dropping",
+        "hunting",
+        "broken",
+        "closed",
+        "frames",
+        "control_frames",
+        "close_code",
+    )
 
-    def __init__(self, from_client: bool | None, inflater: Inflater | None, *,
-                 max_frame: int = MAX_FRAME, max_message: int = MAX_MESSAGE,
-                 hunting: bool = False):
+    def __init__(
+        self,
+        from_client: bool | None,
+        inflater: Inflater | None,
+        *,
+        max_frame: int = MAX_FRAME,
+        max_message: int = MAX_MESSAGE,
+        hunting: bool = False,
+    ):
         self.from_client = from_client
         self.inflater = inflater
         self.max_frame = max_frame
@@ -189,10 +215,14 @@ class FrameDecoder:
     def flush(self) -> list[WsProblem]:
         """End of the stream: a partial frame or message left is reported, never emitted."""
         problems = []
-        if not self.broken and (self.buf or self.skip or (self.parts is not None
-                                                          and not self.dropping)):
-            problems.append(WsProblem("truncated", "the connection ended inside a frame or "
-                                                   "a fragmented message"))
+        if not self.broken and (
+            self.buf or self.skip or (self.parts is not None and not self.dropping)
+        ):
+            problems.append(
+                WsProblem(
+                    "truncated", "the connection ended inside a frame or a fragmented message"
+                )
+            )
         self._end_message()
         self.buf.clear()
         self.skip = 0
@@ -200,8 +230,7 @@ class FrameDecoder:
 
     # -- framing ----------------------------------------------------------------------------
 
-    def _frames(self, buf: bytearray, messages: list[WsMessage],
-                problems: list[WsProblem]) -> int:
+    def _frames(self, buf: bytearray, messages: list[WsMessage], problems: list[WsProblem]) -> int:
         pos = 0
         end = len(buf)
         while pos < end:
@@ -222,9 +251,12 @@ class FrameDecoder:
                 self.from_client = bool(header.mask)
             self.frames += 1
             if header.length > self.max_frame:
-                problems.append(WsProblem("frame too large",
-                                          f"a frame of {header.length} bytes (the cap is "
-                                          f"{self.max_frame})"))
+                problems.append(
+                    WsProblem(
+                        "frame too large",
+                        f"a frame of {header.length} bytes (the cap is {self.max_frame})",
+                    )
+                )
                 if header.opcode < OP_CLOSE:
                     self.broken = self._start_dropping(header, "frame too large")
                     if self.broken:
@@ -248,8 +280,9 @@ class FrameDecoder:
                 return end
         return pos
 
-    def _frame(self, header: FrameHeader, data: bytes, messages: list[WsMessage],
-               problems: list[WsProblem]) -> None:
+    def _frame(
+        self, header: FrameHeader, data: bytes, messages: list[WsMessage], problems: list[WsProblem]
+    ) -> None:
         opcode = header.opcode
         if opcode >= OP_CLOSE:
             self.control_frames += 1
@@ -280,8 +313,11 @@ class FrameDecoder:
             self.part_bytes += len(data)
             if self.part_bytes > self.max_message:
                 self.dropping = "message too large"
-                problems.append(WsProblem("message too large",
-                                          f"a message of more than {self.max_message} bytes"))
+                problems.append(
+                    WsProblem(
+                        "message too large", f"a message of more than {self.max_message} bytes"
+                    )
+                )
                 self.parts = []
             else:
                 self.parts.append(data)
@@ -319,9 +355,14 @@ class FrameDecoder:
                 payload = self.inflater.inflate(payload)
             except InflateError as exc:
                 kind = "inflate too large" if exc.kind == "too large" else "inflate failed"
-                problems.append(WsProblem(kind, f"a compressed message that {exc}"
-                                          if exc.kind == "too large"
-                                          else f"a compressed message does not inflate ({exc})"))
+                problems.append(
+                    WsProblem(
+                        kind,
+                        f"a compressed message that {exc}"
+                        if exc.kind == "too large"
+                        else f"a compressed message does not inflate ({exc})",
+                    )
+                )
                 return
         messages.append(WsMessage(opcode, payload))
 
@@ -341,8 +382,11 @@ class FrameDecoder:
             header = parse_header(buf, at)
             if header is None:
                 return -1, at
-            if (not header.fin or header_problem(header, self.from_client, self.deflate)
-                    or header.length > self.max_frame):
+            if (
+                not header.fin
+                or header_problem(header, self.from_client, self.deflate)
+                or header.length > self.max_frame
+            ):
                 continue
             if at + header.size + header.length > end:
                 if header.length <= 4096 and self._plausible_start(buf, at, header):

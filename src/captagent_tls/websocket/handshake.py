@@ -73,11 +73,15 @@ def parse_request(head: bytes) -> UpgradeRequest:
         raise HandshakeError("an HTTP request without Upgrade: websocket")
     if not _has_token(fields.get("connection", ""), "upgrade"):
         raise HandshakeError("Upgrade: websocket without Connection: Upgrade")
-    offered = tuple(p.strip() for p in fields.get("sec-websocket-protocol", "").split(",")
-                    if p.strip())
-    return UpgradeRequest(parsed.start.split(b" ")[1].decode("latin-1"),
-                          fields.get("sec-websocket-key", ""), offered,
-                          fields.get("sec-websocket-extensions", ""))
+    offered = tuple(
+        p.strip() for p in fields.get("sec-websocket-protocol", "").split(",") if p.strip()
+    )
+    return UpgradeRequest(
+        parsed.start.split(b" ")[1].decode("latin-1"),
+        fields.get("sec-websocket-key", ""),
+        offered,
+        fields.get("sec-websocket-extensions", ""),
+    )
 
 
 class Extension(NamedTuple):
@@ -114,10 +118,12 @@ def parse_response(head: bytes, request: UpgradeRequest) -> UpgradeResponse:
         raise HandshakeError("101 whose Sec-WebSocket-Accept does not match the client's key")
     subprotocol = fields.get("sec-websocket-protocol", "").strip()
     if subprotocol and (not _TOKEN.match(subprotocol) or subprotocol not in request.subprotocols):
-        raise HandshakeError(f"101 chose subprotocol {subprotocol!r}, which the client did not "
-                             "offer")
-    return UpgradeResponse(101, subprotocol,
-                           parse_extensions(fields.get("sec-websocket-extensions", "")))
+        raise HandshakeError(
+            f"101 chose subprotocol {subprotocol!r}, which the client did not offer"
+        )
+    return UpgradeResponse(
+        101, subprotocol, parse_extensions(fields.get("sec-websocket-extensions", ""))
+    )
 
 
 def accept_value(key: str) -> str:

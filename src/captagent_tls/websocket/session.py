@@ -101,12 +101,32 @@ class WebSocketSession:
     connection's bytes framed as a SIP stream (False); ``client_dir`` is the client's
     direction once known."""
 
-    __slots__ = ("stats", "max_frame", "max_message", "mode", "client_dir", "held", "request",
-                 "decoders", "framers", "problems", "_reported", "sip_budget")
+    __slots__ = (
+        "stats",
+        "max_frame",
+        "max_message",
+        "mode",
+        "client_dir",
+        "held",
+        "request",
+        "decoders",
+        "framers",
+        "problems",
+        "_reported",
+        "sip_budget",
+    )
 
-    def __init__(self, stats: WebSocketStats, direction: int, start: str, first: bytes, *,
-                 max_frame: int = MAX_FRAME, max_message: int = MAX_MESSAGE,
-                 sip_budget: SipBudget | None = None):
+    def __init__(
+        self,
+        stats: WebSocketStats,
+        direction: int,
+        start: str,
+        first: bytes,
+        *,
+        max_frame: int = MAX_FRAME,
+        max_message: int = MAX_MESSAGE,
+        sip_budget: SipBudget | None = None,
+    ):
         self.stats = stats
         self.sip_budget = sip_budget  # what SIP stream framing may hold, with every other flow
         self.max_frame = max_frame
@@ -126,14 +146,21 @@ class WebSocketSession:
             assert header is not None
             self.client_dir = direction if header.mask else 1 - direction
             stats.picked_up += 1
-            self._report("websocket picked up", "picked up mid-stream (no opening handshake "
-                         "seen): recognised from its frames; compressed messages that need "
-                         "earlier ones cannot be read")
+            self._report(
+                "websocket picked up",
+                "picked up mid-stream (no opening handshake "
+                "seen): recognised from its frames; compressed messages that need "
+                "earlier ones cannot be read",
+            )
             for d in (0, 1):
                 # without the handshake any sender may compress, with its window carried over
                 self.decoders[d] = FrameDecoder(
-                    d == self.client_dir, Inflater(MAX_WINDOW_BITS, True, max_message),
-                    max_frame=max_frame, max_message=max_message, hunting=d != direction)
+                    d == self.client_dir,
+                    Inflater(MAX_WINDOW_BITS, True, max_message),
+                    max_frame=max_frame,
+                    max_message=max_message,
+                    hunting=d != direction,
+                )
 
     @property
     def websocket(self) -> bool:
@@ -234,8 +261,11 @@ class WebSocketSession:
             return
         self.stats.upgrades += 1
         if response.subprotocol != SUBPROTOCOL:
-            chosen = (f"subprotocol {response.subprotocol!r}" if response.subprotocol
-                      else "no subprotocol")
+            chosen = (
+                f"subprotocol {response.subprotocol!r}"
+                if response.subprotocol
+                else "no subprotocol"
+            )
             return self._other(out, f"{chosen}, not {SUBPROTOCOL!r}")
         params: DeflateParams | None = None
         for extension in response.extensions:
@@ -253,15 +283,21 @@ class WebSocketSession:
             if params is not None:
                 from_client = direction == client
                 inflater = Inflater(
-                    params.client_max_window_bits if from_client
-                    else params.server_max_window_bits,
-                    not (params.client_no_context_takeover if from_client
-                         else params.server_no_context_takeover),
-                    self.max_message)
-            self.decoders[direction] = FrameDecoder(direction == client, inflater,
-                                                    max_frame=self.max_frame,
-                                                    max_message=self.max_message)
-        client_rest = bytes(self.held[client][head_end(self.held[client]):])
+                    params.client_max_window_bits if from_client else params.server_max_window_bits,
+                    not (
+                        params.client_no_context_takeover
+                        if from_client
+                        else params.server_no_context_takeover
+                    ),
+                    self.max_message,
+                )
+            self.decoders[direction] = FrameDecoder(
+                direction == client,
+                inflater,
+                max_frame=self.max_frame,
+                max_message=self.max_message,
+            )
+        client_rest = bytes(self.held[client][head_end(self.held[client]) :])
         server_rest = bytes(held[end:])
         self.held[client].clear()
         held.clear()
@@ -273,8 +309,10 @@ class WebSocketSession:
 
     def _other(self, out: list[tuple[int, Unit]], why: str) -> None:
         self.stats.other_connections += 1
-        self._report("websocket not sip", f"a WebSocket connection with {why}: its messages "
-                     "are not read as SIP")
+        self._report(
+            "websocket not sip",
+            f"a WebSocket connection with {why}: its messages are not read as SIP",
+        )
         self._give_up(out)
 
     def _give_up(self, out: list[tuple[int, Unit]]) -> list[tuple[int, Unit]]:
@@ -316,8 +354,7 @@ class WebSocketSession:
             stats.keepalives += 1  # CRLF keep-alives some clients send as messages
             return None
         unit = frame_datagram(payload)
-        return Unit(payload, unit.call_id, True) if unit is not None else Unit(payload, None,
-                                                                               False)
+        return Unit(payload, unit.call_id, True) if unit is not None else Unit(payload, None, False)
 
     def _problems(self, problems: list[WsProblem]) -> None:
         counts = self.stats.problems

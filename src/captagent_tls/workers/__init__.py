@@ -52,8 +52,10 @@ def workers_for(args: argparse.Namespace, live: bool) -> int:
     wanted = getattr(args, "workers", 1)
     if not live and args.read == "-":
         if wanted != "auto" and wanted > 1:
-            log.warning("--workers %d: standard input can be read only once, so one process "
-                        "reads it", wanted)
+            log.warning(
+                "--workers %d: standard input can be read only once, so one process reads it",
+                wanted,
+            )
         return 1
     if wanted != "auto":
         return int(wanted)

@@ -19,8 +19,11 @@ def main() -> int:
     spec, (read_fd, write_fd) = pickle.load(sys.stdin.buffer)
     args = spec.args
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
-        logging.WARNING,
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
         format="captagent-tls: %(message)s",
     )
     channel = Channel(read_fd, write_fd, blocking_writes=True)

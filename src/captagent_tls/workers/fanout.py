@@ -41,7 +41,9 @@ def join_fanout(fd: int, group: int) -> None:
         # as bytes: with the defragment flag the value does not fit a signed int
         sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("=I", (mode << 16) | group))
     except OSError as exc:
-        raise FanoutError(f"cannot share the capture between workers (PACKET_FANOUT): "
-                          f"{exc.strerror or exc}; use --workers 1") from None
+        raise FanoutError(
+            f"cannot share the capture between workers (PACKET_FANOUT): "
+            f"{exc.strerror or exc}; use --workers 1"
+        ) from None
     finally:
         sock.detach()  # the descriptor stays libpcap's

@@ -31,9 +31,12 @@ SLOTS = 5
 NOTHING = (None,) * SLOTS
 # a record's parts with one output's value in its slot
 _SHAPES: tuple[Callable[[Any], tuple[Any, ...]], ...] = (
-    lambda v: (v, None, None, None, None), lambda v: (None, v, None, None, None),
-    lambda v: (None, None, v, None, None), lambda v: (None, None, None, v, None),
-    lambda v: (None, None, None, None, v))
+    lambda v: (v, None, None, None, None),
+    lambda v: (None, v, None, None, None),
+    lambda v: (None, None, v, None, None),
+    lambda v: (None, None, None, v, None),
+    lambda v: (None, None, None, None, v),
+)
 
 Record = tuple[int, tuple[Any, ...]]  # (capture time in ns, parts)
 
@@ -112,8 +115,9 @@ class RecordingSink(Sink):
 
     def frame(self, frame: Frame) -> None:
         """A frame for the decryptable capture (``--write-decryptable``)."""
-        self.records.append((frame.ts_ns, (None, None, None, None,
-                                           (frame.linktype, bytes(frame.data)))))
+        self.records.append(
+            (frame.ts_ns, (None, None, None, None, (frame.linktype, bytes(frame.data))))
+        )
 
     def take(self) -> list[Record]:
         records = self.records
@@ -130,9 +134,15 @@ class Writers:
     text, as the sinks are ordered without workers), the ``-w`` file, the report and the
     decryptable capture."""
 
-    def __init__(self, stdout: IO[str] | None, pcap: IO[bytes] | None, pcap_name: str | None,
-                 report: Sink | None, frame: Callable[[Frame], None] | None,
-                 flush_each: bool):
+    def __init__(
+        self,
+        stdout: IO[str] | None,
+        pcap: IO[bytes] | None,
+        pcap_name: str | None,
+        report: Sink | None,
+        frame: Callable[[Frame], None] | None,
+        flush_each: bool,
+    ):
         self.stdout = stdout
         self.pcap = pcap
         self.pcap_name = pcap_name

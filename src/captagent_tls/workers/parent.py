@@ -96,9 +96,17 @@ def describe_status(status: int | None) -> str:
 
 
 class Parent:
-    def __init__(self, args: argparse.Namespace, workers: int, live: bool, keys: KeyStore,
-                 writers: Writers, reporter: ProblemReporter,
-                 on_secret: Callable[[Any], None] | None, keys_may_arrive: bool):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        workers: int,
+        live: bool,
+        keys: KeyStore,
+        writers: Writers,
+        reporter: ProblemReporter,
+        on_secret: Callable[[Any], None] | None,
+        keys_may_arrive: bool,
+    ):
         self.args = args
         self.workers = workers
         self.live = live
@@ -118,11 +126,16 @@ class Parent:
         self.key_text_size = 0
         from captagent_tls.views.colour import colour_wanted
 
-        self.spec = WorkerSpec(index=0, workers=workers, args=args, live=live,
-                               colour=colour_wanted(args.color, sys.stdout),
-                               forward_secrets=on_secret is not None,
-                               keys_may_arrive=keys_may_arrive,
-                               fanout_group=group_id(os.getpid()))
+        self.spec = WorkerSpec(
+            index=0,
+            workers=workers,
+            args=args,
+            live=live,
+            colour=colour_wanted(args.color, sys.stdout),
+            forward_secrets=on_secret is not None,
+            keys_may_arrive=keys_may_arrive,
+            fanout_group=group_id(os.getpid()),
+        )
 
     # -- starting ----------------------------------------------------------------------------
 
@@ -136,8 +149,9 @@ class Parent:
         for slot, (channel, child_fds) in zip(self.slots, pairs, strict=True):
             others = [fd for _, fds in pairs if fds is not child_fds for fd in fds]
             spec = self._spec(slot.index)
-            slot.pid = fork_worker(spec, self.keys, child_fds,
-                                   [*parent_fds, *others, *close_in_child])
+            slot.pid = fork_worker(
+                spec, self.keys, child_fds, [*parent_fds, *others, *close_in_child]
+            )
             slot.channel, slot.started = channel, time.monotonic()
             slot.ready = not self.live  # a live worker says when its capture is open
         for _, (read_fd, write_fd) in pairs:
@@ -156,8 +170,11 @@ class Parent:
         channel, child_fds = channel_pair()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "captagent_tls.workers"], stdin=subprocess.PIPE,
-                pass_fds=child_fds, close_fds=True)
+                [sys.executable, "-m", "captagent_tls.workers"],
+                stdin=subprocess.PIPE,
+                pass_fds=child_fds,
+                close_fds=True,
+            )
         except OSError as exc:
             channel.close()
             for fd in child_fds:
@@ -247,8 +264,7 @@ class Parent:
         if slot.done:
             return
         self.merger.forget(slot.index)
-        what = (f"worker {slot.index} (pid {slot.pid}) {describe_status(status)} before it "
-                "finished")
+        what = f"worker {slot.index} (pid {slot.pid}) {describe_status(status)} before it finished"
         if not self.live:
             if self.failure is None:
                 self.failure = f"{what}: its share of the flows is missing"
@@ -305,8 +321,12 @@ class Parent:
             assert slot.channel is not None
             # a worker far ahead waits (its records are held for the merge), unless the merge
             # waits for it, or for sessions it may still cache (it is the one behind)
-            if self.merger.pending(slot.index) < MAX_PENDING_RECORDS \
-                    or slot.index in slowest or slot.progress <= progress or self.stopping:
+            if (
+                self.merger.pending(slot.index) < MAX_PENDING_RECORDS
+                or slot.index in slowest
+                or slot.progress <= progress
+                or self.stopping
+            ):
                 readable.append(slot.channel)
             if slot.channel.waiting:
                 writable.append(slot.channel)
@@ -324,15 +344,21 @@ class Parent:
         self.merger.write_ready()
         if self.bar is not None:
             reads = [slot.read for slot in self.slots]
-            self.bar.update(min(r[0] for r in reads), min(r[1] for r in reads),
-                            sum(r[2] for r in reads))
+            self.bar.update(
+                min(r[0] for r in reads), min(r[1] for r in reads), sum(r[2] for r in reads)
+            )
         return [r for r in ready if r in extra]
 
     def progress(self) -> float:
         """Every worker has read every packet before this capture time."""
-        return min((slot.progress for slot in self.slots
-                    if slot.channel is not None and not slot.done and slot.ready),
-                   default=float("inf"))
+        return min(
+            (
+                slot.progress
+                for slot in self.slots
+                if slot.channel is not None and not slot.done and slot.ready
+            ),
+            default=float("inf"),
+        )
 
     def tell_progress(self) -> None:
         """Workers whose records wait for a session hear how far every worker has read."""
@@ -359,8 +385,12 @@ class Parent:
         while self.running():
             if time.monotonic() > deadline:
                 for slot in self.running():
-                    log.error("worker %d (pid %d) did not finish within %.0f s of SIGTERM: "
-                              "killed", slot.index, slot.pid, STOP_TIMEOUT_S)
+                    log.error(
+                        "worker %d (pid %d) did not finish within %.0f s of SIGTERM: killed",
+                        slot.index,
+                        slot.pid,
+                        STOP_TIMEOUT_S,
+                    )
                     with contextlib.suppress(OSError):
                         os.kill(slot.pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10.0
@@ -384,28 +414,36 @@ class Parent:
         counters.add(self.retired)
         if self.listener_stats is not None:
             stats = self.listener_stats()
-            for outcome, value in (("added", stats.lines_added),
-                                   ("malformed", stats.malformed_lines)):
-                counters.set("key_log_lines", counters.get("key_log_lines", outcome) + value,
-                             outcome)
-            for reason, value in (("make_room", stats.connections_evicted),
-                                  ("idle", stats.connections_idle)):
-                counters.set("key_log_connections_closed",
-                             counters.get("key_log_connections_closed", reason) + value, reason)
-        counters.set("workers", sum(1 for slot in self.slots if slot.channel is not None
-                                    and not slot.done))
+            for outcome, value in (
+                ("added", stats.lines_added),
+                ("malformed", stats.malformed_lines),
+            ):
+                counters.set(
+                    "key_log_lines", counters.get("key_log_lines", outcome) + value, outcome
+                )
+            for reason, value in (
+                ("make_room", stats.connections_evicted),
+                ("idle", stats.connections_idle),
+            ):
+                counters.set(
+                    "key_log_connections_closed",
+                    counters.get("key_log_connections_closed", reason) + value,
+                    reason,
+                )
+        counters.set(
+            "workers", sum(1 for slot in self.slots if slot.channel is not None and not slot.done)
+        )
         counters.set("worker_restarts", self.restarts)
         return counters
 
     def sinks_summary(self) -> HeldLines:
-        return HeldLines(summary_lines(slot.sink_states for slot in self.slots
-                                       if slot.sink_states))
+        return HeldLines(summary_lines(slot.sink_states for slot in self.slots if slot.sink_states))
 
 
 # -- the parent's outputs ------------------------------------------------------------------------
 
-def parent_outputs(args: argparse.Namespace, views: Any, live: bool
-                   ) -> tuple[Writers, list[Sink]]:
+
+def parent_outputs(args: argparse.Namespace, views: Any, live: bool) -> tuple[Writers, list[Sink]]:
     """The outputs written by the parent, and the sinks among them to close (in order)."""
     from captagent_tls.cli import UserError
     from captagent_tls.sinks.pcapfile import PcapFileSink
@@ -423,9 +461,14 @@ def parent_outputs(args: argparse.Namespace, views: Any, live: bool
         closing.append(report)
     console = args.console or not (args.hep or args.write or args.report or args.json)
     stdout = views.stdout if (args.json or console) else None
-    writers = Writers(stdout, pcap_sink.out if pcap_sink is not None else None, args.write,
-                      report, views.writer.frame if views.writer is not None else None,
-                      flush_each=live)
+    writers = Writers(
+        stdout,
+        pcap_sink.out if pcap_sink is not None else None,
+        args.write,
+        report,
+        views.writer.frame if views.writer is not None else None,
+        flush_each=live,
+    )
     return writers, closing
 
 
@@ -445,14 +488,14 @@ def close_outputs(writers: Writers, closing: list[Sink], exporter: Any) -> None:
         except (OutputError, BrokenPipeError) as exc:
             failure = failure or exc
         except OSError as exc:
-            failure = failure or OutputError(f"cannot write standard output: "
-                                             f"{exc.strerror or exc}")
+            failure = failure or OutputError(f"cannot write standard output: {exc.strerror or exc}")
     if failure is not None:
         raise failure
 
 
-def print_summary(args: argparse.Namespace, parent: Parent, views: Any,
-                  closing: list[Sink]) -> None:
+def print_summary(
+    args: argparse.Namespace, parent: Parent, views: Any, closing: list[Sink]
+) -> None:
     if args.quiet:
         return
     print(format_stats(parent.totals(), [parent.sinks_summary(), *closing]), file=sys.stderr)
@@ -461,6 +504,7 @@ def print_summary(args: argparse.Namespace, parent: Parent, views: Any,
 
 
 # -- a capture file ----------------------------------------------------------------------------
+
 
 def run_offline_workers(args: argparse.Namespace, workers: int) -> int:
     from captagent_tls import cli
@@ -477,9 +521,16 @@ def run_offline_workers(args: argparse.Namespace, workers: int) -> int:
     reporter = ProblemReporter(views.stderr)
     exporter = cli.KeyLogExporter(args.export_keylog) if args.export_keylog else None
     cli.embedded_secrets(args.read, keys)
-    parent = Parent(args, workers, live=False, keys=keys, writers=writers, reporter=reporter,
-                    on_secret=views.on_secret(exporter.write if exporter else None),
-                    keys_may_arrive=False)
+    parent = Parent(
+        args,
+        workers,
+        live=False,
+        keys=keys,
+        writers=writers,
+        reporter=reporter,
+        on_secret=views.on_secret(exporter.write if exporter else None),
+        keys_may_arrive=False,
+    )
     interrupted = False
 
     def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -507,8 +558,11 @@ def run_offline_workers(args: argparse.Namespace, workers: int) -> int:
         with contextlib.suppress(OutputError, BrokenPipeError):
             parent.merger.write_ready()
         if parent.bar is not None:
-            parent.bar.close(complete=parent.failure is None and not interrupted
-                             and not parent.slots[0].notes.get("error"))
+            parent.bar.close(
+                complete=parent.failure is None
+                and not interrupted
+                and not parent.slots[0].notes.get("error")
+            )
         views.stop_lines()
         try:
             close_outputs(writers, closing, exporter)
@@ -522,26 +576,33 @@ def run_offline_workers(args: argparse.Namespace, workers: int) -> int:
         text, had_format = notes["error"]
         if not had_format:
             raise CaptureError(text)
-        raise cli.UserError(f"{text}; the {parent.totals()['packets']} packets before it were "
-                            "processed")
+        raise cli.UserError(
+            f"{text}; the {parent.totals()['packets']} packets before it were processed"
+        )
     if "malformed" in notes:
         print(f"captagent-tls: warning: {args.read}: {notes['malformed']}", file=sys.stderr)
     if "truncated_at" in notes:
-        print(f"captagent-tls: warning: {args.read} is truncated (a record cut at byte "
-              f"{notes['truncated_at']}); everything before the cut was processed",
-              file=sys.stderr)
+        print(
+            f"captagent-tls: warning: {args.read} is truncated (a record cut at byte "
+            f"{notes['truncated_at']}); everything before the cut was processed",
+            file=sys.stderr,
+        )
     print_summary(args, parent, views, closing)
     if interrupted:
         return 130
     dropped = parent.totals()["internal_errors"]
     if dropped:
-        print(f"captagent-tls: error: {dropped} flow{' was' if dropped == 1 else 's were'} "
-              "dropped after internal errors (see above)", file=sys.stderr)
+        print(
+            f"captagent-tls: error: {dropped} flow{' was' if dropped == 1 else 's were'} "
+            "dropped after internal errors (see above)",
+            file=sys.stderr,
+        )
         return cli.EXIT_ERROR
     return 0
 
 
 # -- live --------------------------------------------------------------------------------------
+
 
 def run_live_workers(args: argparse.Namespace, workers: int) -> int:
     from captagent_tls import cli
@@ -557,15 +618,24 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
         if parent is not None:
             parent.forward_keys(text)
 
-    listeners = [KeyLogListener(url, listener_keys, args.keylog_listen_remote, forward=forward)
-                 for url in args.keylog_listen]
+    listeners = [
+        KeyLogListener(url, listener_keys, args.keylog_listen_remote, forward=forward)
+        for url in args.keylog_listen
+    ]
     views = Views(args, live=True)
     writers, closing = parent_outputs(args, views, live=True)
     exporter = cli.KeyLogExporter(args.export_keylog) if args.export_keylog else None
     reporter = ProblemReporter(views.stderr)
-    parent = Parent(args, workers, live=True, keys=keys, writers=writers, reporter=reporter,
-                    on_secret=views.on_secret(exporter.write if exporter else None),
-                    keys_may_arrive=bool(args.keylog or args.keylog_listen))
+    parent = Parent(
+        args,
+        workers,
+        live=True,
+        keys=keys,
+        writers=writers,
+        reporter=reporter,
+        on_secret=views.on_secret(exporter.write if exporter else None),
+        keys_may_arrive=bool(args.keylog or args.keylog_listen),
+    )
     parent.listener_stats = listener_keys.source_totals
     parent.fork_all([sock.fileno() for listener in listeners for sock in listener.sockets()])
 
@@ -578,8 +648,9 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
         signals.append(signum)
 
     previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
-    previous = {sig: signal.signal(sig, on_signal)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {
+        sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     announced = False
     started = time.monotonic()
     try:
@@ -611,11 +682,16 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
                 break
             if not announced and all(slot.ready for slot in parent.slots):
                 announced = parent.started_all = True
-                log.info("capturing on %s with %d workers (pids %s)", args.interface, workers,
-                         ", ".join(str(slot.pid) for slot in parent.slots))
+                log.info(
+                    "capturing on %s with %d workers (pids %s)",
+                    args.interface,
+                    workers,
+                    ", ".join(str(slot.pid) for slot in parent.slots),
+                )
             elif not announced and time.monotonic() - started > READY_TIMEOUT_S:
-                parent.failure = (f"the workers did not open the capture within "
-                                  f"{READY_TIMEOUT_S:.0f} s")
+                parent.failure = (
+                    f"the workers did not open the capture within {READY_TIMEOUT_S:.0f} s"
+                )
             parent.restart_due()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + args.stats_interval
@@ -656,6 +732,7 @@ def start_metrics(address: str, totals: Callable[[], Counters]) -> None:
     try:
         serve_metrics(address, AgentCollector(totals))
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot serve metrics on {address}: "
-                        f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise UserError(
+            f"cannot serve metrics on {address}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     log.info("metrics on http://%s/metrics", address)

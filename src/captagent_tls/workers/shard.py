@@ -163,19 +163,28 @@ class FileSharder:
         def deal(linktype: int, data: bytes | memoryview) -> int:
             if linktype == LINKTYPE_ETHERNET and len(data) >= 38:
                 ethertype, version_ihl, fragment, protocol, src, dst, sport, dport = head(data)
-                if (ethertype == 0x0800 and version_ihl == 0x45 and protocol == IPPROTO_TCP
-                        and not fragment & 0x3FFF):
+                if (
+                    ethertype == 0x0800
+                    and version_ihl == 0x45
+                    and protocol == IPPROTO_TCP
+                    and not fragment & 0x3FFF
+                ):
                     key = ((src + dst) << 17) | (sport + dport)  # connection_key, inlined
                     found = sharder._recent.get(key)
                     return owner(key) if found is None else found
             return slow(linktype, data)
 
         return deal
+
     def owns(self, packet: Segment | Datagram | Skip) -> bool:
         """Whether a datagram reassembled from fragments is this worker's."""
         if type(packet) is Segment:
-            key = connection_key(int.from_bytes(packet.src, "big"), packet.sport,
-                                 int.from_bytes(packet.dst, "big"), packet.dport)
+            key = connection_key(
+                int.from_bytes(packet.src, "big"),
+                packet.sport,
+                int.from_bytes(packet.dst, "big"),
+                packet.dport,
+            )
             return self.owner(key) == self.index
         if type(packet) is Datagram:
             return pair_hash(packet.src, packet.dst) % self.workers == self.index

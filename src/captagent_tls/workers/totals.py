@@ -20,11 +20,22 @@ from captagent_tls.counters import CATALOGUE, Counters
 from captagent_tls.sinks import Sink
 
 # every worker holds or does the same: the largest figure, not the sum
-SHARED = frozenset(("key_log_secrets", "key_log_evictions", "key_log_max_secrets",
-                    "key_log_lines", "key_log_connections_closed", "ip_fragments",
-                    "sip_bound_bytes"))
-PER_WORKER = (("packets", "worker_packets"), ("sip_messages", "worker_sip_messages"),
-              ("kernel_dropped_packets", "worker_kernel_dropped_packets"))
+SHARED = frozenset(
+    (
+        "key_log_secrets",
+        "key_log_evictions",
+        "key_log_max_secrets",
+        "key_log_lines",
+        "key_log_connections_closed",
+        "ip_fragments",
+        "sip_bound_bytes",
+    )
+)
+PER_WORKER = (
+    ("packets", "worker_packets"),
+    ("sip_messages", "worker_sip_messages"),
+    ("kernel_dropped_packets", "worker_kernel_dropped_packets"),
+)
 CPU = "worker_cpu_seconds"  # set by each worker for itself
 
 
@@ -39,8 +50,11 @@ def combine(snapshots: Iterable[tuple[int, Counters]]) -> Counters:
                 for labels, value in values.items():
                     mine[labels] = max(mine.get(labels, 0), value)
         summed = Counters()
-        summed.values = {name: values for name, values in snapshot.values.items()
-                         if name not in SHARED and name != CPU}
+        summed.values = {
+            name: values
+            for name, values in snapshot.values.items()
+            if name not in SHARED and name != CPU
+        }
         if CPU in snapshot.values:
             total.set(CPU, snapshot.get(CPU, "self"), str(index))
         total.add(summed)
@@ -57,12 +71,16 @@ def only_counters(snapshot: Counters) -> Counters:
     """What a worker that is gone still contributes: its counters (which only grow), not its
     gauges (what it held is gone with it)."""
     kept = Counters()
-    kept.values = {name: dict(values) for name, values in snapshot.values.items()
-                   if CATALOGUE[name].kind == "counter" and not name.startswith("worker_")}
+    kept.values = {
+        name: dict(values)
+        for name, values in snapshot.values.items()
+        if CATALOGUE[name].kind == "counter" and not name.startswith("worker_")
+    }
     return kept
 
 
 # -- the HEP outputs' end-of-run lines --------------------------------------------------------
+
 
 def sink_states(sinks: Iterable[Sink]) -> list[Any]:
     """What the parent needs of a worker's outputs for the end-of-run lines: their figures,
@@ -72,10 +90,15 @@ def sink_states(sinks: Iterable[Sink]) -> list[Any]:
     states = []
     for sink in sinks:
         if isinstance(sink, HepSink):
-            states.append(SimpleNamespace(
-                stats=sink.stats,
-                collectors=[SimpleNamespace(address=c.address, scheme=c.scheme, stats=c.stats)
-                            for c in sink.collectors]))
+            states.append(
+                SimpleNamespace(
+                    stats=sink.stats,
+                    collectors=[
+                        SimpleNamespace(address=c.address, scheme=c.scheme, stats=c.stats)
+                        for c in sink.collectors
+                    ],
+                )
+            )
     return states
 
 
@@ -101,8 +124,12 @@ def summary_lines(worker_states: Iterable[list[Any]]) -> list[str]:
     merged: list[Any] = []
     for states in worker_states:
         if not merged:
-            merged = [SimpleNamespace(stats=s.stats, collectors=[
-                SimpleNamespace(**vars(c)) for c in s.collectors]) for s in states]
+            merged = [
+                SimpleNamespace(
+                    stats=s.stats, collectors=[SimpleNamespace(**vars(c)) for c in s.collectors]
+                )
+                for s in states
+            ]
             continue
         for total, state in zip(merged, states, strict=False):
             total.stats = _added(total.stats, state.stats)

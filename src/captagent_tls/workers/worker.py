@@ -102,8 +102,9 @@ class ParentKeys:
     """What the parent sends (key-log lines from its listeners, sessions, progress), as one
     more key source of the live loop.  When the parent is gone, the worker stops."""
 
-    def __init__(self, channel: Channel, keys: KeyStore, stop: Callable[[], None],
-                 pipeline: Pipeline):
+    def __init__(
+        self, channel: Channel, keys: KeyStore, stop: Callable[[], None], pipeline: Pipeline
+    ):
         self.channel = channel
         self.keys = keys
         self.stop = stop
@@ -212,8 +213,12 @@ class Worker:
         # cores are theirs: threads only for the cores left over per worker
         options.rsa_threads = max(0, usable_cores() // spec.workers - 1)
         self.pipeline = Pipeline(
-            keys, self.sinks, self.problems.report, options,
-            on_secret=self._secret if spec.forward_secrets else None)
+            keys,
+            self.sinks,
+            self.problems.report,
+            options,
+            on_secret=self._secret if spec.forward_secrets else None,
+        )
         self.pipeline.share_sessions(self._announce_session)
         self.foreign_fragments = 0  # fragments fed here that another worker counts
         self.kernel: KernelStats | None = None
@@ -278,8 +283,10 @@ class Worker:
     def finish(self) -> None:
         """As ``cli.finish``: deliver what is complete and close the outputs (all of them,
         even when one fails); then the first failure."""
-        steps: list[Callable[[], None]] = [self.pipeline.finish,
-                                           *(sink.close for sink in self.sinks)]
+        steps: list[Callable[[], None]] = [
+            self.pipeline.finish,
+            *(sink.close for sink in self.sinks),
+        ]
         failure: BaseException | None = None
         for step in steps:
             try:
@@ -384,8 +391,9 @@ class Worker:
         from captagent_tls.keysources import KeyLogFile
 
         spec, args, keys = self.spec, self.spec.args, self.keys
-        capture = WatchedCapture(args.interface, args.filter, args.promisc, args.snaplen,
-                                 args.buffer_size)
+        capture = WatchedCapture(
+            args.interface, args.filter, args.promisc, args.snaplen, args.buffer_size
+        )
         try:
             join_fanout(capture.fileno(), spec.fanout_group)
         except FanoutError:
@@ -420,10 +428,16 @@ class Worker:
                 self.kernel = agent.kernel
                 self.channel.send(("counters", self.snapshot(), sink_states(self.sinks)))
 
-        agent = Agent(capture, self.pipeline, key_files,
-                      [ParentKeys(self.channel, keys, stop, self.pipeline)],
-                      reload_keys=lambda: cli.load_rsa_key_files(args, keys, live=True),
-                      stats_interval_s=86_400, report_stats=None, on_turn=turn)
+        agent = Agent(
+            capture,
+            self.pipeline,
+            key_files,
+            [ParentKeys(self.channel, keys, stop, self.pipeline)],
+            reload_keys=lambda: cli.load_rsa_key_files(args, keys, live=True),
+            stats_interval_s=86_400,
+            report_stats=None,
+            on_turn=turn,
+        )
         self.channel.send(("ready", os.getpid()))
         try:
             agent.run()
@@ -453,16 +467,16 @@ def run_worker(spec: WorkerSpec, keys: KeyStore, channel: Channel) -> int:
     except Exception as exc:  # noqa: BLE001 - the parent reports it; the traceback with -vv
         log.debug("worker %d failed", spec.index, exc_info=exc)
         with contextlib.suppress(ChannelClosed, BrokenPipeError):
-            channel.send(("fatal", one_line(f"worker {spec.index}: {type(exc).__name__}: "
-                                            f"{exc}")))
+            channel.send(("fatal", one_line(f"worker {spec.index}: {type(exc).__name__}: {exc}")))
         return 1
 
 
-def fork_worker(spec: WorkerSpec, keys: KeyStore, fds: tuple[int, int],
-                close_in_child: list[int]) -> int:
+def fork_worker(
+    spec: WorkerSpec, keys: KeyStore, fds: tuple[int, int], close_in_child: list[int]
+) -> int:
     """Start a worker as a fork of this process (which has started no thread): it inherits
     the loaded keys.  Returns its process id."""
-    for stream in (logging.root.handlers, ):
+    for stream in (logging.root.handlers,):
         for handler in stream:
             handler.flush()
     pid = os.fork()

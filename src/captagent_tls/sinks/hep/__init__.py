@@ -21,11 +21,24 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _MODULES = {
-    "addresses": ("CollectorAddressError", "HepConfigError", "SCHEMES", "format_collector",
-                  "parse_collector"),
+    "addresses": (
+        "CollectorAddressError",
+        "HepConfigError",
+        "SCHEMES",
+        "format_collector",
+        "parse_collector",
+    ),
     "queue": ("PacketQueue", "QueueLimits"),
-    "encoder": ("CHUNK_CORRELATION_ID", "CHUNK_NODE_NAME", "CHUNK_PAYLOAD", "MIN_SIP_PAYLOAD",
-                "HepEncoder", "HepOptions", "HepTooLarge", "encode_hep3"),
+    "encoder": (
+        "CHUNK_CORRELATION_ID",
+        "CHUNK_NODE_NAME",
+        "CHUNK_PAYLOAD",
+        "MIN_SIP_PAYLOAD",
+        "HepEncoder",
+        "HepOptions",
+        "HepTooLarge",
+        "encode_hep3",
+    ),
     "collector": ("Collector", "CollectorStats"),
     "tls_context": ("TlsOptions",),
     "stream": ("RetryPolicy", "StreamCollector"),

@@ -51,7 +51,8 @@ def resolve(address: str, host: str, port: int, socktype: int) -> list[tuple[Any
     except (socket.gaierror, UnicodeError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise CollectorAddressError(
-            f"bad HEP collector {address!r}: cannot resolve {host}: {reason}") from None
+            f"bad HEP collector {address!r}: cannot resolve {host}: {reason}"
+        ) from None
     if not infos:
         raise CollectorAddressError(f"bad HEP collector {address!r}: {host} has no address")
     return infos

@@ -67,8 +67,9 @@ def wait_ready(sock: socket.socket, events: int, end: float, shutdown: ShutdownD
             return True
 
 
-def open_socket(infos: list[tuple[Any, ...]], end: float, shutdown: ShutdownDeadline,
-                user_timeout: float) -> socket.socket:
+def open_socket(
+    infos: list[tuple[Any, ...]], end: float, shutdown: ShutdownDeadline, user_timeout: float
+) -> socket.socket:
     """A connected, tuned, non-blocking TCP socket to the first of ``infos`` that answers."""
     error: OSError = OSError("no address")
     for family, _, proto, _, sockaddr in infos:
@@ -95,10 +96,16 @@ def open_socket(infos: list[tuple[Any, ...]], end: float, shutdown: ShutdownDead
 
 
 def _tune(sock: socket.socket, user_timeout: float) -> None:
-    options: list[tuple[int, int, int]] = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
-                                           (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
-    for option, value in (("TCP_KEEPIDLE", 15), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3),
-                          ("TCP_USER_TIMEOUT", int(user_timeout * 1000))):
+    options: list[tuple[int, int, int]] = [
+        (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    ]
+    for option, value in (
+        ("TCP_KEEPIDLE", 15),
+        ("TCP_KEEPINTVL", 5),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", int(user_timeout * 1000)),
+    ):
         if hasattr(socket, option):  # Linux; dead peers are found sooner
             options.append((socket.IPPROTO_TCP, getattr(socket, option), value))
     for level, number, value in options:
@@ -123,8 +130,7 @@ class Connection:
 
     def handshake(self, context: ssl.SSLContext, server_name: str | None, end: float) -> None:
         self.tls_in, self.tls_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = tls = context.wrap_bio(self.tls_in, self.tls_out,
-                                          server_hostname=server_name)
+        self.tls = tls = context.wrap_bio(self.tls_in, self.tls_out, server_hostname=server_name)
         while True:
             try:
                 tls.do_handshake()
@@ -134,7 +140,8 @@ class Connection:
                 data = self._read_some(end)
                 if not data:
                     raise Broken(
-                        "collector closed the connection during the TLS handshake") from None
+                        "collector closed the connection during the TLS handshake"
+                    ) from None
                 self.tls_in.write(data)
             except ssl.SSLError:
                 with contextlib.suppress(OSError, Broken):  # tell the collector why (alert)
@@ -165,8 +172,9 @@ class Connection:
                 if not wait_ready(sock, select.POLLOUT, limit, self._shutdown):
                     if self._shutdown() != math.inf:
                         raise Broken("shutdown deadline reached while writing") from None
-                    raise Broken(f"collector took no data for {self._send_timeout:g} s "
-                                 "while we were writing") from None
+                    raise Broken(
+                        f"collector took no data for {self._send_timeout:g} s while we were writing"
+                    ) from None
                 continue
             self.written += n
             view = view[n:]
@@ -200,8 +208,9 @@ class Connection:
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLZeroReturnError:
-                raise Broken("collector closed the TLS session (close_notify)",
-                             clean=True) from None
+                raise Broken(
+                    "collector closed the TLS session (close_notify)", clean=True
+                ) from None
         if self.tls_out is not None and self.tls_out.pending:
             self.write(self.tls_out.read())  # e.g. an answer to a KeyUpdate
 
@@ -234,8 +243,9 @@ class Connection:
                 self.write(self.tls_pending(), deadline)
             self.drain_input()
             sock.shutdown(socket.SHUT_WR)
-            while wait_ready(sock, select.POLLIN, min(deadline, time.monotonic() + 1.0),
-                             self._shutdown):
+            while wait_ready(
+                sock, select.POLLIN, min(deadline, time.monotonic() + 1.0), self._shutdown
+            ):
                 if not sock.recv(READ_SIZE):
                     break
         except (OSError, Broken):

@@ -73,15 +73,19 @@ class HepEncoder:
         if not 0 <= options.capture_id <= 0xFFFFFFFF or not 0 <= options.ip_proto_tls <= 255:
             raise HepConfigError("HEP capture id must fit in 32 bits and the IP protocol in 8")
         try:
-            static = [_chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_SIP])),
-                      _chunk(CHUNK_CAPTURE_ID, options.capture_id.to_bytes(4, "big"))]
+            static = [
+                _chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_SIP])),
+                _chunk(CHUNK_CAPTURE_ID, options.capture_id.to_bytes(4, "big")),
+            ]
             if options.password:
                 static.append(_chunk(CHUNK_AUTH_KEY, options.password.encode()))
             if options.node_name:
                 static.append(_chunk(CHUNK_NODE_NAME, options.node_name.encode()))
         except (UnicodeEncodeError, HepTooLarge):
-            raise HepConfigError("the HEP password and node name must be UTF-8 text that fits "
-                                 f"in a HEP chunk ({MAX_CHUNK_VALUE} bytes)") from None
+            raise HepConfigError(
+                "the HEP password and node name must be UTF-8 text that fits "
+                f"in a HEP chunk ({MAX_CHUNK_VALUE} bytes)"
+            ) from None
         self._static = b"".join(static)
         self._addresses: dict[tuple[tuple[bytes, int], tuple[bytes, int], str], bytes] = {}
         # Kamailio's siptrace sends SIP over TLS, WS and WSS all with IP protocol 22
@@ -96,14 +100,16 @@ class HepEncoder:
             (src_addr, src_port), (dst_addr, dst_port) = message.src, message.dst
             ipv6 = len(src_addr) == 16
             ip_proto = self._ip_protos.get(message.transport, 6)
-            chunks = b"".join((
-                _chunk(CHUNK_IP_FAMILY, bytes([FAMILY_IPV6 if ipv6 else FAMILY_IPV4])),
-                _chunk(CHUNK_IP_PROTO, bytes([ip_proto])),
-                _chunk(CHUNK_IPV6_SRC if ipv6 else CHUNK_IPV4_SRC, src_addr),
-                _chunk(CHUNK_IPV6_DST if ipv6 else CHUNK_IPV4_DST, dst_addr),
-                _chunk(CHUNK_SRC_PORT, src_port.to_bytes(2, "big")),
-                _chunk(CHUNK_DST_PORT, dst_port.to_bytes(2, "big")),
-            ))
+            chunks = b"".join(
+                (
+                    _chunk(CHUNK_IP_FAMILY, bytes([FAMILY_IPV6 if ipv6 else FAMILY_IPV4])),
+                    _chunk(CHUNK_IP_PROTO, bytes([ip_proto])),
+                    _chunk(CHUNK_IPV6_SRC if ipv6 else CHUNK_IPV4_SRC, src_addr),
+                    _chunk(CHUNK_IPV6_DST if ipv6 else CHUNK_IPV4_DST, dst_addr),
+                    _chunk(CHUNK_SRC_PORT, src_port.to_bytes(2, "big")),
+                    _chunk(CHUNK_DST_PORT, dst_port.to_bytes(2, "big")),
+                )
+            )
             if len(self._addresses) >= self.CACHE:
                 self._addresses.clear()
             self._addresses[key] = chunks
@@ -119,14 +125,16 @@ class HepEncoder:
             # a Call-ID from the wire: bytes that are not UTF-8 grew threefold when decoded,
             # so a chunk may not hold it (HepTooLarge: the message is counted as too large)
             correlation = _chunk(CHUNK_CORRELATION_ID, message.call_id.encode())
-        body = b"".join((
-            self._address_chunks(message),
-            _time_chunks(0, CHUNK_TS_SEC, 10, seconds, 0, CHUNK_TS_USEC, 10, micros),
-            self._static,
-            correlation,
-            _chunk_header(0, CHUNK_PAYLOAD, 6 + len(payload)),
-            payload,
-        ))
+        body = b"".join(
+            (
+                self._address_chunks(message),
+                _time_chunks(0, CHUNK_TS_SEC, 10, seconds, 0, CHUNK_TS_USEC, 10, micros),
+                self._static,
+                correlation,
+                _chunk_header(0, CHUNK_PAYLOAD, 6 + len(payload)),
+                payload,
+            )
+        )
         total = 6 + len(body)
         if total > MAX_HEP_PACKET:
             raise HepTooLarge(f"HEP packet of {total} bytes exceeds the 65535-byte limit")

@@ -49,8 +49,9 @@ class PacketQueue:
     (outside the lock) when the first packet of a run of drops is refused.
     """
 
-    def __init__(self, limits: QueueLimits | None = None,
-                 on_full: Callable[[], None] | None = None):
+    def __init__(
+        self, limits: QueueLimits | None = None, on_full: Callable[[], None] | None = None
+    ):
         self.limits = limits or QueueLimits()
         self.on_full = on_full
         self.cond = threading.Condition(threading.Lock())
@@ -76,8 +77,12 @@ class PacketQueue:
             if self.closing:
                 self.dropped_at_shutdown += 1
                 return False
-            if (self.held < limits.max_messages and self.held_bytes + size <= limits.max_bytes
-                    or limits.wait_for_room and self._wait_for_room(size)):
+            if (
+                self.held < limits.max_messages
+                and self.held_bytes + size <= limits.max_bytes
+                or limits.wait_for_room
+                and self._wait_for_room(size)
+            ):
                 self.waiting.append(packet)
                 self.held += 1
                 self.held_bytes += size

@@ -23,9 +23,14 @@ from captagent_tls.sinks.hep.udp import UdpCollector
 from captagent_tls.sip import Message
 
 
-def open_collector(address: str, *, limits: QueueLimits | None = None,
-                   tls: TlsOptions | None = None, retry: RetryPolicy | None = None,
-                   start: bool = True) -> Collector:
+def open_collector(
+    address: str,
+    *,
+    limits: QueueLimits | None = None,
+    tls: TlsOptions | None = None,
+    retry: RetryPolicy | None = None,
+    start: bool = True,
+) -> Collector:
     """A collector for ``[udp://|tcp://|tls://]HOST:PORT``.
 
     Raises :class:`CollectorAddressError` (a :class:`HepConfigError`) for a malformed or
@@ -37,8 +42,9 @@ def open_collector(address: str, *, limits: QueueLimits | None = None,
     if scheme == "udp":
         collector = UdpCollector(host, port, text=address, limits=limits)
     else:
-        collector = StreamCollector(scheme, host, port, limits=limits, tls=tls, retry=retry,
-                                    text=address)
+        collector = StreamCollector(
+            scheme, host, port, limits=limits, tls=tls, retry=retry, text=address
+        )
     if start:
         collector.start()
     return collector
@@ -65,9 +71,16 @@ class HepSink(Sink):
     seconds, all collectors in parallel.
     """
 
-    def __init__(self, collectors: Sequence[str], options: HepOptions | None = None, *,
-                 limits: QueueLimits | None = None, tls: TlsOptions | None = None,
-                 retry: RetryPolicy | None = None, close_timeout: float = 5.0):
+    def __init__(
+        self,
+        collectors: Sequence[str],
+        options: HepOptions | None = None,
+        *,
+        limits: QueueLimits | None = None,
+        tls: TlsOptions | None = None,
+        retry: RetryPolicy | None = None,
+        close_timeout: float = 5.0,
+    ):
         if not collectors:
             raise HepConfigError("no HEP collector given")
         self.options = options or HepOptions()
@@ -77,12 +90,12 @@ class HepSink(Sink):
         built: list[Collector] = []
         try:
             for text in collectors:
-                collector = open_collector(text, limits=limits, tls=tls, retry=retry,
-                                           start=False)
+                collector = open_collector(text, limits=limits, tls=tls, retry=retry, start=False)
                 built.append(collector)
                 if any(c.address == collector.address for c in built[:-1]):
                     raise CollectorAddressError(
-                        f"bad HEP collector {text!r}: {collector.address} is given twice")
+                        f"bad HEP collector {text!r}: {collector.address} is given twice"
+                    )
         except HepConfigError:
             for collector in built:
                 collector.close(0)
@@ -140,18 +153,22 @@ class HepSink(Sink):
     def summary_lines(self) -> list[str]:
         """The end-of-run summary: one line for the sink, one per collector."""
         s = self.stats
-        lines = [f"HEP: {s.packets} packets per collector; not sent: {s.skipped_not_sip} not "
-                 f"SIP, {s.skipped_short} too short, {s.skipped_too_large} too large"]
+        lines = [
+            f"HEP: {s.packets} packets per collector; not sent: {s.skipped_not_sip} not "
+            f"SIP, {s.skipped_short} too short, {s.skipped_too_large} too large"
+        ]
         for collector in self.collectors:
             c = collector.stats
             line = f"HEP {collector.address}: {c.sent} sent"
             if collector.scheme == "udp":
                 line += f", {c.send_errors} send errors"
             else:
-                line += (f", {c.queued} still queued, {c.dropped} dropped (queue full), "
-                         f"{c.dropped_at_shutdown} dropped at shutdown, {c.resent} resent, "
-                         f"{c.reconnects} reconnects, {c.connect_failures} failed connection "
-                         f"attempts, {c.send_errors} broken connections")
+                line += (
+                    f", {c.queued} still queued, {c.dropped} dropped (queue full), "
+                    f"{c.dropped_at_shutdown} dropped at shutdown, {c.resent} resent, "
+                    f"{c.reconnects} reconnects, {c.connect_failures} failed connection "
+                    f"attempts, {c.send_errors} broken connections"
+                )
             if c.last_error:
                 line += f"; last error: {c.last_error}"
             lines.append(line)

@@ -86,9 +86,17 @@ class RetryPolicy:
 class StreamCollector(Collector):
     """TCP or TLS: the queue, and a sender thread that reconnects with backoff."""
 
-    def __init__(self, scheme: str, host: str, port: int, *, limits: QueueLimits | None = None,
-                 tls: TlsOptions | None = None, retry: RetryPolicy | None = None,
-                 text: str | None = None):
+    def __init__(
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        *,
+        limits: QueueLimits | None = None,
+        tls: TlsOptions | None = None,
+        retry: RetryPolicy | None = None,
+        text: str | None = None,
+    ):
         super().__init__(scheme, host, port)
         self._infos = resolve(text or self.address, host, port, socket.SOCK_STREAM)
         self.queue = PacketQueue(limits, on_full=self._queue_full)
@@ -117,8 +125,7 @@ class StreamCollector(Collector):
         self._retry_at_close = False
         self._failing_since: float | None = None
         self._logged_error = ""
-        self._thread = threading.Thread(target=self._run, name=f"hep {self.address}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"hep {self.address}", daemon=True)
 
     def start(self) -> None:
         if not self._thread.is_alive() and not self.queue.closing:
@@ -126,22 +133,35 @@ class StreamCollector(Collector):
 
     def _queue_full(self) -> None:
         limits = self.limits
-        log.warning("HEP collector %s: queue full (%d packets, %d bytes): dropping new "
-                    "packets until it drains", self.address, limits.max_messages,
-                    limits.max_bytes)
+        log.warning(
+            "HEP collector %s: queue full (%d packets, %d bytes): dropping new "
+            "packets until it drains",
+            self.address,
+            limits.max_messages,
+            limits.max_bytes,
+        )
 
     @property
     def stats(self) -> CollectorStats:
         queue = self.queue
         with self._cond:
             return CollectorStats(
-                sent=queue.sent, queued=queue.held, queued_bytes=queue.held_bytes,
-                in_flight=queue.in_flight, dropped=queue.dropped,
-                dropped_at_shutdown=queue.dropped_at_shutdown, send_errors=self._send_errors,
+                sent=queue.sent,
+                queued=queue.held,
+                queued_bytes=queue.held_bytes,
+                in_flight=queue.in_flight,
+                dropped=queue.dropped,
+                dropped_at_shutdown=queue.dropped_at_shutdown,
+                send_errors=self._send_errors,
                 connect_failures=self._connect_failures,
-                tls_verify_failures=self._tls_verify_failures, connections=self._connections,
-                reconnects=max(0, self._connections - 1), disconnects=self._disconnects,
-                resent=self._resent, connected=self._connected, last_error=self._last_error)
+                tls_verify_failures=self._tls_verify_failures,
+                connections=self._connections,
+                reconnects=max(0, self._connections - 1),
+                disconnects=self._disconnects,
+                resent=self._resent,
+                connected=self._connected,
+                last_error=self._last_error,
+            )
 
     def wait_closed(self, deadline: float) -> None:
         if self._thread.is_alive():
@@ -217,8 +237,9 @@ class StreamCollector(Collector):
         end = min(time.monotonic() + self.retry.connect_timeout, deadline)
         sock: socket.socket | None = None
         try:
-            sock = open_socket(self._addresses(), end, self.queue.shutdown_deadline,
-                               self.retry.user_timeout)
+            sock = open_socket(
+                self._addresses(), end, self.queue.shutdown_deadline, self.retry.user_timeout
+            )
             conn = Connection(sock, self.queue.shutdown_deadline, self.retry.send_timeout)
             if self._ssl is not None:
                 conn.handshake(self._ssl, self._server_name, end)
@@ -237,8 +258,12 @@ class StreamCollector(Collector):
             delay = self._schedule_retry(now)
             if reason != self._logged_error:
                 self._logged_error = reason
-                log.warning("HEP collector %s: cannot connect: %s (retrying, next in %.2g s)",
-                            self.address, reason, delay)
+                log.warning(
+                    "HEP collector %s: cannot connect: %s (retrying, next in %.2g s)",
+                    self.address,
+                    reason,
+                    delay,
+                )
             else:
                 log.debug("HEP collector %s: cannot connect: %s", self.address, reason)
             return
@@ -248,9 +273,12 @@ class StreamCollector(Collector):
             self._connected = True
             first = self._connections == 1
         if self._failing_since is not None:
-            log.warning("HEP collector %s: %s after %.1f s without a connection", self.address,
-                        "connected" if first else "reconnected",
-                        time.monotonic() - self._failing_since)
+            log.warning(
+                "HEP collector %s: %s after %.1f s without a connection",
+                self.address,
+                "connected" if first else "reconnected",
+                time.monotonic() - self._failing_since,
+            )
         else:
             log.info("HEP collector %s: connected", self.address)
         self._failing_since = None
@@ -349,8 +377,12 @@ class StreamCollector(Collector):
             with contextlib.suppress(OSError):
                 conn.drain_input()
                 conn.sock.close()
-        log.warning("HEP collector %s: connection lost: %s%s", self.address, broken.reason,
-                    f"; {len(resend)} packets will be sent again" if resend else "")
+        log.warning(
+            "HEP collector %s: connection lost: %s%s",
+            self.address,
+            broken.reason,
+            f"; {len(resend)} packets will be sent again" if resend else "",
+        )
         self._failing_since = now  # the next connection is reported too
         if uptime >= self.retry.stable_after:
             self._delay = self.retry.backoff_initial
@@ -378,5 +410,9 @@ class StreamCollector(Collector):
         with self._cond:
             self._connected = False
         if left:
-            log.warning("HEP collector %s: %d packets not delivered at shutdown (%s)",
-                        self.address, left, self._last_error or "time ran out")
+            log.warning(
+                "HEP collector %s: %d packets not delivered at shutdown (%s)",
+                self.address,
+                left,
+                self._last_error or "time ran out",
+            )

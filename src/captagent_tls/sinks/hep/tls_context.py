@@ -38,12 +38,14 @@ def make_ssl_context(options: TlsOptions) -> ssl.SSLContext:
             context = ssl.create_default_context(cafile=options.ca_file)
         except (OSError, ssl.SSLError) as exc:
             raise HepConfigError(
-                f"cannot load HEP CA file {options.ca_file}: {describe_error(exc)}") from None
+                f"cannot load HEP CA file {options.ca_file}: {describe_error(exc)}"
+            ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if options.cert_file:
         try:
             context.load_cert_chain(options.cert_file, options.key_file)
         except (OSError, ssl.SSLError) as exc:
-            raise HepConfigError(f"cannot load HEP client certificate {options.cert_file}: "
-                                 f"{describe_error(exc)}") from None
+            raise HepConfigError(
+                f"cannot load HEP client certificate {options.cert_file}: {describe_error(exc)}"
+            ) from None
     return context

@@ -24,11 +24,11 @@ WAIT_SLICE = 0.25  # a full send buffer is waited out in slices, so that close()
 
 
 class UdpCollector(Collector):
-    def __init__(self, host: str, port: int, text: str | None = None,
-                 limits: QueueLimits | None = None):
+    def __init__(
+        self, host: str, port: int, text: str | None = None, limits: QueueLimits | None = None
+    ):
         super().__init__("udp", host, port)
-        family, _, _, _, sockaddr = resolve(text or self.address, host, port,
-                                            socket.SOCK_DGRAM)[0]
+        family, _, _, _, sockaddr = resolve(text or self.address, host, port, socket.SOCK_DGRAM)[0]
         self._sockaddr = sockaddr
         self.queue = PacketQueue(limits)
         self.limits = self.queue.limits
@@ -41,8 +41,7 @@ class UdpCollector(Collector):
         self._send_errors = 0
         self._last_error = ""
         self._failing = False
-        self._thread = threading.Thread(target=self._run, name=f"hep {self.address}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"hep {self.address}", daemon=True)
 
     def start(self) -> None:
         if not self._thread.is_alive() and not self.queue.closing:
@@ -68,18 +67,26 @@ class UdpCollector(Collector):
         self._last_error = describe_error(exc)
         if not self._failing:
             self._failing = True
-            log.warning("HEP collector %s: send failed: %s (counting further failures)",
-                        self.address, self._last_error)
+            log.warning(
+                "HEP collector %s: send failed: %s (counting further failures)",
+                self.address,
+                self._last_error,
+            )
 
     @property
     def stats(self) -> CollectorStats:
         queue = self.queue
         with queue.cond:
-            return CollectorStats(sent=self._sent, queued=queue.held,
-                                  queued_bytes=queue.held_bytes, dropped=queue.dropped,
-                                  dropped_at_shutdown=queue.dropped_at_shutdown,
-                                  send_errors=self._send_errors, connected=not queue.closing,
-                                  last_error=self._last_error)
+            return CollectorStats(
+                sent=self._sent,
+                queued=queue.held,
+                queued_bytes=queue.held_bytes,
+                dropped=queue.dropped,
+                dropped_at_shutdown=queue.dropped_at_shutdown,
+                send_errors=self._send_errors,
+                connected=not queue.closing,
+                last_error=self._last_error,
+            )
 
     def wait_closed(self, deadline: float) -> None:
         if self._thread.is_alive():
