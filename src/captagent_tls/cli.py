@@ -324,7 +324,7 @@ def run_offline(args: argparse.Namespace) -> int:
 
     workers = workers_for(args, live=False)
     if workers > 1:
-        from captagent_tls.workers.parent import run_offline_workers
+        from captagent_tls.workers.runs import run_offline_workers
 
         return run_offline_workers(args, workers)
     keys = KeyStore()
@@ -411,7 +411,7 @@ def run_live(args: argparse.Namespace) -> int:
 
     workers = workers_for(args, live=True)
     if workers > 1:
-        from captagent_tls.workers.parent import run_live_workers
+        from captagent_tls.workers.runs import run_live_workers
 
         return run_live_workers(args, workers)
 
