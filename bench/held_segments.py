@@ -11,7 +11,7 @@
    ``net/tcp.py``.  Then the same flood with the default cap (``--max-flow-buffer``, 4 MiB),
    to show what the cap now bounds.
 
-    python bench/held_segments.py [--segments 40000] [--memory-segments 1000000]
+    python -m bench.held_segments [--segments 40000] [--memory-segments 1000000]
 
 To measure another revision's code: ``PYTHONPATH=bench/out/rev-src/src python bench/...``
 after ``bench/run.py --rev REV`` has exported it (or ``git archive REV src | tar -x -C DIR``).

@@ -5,7 +5,7 @@ The flows are copies of one real connection from a fixture capture, each with it
 client address and port, fed to the same pipeline the agent runs.  Reports the peak RSS of
 this process and the flows/sessions the pipeline holds.
 
-    python bench/idle_flows.py [--flows 100000]
+    python -m bench.idle_flows [--flows 100000]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 one process (client and server through memory BIOs, so both sides' OpenSSL run under the
 library: 10 key-log lines per handshake), without the library and with it set up four ways.
 
-    python bench/keylog_preload.py [--handshakes 2000] [--runs 3]
+    python -m bench.keylog_preload [--handshakes 2000] [--runs 3]
 
 Each run is a fresh process, the configurations taken in turn; the figure is the best of
 --runs.  The UDP lines go to
@@ -82,7 +82,6 @@ def main() -> int:
     parser.add_argument("--handshakes", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO / "src"))
     from captagent_tls.preload import built_library
 
     library = built_library()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Live-path benchmark: the bulk capture replayed onto ``lo`` with tcpreplay at rising rates.
 
-    sudo python bench/live.py [--rates 5000,10000,...,top] [--quick] [--out bench/out]
+    sudo python -m bench.live [--rates 5000,10000,...,top] [--quick] [--out bench/out]
 
 For each rate (packets per second, or ``top`` for tcpreplay's --topspeed) a fresh agent runs
 ``captagent-tls -i lo -f "tcp port 5061" -k KEY --hep udp://127.0.0.1:PORT`` while a thread
@@ -34,9 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run as bench  # noqa: E402  (bench/run.py: captures, ground truth, UDP drain, agent)
+from bench import run as bench  # captures, ground truth, UDP drain, the agent command
 
 TARGET_MSGS_PER_CORE = 50_000  # SIP messages/s decrypted and shipped per core, zero drops
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput and handshake benchmark for captagent-tls, against tshark and the RSA ceiling.
 
-    python bench/run.py [--out bench/out] [--reuse] [--quick] [--runs 3] [--tshark-runs 1]
+    python -m bench.run [--out bench/out] [--reuse] [--quick] [--runs 3] [--tshark-runs 1]
 
 Needs root, tcpdump and tshark (captures are recorded on loopback by
 ``tests/fixtures/peers.py``).  See bench/README.md for what is measured and
@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures import peers
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-sys.path.insert(0, str(FIXTURES))
-
-import peers  # noqa: E402
 
 KEY = peers.KEYS_DIR / peers.SERVER_KEY
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak benchmark: steady live traffic for half an hour, the agent's memory sampled throughout.
 
-    sudo python bench/soak.py [--minutes 30] [--pps 2000] [--sample-s 10] [--hep tcp|udp]
+    sudo python -m bench.soak [--minutes 30] [--pps 2000] [--sample-s 10] [--hep tcp|udp]
                               [--warmup-min 5] [--quick] [--rev REV] [--out bench/out]
 
 The bulk and handshake captures of bench/run.py (recorded here on a port of their own, so
@@ -49,10 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import live  # noqa: E402  (bench/live.py: agent start/stop, catch-up, tcpreplay arguments)
-import run as bench  # noqa: E402  (bench/run.py: captures, UDP drain, the agent command)
+from bench import live  # agent start/stop, catch-up, tcpreplay arguments
+from bench import run as bench  # captures, UDP drain, the agent command
 
 WARMUP_MIN = 5.0
 FLAT_TOLERANCE = 0.02  # "no growth trend": the fitted growth after warm-up < 2 % of the mean

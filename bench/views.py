@@ -2,8 +2,8 @@
 """What the views cost: the progress bar, the outputs next to another revision, the call-flow
 report (time, size, how fast Chromium shows it) and the decryptable capture.
 
-    python bench/views.py                        # bench/out/bulk.pcap (made by bench/run.py)
-    python bench/views.py --compare main --runs 7
+    python -m bench.views                        # bench/out/bulk.pcap (made by bench/run.py)
+    python -m bench.views --compare main --runs 7
 
 Every timed command is a fresh process (``python -m captagent_tls``); figures are the best of
 N wall times and the median CPU time (user + sys), which a busy machine disturbs less.

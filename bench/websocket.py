@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast SIP over WebSocket is read, against the same SIP over plain TCP.
 
-    python bench/websocket.py [--messages N] [--runs N]
+    python -m bench.websocket [--messages N] [--runs N]
 
 One ws:// connection is made up in memory (Ethernet/IPv4/TCP frames of 1,460-byte
 segments): the opening handshake, then N SIP messages (INVITE-sized, 700-900 bytes) in

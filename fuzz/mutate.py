@@ -30,12 +30,12 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from support.groundtruth import GroundTruth
 
 from fuzz import capmodel, tlsmap
 from fuzz.bytesource import ByteSource
 from fuzz.paths import FIXTURE_KEYS, FIXTURES
 from fuzz.truth import SentStreams, load_sent_streams
+from tests.support.groundtruth import GroundTruth
 
 MAX_OPERATIONS = 8
 

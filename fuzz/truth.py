@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.groundtruth import GroundTruth, load_groundtruth
+from tests.support.groundtruth import GroundTruth, load_groundtruth
 
 DIRECTIONS = ("c2s", "s2c")
 

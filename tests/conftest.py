@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.paths import CORPUS, FIXTURE_KEYS, FIXTURES, HEPJS_DIR, REPO
+
+from tests.support.paths import CORPUS, FIXTURE_KEYS, FIXTURES, HEPJS_DIR, REPO
 
 __all__ = ["CORPUS", "FIXTURES", "FIXTURE_KEYS", "HEPJS_DIR", "REPO"]
 

@@ -10,10 +10,10 @@ import zlib
 from pathlib import Path
 
 import pytest
-from support.paths import REPO
 
 from captagent_tls.capture import CaptureError
 from captagent_tls.capture.files import MAX_TS_NS, CaptureReader
+from tests.support.paths import REPO
 
 ETH_FRAME = bytes(range(60))
 RAW_FRAME = b"\x45" + bytes(39)

@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from support.groundtruth import load_groundtruth
-from support.inprocess import key_store, read_frames, run_frames, tls_segments
-from support.paths import FIXTURES
 
 from captagent_tls.tls.context import TlsStats
+from tests.support.groundtruth import load_groundtruth
+from tests.support.inprocess import key_store, read_frames, run_frames, tls_segments
+from tests.support.paths import FIXTURES
 
 
 @dataclass(frozen=True)

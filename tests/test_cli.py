@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from support.cli import run, run_json
-from support.groundtruth import load_groundtruth
-from support.paths import FIXTURES, REPO
 
 from captagent_tls.config.options import OPTIONS
+from tests.support.cli import run, run_json
+from tests.support.groundtruth import load_groundtruth
+from tests.support.paths import FIXTURES, REPO
 
 KEYS = FIXTURES.parent / "keys"
 CAPTURE = FIXTURES / "tls12-aes128gcm-ems.pcap"
@@ -96,7 +96,7 @@ def test_reads_standard_input():
 
 
 def _env():
-    from support.cli import _env as env
+    from tests.support.cli import _env as env
 
     return env()
 

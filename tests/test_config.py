@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.paths import REPO, TESTS
 
 from captagent_tls.cli import build_parser
 from captagent_tls.config import (
@@ -20,6 +19,7 @@ from captagent_tls.config import (
     merge,
     resolve,
 )
+from tests.support.paths import REPO, TESTS
 
 DATA = TESTS / "data" / "captagent"
 EXAMPLE = REPO / "contrib" / "agent.toml.example"

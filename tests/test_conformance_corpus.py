@@ -7,10 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.cli import payload_bytes, received, run_json
-from support.groundtruth import load_groundtruth
-from support.oracle import parse_follow_raw, split_endpoint
-from support.paths import CORPUS
+
+from tests.support.cli import payload_bytes, received, run_json
+from tests.support.groundtruth import load_groundtruth
+from tests.support.oracle import parse_follow_raw, split_endpoint
+from tests.support.paths import CORPUS
 
 PUBLIC = CORPUS / "public"
 SYNTHETIC = PUBLIC / "sip-synthetic"
@@ -106,7 +107,7 @@ def test_tls13_without_early_secret_skips_0rtt_and_keeps_the_rest():
 
 
 def test_psk_captures_are_reported_not_garbled():
-    from support.cli import run
+    from tests.support.cli import run
 
     proc = run(["-r", str(PUBLIC / "tls12-aes128ccm.pcap"), "--json"])
     assert proc.returncode == 0 and proc.stdout == ""

@@ -11,12 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.cli import payload_bytes, received, run
-from support.groundtruth import load_groundtruth, scenario_files
-from support.inprocess import key_store, read_frames, run_frames
-from support.paths import FIXTURES
 
 from captagent_tls.tls.keys import KeyStore
+from tests.support.cli import payload_bytes, received, run
+from tests.support.groundtruth import load_groundtruth, scenario_files
+from tests.support.inprocess import key_store, read_frames, run_frames
+from tests.support.paths import FIXTURES
 
 CASES = [pytest.param(cap, js, id=cap.stem) for cap, js in scenario_files(FIXTURES)]
 
@@ -105,10 +105,7 @@ def test_message_time_is_the_capture_time_of_a_packet_of_its_direction(name):
 def hide_certificates(capture: Path, out: Path) -> int:
     """Rewrite the server's Certificate handshake messages into an unknown handshake type:
     the bytes, and so the transcript, stay the same, but no certificate is visible."""
-    import sys
-
-    sys.path.insert(0, str(FIXTURES.parent))
-    from peers import read_pcap, write_pcap
+    from tests.fixtures.peers import read_pcap, write_pcap
 
     cap = read_pcap(capture)
     hidden = 0

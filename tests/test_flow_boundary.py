@@ -5,12 +5,12 @@ flow is dropped and every other flow goes on.  An offline run then exits non-zer
 from __future__ import annotations
 
 import pytest
-from support.groundtruth import load_groundtruth
-from support.inprocess import key_store, read_frames, run_frames
-from support.paths import FIXTURES
 
 from captagent_tls import cli
 from captagent_tls.tls.connection import TlsConnection
+from tests.support.groundtruth import load_groundtruth
+from tests.support.inprocess import key_store, read_frames, run_frames
+from tests.support.paths import FIXTURES
 
 FIXTURE = "tls12-aes256gcm-noems"
 

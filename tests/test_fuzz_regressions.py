@@ -16,16 +16,14 @@ A parser reproducer (``fuzz/TARGET/NAME.bin``) is replayed through that fuzz tar
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
-from support.cli import payload_bytes, run
-from support.paths import FIXTURES, REPO
+
+from tests.support.cli import payload_bytes, run
+from tests.support.paths import FIXTURES, REPO
 
 REGRESSIONS = Path(__file__).resolve().parent / "data" / "regressions"
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # the fuzz package: its targets replay parser findings
 
 _ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|\s*`([^`]*)`\s*\|\s*([^|]+?)\s*\|\s*([^|]*?)\s*\|")
 

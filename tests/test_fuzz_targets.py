@@ -9,16 +9,13 @@ import subprocess
 import sys
 
 import pytest
-from support.paths import FIXTURES, REPO
-
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 from captagent_tls.sip import Message  # noqa: E402
 from fuzz import capmodel, findings, mutate  # noqa: E402
 from fuzz.bytesource import ByteSource  # noqa: E402
 from fuzz.oracle import OracleFailure, check_messages  # noqa: E402
 from fuzz.targets import TARGETS  # noqa: E402
+from tests.support.paths import FIXTURES, REPO
 
 LOOPBACK = b"\x7f\x00\x00\x01"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-from support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_types, chunk_value, walk_hep3
 
 from captagent_tls.sinks.hep import (
     CollectorAddressError,
@@ -15,6 +14,7 @@ from captagent_tls.sinks.hep import (
     parse_collector,
 )
 from captagent_tls.sip import Message
+from tests.support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_types, chunk_value, walk_hep3
 
 SIP = b"OPTIONS sip:x@example.test SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 0\r\n\r\n"
 

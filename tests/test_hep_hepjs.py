@@ -14,9 +14,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.cli import key_args, run
-from support.groundtruth import GroundTruth, load_groundtruth, pcap_time_range, scenario_files
-from support.hep import (
+
+from tests.support.cli import key_args, run
+from tests.support.groundtruth import GroundTruth, load_groundtruth, pcap_time_range, scenario_files
+from tests.support.hep import (
     CHUNK_AUTH_KEY,
     CHUNK_CAPTURE_ID,
     CHUNK_DST_IP4,
@@ -30,7 +31,7 @@ from support.hep import (
     chunk_value,
     decode_with_hepjs,
 )
-from support.paths import CORPUS, FIXTURE_KEYS, FIXTURES
+from tests.support.paths import CORPUS, FIXTURE_KEYS, FIXTURES
 
 HEP_ID = 2001
 HEP_PASSWORD = "secret"
@@ -208,9 +209,8 @@ def test_hep_ipv6_addresses() -> None:
 def test_reading_a_file_waits_for_a_slow_collector_instead_of_dropping():
     """A queue of 2 is far too small for a file read at full speed; offline, the reader waits
     for room, so the TCP collector still gets every message, in order."""
-    from support.collectors import StreamServer
-
     from captagent_tls.sinks.hep import CHUNK_PAYLOAD as PAYLOAD
+    from tests.support.collectors import StreamServer
 
     truth_file = FIXTURES / "tls12-aes128gcm-ems.json"
     server = StreamServer().start()

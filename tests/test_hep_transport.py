@@ -19,8 +19,6 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from support.collectors import LINUX, Pki, StreamServer, free_port, make_pki
-from support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_value
 
 import captagent_tls.sinks.hep.connection as connection
 from captagent_tls.sinks.hep import (
@@ -37,6 +35,8 @@ from captagent_tls.sinks.hep import (
     open_collector,
 )
 from captagent_tls.sip import Message
+from tests.support.collectors import LINUX, Pki, StreamServer, free_port, make_pki
+from tests.support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_value
 
 OUTAGE_S = float(os.environ.get("HEP_TEST_OUTAGE_S", "2.5"))
 FAST = RetryPolicy(

@@ -10,8 +10,6 @@ import socket
 import time
 
 import pytest
-from support.groundtruth import load_groundtruth
-from support.paths import FIXTURES
 
 from captagent_tls import keysources
 from captagent_tls.capture.files import CaptureReader
@@ -27,6 +25,8 @@ from captagent_tls.sip import Message
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.tracker import HoldLimits
+from tests.support.groundtruth import load_groundtruth
+from tests.support.paths import FIXTURES
 
 CR = "aa" * 32
 

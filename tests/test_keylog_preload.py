@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
-from support.cli import run, run_json
-from support.live import Agent, expected, free_port, received, require_live_capture
-from support.paths import REPO, TESTS
-from support.preload import (
+
+from tests.fixtures.peers import C2S, S2C, Tcpdump
+from tests.support.cli import run, run_json
+from tests.support.live import Agent, expected, free_port, received, require_live_capture
+from tests.support.paths import REPO, TESTS
+from tests.support.preload import (
     Responder,
     client_key_lines,
     exchanges,
@@ -34,11 +36,7 @@ from support.preload import (
     sip_exchange,
     udp_collector,
 )
-from support.sip_responder import SERVER_CERT, SERVER_KEY, TLS12_ECDHE, read_message
-
-sys.path.insert(0, str(TESTS / "fixtures"))
-
-from peers import C2S, S2C, Tcpdump  # noqa: E402
+from tests.support.sip_responder import SERVER_CERT, SERVER_KEY, TLS12_ECDHE, read_message
 
 TLS_VERSIONS = pytest.mark.parametrize("tls13", [True, False], ids=["tls1.3", "tls1.2-ecdhe"])
 LINES_PER_HANDSHAKE = {True: 5, False: 1}  # 4 traffic secrets + exporter / CLIENT_RANDOM

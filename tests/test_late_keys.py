@@ -3,19 +3,18 @@ nothing with the default hold limits, and a cap that is hit costs only what did 
 
 from __future__ import annotations
 
-from support.inprocess import Collected
-from support.tlswriter import (
+from captagent_tls.pipeline import Pipeline, PipelineOptions
+from captagent_tls.tls.context import HoldLimits
+from captagent_tls.tls.keylog import load_key_log
+from captagent_tls.tls.keys import KeyStore
+from tests.support.inprocess import Collected
+from tests.support.tlswriter import (
     APPLICATION_DATA,
     CHANGE_CIPHER_SPEC,
     TcpConversation,
     Tls12Session,
     record,
 )
-
-from captagent_tls.pipeline import Pipeline, PipelineOptions
-from captagent_tls.tls.context import HoldLimits
-from captagent_tls.tls.keylog import load_key_log
-from captagent_tls.tls.keys import KeyStore
 
 SECOND = 1_000_000_000
 # one call as a SIP proxy's TLS connection carries it: INVITE with SDP, 100, 180, 200 with SDP,

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support.live import (
+
+from tests.support.live import (
     OTHER_KEY,
     SERVER_KEY,
     Agent,

@@ -12,9 +12,10 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from support.collectors import StreamServer, make_pki
-from support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_value, decode_with_hepjs
-from support.live import (
+
+from tests.support.collectors import StreamServer, make_pki
+from tests.support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_value, decode_with_hepjs
+from tests.support.live import (
     SERVER_KEY,
     Agent,
     TlsSipServer,

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.cli import run
-from support.paths import FIXTURES, SRC
 
 from captagent_tls.cli import build_parser
 from captagent_tls.config import ConfigError, load_captagent, load_native, resolve
 from captagent_tls.config.options import OPTIONS, PATH_OPTIONS, TABLE, TABLES
 from captagent_tls.config.parser import argument_of
+from tests.support.cli import run
+from tests.support.paths import FIXTURES, SRC
 
 CAPTURE = FIXTURES / "tls12-aes128gcm-ems.pcap"
 KEY = FIXTURES.parent / "keys" / "server-rsa2048.key"

@@ -11,13 +11,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
-from support.browser import chromium_path, dump_dom, read_page
-from support.cli import key_args, run, run_json
-from support.groundtruth import load_groundtruth
-from support.paths import FIXTURE_KEYS, FIXTURES
 
 from captagent_tls.sip import Message
 from captagent_tls.views.callflow import CallFlowReport
+from tests.support.browser import chromium_path, dump_dom, read_page
+from tests.support.cli import key_args, run, run_json
+from tests.support.groundtruth import load_groundtruth
+from tests.support.paths import FIXTURE_KEYS, FIXTURES
 
 KEY = FIXTURE_KEYS / "server-rsa2048.key"
 SCENARIO = "rsa-tls12-aes-cbc"  # 8 calls over 8 TLS connections (several suites)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from support.groundtruth import load_groundtruth
-from support.inprocess import Collected, key_store, read_frames
-from support.paths import FIXTURES
 
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.tls.keys import KeyStore, RsaKey
+from tests.support.groundtruth import load_groundtruth
+from tests.support.inprocess import Collected, key_store, read_frames
+from tests.support.paths import FIXTURES
 
 
 def run(name: str, keys: KeyStore, rsa_threads: int | None) -> tuple[Collected, Pipeline]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from support.paths import FIXTURES
 
 from captagent_tls.sip.headers import NOT_SIP, address_of, summarize
+from tests.support.paths import FIXTURES
 
 INVITE = (
     b"INVITE sips:bob@example.com SIP/2.0\r\n"

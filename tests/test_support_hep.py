@@ -6,7 +6,8 @@ import socket
 import struct
 
 import pytest
-from support.hep import (
+
+from tests.support.hep import (
     CHUNK_AUTH_KEY,
     CHUNK_PAYLOAD,
     CHUNK_PROTO_TYPE,

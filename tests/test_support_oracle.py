@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from support.groundtruth import (
+
+from tests.support.groundtruth import (
     Connection,
     load_groundtruth,
     pcap_time_range,
@@ -14,14 +15,14 @@ from support.groundtruth import (
     split_sip_stream,
     split_sip_stream_with_gaps,
 )
-from support.oracle import (
+from tests.support.oracle import (
     Stream,
     endpoint,
     parse_follow_raw,
     split_endpoint,
     tshark_decrypt,
 )
-from support.paths import CORPUS, FIXTURES
+from tests.support.paths import CORPUS, FIXTURES
 
 ORACLE = CORPUS / "public" / "oracle"
 SYNTH = CORPUS / "public" / "sip-synthetic"

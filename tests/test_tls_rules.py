@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 
-from support.inprocess import Collected
-from support.tlswriter import (
+from captagent_tls.pipeline import Pipeline
+from captagent_tls.tls.keylog import load_key_log
+from captagent_tls.tls.keys import KeyStore
+from tests.support.inprocess import Collected
+from tests.support.tlswriter import (
     ALERT,
     APPLICATION_DATA,
     CBC128_SHA,
@@ -27,10 +30,6 @@ from support.tlswriter import (
     handshake_message,
     record,
 )
-
-from captagent_tls.pipeline import Pipeline
-from captagent_tls.tls.keylog import load_key_log
-from captagent_tls.tls.keys import KeyStore
 
 CCS = record(CHANGE_CIPHER_SPEC, b"\x01")
 

@@ -16,10 +16,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from support.cli import check_contract, key_args, payload_bytes, run_json
-from support.groundtruth import GroundTruth, load_groundtruth, pcap_time_range, scenario_files
-from support.oracle import Stream, endpoint, tshark_decrypt
-from support.paths import CORPUS, FIXTURES
+
+from tests.support.cli import check_contract, key_args, payload_bytes, run_json
+from tests.support.groundtruth import GroundTruth, load_groundtruth, pcap_time_range, scenario_files
+from tests.support.oracle import Stream, endpoint, tshark_decrypt
+from tests.support.paths import CORPUS, FIXTURES
 
 RSA_GCM = {"AES128-GCM-SHA256", "AES256-GCM-SHA384"}
 

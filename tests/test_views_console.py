@@ -6,10 +6,6 @@ from __future__ import annotations
 import re
 
 import pytest
-from support.cli import key_args, run, run_json
-from support.groundtruth import load_groundtruth
-from support.paths import FIXTURE_KEYS, FIXTURES
-from support.terminal import run_on_terminal
 
 from captagent_tls.sip import Message
 from captagent_tls.views.colour import (
@@ -23,6 +19,10 @@ from captagent_tls.views.colour import (
     colour_wanted,
 )
 from captagent_tls.views.console import BriefSink, ColourConsoleSink, printable
+from tests.support.cli import key_args, run, run_json
+from tests.support.groundtruth import load_groundtruth
+from tests.support.paths import FIXTURE_KEYS, FIXTURES
+from tests.support.terminal import run_on_terminal
 
 CAPTURE = FIXTURES / "rsa-tls12-aes-cbc.pcap"
 KEY = FIXTURE_KEYS / "server-rsa2048.key"

@@ -13,10 +13,6 @@ import socket
 import time
 
 import pytest
-from support.cli import key_args, run
-from support.live import free_port, require_live_capture
-from support.paths import FIXTURE_KEYS, FIXTURES
-from support.terminal import run_on_terminal
 
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.capture.live import KernelStats
@@ -24,6 +20,10 @@ from captagent_tls.counters import Counters
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.views.progress import FileProgress, LiveStatus, TerminalLine
+from tests.support.cli import key_args, run
+from tests.support.live import free_port, require_live_capture
+from tests.support.paths import FIXTURE_KEYS, FIXTURES
+from tests.support.terminal import run_on_terminal
 
 CAPTURE = FIXTURES / "rsa-tls12-aes-cbc.pcap"
 KEY = FIXTURE_KEYS / "server-rsa2048.key"
@@ -204,7 +204,7 @@ def test_live_status_line_on_a_terminal():
 def test_live_status_needs_a_terminal():
     require_live_capture()
     port = free_port(socket.SOCK_DGRAM)
-    from support.live import Agent
+    from tests.support.live import Agent
 
     with Agent("-f", f"udp port {port}", "--status", "--json") as agent:
         assert agent.stop() == 0

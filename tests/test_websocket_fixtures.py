@@ -10,19 +10,17 @@ import json
 import shutil
 import struct
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.cli import payload_bytes, received, run
-from support.groundtruth import GroundTruth, load_groundtruth
-from support.paths import FIXTURE_KEYS, FIXTURES
+
+from tests.fixtures import make_ws_captures, peers
+from tests.support.cli import payload_bytes, received, run
+from tests.support.groundtruth import GroundTruth, load_groundtruth
+from tests.support.paths import FIXTURE_KEYS, FIXTURES
 
 WS_FIXTURES = FIXTURES.parent / "websocket"
-sys.path.insert(0, str(FIXTURES.parent))
-import make_ws_captures  # noqa: E402
-import peers  # noqa: E402
 
 NAMES = [
     "wss-deflate",

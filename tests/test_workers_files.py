@@ -18,10 +18,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.cli import _env, run
-from support.groundtruth import load_groundtruth, scenario_files
-from support.paths import CORPUS, FIXTURES, SRC
-from test_conformance_corpus import ORACLE_CASES, PUBLIC, SYNTHETIC, SYNTHETIC_CASES, resolve
+
+from tests.support.cli import _env, run
+from tests.support.groundtruth import load_groundtruth, scenario_files
+from tests.support.paths import CORPUS, FIXTURES, SRC
+from tests.test_conformance_corpus import ORACLE_CASES, PUBLIC, SYNTHETIC, SYNTHETIC_CASES, resolve
 
 
 def truth_arguments(js: Path) -> list[str]:

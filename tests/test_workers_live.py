@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support.live import (
+
+from tests.support.live import (
     SERVER_KEY,
     Agent,
     TlsSipServer,
@@ -134,7 +135,7 @@ def test_a_killed_worker_is_reported_and_started_again():
 def test_sighup_reloads_the_keys_of_every_worker(tmp_path: Path):
     import shutil
 
-    from support.live import OTHER_KEY
+    from tests.support.live import OTHER_KEY
 
     port = free_port()
     key = tmp_path / "server.key"

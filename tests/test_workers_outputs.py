@@ -11,11 +11,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.cli import run
-from support.collectors import StreamServer
-from support.hep import chunk_value
-from support.paths import FIXTURES
-from test_workers_files import truth_arguments
+
+from tests.support.cli import run
+from tests.support.collectors import StreamServer
+from tests.support.hep import chunk_value
+from tests.support.paths import FIXTURES
+from tests.test_workers_files import truth_arguments
 
 CAPTURE = FIXTURES / "rsa-tls12-aes-cbc.pcap"  # 8 connections, 56 messages
 ARGS = truth_arguments(CAPTURE.with_suffix(".json"))
@@ -144,7 +145,7 @@ def test_report_decryptable_capture_and_key_export(tmp_path: Path):
 
 
 def test_progress_bar_follows_the_workers_and_leaves_the_output_unchanged():
-    from support.terminal import run_on_terminal
+    from tests.support.terminal import run_on_terminal
 
     piped = agent("--json", "--workers", "2")
     shown = run_on_terminal(["-r", CAPTURE, *ARGS, "--json", "--workers", "2"])

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.paths import FIXTURES
-from test_workers_files import fragments_capture
 
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.counters import Counters
@@ -15,6 +13,8 @@ from captagent_tls.net.packet import Datagram, Segment, decode
 from captagent_tls.workers.outputs import Merger, Writers
 from captagent_tls.workers.shard import FileSharder
 from captagent_tls.workers.totals import combine
+from tests.support.paths import FIXTURES
+from tests.test_workers_files import fragments_capture
 
 
 def test_file_sharder_keeps_both_directions_together_and_spreads_connections():

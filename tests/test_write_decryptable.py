@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support.cli import key_args, payload_bytes, received, run, run_json
-from support.groundtruth import load_groundtruth, split_sip_stream
-from support.oracle import tshark_decrypt, tshark_path
-from support.paths import FIXTURE_KEYS, FIXTURES, TESTS
 
 from captagent_tls.capture.files import CaptureReader
+from tests.support.cli import key_args, payload_bytes, received, run, run_json
+from tests.support.groundtruth import load_groundtruth, split_sip_stream
+from tests.support.oracle import tshark_decrypt, tshark_path
+from tests.support.paths import FIXTURE_KEYS, FIXTURES, TESTS
 
 SHB, IDB, EPB, DSB = 0x0A0D0D0A, 1, 6, 10
 TLS_KEY_LOG = 0x544C534B
@@ -224,7 +224,7 @@ def test_an_unwritable_file_is_one_line(tmp_path):
 def test_live_capture_writes_a_decryptable_file(tmp_path):
     """Live from lo: a TLS 1.3 server whose client logs its keys, and a TLS 1.2 server whose
     RSA key we hold; the file opens in tshark alone."""
-    from support import live
+    from tests.support import live
 
     live.require_live_capture()
     tshark_path()

@@ -19,12 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from support.cli import _env
-from support.paths import FIXTURE_KEYS, TESTS
-
-sys.path.insert(0, str(TESTS / "fixtures"))
-
-from peers import SipFactory  # noqa: E402  (the fixture generator's SIP messages)
+from tests.fixtures.peers import SipFactory  # the fixture generator's SIP messages
+from tests.support.cli import _env
+from tests.support.paths import FIXTURE_KEYS
 
 SERVER_KEY = FIXTURE_KEYS / "server-rsa2048.key"
 SERVER_CERT = FIXTURE_KEYS / "server-rsa2048.crt"
@@ -253,7 +250,7 @@ def expected(calls: Iterable[Sent]) -> list[tuple[int, str, bytes]]:
 
 
 def received(out: list[dict]) -> list[tuple[int, str, bytes]]:
-    from support.cli import payload_bytes
+    from tests.support.cli import payload_bytes
 
     return sorted(
         (

@@ -21,13 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from support.live import Sent
-from support.paths import SRC, TESTS
-from support.sip_responder import TLS12_ECDHE, read_message
-
-sys.path.insert(0, str(TESTS / "fixtures"))
-
-from peers import C2S, S2C, SipFactory  # noqa: E402
+from tests.fixtures.peers import C2S, S2C, SipFactory
+from tests.support.live import Sent
+from tests.support.paths import TESTS
+from tests.support.sip_responder import TLS12_ECDHE, read_message
 
 RESPONDER = TESTS / "support" / "sip_responder.py"
 KEYLOG_LINE = re.compile(r"[A-Z][A-Z0-9_]* [0-9a-f]{64} [0-9a-f]{32,}")
@@ -37,7 +34,6 @@ PRELOAD_VARIABLES = ("LD_PRELOAD", "SSLKEYLOGFILE", "SSLKEYLOG_UDP", "SSLKEYLOG_
 def preload_library(tmp_factory: pytest.TempPathFactory) -> Path:
     """The package's library; built into a temporary folder when the package has none
     (a checkout that was not installed); skips when it cannot be built here."""
-    sys.path.insert(0, str(SRC))
     from captagent_tls.preload import built_library
     from captagent_tls.preload.build import BuildError, compile_library
 
