@@ -27,10 +27,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from captagent_tls.capture.files import CaptureReader
+from captagent_tls.message import Message
 from captagent_tls.net.ip import Defragmenter
 from captagent_tls.net.packet import Datagram, Fragment, Segment, decode
 from captagent_tls.net.tcp import StreamData, StreamGap, TcpReassembler
-from captagent_tls.sip import Message
 from fuzz.truth import SentStreams
 
 Endpoint = tuple[bytes, int]

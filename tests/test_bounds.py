@@ -14,13 +14,13 @@ import pytest
 
 from captagent_tls import report
 from captagent_tls.capture import Frame
+from captagent_tls.message import Message
 from captagent_tls.metrics import AgentCollector
 from captagent_tls.net.packet import TCP_ACK
 from captagent_tls.net.tcp import Flow
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import Sink
-from captagent_tls.sip import Message
 from captagent_tls.tls.events import TlsProblem
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore

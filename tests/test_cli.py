@@ -554,8 +554,8 @@ def test_write_skips_messages_too_large_for_pcap_readers(tmp_path, caplog):
     """One packet longer than 262144 bytes makes Wireshark refuse the whole -w file: such a
     message is counted and left out, the others are written."""
     from captagent_tls.capture.files import CaptureReader
+    from captagent_tls.message import Message
     from captagent_tls.sinks.pcapfile import PcapFileSink
-    from captagent_tls.sip import Message
 
     def sip(body: bytes) -> Message:
         payload = (

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from captagent_tls.sip import Message  # noqa: E402
+from captagent_tls.message import Message  # noqa: E402
 from fuzz import capmodel, findings, mutate  # noqa: E402
 from fuzz.bytesource import ByteSource  # noqa: E402
 from fuzz.oracle import OracleFailure, check_messages  # noqa: E402

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from captagent_tls.message import Message
 from captagent_tls.sinks.hep import (
     CollectorAddressError,
     HepOptions,
@@ -13,7 +14,6 @@ from captagent_tls.sinks.hep import (
     encode_hep3,
     parse_collector,
 )
-from captagent_tls.sip import Message
 from tests.support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_types, chunk_value, walk_hep3
 
 SIP = b"OPTIONS sip:x@example.test SIP/2.0\r\nCall-ID: 1\r\nContent-Length: 0\r\n\r\n"

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pytest
 
 import captagent_tls.sinks.hep.connection as connection
+from captagent_tls.message import Message
 from captagent_tls.sinks.hep import (
     CHUNK_CORRELATION_ID,
     CHUNK_NODE_NAME,
@@ -34,7 +35,6 @@ from captagent_tls.sinks.hep import (
     encode_hep3,
     open_collector,
 )
-from captagent_tls.sip import Message
 from tests.support.collectors import LINUX, Pki, StreamServer, free_port, make_pki
 from tests.support.hep import CHUNK_PAYLOAD, UdpCollector, chunk_value
 

@@ -20,8 +20,8 @@ from captagent_tls.keysources import (
     KeySourceError,
     ListenerLimits,
 )
+from captagent_tls.message import Message
 from captagent_tls.pipeline import Pipeline, PipelineOptions
-from captagent_tls.sip import Message
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.tracker import HoldLimits

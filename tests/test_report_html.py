@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from captagent_tls.sip import Message
+from captagent_tls.message import Message
 from captagent_tls.views.callflow import CallFlowReport
 from tests.support.browser import chromium_path, dump_dom, read_page
 from tests.support.cli import key_args, run, run_json

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from captagent_tls.sip import Message
+from captagent_tls.message import Message
 from captagent_tls.views.colour import (
     CLIENT_TO_SERVER,
     DIM,

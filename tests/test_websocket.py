@@ -16,8 +16,8 @@ import zlib
 import pytest
 
 from captagent_tls.capture import Frame
+from captagent_tls.message import Message
 from captagent_tls.pipeline import Pipeline
-from captagent_tls.sip import Message
 from captagent_tls.tls.events import TlsProblem
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.websocket import WebSocketSession, WebSocketStats, looks_like_start

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from captagent_tls.capture import CaptureError
 from captagent_tls.capture.files import CaptureReader
+from captagent_tls.message import Message
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import Sink
@@ -30,7 +31,6 @@ from captagent_tls.sinks.console import ConsoleSink
 from captagent_tls.sinks.hep import HepEncoder, HepOptions, HepTooLarge
 from captagent_tls.sinks.jsonl import JsonLinesSink
 from captagent_tls.sinks.pcapfile import PcapFileSink
-from captagent_tls.sip import Message
 from captagent_tls.tls.events import SessionSecret
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore

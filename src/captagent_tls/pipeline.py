@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 
 from captagent_tls.capture import Frame
 from captagent_tls.counters import Counters
+from captagent_tls.message import Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.net.ip import Defragmenter
 from captagent_tls.net.packet import Datagram, Fragment, Segment, Skip, decode
 from captagent_tls.net.tcp import Event as NetEvent
 from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
 from captagent_tls.sinks import OutputError, Sink
-from captagent_tls.sip import Message
 from captagent_tls.sip.framing import (
     MAX_HELD_BYTES,
     MAX_MESSAGE_BYTES,
@@ -157,30 +157,17 @@ class Pipeline:
         self._net_events(events)
 
     def counters(self, into: Counters | None = None) -> Counters:
-        """Everything the stages count, as one snapshot (see counters.py)."""
+        """Everything the stages count, as one snapshot (see counters.py): each stage says
+        what it counts."""
         c = into if into is not None else Counters()
-        stats, tcp, tls, defrag = self.stats, self.tcp.stats, self.tls.stats, self.defrag.stats
+        stats = self.stats
         c.set("packets", stats.frames)
         for reason, count in stats.skipped.items():
             c.set("packets_skipped", count, reason)
-        for outcome in ("fragments", "reassembled", "expired", "overflows"):
-            c.set("ip_fragments", getattr(defrag, outcome), outcome)
+        self.defrag.stats.add_counters(c)
+        self.tcp.add_counters(c)
+        self.tls.add_counters(c)
         for name, value in (
-            ("tcp_segments", tcp.segments),
-            ("flows", tcp.flows),
-            ("active_flows", self.tcp.active_flows),
-            ("flow_evictions", tcp.evictions),
-            ("flow_timeouts", tcp.timeouts),
-            ("tcp_out_of_order", tcp.out_of_order),
-            ("tcp_duplicates", tcp.duplicates),
-            ("tcp_gaps", tcp.gaps),
-            ("tcp_gap_bytes", tcp.gap_bytes),
-            ("tcp_buffer_overflows", tcp.buffer_overflows),
-            ("tls_connections", tls.connections),
-            ("non_tls_flows", tls.non_tls_flows),
-            ("tls_held_bytes", self.tls.held_bytes),
-            ("tls_waiting_connections", self.tls.waiting_connections),
-            ("session_cache_evictions", self.tls.sessions.evictions),
             ("internal_errors", stats.internal_errors),
             ("sip_messages", stats.sip_messages),
             ("sip_messages_unencrypted", stats.plain_sip_messages),
@@ -189,64 +176,8 @@ class Pipeline:
             ("plain_other_bytes", stats.plain_other_bytes),
         ):
             c.set(name, value)
-        c.set("tls_sessions", tls.sessions_full, "full")
-        c.set("tls_sessions", tls.sessions_resumed, "resumed")
-        c.set("tls_sessions", tls.sessions_incomplete, "incomplete")
-        for reason, count in tls.undecryptable.items():
-            c.set("tls_sessions", count, reason)
-        for outcome, value in (
-            ("decrypted", tls.records_decrypted),
-            ("failed_authentication", tls.records_failed),
-            ("unproven_iv", tls.records_unproven),
-            ("no_keys", tls.records_undecrypted),
-            ("expired_waiting_for_keys", tls.records_expired),
-            ("over_hold_cap", tls.records_over_hold_cap),
-        ):
-            c.set("tls_records", value, outcome)
-        c.set("tls_finished", tls.finished_verified, "verified")
-        c.set("tls_finished", tls.finished_failed, "failed")
-        for kind in (
-            "alerts",
-            "key_updates",
-            "early_data_records",
-            "early_data_skipped",
-            "resyncs",
-            "framing_errors",
-            "handshake_errors",
-            "handshakes_too_large",
-        ):
-            c.set("tls_events", getattr(tls, kind), kind)
-        sip = self.sip_budget
-        c.set("sip_messages_dropped", sip.oversized_messages, "message_size")
-        c.set("sip_messages_dropped", sip.over_budget_messages, "all_flows_held")
-        c.set("sip_dropped_bytes", sip.dropped_bytes)
-        c.set("sip_held_bytes", sip.held)
-        c.set("sip_bound_bytes", sip.max_message_bytes, "message_size")
-        c.set("sip_bound_bytes", sip.limit, "all_flows_held")
-        websocket = stats.websocket
-        for kind in (
-            "upgrades",
-            "sip_connections",
-            "other_connections",
-            "refused",
-            "picked_up",
-            "messages",
-            "inflated",
-            "keepalives",
-            "control_frames",
-        ):
-            c.set("websocket", getattr(websocket, kind), kind)
-        for kind, count in websocket.problems.items():
-            c.set("websocket", count, kind)
-        keys = self.tls.keys
-        sources = keys.source_totals()
-        c.set("key_log_secrets", keys.entries)
-        c.set("key_log_evictions", keys.evictions)
-        c.set("key_log_max_secrets", keys.max_entries)
-        c.set("key_log_lines", sources.lines_added, "added")
-        c.set("key_log_lines", sources.malformed_lines, "malformed")
-        c.set("key_log_connections_closed", sources.connections_evicted, "make_room")
-        c.set("key_log_connections_closed", sources.connections_idle, "idle")
+        self.sip_budget.add_counters(c)
+        stats.websocket.add_counters(c)
         return c
 
     def _rsa_done(self, ts: int) -> None:

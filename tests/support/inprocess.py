@@ -11,8 +11,8 @@ from pathlib import Path
 from captagent_tls.capture import Frame
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.keyfiles import load_rsa_keys
+from captagent_tls.message import Message
 from captagent_tls.pipeline import Pipeline, PipelineOptions
-from captagent_tls.sip import Message
 from captagent_tls.tls.events import TlsProblem
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from captagent_tls.counters import Counters
 from captagent_tls.net.packet import Datagram, Fragment, Segment, Skip, transport
 
 MAX_DATAGRAM = 65535 + 40
@@ -23,6 +24,10 @@ class DefragStats:
     reassembled: int = 0
     expired: int = 0
     overflows: int = 0
+
+    def add_counters(self, counters: Counters) -> None:
+        for outcome in ("fragments", "reassembled", "expired", "overflows"):
+            counters.set("ip_fragments", getattr(self, outcome), outcome)
 
 
 class _Pending:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from heapq import heappop, heappush
 from typing import Any, NamedTuple
 
+from captagent_tls.counters import Counters
+from captagent_tls.message import Endpoint
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.net.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Segment
 
@@ -35,8 +37,6 @@ REBASE_AFTER = 1 << 30  # held offsets are re-based once the stream is this far 
 # copied from frames).  With this charge, a flood of tiny segments at the cap held 0.65-0.9
 # of the cap in live memory, and 1.25 at the peak, while a dict copies its table to grow.
 HELD_SEGMENT_OVERHEAD = 200
-
-Endpoint = tuple[bytes, int]  # packed IP address, port
 
 
 def seq_delta(a: int, b: int) -> int:
@@ -170,6 +170,22 @@ class TcpReassembler:
         self._clock = 0
         self._next_sweep = 0
         self._discarded: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
+
+    def add_counters(self, counters: Counters) -> None:
+        stats = self.stats
+        for name, value in (
+            ("tcp_segments", stats.segments),
+            ("flows", stats.flows),
+            ("active_flows", self.active_flows),
+            ("flow_evictions", stats.evictions),
+            ("flow_timeouts", stats.timeouts),
+            ("tcp_out_of_order", stats.out_of_order),
+            ("tcp_duplicates", stats.duplicates),
+            ("tcp_gaps", stats.gaps),
+            ("tcp_gap_bytes", stats.gap_bytes),
+            ("tcp_buffer_overflows", stats.buffer_overflows),
+        ):
+            counters.set(name, value)
 
     @property
     def active_flows(self) -> int:

@@ -6,7 +6,7 @@ from typing import IO, Any
 
 from captagent_tls.counters import Counters
 from captagent_tls.errors import UserFacingError
-from captagent_tls.sip import Message
+from captagent_tls.message import Message
 
 
 class OutputError(UserFacingError):

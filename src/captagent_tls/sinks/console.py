@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from captagent_tls.message import Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import Sink, write_failed
-from captagent_tls.sip import Message
 
 
 def format_time(ts_ns: int) -> str:

@@ -11,9 +11,9 @@ import base64
 import json
 from typing import TextIO
 
+from captagent_tls.message import Message
 from captagent_tls.net.addresses import ip_text
 from captagent_tls.sinks import Sink, write_failed
-from captagent_tls.sip import Message
 
 # ASCII-only output: no line separators (U+2028) or encodings to trip over in consumers
 _string = json.encoder.encode_basestring_ascii

@@ -11,8 +11,8 @@ import logging
 import struct
 from typing import BinaryIO
 
+from captagent_tls.message import Message
 from captagent_tls.sinks import Sink, write_failed
-from captagent_tls.sip import Message
 
 LINKTYPE_WIRESHARK_UPPER_PDU = 252
 PCAP_MAGIC_NS = 0xA1B23C4D

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from captagent_tls.counters import Counters
+
 MAX_HEADER_BYTES = 64 * 1024
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a longer Content-Length is not believed: the block is not SIP
 # The longest SIP message one direction may buffer until it is complete (one that arrives
@@ -104,6 +106,14 @@ class SipBudget:
     oversized_messages: int = 0  # longer than max_message_bytes: dropped
     over_budget_messages: int = 0  # dropped because all framers together held the limit
     dropped_bytes: int = 0  # bytes of the messages dropped by either bound
+
+    def add_counters(self, counters: Counters) -> None:
+        counters.set("sip_messages_dropped", self.oversized_messages, "message_size")
+        counters.set("sip_messages_dropped", self.over_budget_messages, "all_flows_held")
+        counters.set("sip_dropped_bytes", self.dropped_bytes)
+        counters.set("sip_held_bytes", self.held)
+        counters.set("sip_bound_bytes", self.max_message_bytes, "message_size")
+        counters.set("sip_bound_bytes", self.limit, "all_flows_held")
 
 
 class SipFramer:

@@ -12,6 +12,8 @@ from types import MappingProxyType
 
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from captagent_tls.counters import Counters
+
 PMS_LENGTH = 48
 # Key-log secrets held at most (one entry per client random, encrypted pre-master prefix or
 # session ID); beyond it the oldest go first.  Measured with tracemalloc (CPython 3.11, x86-64,
@@ -137,6 +139,16 @@ class KeyStore:
             oldest_map, oldest_key = age.popleft()
             del oldest_map[oldest_key]
             self.evictions += 1
+
+    def add_counters(self, counters: Counters) -> None:
+        sources = self.source_totals()
+        counters.set("key_log_secrets", self.entries)
+        counters.set("key_log_evictions", self.evictions)
+        counters.set("key_log_max_secrets", self.max_entries)
+        counters.set("key_log_lines", sources.lines_added, "added")
+        counters.set("key_log_lines", sources.malformed_lines, "malformed")
+        counters.set("key_log_connections_closed", sources.connections_evicted, "make_room")
+        counters.set("key_log_connections_closed", sources.connections_idle, "idle")
 
     def source_totals(self) -> KeySourceStats:
         """All key sources' counters added up."""

@@ -7,6 +7,7 @@ the tracker keeps the set of connections that wait, so that new keys and the clo
 
 from __future__ import annotations
 
+from captagent_tls.counters import Counters
 from captagent_tls.net.tcp import Flow
 from captagent_tls.tls.connection import TlsConnection
 from captagent_tls.tls.context import HoldLimits, TlsContext, TlsStats
@@ -43,6 +44,45 @@ class TlsTracker:
         # one whose RSA decryption is still running
         self._awaiting_session: dict[TlsConnection, None] = {}
         self._generation = self.keys.generation
+
+    def add_counters(self, counters: Counters) -> None:
+        tls = self.stats
+        for name, value in (
+            ("tls_connections", tls.connections),
+            ("non_tls_flows", tls.non_tls_flows),
+            ("tls_held_bytes", self.held_bytes),
+            ("tls_waiting_connections", self.waiting_connections),
+            ("session_cache_evictions", self.sessions.evictions),
+        ):
+            counters.set(name, value)
+        counters.set("tls_sessions", tls.sessions_full, "full")
+        counters.set("tls_sessions", tls.sessions_resumed, "resumed")
+        counters.set("tls_sessions", tls.sessions_incomplete, "incomplete")
+        for reason, count in tls.undecryptable.items():
+            counters.set("tls_sessions", count, reason)
+        for outcome, value in (
+            ("decrypted", tls.records_decrypted),
+            ("failed_authentication", tls.records_failed),
+            ("unproven_iv", tls.records_unproven),
+            ("no_keys", tls.records_undecrypted),
+            ("expired_waiting_for_keys", tls.records_expired),
+            ("over_hold_cap", tls.records_over_hold_cap),
+        ):
+            counters.set("tls_records", value, outcome)
+        counters.set("tls_finished", tls.finished_verified, "verified")
+        counters.set("tls_finished", tls.finished_failed, "failed")
+        for kind in (
+            "alerts",
+            "key_updates",
+            "early_data_records",
+            "early_data_skipped",
+            "resyncs",
+            "framing_errors",
+            "handshake_errors",
+            "handshakes_too_large",
+        ):
+            counters.set("tls_events", getattr(tls, kind), kind)
+        self.keys.add_counters(counters)
 
     @property
     def held_bytes(self) -> int:

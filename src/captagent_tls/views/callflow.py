@@ -31,9 +31,9 @@ from importlib import resources
 from typing import TextIO
 
 from captagent_tls import __version__
+from captagent_tls.message import Endpoint, Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import OutputError, Sink
-from captagent_tls.sip import Endpoint, Message
 from captagent_tls.sip.headers import address_of, summarize
 
 MAX_CALLS = 200_000

@@ -16,10 +16,10 @@ import io
 import time
 from typing import TextIO
 
+from captagent_tls.message import Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink
-from captagent_tls.sip import Message
 from captagent_tls.sip.headers import summarize
 from captagent_tls.views.colour import (
     DIM,

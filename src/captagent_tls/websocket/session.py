@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from captagent_tls.counters import Counters
 from captagent_tls.sip.framing import SipBudget, SipFramer, Unit, frame_datagram
 from captagent_tls.websocket.deflate import (
     MAX_WINDOW_BITS,
@@ -67,6 +68,22 @@ class WebSocketStats:
     keepalives: int = 0  # messages holding only CRLF
     control_frames: int = 0
     problems: dict[str, int] = field(default_factory=dict)  # kind -> count
+
+    def add_counters(self, counters: Counters) -> None:
+        for kind in (
+            "upgrades",
+            "sip_connections",
+            "other_connections",
+            "refused",
+            "picked_up",
+            "messages",
+            "inflated",
+            "keepalives",
+            "control_frames",
+        ):
+            counters.set("websocket", getattr(self, kind), kind)
+        for kind, count in self.problems.items():
+            counters.set("websocket", count, kind)
 
 
 def looks_like_start(data: bytes) -> str:

@@ -22,8 +22,8 @@ from operator import itemgetter
 from typing import IO, Any
 
 from captagent_tls.capture import Frame
+from captagent_tls.message import Message
 from captagent_tls.sinks import Sink, write_failed
-from captagent_tls.sip import Message
 
 # slots of a record's parts
 JSON, CONSOLE, PCAP, REPORT, FRAME = range(5)

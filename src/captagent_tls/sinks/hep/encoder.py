@@ -8,8 +8,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from captagent_tls.message import Message
 from captagent_tls.sinks.hep.addresses import HepConfigError
-from captagent_tls.sip import Message
 
 HEP_MAGIC = b"HEP3"
 CHUNK_IP_FAMILY = 0x0001

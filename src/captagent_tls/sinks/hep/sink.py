@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from captagent_tls.counters import Counters
+from captagent_tls.message import Message
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.hep.addresses import CollectorAddressError, HepConfigError, parse_collector
 from captagent_tls.sinks.hep.collector import Collector
@@ -20,7 +21,6 @@ from captagent_tls.sinks.hep.queue import QueueLimits
 from captagent_tls.sinks.hep.stream import RetryPolicy, StreamCollector
 from captagent_tls.sinks.hep.tls_context import TlsOptions
 from captagent_tls.sinks.hep.udp import UdpCollector
-from captagent_tls.sip import Message
 
 
 def open_collector(
