@@ -4,12 +4,14 @@ they would with no threads.  A wrong key is still found out."""
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
 
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.tls.keys import KeyStore, RsaKey
+from captagent_tls.tls.rsa_pool import BUSY_SWITCH_INTERVAL_S
 from tests.support.groundtruth import load_groundtruth
 from tests.support.inprocess import Collected, key_store, read_frames
 from tests.support.paths import FIXTURES
@@ -75,3 +77,26 @@ def test_a_wrong_key_is_still_found_out(slow_rsa):
     assert out.messages == []
     assert "none of the given keys matches its certificate" in out.problem_text()
     assert pipeline.tls.stats.undecryptable == {"no_key": len(truth.connections)}
+
+
+def test_the_switch_interval_is_short_only_while_decryptions_are_pending(slow_rsa):
+    """The pool shortens the GIL switch interval so its threads get the GIL back right after
+    each decryption, and gives the interval back once nothing is pending: a short interval
+    costs the capture loop CPU when there is nothing to hand over."""
+    before = sys.getswitchinterval()
+    out = Collected()
+    pipeline = Pipeline(
+        key_store([FIXTURES.parent / "keys" / "server-rsa2048.key"]),
+        [out],
+        out.problems.append,
+        PipelineOptions(rsa_threads=1),
+    )
+    seen_while_pending = []
+    for frame in read_frames(FIXTURES / "tls12-aes256gcm-ems.pcap"):
+        pipeline.frame(frame)
+        if pipeline.tls.context.rsa is not None and pipeline.tls.context.rsa.busy:
+            seen_while_pending.append(sys.getswitchinterval())
+    pipeline.finish()
+    assert seen_while_pending and max(seen_while_pending) <= BUSY_SWITCH_INTERVAL_S
+    assert sys.getswitchinterval() == before
+    assert out.messages

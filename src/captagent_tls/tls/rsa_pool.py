@@ -27,7 +27,13 @@ if TYPE_CHECKING:
     from captagent_tls.tls.state import ConnectionState
 
 
-SWITCH_INTERVAL_S = 0.001
+# While decryptions are pending, the interpreter hands the GIL over this often.  A pool thread
+# needs the GIL back after each decryption (to return its result and start the next one), and
+# a busy capture loop keeps the GIL until the switch interval runs out: with the default 5 ms,
+# or even 1 ms, the thread spends most of its time waiting for the GIL, not decrypting, and
+# the pool is no faster than decrypting in the capture loop (measured: bench/README.md,
+# "RSA off the packet path").  The interval goes back to what it was once nothing is pending.
+BUSY_SWITCH_INTERVAL_S = 0.00002
 
 
 class RsaJob:
@@ -68,18 +74,18 @@ class RsaPool:
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[RsaJob] = set()
         self._lock = threading.Lock()
+        self._idle_interval: float | None = None  # the switch interval while nothing is pending
         # jobs done and not yet taken up by the capture loop (appended by the pool's threads)
         self.completed: deque[RsaJob] = deque()
 
     def submit(self, owner: ConnectionState, keys: Sequence[RsaKey], encrypted: bytes) -> RsaJob:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="rsa")
-            # a thread that finished a decryption needs the GIL back to hand its result over
-            # and take the next job; the busy capture loop would keep it up to the default
-            # 5 ms switch interval, longer than the decryption itself
-            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         job = RsaJob(self._executor.submit(_decrypt_all, tuple(keys), encrypted), owner)
         with self._lock:
+            if not self._pending and self._idle_interval is None:
+                self._idle_interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(self._idle_interval, BUSY_SWITCH_INTERVAL_S))
             self._pending.add(job)
         job.future.add_done_callback(lambda _future: self._finished(job))
         return job
@@ -87,6 +93,9 @@ class RsaPool:
     def _finished(self, job: RsaJob) -> None:
         with self._lock:
             self._pending.discard(job)
+            if not self._pending and self._idle_interval is not None:
+                sys.setswitchinterval(self._idle_interval)
+                self._idle_interval = None
         self.completed.append(job)
 
     @property
