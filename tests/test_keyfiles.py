@@ -85,3 +85,39 @@ def test_a_password_for_a_key_without_one_is_not_an_error(tmp_path, encoding):
 def test_garbage_is_not_a_key_file(tmp_path):
     with pytest.raises(KeyFileError, match="not a private key file"):
         load_rsa_keys(write(tmp_path, "x.key", b"\x30\x03abcdefgh"), b"pw", no_prompt)
+
+
+@pytest.mark.parametrize("encoding", ["pem", "der"])
+def test_a_key_whose_parts_do_not_fit_together_is_refused_with_one_line(tmp_path, encoding):
+    """Keys load without OpenSSL's slow full check; a round trip stands in for it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    good = rsa.generate_private_key(65537, 2048).private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        good.p,
+        good.q,
+        good.d ^ (1 << 100),  # a wrong private exponent: every decryption comes out wrong
+        good.dmp1 ^ 2,
+        good.dmq1 ^ 2,
+        good.iqmp,
+        good.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    path = tmp_path / f"broken.{encoding}"
+    path.write_bytes(
+        broken.private_bytes(
+            serialization.Encoding.PEM if encoding == "pem" else serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(KeyFileError, match="inconsistent"):
+        load_rsa_keys(str(path))
+    fine = tmp_path / f"fine.{encoding}"
+    fine.write_bytes(
+        good.private_key().private_bytes(
+            serialization.Encoding.PEM if encoding == "pem" else serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    assert len(load_rsa_keys(str(fine))) == 1

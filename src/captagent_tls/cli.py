@@ -499,7 +499,7 @@ def import_what_packets_may_need() -> None:
     """Modules the packet path imports only when it meets what needs them (start-up stays
     short) are imported now, while their files can be read: the user we switch to may not
     read the interpreter's library (a Python under /root, say)."""
-    import cryptography.x509  # noqa: F401 - certificates
+    import cryptography.hazmat.primitives.serialization  # noqa: F401 - certificates' keys
 
     import captagent_tls.websocket  # noqa: F401
 

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from captagent_tls.counters import Counters
+from captagent_tls.tls.certificate import rsa_modulus
 
 PMS_LENGTH = 48
 # Key-log secrets held at most (one entry per client random, encrypted pre-master prefix or
@@ -176,19 +177,7 @@ class KeyStore:
         """The RSA modulus of a certificate's public key, or None when it is not RSA."""
         if cert_der in self._cert_moduli:
             return self._cert_moduli[cert_der]
-        # imported here: x509 costs tens of ms of start-up, and few runs see a certificate
-        from cryptography import x509
-        from cryptography.exceptions import UnsupportedAlgorithm
-
-        try:
-            public_key = x509.load_der_x509_certificate(cert_der).public_key()
-        except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion):
-            # from the wire, so anything: not a certificate whose RSA key we could match
-            modulus = None
-        else:
-            modulus = (
-                public_key.public_numbers().n if isinstance(public_key, rsa.RSAPublicKey) else None
-            )
+        modulus = rsa_modulus(cert_der)
         self._cert_moduli[cert_der] = modulus
         if len(self._cert_moduli) > self.CERT_CACHE:
             self._cert_moduli.popitem(last=False)
