@@ -7,6 +7,8 @@ name, TLS 1.3 offered, ticket, HelloRetryRequest); a certificate found is handed
 
 Oracle: only ``ParseError`` escapes; the fields returned have their fixed sizes (a 32-byte
 random, a two-byte suite list, session IDs of at most 255 bytes) and are pieces of the input.
+A certificate's RSA modulus, which we read without ``cryptography.x509``
+(tls/certificate.py), is the one x509 reads whenever x509 accepts the certificate.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ def _check_hello(hello: hsk.ClientHello | hsk.ServerHello, body: bytes) -> None:
             raise OracleFailure("hello-extension", f"extension {ext_type}")
 
 
+def _x509_modulus(cert: bytes) -> int | None:
+    """The RSA modulus as cryptography.x509 reads it (None when it refuses the certificate
+    or the key is not RSA): the independent reference for tls/certificate.py."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        public_key = x509.load_der_x509_certificate(cert).public_key()
+    except Exception:  # noqa: BLE001 - x509 refusing the bytes is an answer, not a finding
+        return None
+    return public_key.public_numbers().n if isinstance(public_key, rsa.RSAPublicKey) else None
+
+
 def one_input(data: bytes) -> None:
     if not data:
         return
@@ -91,6 +106,9 @@ def one_input(data: bytes) -> None:
                 modulus = _keys.certificate_modulus(cert)
                 if modulus is not None and not isinstance(modulus, int):
                     raise OracleFailure("certificate-modulus", repr(modulus))
+                expected = _x509_modulus(cert)
+                if expected is not None and modulus != expected:
+                    raise OracleFailure("certificate-modulus", "not the modulus x509 reads")
         elif parser.startswith("ticket"):
             ticket = hsk.session_ticket(body, tls13=parser.endswith("13"))
             if ticket and ticket not in body:

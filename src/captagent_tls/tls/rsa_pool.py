@@ -74,6 +74,7 @@ class RsaPool:
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[RsaJob] = set()
         self._lock = threading.Lock()
+        self._all_done = threading.Condition(self._lock)  # notified when _pending empties
         self._idle_interval: float | None = None  # the switch interval while nothing is pending
         # jobs done and not yet taken up by the capture loop (appended by the pool's threads)
         self.completed: deque[RsaJob] = deque()
@@ -91,23 +92,29 @@ class RsaPool:
         return job
 
     def _finished(self, job: RsaJob) -> None:
+        # the job is in ``completed`` before it leaves ``_pending``, under one lock: the
+        # capture loop, which decides from the two whether anything is still to come, never
+        # sees a job in neither
         with self._lock:
+            self.completed.append(job)
             self._pending.discard(job)
-            if not self._pending and self._idle_interval is not None:
-                sys.setswitchinterval(self._idle_interval)
-                self._idle_interval = None
-        self.completed.append(job)
+            if not self._pending:
+                if self._idle_interval is not None:
+                    sys.setswitchinterval(self._idle_interval)
+                    self._idle_interval = None
+                self._all_done.notify_all()
 
     @property
     def busy(self) -> bool:
         return bool(self._pending)
 
     def wait(self) -> None:
-        """Until every job submitted so far is done (the end of a capture file)."""
+        """Until every job submitted so far is done and in ``completed`` (the end of a
+        capture file).  Waiting for the futures alone is not enough: a future is done before
+        its callback has handed the job over."""
         with self._lock:
-            pending = list(self._pending)
-        for job in pending:
-            job.future.exception()  # waits; an error is the job's to report
+            while self._pending:
+                self._all_done.wait()
 
     def close(self) -> None:
         if self._executor is not None:
