@@ -121,6 +121,16 @@ ca = "ca.pem"
     assert load_native(write(tmp_path / "stdin.toml", 'read = "-"\n'))["read"] == "-"
 
 
+def test_native_home_of_a_user_who_does_not_exist_is_one_clear_error(tmp_path: Path) -> None:
+    """``~user`` expands to that user's home; a user who does not exist is said as such (it
+    was a RuntimeError from pathlib, found by fuzzing the config reader)."""
+    cfg = write(tmp_path / "agent.toml", 'key = ["~no-such-user-here-7/server.key"]\n')
+    with pytest.raises(ConfigError, match="there is no user 'no-such-user-here-7' here"):
+        load_native(cfg)
+    home = load_native(write(tmp_path / "home.toml", 'key = ["~/server.key"]\n'))
+    assert home["key"] == [str(Path.home() / "server.key")]
+
+
 def test_example_file_loads_and_documents_every_option(tmp_path: Path) -> None:
     values = load_native(EXAMPLE)
     assert values["interface"] == "any" and values["hep_id"] == 2001

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from captagent_tls.config.options import PATH_OPTIONS
+from captagent_tls.config.values import shown
 from captagent_tls.errors import UserFacingError
 
 #: The most a configuration file may hold: captagent's and ours are a few KiB.
@@ -30,7 +31,12 @@ def read_limited(path: str | Path) -> bytes:
 def relative_to(base: Path, name: str) -> str:
     if name == "-" or not name:
         return name
-    path = Path(name).expanduser()
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:  # ~user of a user who does not exist here (or no home directory)
+        user = name[1:].split("/", 1)[0]
+        why = f"there is no user {shown(user)} here" if user else "there is no home directory"
+        raise ConfigError(f"file name {shown(name)}: {why}") from None
     return str(path if path.is_absolute() else base / path)
 
 
