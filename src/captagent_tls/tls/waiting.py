@@ -94,21 +94,26 @@ class KeyWaiting(ConnectionState):
                     for rest in records[index:]:
                         self._requeue(rest)
                     return
-                if record.dropped:
-                    self._skip_dropped(record, events)
-                elif record.content_type == FRAMING_LOST:  # bytes lost after those before
-                    self._lost(record.direction, events, record.ts_ns)
-                else:
-                    self._record(
-                        record.direction,
-                        record.content_type,
-                        record.version,
-                        record.fragment,
-                        record.ts_ns,
-                        events,
-                    )
+                self._handle_held(record, events)
         finally:
             self._replaying = False
+
+    def _handle_held(self, record: HeldRecord, events: list[Event]) -> None:
+        """One record that waited, handled as it would have been on arrival: a stand-in for
+        one that did not fit, a loss of bytes behind the records before it, or a record."""
+        if record.dropped:
+            self._skip_dropped(record, events)
+        elif record.content_type == FRAMING_LOST:  # bytes lost after those before
+            self._lost(record.direction, events, record.ts_ns)
+        else:
+            self._record(
+                record.direction,
+                record.content_type,
+                record.version,
+                record.fragment,
+                record.ts_ns,
+                events,
+            )
 
     def settle_without_session(self, events: list[Event]) -> None:
         """Records held for a resumed session that no worker had: handled now as they would
@@ -121,17 +126,7 @@ class KeyWaiting(ConnectionState):
         self.ctx.settling = True
         try:
             for record in records:
-                if record.dropped:
-                    self._skip_dropped(record, events)
-                else:
-                    self._record(
-                        record.direction,
-                        record.content_type,
-                        record.version,
-                        record.fragment,
-                        record.ts_ns,
-                        events,
-                    )
+                self._handle_held(record, events)
         finally:
             self.ctx.settling = False
 
