@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.browser import FLAGS as BROWSER_FLAGS
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 KEY = ROOT / "tests" / "fixtures" / "keys" / "server-rsa2048.key"
@@ -128,13 +130,7 @@ def chromium_ready_ms(report: Path, fragment: str) -> dict[str, int]:
         dom = subprocess.run(
             [
                 chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
+                *BROWSER_FLAGS,  # the same headless browser as the tests' DOM checks
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=30000",
                 "--dump-dom",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import struct
 import time
 
 from websockets.extensions.permessage_deflate import PerMessageDeflate
@@ -26,8 +25,8 @@ from websockets.frames import Opcode
 from captagent_tls.capture import Frame
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.tls.keys import KeyStore
+from tests.support.tlswriter import TcpConversation
 
-CLIENT, SERVER = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 REQUEST = (
     f"GET /ws HTTP/1.1\r\nHost: sip.example.com\r\nUpgrade: websocket\r\n"
@@ -68,44 +67,17 @@ def messages(n: int) -> list[bytes]:
     return out
 
 
-def tcp_frames(stream: list[tuple[int, bytes]], mss: int = 1460) -> list[Frame]:
-    seq = [1000, 5000]
-    ends = [(CLIENT, 40000), (SERVER, 443)]
-    frames = []
-    ts = 1_700_000_000_000_000_000
-
-    def packet(direction: int, flags: int, payload: bytes = b"") -> None:
-        nonlocal ts
-        (src, sport), (dst, dport) = ends[direction], ends[1 - direction]
-        tcp = (
-            struct.pack(
-                "!HHIIBBHHH",
-                sport,
-                dport,
-                seq[direction],
-                seq[1 - direction],
-                5 << 4,
-                flags,
-                65535,
-                0,
-                0,
-            )
-            + payload
-        )
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, src, dst)
-        frames.append(Frame(ts, 1, b"\0" * 12 + b"\x08\x00" + ip + tcp))
-        ts += 10_000
-        seq[direction] += len(payload) + (1 if flags & 0x03 else 0)
-
-    packet(0, 0x02)
-    packet(1, 0x12)
-    packet(0, 0x10)
-    for direction, data in stream:
+def tcp_frames(exchange: list[tuple[int, bytes]], mss: int = 1460) -> list[Frame]:
+    """Ethernet/IPv4/TCP frames of one connection (the tests' TCP writer) carrying
+    ``exchange`` in segments of ``mss`` bytes."""
+    port = 443
+    conversation = TcpConversation(server_port=port)
+    conversation.open()
+    for direction, data in exchange:
         for at in range(0, len(data), mss):
-            packet(direction, 0x18, data[at : at + mss])
-    packet(0, 0x11)
-    packet(1, 0x11)
-    return frames
+            conversation.send(direction, data[at : at + mss])
+    conversation.close()
+    return conversation.frames
 
 
 class CountingSink:

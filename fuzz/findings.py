@@ -120,6 +120,20 @@ def save(finding: Finding, root: Path) -> tuple[Path, bool]:
     return folder, new
 
 
+def record_hit(hits: Path, target: str, finding: Finding, new: bool, folder: Path) -> None:
+    """One line in the run's list of hits (JSON lines), which the runner sums up at the end."""
+    line = {
+        "target": target,
+        "signature": finding.signature,
+        "summary": finding.summary,
+        "location": finding.location,
+        "new": new,
+        "folder": str(folder),
+    }
+    with hits.open("a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
 def load_all(root: Path) -> list[dict[str, object]]:
     """Every finding's metadata under a findings folder."""
     out = []

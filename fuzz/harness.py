@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -55,20 +54,7 @@ class Guard:
             return
         self.seen.add(finding.signature)
         if self.hits is not None:
-            with self.hits.open("a") as out:
-                out.write(
-                    json.dumps(
-                        {
-                            "target": self.name,
-                            "signature": finding.signature,
-                            "summary": finding.summary,
-                            "location": finding.location,
-                            "new": new,
-                            "folder": str(folder),
-                        }
-                    )
-                    + "\n"
-                )
+            findings.record_hit(self.hits, self.name, finding, new, folder)
         print(
             f"\n{'NEW ' if new else ''}FINDING {self.name}/{finding.signature}: "
             f"{finding.summary} [{finding.location}]",

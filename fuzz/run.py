@@ -201,20 +201,7 @@ def _record_libfuzzer_artifacts(name: str, root: Path, log_path: Path, hits: Pat
         )
         folder, new = findings.save(finding, root)
         artifact.unlink()
-        with hits.open("a") as out:
-            out.write(
-                json.dumps(
-                    {
-                        "target": name,
-                        "signature": finding.signature,
-                        "summary": finding.summary,
-                        "location": finding.location,
-                        "new": new,
-                        "folder": str(folder),
-                    }
-                )
-                + "\n"
-            )
+        findings.record_hit(hits, name, finding, new, folder)
         print(
             f"[{name}] FINDING {finding.signature} (input {len(data)} bytes) -> {folder}",
             file=sys.stderr,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from captagent_tls.tls.keys import KeyStore
 from tests.support.cli import payload_bytes, received, run
 from tests.support.groundtruth import load_groundtruth, scenario_files
 from tests.support.inprocess import key_store, read_frames, run_frames
+from tests.support.oracle import packet_times
 from tests.support.paths import FIXTURES
 
 CASES = [pytest.param(cap, js, id=cap.stem) for cap, js in scenario_files(FIXTURES)]
@@ -53,38 +53,6 @@ def test_fixture_gives_the_messages_sent(capture: Path, js: Path):
     assert failed == tampered
     if not any(not c.expect_decrypt for c in truth.connections):
         assert "undecryptable: 0" in stderr
-
-
-def packet_times(capture: Path) -> set[tuple[str, int, str]]:
-    """(time in µs, source port, destination port) of every TCP packet with payload, by
-    tshark: an independent reading of the capture."""
-    proc = subprocess.run(
-        [
-            "tshark",
-            "-n",
-            "-r",
-            str(capture),
-            "-Y",
-            "tcp.len > 0",
-            "-T",
-            "fields",
-            "-e",
-            "frame.time_epoch",
-            "-e",
-            "tcp.srcport",
-            "-e",
-            "tcp.dstport",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    times = set()
-    for line in proc.stdout.splitlines():
-        stamp, sport, dport = line.split("\t")
-        seconds, _, fraction = stamp.partition(".")
-        times.add((f"{seconds}.{(fraction + '000000')[:6]}", int(sport), int(dport)))
-    return times
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")

@@ -30,6 +30,7 @@ from captagent_tls.websocket.handshake import (
     parse_request,
     parse_response,
 )
+from tests.support.tlswriter import TcpConversation
 
 websockets_frames = pytest.importorskip("websockets.frames")
 permessage_deflate = pytest.importorskip("websockets.extensions.permessage_deflate")
@@ -504,44 +505,14 @@ def tcp_frames(
     exchange: list[tuple[int, bytes]], *, syn: bool = True, mss: int = 1400, port: int = 8080
 ) -> list[Frame]:
     """Ethernet/IPv4/TCP frames of one connection carrying ``exchange`` in order."""
-    seq = [1000, 5000]
-    ends = [(CLIENT_IP, 40000), (SERVER_IP, port)]
-    frames = []
-    ts = 1_700_000_000_000_000_000
-
-    def packet(direction: int, flags: int, payload: bytes = b"") -> None:
-        nonlocal ts
-        (src, sport), (dst, dport) = ends[direction], ends[1 - direction]
-        tcp = (
-            struct.pack(
-                "!HHIIBBHHH",
-                sport,
-                dport,
-                seq[direction],
-                seq[1 - direction],
-                5 << 4,
-                flags,
-                65535,
-                0,
-                0,
-            )
-            + payload
-        )
-        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 0, 0, 64, 6, 0, src, dst)
-        frames.append(Frame(ts, 1, b"\0" * 12 + b"\x08\x00" + ip + tcp))
-        ts += 1000
-        seq[direction] += len(payload) + (1 if flags & 0x03 else 0)
-
+    conversation = TcpConversation(server_port=port)
     if syn:
-        packet(0, 0x02)
-        packet(1, 0x12)
-        packet(0, 0x10)
+        conversation.open()
     for direction, data in exchange:
         for at in range(0, len(data), mss):
-            packet(direction, 0x18, data[at : at + mss])
-    packet(0, 0x11)
-    packet(1, 0x11)
-    return frames
+            conversation.send(direction, data[at : at + mss])
+    conversation.close()
+    return conversation.frames
 
 
 def run_pipeline(frames: list[Frame]):

@@ -18,6 +18,7 @@ import pytest
 from tests.fixtures import make_ws_captures, peers
 from tests.support.cli import payload_bytes, received, run
 from tests.support.groundtruth import GroundTruth, load_groundtruth
+from tests.support.oracle import packet_times
 from tests.support.paths import FIXTURE_KEYS, FIXTURES
 
 WS_FIXTURES = FIXTURES.parent / "websocket"
@@ -110,36 +111,6 @@ def test_tshark_shows_the_same_messages(name):
     missed = make_ws_captures.tshark_misses(doc)
     assert len(shown) == len(doc["messages"]) - len(missed) > 0
     assert all(port in server_ports for port, direction, *_ in shown if direction == "s2c")
-
-
-def packet_times(capture: Path) -> set[tuple[str, int, int]]:
-    proc = subprocess.run(
-        [
-            "tshark",
-            "-n",
-            "-r",
-            str(capture),
-            "-Y",
-            "tcp.len > 0",
-            "-T",
-            "fields",
-            "-e",
-            "frame.time_epoch",
-            "-e",
-            "tcp.srcport",
-            "-e",
-            "tcp.dstport",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    times = set()
-    for line in proc.stdout.splitlines():
-        stamp, sport, dport = line.split("\t")
-        seconds, _, fraction = stamp.partition(".")
-        times.add((f"{seconds}.{(fraction + '000000')[:6]}", int(sport), int(dport)))
-    return times
 
 
 @needs_tshark

@@ -104,6 +104,12 @@ def parse_arguments(
     return resolve(parser, argv, file_values)
 
 
+def configure_logging(verbose: int) -> None:
+    """Warnings by default, -v information, -vv debugging; every line names the program."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="captagent-tls: %(message)s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -111,14 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format="captagent-tls: %(message)s",
-    )
+    configure_logging(args.verbose)
     if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(encoding="utf-8", errors="backslashreplace")
     try:

@@ -200,6 +200,24 @@ class TlsSipServer:
         self.listener.close()
 
 
+def client_context(
+    *, tls13: bool, keylog: Path | None = None, ciphers: str = "AES256-GCM-SHA384"
+) -> ssl.SSLContext:
+    """A client context that trusts any server (the tests' own), TLS 1.3 or 1.2 with
+    ``ciphers``, writing its key log to ``keylog`` if given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if tls13:
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+    else:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(ciphers)
+    if keylog is not None:
+        context.keylog_filename = str(keylog)
+    return context
+
+
 def sip_call(
     server: TlsSipServer,
     *,
@@ -220,17 +238,7 @@ def sip_call(
     if plain:
         conn: socket.socket = raw
     else:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        if tls13:
-            context.minimum_version = ssl.TLSVersion.TLSv1_3
-        else:
-            context.maximum_version = ssl.TLSVersion.TLSv1_2
-            context.set_ciphers("AES256-GCM-SHA384")
-        if keylog is not None:
-            context.keylog_filename = str(keylog)
-        conn = context.wrap_socket(raw)
+        conn = client_context(tls13=tls13, keylog=keylog).wrap_socket(raw)
     for direction, data in script:
         if direction == "c2s":
             conn.sendall(data)

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -380,3 +381,35 @@ def capture_time_range(
     if not times:
         raise ValueError(f"{pcap}: no frames")
     return min(times), max(times)
+
+
+def packet_times(capture: Path) -> set[tuple[str, int, int]]:
+    """(time in µs, source port, destination port) of every TCP packet with payload, by
+    tshark: an independent reading of the capture."""
+    proc = subprocess.run(
+        [
+            "tshark",
+            "-n",
+            "-r",
+            str(capture),
+            "-Y",
+            "tcp.len > 0",
+            "-T",
+            "fields",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    times = set()
+    for line in proc.stdout.splitlines():
+        stamp, sport, dport = line.split("\t")
+        seconds, _, fraction = stamp.partition(".")
+        times.add((f"{seconds}.{(fraction + '000000')[:6]}", int(sport), int(dport)))
+    return times

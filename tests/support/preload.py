@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.peers import C2S, S2C, SipFactory
-from tests.support.live import Sent
+from tests.support.live import Sent, client_context
 from tests.support.paths import TESTS
 from tests.support.sip_responder import TLS12_ECDHE, read_message
 
@@ -125,22 +125,6 @@ def requests(client_port: int, server_port: int, seed: int) -> list[bytes]:
     return [text.encode() for direction, text in dialogs if direction == C2S] + [
         factory.options().encode()
     ]
-
-
-def client_context(
-    *, tls13: bool, keylog: Path | None = None, ciphers: str = TLS12_ECDHE
-) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    if tls13:
-        context.minimum_version = ssl.TLSVersion.TLSv1_3
-    else:
-        context.maximum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers(ciphers)
-    if keylog is not None:
-        context.keylog_filename = str(keylog)
-    return context
 
 
 def sip_exchange(

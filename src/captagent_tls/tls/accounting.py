@@ -135,15 +135,12 @@ class SessionAccounting(ConnectionState):
         self.failed = reason
         if self.outcome is None:
             self._set_outcome(reason.value)
-        events.append(
-            TlsProblem(
-                self.flow,
-                reason.value,
-                describe(reason, self._facts(detail)),
-                ts,
-                self.server_endpoint(),
-            )
-        )
+        events.append(self._problem(reason, ts, detail))
+
+    def _problem(self, reason: Reason, ts: int, detail: str) -> TlsProblem:
+        """The problem event for ``reason``, worded with what is known of the session."""
+        explanation = describe(reason, self._facts(detail))
+        return TlsProblem(self.flow, reason.value, explanation, ts, self.server_endpoint())
 
     def _refuse(self, reason: Reason, ts: int, events: list[Event], detail: str) -> None:
         """The session contradicts itself: nothing more of it is opened or passed on."""
@@ -158,15 +155,7 @@ class SessionAccounting(ConnectionState):
             self.handshake.candidates = []
         self.failed = reason
         self._set_outcome(reason.value)
-        events.append(
-            TlsProblem(
-                self.flow,
-                reason.value,
-                describe(reason, self._facts(detail)),
-                ts,
-                self.server_endpoint(),
-            )
-        )
+        events.append(self._problem(reason, ts, detail))
 
     def _notice(self, notice: Notice, ts: int, events: list[Event], message: str) -> None:
         if notice in self.notices:

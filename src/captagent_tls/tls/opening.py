@@ -142,26 +142,6 @@ class RecordOpening(ConnectionState):
         self.stats.resyncs += 1
         return opened
 
-    @staticmethod
-    def _guess_sequence(
-        decryptor: Decryptor, content_type: int, version: int, fragment: bytes
-    ) -> tuple[int, bytes] | None:
-        first = decryptor.seq
-        guesses = range(first, first + RESYNC_MAX_SKIPPED_RECORDS)
-        explicit = getattr(decryptor, "explicit", 0)
-        if explicit and len(fragment) >= explicit:
-            # most stacks use the sequence number as the explicit GCM/CCM nonce
-            nonce_seq = int.from_bytes(fragment[:explicit], "big")
-            if first <= nonce_seq < first + (1 << 20):
-                guesses = range(nonce_seq, nonce_seq + 1)
-        for seq in guesses:
-            decryptor.seq = seq
-            opened = try_open(decryptor, content_type, version, fragment)
-            if opened is not None:
-                return opened
-        decryptor.seq = first
-        return None
-
     def _open_trial(
         self,
         direction: int,

@@ -4,11 +4,10 @@ loads the keys from the command line's files, and runs."""
 
 from __future__ import annotations
 
-import logging
 import pickle
 import sys
 
-from captagent_tls.cli import load_rsa_key_files, one_line
+from captagent_tls.cli import configure_logging, load_rsa_key_files, one_line
 from captagent_tls.errors import UserFacingError
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.workers.channel import Channel
@@ -18,14 +17,7 @@ from captagent_tls.workers.worker import run_worker
 def main() -> int:
     spec, (read_fd, write_fd) = pickle.load(sys.stdin.buffer)
     args = spec.args
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format="captagent-tls: %(message)s",
-    )
+    configure_logging(args.verbose)
     channel = Channel(read_fd, write_fd, blocking_writes=True)
     keys = KeyStore()
     try:

@@ -79,6 +79,18 @@ def close_outputs(writers: Writers, closing: list[Sink], exporter: Any) -> None:
         raise failure
 
 
+def close_all(
+    views: Any, writers: Writers, closing: list[Sink], exporter: Any, reporter: Any
+) -> None:
+    """The end of a run: the status lines stop, the outputs close, the last problems show."""
+    views.stop_lines()
+    try:
+        close_outputs(writers, closing, exporter)
+        views.close()
+    finally:
+        reporter.flush()
+
+
 def print_summary(
     args: argparse.Namespace, parent: Parent, views: Any, closing: list[Sink]
 ) -> None:
@@ -149,12 +161,7 @@ def run_offline_workers(args: argparse.Namespace, workers: int) -> int:
                 and not interrupted
                 and not parent.slots[0].notes.get("error")
             )
-        views.stop_lines()
-        try:
-            close_outputs(writers, closing, exporter)
-            views.close()
-        finally:
-            reporter.flush()
+        close_all(views, writers, closing, exporter, reporter)
     if parent.failure is not None:
         raise cli.UserError(parent.failure)
     notes = parent.slots[0].notes
@@ -299,12 +306,7 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
             listener.close()
         with contextlib.suppress(OutputError, BrokenPipeError):
             parent.merger.write_ready()
-        views.stop_lines()
-        try:
-            close_outputs(writers, closing, exporter)
-            views.close()
-        finally:
-            reporter.flush()
+        close_all(views, writers, closing, exporter, reporter)
     if parent.failure is not None:
         raise cli.UserError(parent.failure)
     print_summary(args, parent, views, closing)
