@@ -432,7 +432,7 @@ def test_captagent_decrypts_live_with_the_keys_arriving_over_udp(library, tls13)
         calls = exchanges(server.port, 4, tls13=tls13, parallel=2)
         assert agent.stop() == 0
         assert server.stop() == ""
-    assert received(agent.json()) == expected(calls)
+    assert received(agent.json()) == expected(calls), agent.stderr
     assert " 0 without keys, 0 dropped waiting for keys" in agent.stderr
 
 

@@ -146,11 +146,29 @@ class Agent:
         self.drained = False
 
     def _drain(self) -> None:
-        """Whatever the kernel already holds is still processed before shutdown."""
+        """Whatever the kernel already holds is still processed before shutdown, and the
+        key-log lines already sent with it (records may wait for them)."""
         try:
+            self._read_waiting_keys()
             self._read_frames()
+            self._read_waiting_keys()
         except Exception:  # noqa: BLE001 - shutting down: never lose the final flush for this
             log.exception("reading the last packets failed")
+
+    def _read_waiting_keys(self) -> None:
+        added = sum(source.poll() for source in self.key_files)
+        for _ in range(MAX_BATCHES_PER_TURN):  # a listener reads a bounded batch per call
+            watched = [sock for listener in self.listeners for sock in listener.sockets()]
+            if not watched:
+                break
+            ready, _, _ = select.select(watched, [], [], 0)
+            ready_fds = {r if isinstance(r, int) else r.fileno() for r in ready}
+            got = sum(listener.handle(ready_fds) for listener in self.listeners) if ready else 0
+            if not got:
+                break
+            added += got
+        if added:
+            self.pipeline.keys_added(time.time_ns())
 
     def _do_reload(self, now: int) -> None:
         log.warning("SIGHUP: reloading keys and key logs")

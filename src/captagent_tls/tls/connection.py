@@ -134,6 +134,13 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         events: list[Event] = []
         if self.refused:
             return events
+        self._install_missing_keys()
+        if self.held:
+            self._replay(events)
+        return events
+
+    def _install_missing_keys(self) -> None:
+        """Give the sides still without keys those that have arrived since they looked."""
         hs = self.handshake
         if hs is not None and hs.rsa_job is not None and hs.rsa_job.done:
             self._collect_rsa(hs)
@@ -148,9 +155,6 @@ class TlsConnection(Negotiation, RecordOpening, KeyWaiting, SessionAccounting):
         for direction, side in enumerate(self.sides):
             if side.encrypted and not side.has_keys:
                 self._install(direction)
-        if self.held:
-            self._replay(events)
-        return events
 
     @property
     def app_info(self) -> TlsInfo:

@@ -108,6 +108,9 @@ class ConnectionState:
     def _collect_rsa(self, hs: HandshakeState) -> None:
         raise NotImplementedError
 
+    def _install_missing_keys(self) -> None:
+        raise NotImplementedError
+
     def _take_pending(self, hs: HandshakeState, direction: int) -> None:
         raise NotImplementedError
 

@@ -21,6 +21,14 @@ class KeyWaiting(ConnectionState):
             if self.sides[record.direction].has_keys:
                 self._record(*record[:5], events)
                 return
+        if self.held is None and self.ctx.keys_may_arrive and not self.failed_for_good:
+            # Keys that arrived while this connection held no records were offered to the
+            # connections that did, not to this one (a TLS 1.3 key log's lines come one by
+            # one: the client's handshake secret may follow the server's first flight).
+            self._install_missing_keys()
+            if self.sides[record.direction].has_keys:
+                self._record(*record[:5], events)
+                return
         if self.keys_coming:  # being worked out off the packet path: wait for them
             self._hold(record, events)
             return
