@@ -548,11 +548,18 @@ def test_kamailio_5_under_the_library_tls13_sip_decrypted_live(library, tmp_path
 # -- built and found by the package -----------------------------------------------------------
 
 
-def test_the_command_prints_the_library_and_a_dropin(library):
+@pytest.fixture
+def package_library() -> Path:
+    """The library the package found (the command looks for it before anything else)."""
     from captagent_tls.preload import built_library
 
-    if built_library() is None:
+    found = built_library()
+    if found is None:
         pytest.skip("the package's library is not built (not installed with cc and libssl-dev)")
+    return found
+
+
+def test_the_command_prints_the_library_and_a_dropin(package_library):
     out = subprocess.run(
         [
             sys.executable,
@@ -573,7 +580,7 @@ def test_the_command_prints_the_library_and_a_dropin(library):
     assert lines[0] == "# /etc/systemd/system/kamailio.service.d/captagent-keylog.conf"
     assert lines[-2:] == [
         "[Service]",
-        f"Environment=LD_PRELOAD={built_library()} SSLKEYLOG_UDP=127.0.0.1:5999",
+        f"Environment=LD_PRELOAD={package_library} SSLKEYLOG_UDP=127.0.0.1:5999",
     ]
     assert all(line.startswith("#") for line in lines[:-2])
 
@@ -601,13 +608,13 @@ def test_the_command_checks_a_running_server(library, tmp_path):
         (["--file", "keys.log"], "absolute path"),
     ],
 )
-def test_the_command_refuses_what_the_library_would_not_take(library, args, complaint):
+def test_the_command_refuses_what_the_library_would_not_take(package_library, args, complaint):
     out = keylog_command(REPO / "src", *args)
     assert out.returncode == 1 and out.stdout == ""
     assert len(out.stderr.splitlines()) == 1 and complaint in out.stderr
 
 
-def test_the_command_with_a_file_and_a_remote_collector(library):
+def test_the_command_with_a_file_and_a_remote_collector(package_library):
     out = keylog_command(
         REPO / "src", "--udp", "192.0.2.7:5999", "--remote", "--file", "/run/kamailio/tls.keys"
     )
