@@ -49,10 +49,10 @@ def wire_pieces(path: str) -> Pieces:
     """Per (sender, receiver): the gap-free pieces of the TCP streams and the UDP datagrams
     that the capture file carries."""
     pieces: Pieces = {}
-    current: dict[tuple[int, int], bytearray] = {}
-    ends: dict[tuple[int, int], tuple[Endpoint, Endpoint]] = {}
+    current: dict[tuple[object, int], bytearray] = {}
+    ends: dict[tuple[object, int], tuple[Endpoint, Endpoint]] = {}
 
-    def close(key: tuple[int, int]) -> None:
+    def close(key: tuple[object, int]) -> None:
         data = current.pop(key, None)
         if data:
             pieces.setdefault(ends[key], []).append(bytes(data))
@@ -61,7 +61,7 @@ def wire_pieces(path: str) -> Pieces:
         for event in events:
             if isinstance(event, StreamData | StreamGap):
                 flow = event.flow
-                key = (flow.ident, event.direction)
+                key = (flow, event.direction)  # (the dicts keep the flows: no id is reused)
                 ends[key] = (flow.endpoints[event.direction], flow.endpoints[1 - event.direction])
                 if isinstance(event, StreamData):
                     current.setdefault(key, bytearray()).extend(event.data)

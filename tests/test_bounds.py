@@ -202,7 +202,7 @@ def test_memory_per_key_store_entry_is_what_max_key_entries_assumes(kind, most_b
 
 
 def problem(port: int, ts_s: float, kind: str = "no_key") -> TlsProblem:
-    flow = Flow(((CLIENT, 40000), (SERVER, port)), syn_seen=True, first_ts=0)
+    flow = Flow(((CLIENT, 40000), (SERVER, port)), syn_seen=True)
     return TlsProblem(
         flow, kind, f"no key for server 10.0.0.2:{port}", int(ts_s * 1e9), f"10.0.0.2:{port}"
     )

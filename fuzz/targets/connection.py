@@ -89,7 +89,7 @@ def one_input(data: bytes) -> None:
     if seed.keylog and keylog_after < 0:
         load_key_log(seed.keylog, keys)
     tracker = TlsTracker(keys, keys_may_arrive=keys_may_arrive)
-    flow = Flow((conn.client, conn.server), syn_seen=True, first_ts=0)
+    flow = Flow((conn.client, conn.server), syn_seen=True)
     fed: list[list[bytearray]] = [[bytearray()], [bytearray()]]
     done = False
     ts = 1_000_000_000

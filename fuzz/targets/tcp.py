@@ -67,11 +67,11 @@ class Checker:
         ends: dict[tuple[int, int], int | None] = {}
         for event in reversed(events):
             flow = event.flow  # type: ignore[attr-defined]
-            if flow.ident in self.closed:
+            if id(flow) in self.closed:
                 raise OracleFailure("tcp-after-close", f"{type(event).__name__} after close")
             if isinstance(event, FlowClosed):
                 continue
-            key = (flow.ident, event.direction)  # type: ignore[attr-defined]
+            key = (id(flow), event.direction)  # type: ignore[attr-defined]
             if key not in ends:
                 ends[key] = flow.halves[event.direction].next_seq  # type: ignore[attr-defined]
             end = ends[key]
@@ -101,13 +101,14 @@ class Checker:
                 )
         for event in events:
             if isinstance(event, FlowClosed):
-                if event.flow.ident in self.closed:
+                if id(event.flow) in self.closed:
                     raise OracleFailure("tcp-closed-twice", "two FlowClosed for one flow")
-                self.closed.add(event.flow.ident)
-            self.seen_flows[event.flow.ident] = event.flow  # type: ignore[attr-defined]
+                self.closed.add(id(event.flow))
+            # (seen_flows keeps every flow: no id is reused)
+            self.seen_flows[id(event.flow)] = event.flow  # type: ignore[attr-defined]
 
     def bounds(self, tcp: TcpReassembler) -> None:
-        for flow in list(tcp._flows.values()):
+        for flow in list(tcp._flows):
             for half in flow.halves:
                 held = sum(len(p) for p in half.pending.values())
                 # each held segment is charged its overhead too (net/tcp.py)

@@ -14,14 +14,16 @@ the capture), when a direction holds more than its cap, or when the flow ends.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from heapq import heappop, heappush
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from captagent_tls.counters import Counters
 from captagent_tls.message import Endpoint
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.net.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Segment
+
+FlowKey = tuple[bytes, int, bytes, int]
 
 SEQ_MASK = 0xFFFFFFFF
 SEQ_HALF = 0x80000000
@@ -45,27 +47,52 @@ def seq_delta(a: int, b: int) -> int:
     return d - 0x100000000 if d >= SEQ_HALF else d
 
 
-@dataclass(eq=False, slots=True)
 class Flow:
     """One TCP connection.  ``endpoints[d]`` is the sender of direction ``d``.
 
     Direction 0 is the side that sent the SYN, or the first packet seen when the SYN was not
     captured.  ``context`` belongs to the stage above (its per-connection state).
+
+    The endpoints are kept flat in ``key`` (address and port of direction 0's sender, then of
+    the receiver), which is also the reassembler's key for the flow: an idle flow's memory is
+    mostly small objects like these, and an agent may hold 100,000 idle flows.
     """
 
-    endpoints: tuple[Endpoint, Endpoint]
-    syn_seen: bool
-    first_ts: int
-    last_ts: int = 0
-    context: Any = None
-    ident: int = 0
-    closed: bool = False
-    halves: tuple[_Half, ...] = field(default=(), repr=False)
+    __slots__ = ("key", "syn_seen", "last_ts", "context", "closed", "forward")
+
+    def __init__(
+        self,
+        endpoints: tuple[Endpoint, Endpoint],
+        syn_seen: bool,
+        last_ts: int = 0,
+    ):
+        (a, b) = endpoints
+        self.key: FlowKey = (a[0], a[1], b[0], b[1])
+        self.syn_seen = syn_seen
+        self.last_ts = last_ts
+        self.context: Any = None
+        self.closed = False
+        self.forward: _Half | None = None  # direction 0 of the stream; its peer is direction 1
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, Endpoint]:
+        key = self.key
+        return ((key[0], key[1]), (key[2], key[3]))
+
+    @property
+    def halves(self) -> tuple[_Half, _Half]:
+        forward = self.forward
+        assert forward is not None, "a flow the reassembler did not make has no halves"
+        return (forward, forward.peer)
 
     def describe(self, direction: int = 0) -> str:
-        return f"{format_endpoint(self.endpoints[direction])} -> " + format_endpoint(
-            self.endpoints[1 - direction]
+        endpoints = self.endpoints
+        return f"{format_endpoint(endpoints[direction])} -> " + format_endpoint(
+            endpoints[1 - direction]
         )
+
+    def __repr__(self) -> str:
+        return f"Flow({self.describe()})"
 
 
 class StreamData(NamedTuple):
@@ -153,6 +180,10 @@ class TcpStats:
     evictions: int = 0
 
 
+MAX_SHARED_VALUES = 4096
+_Shared = TypeVar("_Shared", bytes, int)
+
+
 class TcpReassembler:
     def __init__(
         self,
@@ -165,8 +196,12 @@ class TcpReassembler:
         self.max_flows = max_flows
         self.stats = TcpStats()
         # one key per flow, in its direction 0: the other direction looks up the reverse key
-        self._halves: dict[tuple[bytes, int, bytes, int], _Half] = {}
-        self._flows: OrderedDict[int, Flow] = OrderedDict()  # least recently active first
+        self._halves: dict[FlowKey, _Half] = {}
+        self._flows: OrderedDict[Flow, None] = OrderedDict()  # least recently active first
+        # Flows keep one object per address and port number in use: a server's are shared by
+        # all its clients' flows, and small objects are most of what an idle flow costs.
+        # Bounded: cleared when full (the flows keep theirs; new flows share again).
+        self._values: dict[bytes | int, bytes | int] = {}
         self._clock = 0
         self._next_sweep = 0
         self._discarded: OrderedDict[tuple[bytes, int, bytes, int], None] = OrderedDict()
@@ -220,7 +255,7 @@ class TcpReassembler:
             half = self._new_flow(seg, ts_ns, events)
         flow = half.flow
         flow.last_ts = ts_ns
-        self._flows.move_to_end(flow.ident)
+        self._flows.move_to_end(flow)
 
         seq = seg.seq
         if flags & TCP_SYN:
@@ -260,7 +295,7 @@ class TcpReassembler:
     def flush(self, ts_ns: int | None = None) -> list[Event]:
         """End of input: deliver what is held back (across holes) and close every flow."""
         events: list[Event] = []
-        for flow in list(self._flows.values()):
+        for flow in list(self._flows):
             self._close(flow, "end", ts_ns if ts_ns is not None else flow.last_ts, events)
         return events
 
@@ -282,13 +317,12 @@ class TcpReassembler:
         """Forget a flow at once, delivering nothing more of it (after an internal error).
         Its later segments are ignored until a SYN opens a new connection on its ports."""
         flow.closed = True
-        (a, b) = flow.endpoints
-        key = (a[0], a[1], b[0], b[1])
-        if self._halves.get(key) is flow.halves[0]:
+        key = flow.key
+        if self._halves.get(key) is flow.forward:
             del self._halves[key]
-        self._flows.pop(flow.ident, None)
+        self._flows.pop(flow, None)
         self._discarded[key] = None
-        self._discarded[(b[0], b[1], a[0], a[1])] = None
+        self._discarded[(key[2], key[3], key[0], key[1])] = None
         while len(self._discarded) > MAX_DISCARDED:
             self._discarded.popitem(last=False)
 
@@ -306,23 +340,34 @@ class TcpReassembler:
         )
 
     def _new_flow(self, seg: Segment, ts_ns: int, events: list[Event]) -> _Half:
-        a: Endpoint = (seg.src, seg.sport)
-        b: Endpoint = (seg.dst, seg.dport)
+        shared = self._shared
+        a = (shared(seg.src), shared(seg.sport))
+        b = (shared(seg.dst), shared(seg.dport))
         syn = bool(seg.flags & TCP_SYN)
         if syn and seg.flags & TCP_ACK:
             a, b = b, a  # a SYN-ACK comes from the server: direction 0 stays the client
         self.stats.flows += 1
-        flow = Flow((a, b), syn_seen=syn, first_ts=ts_ns, last_ts=ts_ns, ident=self.stats.flows)
+        flow = Flow((a, b), syn_seen=syn, last_ts=ts_ns)
         forward, backward = _Half(flow, 0), _Half(flow, 1)
         forward.peer, backward.peer = backward, forward
-        flow.halves = (forward, backward)
-        self._halves[(a[0], a[1], b[0], b[1])] = forward
-        self._flows[flow.ident] = flow
+        flow.forward = forward
+        self._halves[flow.key] = forward
+        self._flows[flow] = None
         if len(self._flows) > self.max_flows:
-            oldest = next(iter(self._flows.values()))
+            oldest = next(iter(self._flows))
             self.stats.evictions += 1
             self._close(oldest, "evicted", ts_ns, events)
         return forward if (seg.src, seg.sport) == a else backward
+
+    def _shared(self, value: _Shared) -> _Shared:
+        """The one object for this address or port number that the flows keep."""
+        shared = self._values.get(value)
+        if shared is not None:
+            return shared  # type: ignore[return-value]
+        if len(self._values) >= MAX_SHARED_VALUES:
+            self._values.clear()
+        self._values[value] = value
+        return value
 
     def _data(
         self, half: _Half, seq: int, payload: bytes | memoryview, ts_ns: int, events: list[Event]
@@ -431,17 +476,16 @@ class TcpReassembler:
         for half in flow.halves:
             while half.held is not None:
                 self._skip_hole(half, ts_ns, events)
-        (a, b) = flow.endpoints
-        key = (a[0], a[1], b[0], b[1])
-        if self._halves.get(key) is flow.halves[0]:
+        key = flow.key
+        if self._halves.get(key) is flow.forward:
             del self._halves[key]
-        self._flows.pop(flow.ident, None)
+        self._flows.pop(flow, None)
         events.append(FlowClosed(flow, reason, ts_ns))
 
     def _expire(self, events: list[Event]) -> None:
         horizon = self._clock - self.flow_timeout_ns
         while self._flows:
-            oldest = next(iter(self._flows.values()))
+            oldest = next(iter(self._flows))
             if oldest.last_ts >= horizon:
                 break
             self.stats.timeouts += 1

@@ -31,6 +31,7 @@ from captagent_tls.tls.keyschedule import (
     tls13_finished,
 )
 from captagent_tls.tls.problems import Notice, Reason
+from captagent_tls.tls.record_stream import VERSIONS
 from captagent_tls.tls.side import Phase
 from captagent_tls.tls.state import ConnectionState
 from captagent_tls.tls.suites import lookup
@@ -171,7 +172,8 @@ class Negotiation(ConnectionState):
             side.version = TLS12 if tls13_hello else hello.version
         suite = lookup(hello.cipher_suite)
         hs.server_hello = hello
-        hs.version = self.version = hello.version
+        # the module's int, not one parsed per connection (28 bytes an idle session keeps)
+        hs.version = self.version = VERSIONS.get(hello.version, hello.version)
         hs.suite = self.suite = suite
         self.info = tls_info(hello.version, hello.cipher_suite)
         inconsistency = hello_inconsistency(hs.client_hello, hello, suite, tls13_hello)

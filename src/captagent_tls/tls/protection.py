@@ -88,14 +88,16 @@ class Decryptor:
 class LiveContexts:
     """Keeps OpenSSL cipher and MAC contexts for the most recently started decryptors only.
 
-    A context costs 1-2 KB of C memory (AES-GCM precomputes its GHASH tables), and an agent
-    may hold 100,000 idle sessions: their keys stay, their contexts go, and come back in a few
-    microseconds when a record arrives.  Contexts are admitted when they are built and the
-    oldest built goes first: no bookkeeping per record, and an active session whose context
-    went simply builds it again.
+    A context costs about 2.4 KB of C memory (AES-128-GCM, measured by RSS over 20,000), and
+    an agent may hold 100,000 idle sessions: their keys stay, their contexts go, and come back
+    when a record arrives (AES-GCM: 0.9 us to build, against 0.7 us to open a 700-byte record
+    and about 16 us for the agent's whole work per SIP message).  Contexts are admitted when
+    they are built and the oldest built goes first: no bookkeeping per record, and an active
+    session whose context went simply builds it again.  2,048 contexts (1,024 sessions busy at
+    once) hold 5 MB; 8,192 held 20 MB, a tenth of what 100,000 idle sessions cost in all.
     """
 
-    def __init__(self, limit: int = 8192):
+    def __init__(self, limit: int = 2048):
         self.limit = limit
         self._live: dict[Decryptor, None] = {}  # insertion-ordered
 
