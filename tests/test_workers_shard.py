@@ -111,6 +111,13 @@ def test_merge_writes_in_time_order_up_to_the_lowest_watermark():
     merger.write_ready()
     assert "".join(out.text) == "abclatede"
     assert merger.held() == 0
+    # a batch out of order, partly below the watermark: cut in time order, the rest waits
+    merger.watch(1, 70)
+    merger.add(0, [record(80, "i"), record(60, "g"), record(55, "f"), record(75, "h")], 80)
+    assert merger.write_ready() == 2 and "".join(out.text).endswith("efg")
+    assert merger.held() == 2
+    merger.forget(1)
+    assert merger.write_ready() == 2 and "".join(out.text).endswith("efghi")
 
 
 def test_totals_add_up_and_take_the_largest_of_what_every_worker_holds():

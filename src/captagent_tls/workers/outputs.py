@@ -17,6 +17,7 @@ merge, so they too see everything in time order.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable
 from operator import itemgetter
 from typing import IO, Any
@@ -195,10 +196,11 @@ class Merger:
     """Records of every worker, written in capture time order up to the lowest watermark.  A
     worker that is gone (finished, or dead and not replaced) holds nothing back.
 
-    Each worker's records wait in a list of their own, in the order they came.  Those at or
-    below the lowest watermark are taken from every list and sorted together: a stable sort
-    (each worker's order stays among equal times), which merges runs already in order in one
-    pass at C speed, where a heap would take two Python-level steps per record."""
+    Each worker's records wait in a list of their own, kept in time order (a stable sort when
+    a batch comes out of order: records held for keys come late with their capture time, so
+    each worker's order stays among equal times); those at or below the lowest watermark are
+    cut off every list by bisection and sorted together, which merges runs already in order
+    in one pass at C speed, where a heap would take two Python-level steps per record."""
 
     FINISHED = float("inf")
 
@@ -211,8 +213,12 @@ class Merger:
     def add(self, worker: int, records: list[Record], watermark: float) -> None:
         if records:
             waiting = self.records.setdefault(worker, [])
+            times = [record[0] for record in records]
+            in_order = (not waiting or waiting[-1][0] <= times[0]) and times == sorted(times)
             waiting.extend(records)
-            latest = max(records, key=_time)[0]
+            if not in_order:
+                waiting.sort(key=_time)
+            latest = waiting[-1][0]
             if latest > self.latest.get(worker, 0):
                 self.latest[worker] = latest
         if worker in self.watermarks:
@@ -249,8 +255,9 @@ class Merger:
                 ready += waiting
                 waiting.clear()
             else:
-                ready += [r for r in waiting if r[0] <= lowest]
-                self.records[worker] = [r for r in waiting if r[0] > lowest]
+                cut = bisect_right(waiting, lowest, key=_time)
+                ready += waiting[:cut]
+                del waiting[:cut]
         if ready:
             ready.sort(key=_time)
             self.writers.write(ready)
