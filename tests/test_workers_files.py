@@ -249,3 +249,37 @@ def test_workers_option_takes_a_count_or_auto():
     assert proc.returncode == 2 and "between 1 and 1024" in proc.stderr
     proc = run(["-r", str(FIXTURES / "ipv6.pcap"), "--workers", "auto", "-q", "--json"])
     assert proc.returncode == 0, proc.stderr
+
+
+# -- a resumed session no worker has, with bytes lost while its records wait ---------------
+
+
+def test_a_resumed_session_no_worker_has_with_a_loss_while_it_waits(tmp_path: Path):
+    """With workers, records of a resumed session wait in case another worker has the session;
+    when none has, they are handled as one process handles them at once.  A segment lost while
+    they wait leaves a loss among them, which must stay a loss (it once came out as a record
+    of type -1)."""
+    from tests.support.inprocess import read_frames, tls_segments
+    from tests.test_capture_files import pcap_bytes
+
+    frames = read_frames(FIXTURES / "resume-session-id.pcap")
+    segments = tls_segments(frames)
+    first_client = segments[0].sport  # the full handshake: left out of the capture
+    resumed = [s for s in segments if first_client not in (s.sport, s.dport)]
+    server_data = [s.index for s in resumed if s.sport == 5061 and s.records == ("AD",)]
+    lost = server_data[1]  # mid-stream, with data on both sides of it
+    kept = [
+        frame
+        for index, frame in enumerate(frames)
+        if index != lost and index >= resumed[0].index - 3  # from the resumed SYN on
+    ]
+    capture = tmp_path / "resumed-with-a-loss.pcap"
+    capture.write_bytes(
+        pcap_bytes([(f.ts_ns // 10**9, f.ts_ns % 10**9, f.data) for f in kept], nanos=True)
+    )
+    key = ["-k", str(FIXTURES.parent / "keys" / "server-rsa2048.key")]
+    one, one_stats, one_err = read(capture, key, 1)
+    two, two_stats, two_err = read(capture, key, 2)
+    assert one == two == []  # no master secret for a session begun before the capture
+    assert two_stats == one_stats, two_err
+    assert "resumed" in two_err and "internal error" not in two_err
