@@ -4,6 +4,7 @@ they would with no threads.  A wrong key is still found out."""
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 
@@ -11,15 +12,21 @@ import pytest
 
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.tls.keys import KeyStore, RsaKey
-from captagent_tls.tls.rsa_pool import BUSY_SWITCH_INTERVAL_S
+from captagent_tls.tls.rsa_pool import BUSY_SWITCH_INTERVAL_S, RSA_RELEASE_AFTER_FRAMES
 from tests.support.groundtruth import load_groundtruth
 from tests.support.inprocess import Collected, key_store, read_frames
 from tests.support.paths import FIXTURES
 
 
-def run(name: str, keys: KeyStore, rsa_threads: int | None) -> tuple[Collected, Pipeline]:
+def run(
+    name: str,
+    keys: KeyStore,
+    rsa_threads: int | None,
+    release_after: int | None = RSA_RELEASE_AFTER_FRAMES,
+) -> tuple[Collected, Pipeline]:
     out = Collected()
-    pipeline = Pipeline(keys, [out], out.problems.append, PipelineOptions(rsa_threads=rsa_threads))
+    options = PipelineOptions(rsa_threads=rsa_threads, rsa_release_after=release_after)
+    pipeline = Pipeline(keys, [out], out.problems.append, options)
     for frame in read_frames(FIXTURES / f"{name}.pcap"):
         pipeline.frame(frame)
     pipeline.finish()
@@ -45,6 +52,7 @@ def slow_rsa(monkeypatch):
     monkeypatch.setattr(RsaKey, "decrypt_pre_master", slow)
 
 
+@pytest.mark.parametrize("release_after", [None, RSA_RELEASE_AFTER_FRAMES], ids=["live", "file"])
 @pytest.mark.parametrize(
     "name",
     [
@@ -56,9 +64,11 @@ def slow_rsa(monkeypatch):
         "seg400-lost",
     ],
 )
-def test_records_wait_for_their_keys_in_order_and_come_out_as_without_threads(name, slow_rsa):
+def test_records_wait_for_their_keys_in_order_and_come_out_as_without_threads(
+    name, release_after, slow_rsa
+):
     truth = load_groundtruth(FIXTURES / f"{name}.json")
-    threaded, pipeline = run(name, key_store(truth.keys, truth.keylog), None)
+    threaded, pipeline = run(name, key_store(truth.keys, truth.keylog), None, release_after)
     inline, _ = run(name, key_store(truth.keys, truth.keylog), 0)
     assert inline.messages  # (the fixture decrypts at all)
     assert per_connection(threaded.messages) == per_connection(inline.messages)
@@ -124,3 +134,23 @@ def test_after_wait_every_job_is_handed_over_even_when_its_callback_is_late(monk
     assert not pool.busy
     assert sorted(map(id, (job.owner for job in pool.completed))) == sorted(map(id, owners))
     pool.close()
+
+
+@pytest.mark.parametrize("name", ["rsa-tls12-aes-cbc", "resume-ticket", "seg400-lost"])
+def test_reading_a_file_gives_the_same_output_whatever_the_threads_take(name, monkeypatch):
+    """When an RSA result is taken up depends on the capture alone: the messages of every
+    connection come out in the same order on every run, however long each decryption took."""
+    decrypt = RsaKey.decrypt_pre_master
+    truth = load_groundtruth(FIXTURES / f"{name}.json")
+    orders = []
+    for seed in range(3):
+        delays = random.Random(seed)
+
+        def uneven(self, encrypted, delays=delays):
+            time.sleep(delays.choice((0, 0, 0.0005, 0.003)))
+            return decrypt(self, encrypted)
+
+        monkeypatch.setattr(RsaKey, "decrypt_pre_master", uneven)
+        out, _ = run(name, key_store(truth.keys, truth.keylog), 2)
+        orders.append([(m.src, m.dst, m.payload) for m in out.messages])
+    assert orders[0] and orders[0] == orders[1] == orders[2]

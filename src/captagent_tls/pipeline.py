@@ -44,7 +44,7 @@ from captagent_tls.tls.events import (
 from captagent_tls.tls.events import Event as TlsEvent
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.problems import Notice
-from captagent_tls.tls.rsa_pool import RsaPool
+from captagent_tls.tls.rsa_pool import RSA_RELEASE_AFTER_FRAMES, RsaPool
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
 from captagent_tls.websocket import START_BYTES as WEBSOCKET_START
 from captagent_tls.websocket import WebSocketSession, WebSocketStats, looks_like_start
@@ -61,6 +61,9 @@ class PipelineOptions:
     keys_may_arrive: bool = False  # key logs still being written: hold records for keys
     hold: HoldLimits = field(default_factory=HoldLimits)
     rsa_threads: int | None = None  # RSA off the packet path (None: cores - 1; 0: no threads)
+    # reading a file: RSA results are taken up this many frames after their ClientKeyExchange,
+    # so the output's order depends on the capture alone (tls/rsa_pool.py); None when live
+    rsa_release_after: int | None = RSA_RELEASE_AFTER_FRAMES
     max_sip_message_bytes: int = MAX_MESSAGE_BYTES  # one incomplete SIP message, per direction
     max_sip_held_bytes: int = MAX_HELD_BYTES  # all incomplete SIP messages together
 
@@ -99,11 +102,16 @@ class Pipeline:
         self.tcp = TcpReassembler(
             options.flow_timeout_s, options.max_direction_bytes, options.max_flows
         )
-        rsa = RsaPool(options.rsa_threads) if options.rsa_threads != 0 else None
+        rsa = (
+            RsaPool(options.rsa_threads, options.rsa_release_after, self._frame_count)
+            if options.rsa_threads != 0
+            else None
+        )
         self.tls = TlsTracker(
             keys, options.session_cache_size, options.keys_may_arrive, options.hold, rsa
         )
         self._rsa_completed = rsa.completed if rsa is not None else deque()
+        self._rsa_scheduled = rsa.scheduled if rsa is not None else deque()
         self.on_secret = on_secret
         self.sinks = sinks
         self.on_problem = on_problem
@@ -122,6 +130,8 @@ class Pipeline:
     def frame(self, frame: Frame) -> None:
         self.stats.frames += 1
         ts = frame.ts_ns
+        if self._rsa_scheduled and self._rsa_scheduled[0][0] <= self.stats.frames:
+            self.tls.release_rsa(self.stats.frames)
         if self._rsa_completed:
             self._rsa_done(self._last_ts)
         try:
@@ -179,6 +189,9 @@ class Pipeline:
         self.sip_budget.add_counters(c)
         stats.websocket.add_counters(c)
         return c
+
+    def _frame_count(self) -> int:
+        return self.stats.frames
 
     def _rsa_done(self, ts: int) -> None:
         """Pre-master secrets decrypted off the packet path: their records can go on."""

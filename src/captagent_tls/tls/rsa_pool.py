@@ -17,8 +17,9 @@ import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from typing import TYPE_CHECKING
 
 from captagent_tls.tls.keys import RsaKey
@@ -36,18 +37,22 @@ if TYPE_CHECKING:
 BUSY_SWITCH_INTERVAL_S = 0.00002
 
 
+# Reading a file, an RSA result is taken up this many frames after its ClientKeyExchange (see
+# RsaPool).  The capture loop handles a frame in 10-20 us, so this is 3-5 ms of its work, ten
+# or more RSA-2048 decryptions (0.2-0.3 ms each): the threads keep up unless they are the
+# bottleneck anyway, and records wait no longer than that for their keys.
+RSA_RELEASE_AFTER_FRAMES = 256
+
+
 class RsaJob:
     """The pre-master secrets one ClientKeyExchange decrypts to, one per candidate key."""
 
-    __slots__ = ("future", "owner")
+    __slots__ = ("future", "owner", "done")
 
     def __init__(self, future: Future[list[bytes | None]], owner: ConnectionState):
         self.future = future
         self.owner = owner
-
-    @property
-    def done(self) -> bool:
-        return self.future.done()
+        self.done = False  # handed over to the capture loop: its connection may take it
 
     def result(self) -> list[bytes | None]:
         return self.future.result()
@@ -67,10 +72,28 @@ def default_threads() -> int:
 
 
 class RsaPool:
-    """Threads that decrypt pre-master secrets; started on the first job."""
+    """Threads that decrypt pre-master secrets; started on the first job.
 
-    def __init__(self, threads: int | None = None):
+    Live, a job is handed over as soon as it is done.  Reading a file, ``release_after``
+    (frames) makes the hand-over a function of the capture alone: a job submitted while
+    frame n is handled is handed over when frame n + 1 + ``release_after`` comes (waiting for
+    it then if it is not done yet), in the order submitted.  When records wait for their keys,
+    and so the order in which the connections' messages come out, is then the same on every
+    run, however the threads were scheduled; the frames in between (a few milliseconds of
+    work) are what the threads overlap with.
+    """
+
+    def __init__(
+        self,
+        threads: int | None = None,
+        release_after: int | None = None,
+        frame_clock: Callable[[], int] | None = None,
+    ):
         self.threads = threads if threads is not None else default_threads()
+        self.release_after = release_after
+        self.frame_clock = frame_clock  # the frame being handled (files)
+        # (frame due, job), in the order submitted (files)
+        self.scheduled: deque[tuple[int, RsaJob]] = deque()
         self._executor: ThreadPoolExecutor | None = None
         self._pending: set[RsaJob] = set()
         self._lock = threading.Lock()
@@ -88,14 +111,29 @@ class RsaPool:
                 self._idle_interval = sys.getswitchinterval()
                 sys.setswitchinterval(min(self._idle_interval, BUSY_SWITCH_INTERVAL_S))
             self._pending.add(job)
-        job.future.add_done_callback(lambda _future: self._finished(job))
+        if self.release_after is None or self.frame_clock is None:
+            job.future.add_done_callback(lambda _future: self._finished(job))
+        else:
+            self.scheduled.append((self.frame_clock() + 1 + self.release_after, job))
         return job
+
+    def release_due(self, frame: int) -> None:
+        """Files: frame ``frame`` is coming; hand over the jobs due by then (see above)."""
+        scheduled = self.scheduled
+        while scheduled and scheduled[0][0] <= frame:
+            self._hand_over(scheduled.popleft()[1])
+
+    def _hand_over(self, job: RsaJob) -> None:
+        if not job.future.done():  # (wait() costs tens of microseconds even when it is done)
+            futures_wait([job.future])
+        self._finished(job)
 
     def _finished(self, job: RsaJob) -> None:
         # the job is in ``completed`` before it leaves ``_pending``, under one lock: the
         # capture loop, which decides from the two whether anything is still to come, never
         # sees a job in neither
         with self._lock:
+            job.done = True
             self.completed.append(job)
             self._pending.discard(job)
             if not self._pending:
@@ -112,6 +150,8 @@ class RsaPool:
         """Until every job submitted so far is done and in ``completed`` (the end of a
         capture file).  Waiting for the futures alone is not enough: a future is done before
         its callback has handed the job over."""
+        while self.scheduled:  # files: every job now, in the order submitted
+            self._hand_over(self.scheduled.popleft()[1])
         with self._lock:
             while self._pending:
                 self._all_done.wait()

@@ -201,10 +201,16 @@ class TlsTracker:
         self._awaiting_session = dict.fromkeys(waiting)
         return waiting
 
+    def release_rsa(self, frame: int) -> None:
+        """Reading a file: hand over the RSA results due at this frame."""
+        rsa = self.context.rsa
+        if rsa is not None:
+            rsa.release_due(frame)
+
     def wait_for_rsa(self) -> bool:
         """Until the pre-master secrets submitted so far are decrypted; False if none were."""
         rsa = self.context.rsa
-        if rsa is None or not (rsa.busy or rsa.completed):
+        if rsa is None or not (rsa.busy or rsa.completed or rsa.scheduled):
             return False
         rsa.wait()
         return True

@@ -208,7 +208,7 @@ class Worker:
         self.channel = channel
         self.sinks, self.recording = build_outputs(spec)
         self.problems = ProblemForwarder(channel)
-        options = cli.pipeline_options(spec.args, spec.keys_may_arrive)
+        options = cli.pipeline_options(spec.args, spec.keys_may_arrive, live=spec.live)
         # RSA off the packet path uses the cores the capture loop does not; with workers, the
         # cores are theirs: threads only for the cores left over per worker
         options.rsa_threads = max(0, usable_cores() // spec.workers - 1)
