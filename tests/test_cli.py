@@ -95,6 +95,33 @@ def test_reads_standard_input():
     assert len(proc.stdout.splitlines()) == len(expected_messages("tls12-aes128gcm-ems"))
 
 
+def test_standard_input_is_a_stream_each_message_comes_out_as_its_packets_come(tmp_path):
+    """``tcpdump -w - | captagent-tls -r -`` pauses between packets: what the packets so far
+    carry comes out while standard input stays open, even with PYTHONUNBUFFERED unset."""
+    import os
+    import select
+
+    data = CAPTURE.read_bytes()
+    env = {k: v for k, v in _env().items() if k != "PYTHONUNBUFFERED"}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "captagent_tls", "-r", "-", "-k", str(KEY), "--json", "-q"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    assert agent.stdin is not None and agent.stdout is not None
+    try:
+        agent.stdin.write(data[: len(data) - 200])  # all but the last frames: the pipe stays open
+        agent.stdin.flush()
+        ready, _, _ = select.select([agent.stdout], [], [], 20)
+        assert ready, "nothing came out while standard input was open"
+        first = json.loads(os.read(agent.stdout.fileno(), 1 << 20).splitlines()[0])
+        assert first["kind"] == "sip"
+    finally:
+        agent.kill()
+        agent.wait()
+
+
 def _env():
     from tests.support.cli import _env as env
 

@@ -356,11 +356,16 @@ def run_offline(args: argparse.Namespace) -> int:
     reporter = ProblemReporter(views.stderr)
     exporter = KeyLogExporter(args.export_keylog) if args.export_keylog else None
     embedded_secrets(args.read, keys)
+    options = pipeline_options(args, False)
+    if args.read == "-":
+        # standard input may be a stream (tcpdump -w - | ...) that pauses between packets: a
+        # pool thread's result would wait for the next packet, so RSA runs in the loop
+        options.rsa_threads = 0
     pipeline = Pipeline(
         keys,
         sinks,
         reporter.report,
-        pipeline_options(args, False),
+        options,
         on_secret=views.on_secret(exporter.write if exporter else None),
     )
 
