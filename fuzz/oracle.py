@@ -62,7 +62,7 @@ def wire_pieces(path: str) -> Pieces:
             if isinstance(event, StreamData | StreamGap):
                 flow = event.flow
                 key = (flow, event.direction)  # (the dicts keep the flows: no id is reused)
-                ends[key] = (flow.endpoints[event.direction], flow.endpoints[1 - event.direction])
+                ends[key] = (flow.endpoint(event.direction), flow.endpoint(1 - event.direction))
                 if isinstance(event, StreamData):
                     current.setdefault(key, bytearray()).extend(event.data)
                 else:

@@ -23,7 +23,7 @@ def broken_first_flow(monkeypatch):
     original = TlsConnection.data
 
     def data(self, direction, chunk, ts):
-        if victim in (self.flow.endpoints[0][1], self.flow.endpoints[1][1]):
+        if victim in (self.flow.endpoint(0)[1], self.flow.endpoint(1)[1]):
             raise KeyError("a bug")
         return original(self, direction, chunk, ts)
 

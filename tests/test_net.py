@@ -238,13 +238,13 @@ def test_flow_without_syn_is_followed_from_its_first_data():
     assert stream(events, 0) == b"hello world"
     assert stream(events, 1) == b"hi"
     flow = events[0].flow
-    assert not flow.syn_seen and flow.endpoints[0] == (CLIENT, 40000)
+    assert not flow.syn_seen and flow.endpoint(0) == (CLIENT, 40000)
 
 
 def test_syn_ack_seen_first_keeps_the_client_as_direction_zero():
     _, events = run([reply(5000, flags=TCP_SYN | TCP_ACK, ack=1001), seg(1001, b"hi")])
     flow = events[0].flow
-    assert flow.endpoints[0] == (CLIENT, 40000)
+    assert flow.endpoint(0) == (CLIENT, 40000)
     assert events[0].direction == 0
 
 

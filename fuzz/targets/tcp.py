@@ -87,8 +87,8 @@ class Checker:
                 continue
             start = (end - len(event.data)) & 0xFFFFFFFF
             ends[key] = start
-            sender = flow.endpoints[event.direction]
-            receiver = flow.endpoints[1 - event.direction]
+            sender = flow.endpoint(event.direction)
+            receiver = flow.endpoint(1 - event.direction)
             if not any(
                 (off := seq_delta(start, seq)) >= 0
                 and off + len(event.data) <= len(p)

@@ -278,7 +278,7 @@ def hep_sink(args: argparse.Namespace, live: bool, warn: bool = True) -> Sink:
 def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink]:
     sinks: list[Sink] = []
     # each message reaches the file or pipe as it comes when packets come as they are sent
-    flush_each = live or getattr(args, "read", None) == "-"
+    flush_each = live or args.read == "-"
     if args.hep:
         sinks.append(hep_sink(args, live))
     if args.write:

@@ -102,8 +102,12 @@ class Pipeline:
         self.tcp = TcpReassembler(
             options.flow_timeout_s, options.max_direction_bytes, options.max_flows
         )
+        lag = options.rsa_release_after
         rsa = (
-            RsaPool(options.rsa_threads, options.rsa_release_after, self._frame_count)
+            RsaPool(
+                options.rsa_threads,
+                (lambda: self.stats.frames + 1 + lag) if lag is not None else None,
+            )
             if options.rsa_threads != 0
             else None
         )
@@ -189,9 +193,6 @@ class Pipeline:
         self.sip_budget.add_counters(c)
         stats.websocket.add_counters(c)
         return c
-
-    def _frame_count(self) -> int:
-        return self.stats.frames
 
     def _rsa_done(self, ts: int) -> None:
         """Pre-master secrets decrypted off the packet path: their records can go on."""
@@ -445,7 +446,7 @@ class Pipeline:
         plain = info is PLAINTEXT
         transport = TRANSPORTS[websocket, plain]
         version, suite = info.version, info.cipher_suite
-        src, dst = flow.endpoints[direction], flow.endpoints[1 - direction]
+        src, dst = flow.endpoint(direction), flow.endpoint(1 - direction)
         stats = self.stats
         for unit in units:
             if unit.is_sip:
@@ -552,7 +553,7 @@ class Pipeline:
                         kind,
                         f"WebSocket {server}: {detail}",
                         ts,
-                        format_endpoint(flow.endpoints[1 - session.client_dir]),
+                        format_endpoint(flow.endpoint(1 - session.client_dir)),
                     )
                 )
         session.problems.clear()

@@ -48,7 +48,7 @@ def seq_delta(a: int, b: int) -> int:
 
 
 class Flow:
-    """One TCP connection.  ``endpoints[d]`` is the sender of direction ``d``.
+    """One TCP connection.  ``endpoint(d)`` is the sender of direction ``d``.
 
     Direction 0 is the side that sent the SYN, or the first packet seen when the SYN was not
     captured.  ``context`` belongs to the stage above (its per-connection state).
@@ -74,10 +74,10 @@ class Flow:
         self.closed = False
         self.forward: _Half | None = None  # direction 0 of the stream; its peer is direction 1
 
-    @property
-    def endpoints(self) -> tuple[Endpoint, Endpoint]:
+    def endpoint(self, direction: int) -> Endpoint:
+        """The sender of direction ``direction`` (made from ``key`` on each call)."""
         key = self.key
-        return ((key[0], key[1]), (key[2], key[3]))
+        return (key[0], key[1]) if direction == 0 else (key[2], key[3])
 
     @property
     def halves(self) -> tuple[_Half, _Half]:
@@ -86,9 +86,8 @@ class Flow:
         return (forward, forward.peer)
 
     def describe(self, direction: int = 0) -> str:
-        endpoints = self.endpoints
-        return f"{format_endpoint(endpoints[direction])} -> " + format_endpoint(
-            endpoints[1 - direction]
+        return f"{format_endpoint(self.endpoint(direction))} -> " + format_endpoint(
+            self.endpoint(1 - direction)
         )
 
     def __repr__(self) -> str:

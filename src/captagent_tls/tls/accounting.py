@@ -18,8 +18,8 @@ class SessionAccounting(ConnectionState):
 
     def server_endpoint(self) -> str:
         if self.client_dir is None:
-            return format_endpoint(self.flow.endpoints[1])
-        return format_endpoint(self.flow.endpoints[1 - self.client_dir])
+            return format_endpoint(self.flow.endpoint(1))
+        return format_endpoint(self.flow.endpoint(1 - self.client_dir))
 
     def _why_no_keys(self) -> Reason:
         hs = self.handshake

@@ -74,10 +74,10 @@ def default_threads() -> int:
 class RsaPool:
     """Threads that decrypt pre-master secrets; started on the first job.
 
-    Live, a job is handed over as soon as it is done.  Reading a file, ``release_after``
-    (frames) makes the hand-over a function of the capture alone: a job submitted while
-    frame n is handled is handed over when frame n + 1 + ``release_after`` comes (waiting for
-    it then if it is not done yet), in the order submitted.  When records wait for their keys,
+    Live, a job is handed over as soon as it is done.  Reading a file, ``due_frame`` makes the
+    hand-over a function of the capture alone: a job is handed over when the frame it names at
+    submission comes (``release_due``; RSA_RELEASE_AFTER_FRAMES later), waiting for it then if
+    it is not done yet, in the order submitted.  When records wait for their keys,
     and so the order in which the connections' messages come out, is then the same on every
     run, however the threads were scheduled; the frames in between (a few milliseconds of
     work) are what the threads overlap with.
@@ -86,12 +86,10 @@ class RsaPool:
     def __init__(
         self,
         threads: int | None = None,
-        release_after: int | None = None,
-        frame_clock: Callable[[], int] | None = None,
+        due_frame: Callable[[], int] | None = None,
     ):
         self.threads = threads if threads is not None else default_threads()
-        self.release_after = release_after
-        self.frame_clock = frame_clock  # the frame being handled (files)
+        self.due_frame = due_frame  # files: the frame at which a job submitted now is due
         # (frame due, job), in the order submitted (files)
         self.scheduled: deque[tuple[int, RsaJob]] = deque()
         self._executor: ThreadPoolExecutor | None = None
@@ -111,10 +109,10 @@ class RsaPool:
                 self._idle_interval = sys.getswitchinterval()
                 sys.setswitchinterval(min(self._idle_interval, BUSY_SWITCH_INTERVAL_S))
             self._pending.add(job)
-        if self.release_after is None or self.frame_clock is None:
+        if self.due_frame is None:
             job.future.add_done_callback(lambda _future: self._finished(job))
         else:
-            self.scheduled.append((self.frame_clock() + 1 + self.release_after, job))
+            self.scheduled.append((self.due_frame(), job))
         return job
 
     def release_due(self, frame: int) -> None:

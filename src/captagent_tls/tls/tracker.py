@@ -210,7 +210,7 @@ class TlsTracker:
     def wait_for_rsa(self) -> bool:
         """Until the pre-master secrets submitted so far are decrypted; False if none were."""
         rsa = self.context.rsa
-        if rsa is None or not (rsa.busy or rsa.completed or rsa.scheduled):
+        if rsa is None or not (rsa.busy or rsa.completed):  # (a scheduled job is pending)
             return False
         rsa.wait()
         return True
