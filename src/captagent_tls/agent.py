@@ -12,7 +12,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 from typing import Any, Protocol
 
@@ -25,6 +25,30 @@ log = logging.getLogger("captagent_tls")
 TICK_NS = 1_000_000_000
 BATCH = 4096
 MAX_BATCHES_PER_TURN = 64  # then look at keys, timers and signals again
+
+
+@contextlib.contextmanager
+def wake_on_signals(
+    handler: Callable[[int, FrameType | None], None],
+) -> Iterator[socket.socket]:
+    """SIGINT, SIGTERM and SIGHUP go to ``handler`` and make the socket this yields readable
+    (so a ``select`` on it wakes); the handlers and wake-up descriptor in place before are put
+    back afterwards."""
+    wake_read, wake_write = socket.socketpair()
+    wake_read.setblocking(False)
+    wake_write.setblocking(False)
+    previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
+    previous = {
+        sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield wake_read
+    finally:
+        signal.set_wakeup_fd(previous_wakeup)
+        for sig, earlier in previous.items():
+            signal.signal(sig, earlier)
+        wake_read.close()
+        wake_write.close()
 
 
 class KeySource(Protocol):
@@ -68,22 +92,10 @@ class Agent:
         self._stopping = True
 
     def run(self) -> None:
-        wake_read, wake_write = socket.socketpair()
-        wake_read.setblocking(False)
-        wake_write.setblocking(False)
-        previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
-        previous = {
-            sig: signal.signal(sig, self._on_signal)
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-        }
         try:
-            self._loop(wake_read)
+            with wake_on_signals(self._on_signal) as wake:
+                self._loop(wake)
         finally:
-            signal.set_wakeup_fd(previous_wakeup)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            wake_read.close()
-            wake_write.close()
             self._drain()
             self.kernel = self.capture.stats()
             self.capture.close()

@@ -11,13 +11,13 @@ import argparse
 import contextlib
 import logging
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from captagent_tls.agent import wake_on_signals
 from captagent_tls.capture import CaptureError
 from captagent_tls.counters import Counters
 from captagent_tls.report import ProblemReporter, format_stats
@@ -232,81 +232,70 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
     parent.listener_stats = listener_keys.source_totals
     parent.fork_all([sock.fileno() for listener in listeners for sock in listener.sockets()])
 
-    wake_read, wake_write = socket.socketpair()
-    wake_read.setblocking(False)
-    wake_write.setblocking(False)
     signals: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         signals.append(signum)
 
-    previous_wakeup = signal.set_wakeup_fd(wake_write.fileno())
-    previous = {
-        sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    }
     announced = False
     started = time.monotonic()
-    try:
-        if args.user:
-            cli.drop_privileges(args.user)
-        if args.metrics:
-            start_metrics(args.metrics, parent.totals)
-        views.start_status(parent.totals)
-        next_stats = time.monotonic() + args.stats_interval
-        while parent.failure is None:
-            watched: list[Any] = [wake_read]
-            for listener in listeners:
-                watched.extend(listener.sockets())
-            ready = parent.poll(0.2, watched)
-            if wake_read in ready:
-                with contextlib.suppress(BlockingIOError):
-                    wake_read.recv(4096)
-            ready_fds = {r if isinstance(r, int) else r.fileno() for r in ready}
-            for listener in listeners:
-                listener.handle(ready_fds)
-            while signals:
-                signum = signals.pop(0)
-                if signum == signal.SIGHUP:
-                    log.warning("SIGHUP: every worker reloads its keys and key logs")
-                    parent.signal_workers(signal.SIGHUP)
-                else:
-                    parent.stopping = True
-            if parent.stopping:
-                break
-            if not announced and all(slot.ready for slot in parent.slots):
-                announced = parent.started_all = True
-                log.info(
-                    "capturing on %s with %d workers (pids %s)",
-                    args.interface,
-                    workers,
-                    ", ".join(str(slot.pid) for slot in parent.slots),
-                )
-            elif not announced and time.monotonic() - started > READY_TIMEOUT_S:
-                parent.failure = (
-                    f"the workers did not open the capture within {READY_TIMEOUT_S:.0f} s"
-                )
-            parent.restart_due()
-            if time.monotonic() >= next_stats:
-                next_stats = time.monotonic() + args.stats_interval
-                log.warning("%s", format_stats(parent.totals(), [parent.sinks_summary()]))
-        if parent.failure is None:
-            parent.stop_workers()
-        else:
+    with wake_on_signals(on_signal) as wake_read:
+        try:
+            if args.user:
+                cli.drop_privileges(args.user)
+            if args.metrics:
+                start_metrics(args.metrics, parent.totals)
+            views.start_status(parent.totals)
+            next_stats = time.monotonic() + args.stats_interval
+            while parent.failure is None:
+                watched: list[Any] = [wake_read]
+                for listener in listeners:
+                    watched.extend(listener.sockets())
+                ready = parent.poll(0.2, watched)
+                if wake_read in ready:
+                    with contextlib.suppress(BlockingIOError):
+                        wake_read.recv(4096)
+                ready_fds = {r if isinstance(r, int) else r.fileno() for r in ready}
+                for listener in listeners:
+                    listener.handle(ready_fds)
+                while signals:
+                    signum = signals.pop(0)
+                    if signum == signal.SIGHUP:
+                        log.warning("SIGHUP: every worker reloads its keys and key logs")
+                        parent.signal_workers(signal.SIGHUP)
+                    else:
+                        parent.stopping = True
+                if parent.stopping:
+                    break
+                if not announced and all(slot.ready for slot in parent.slots):
+                    announced = parent.started_all = True
+                    log.info(
+                        "capturing on %s with %d workers (pids %s)",
+                        args.interface,
+                        workers,
+                        ", ".join(str(slot.pid) for slot in parent.slots),
+                    )
+                elif not announced and time.monotonic() - started > READY_TIMEOUT_S:
+                    parent.failure = (
+                        f"the workers did not open the capture within {READY_TIMEOUT_S:.0f} s"
+                    )
+                parent.restart_due()
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + args.stats_interval
+                    log.warning("%s", format_stats(parent.totals(), [parent.sinks_summary()]))
+            if parent.failure is None:
+                parent.stop_workers()
+            else:
+                parent.kill_workers()
+        except BaseException:
             parent.kill_workers()
-    except BaseException:
-        parent.kill_workers()
-        raise
-    finally:
-        signal.set_wakeup_fd(previous_wakeup)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        wake_read.close()
-        wake_write.close()
-        for listener in listeners:
-            listener.close()
-        with contextlib.suppress(OutputError, BrokenPipeError):
-            parent.merger.write_ready()
-        close_all(views, writers, closing, exporter, reporter)
+            raise
+        finally:
+            for listener in listeners:
+                listener.close()
+            with contextlib.suppress(OutputError, BrokenPipeError):
+                parent.merger.write_ready()
+            close_all(views, writers, closing, exporter, reporter)
     if parent.failure is not None:
         raise cli.UserError(parent.failure)
     print_summary(args, parent, views, closing)
