@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from captagent_tls.config.options import OPTIONS
 from tests.support.cli import run, run_json
 from tests.support.groundtruth import load_groundtruth
+from tests.support.oracle import tshark_fields
 from tests.support.paths import FIXTURES, REPO
 
 KEYS = FIXTURES.parent / "keys"
@@ -312,31 +313,17 @@ def test_no_key_material_in_any_log_output(tmp_path):
 def test_write_gives_a_pcap_that_tshark_reads_as_sip(tmp_path):
     out_file = tmp_path / "decrypted.pcap"
     ours = run_json(["-r", str(CAPTURE), "-k", str(KEY), "-w", str(out_file)])
-    proc = subprocess.run(
+    rows = tshark_fields(
+        out_file,
         [
-            "tshark",
-            "-r",
-            str(out_file),
-            "-T",
-            "fields",
-            "-e",
             "exported_pdu.ipv4_src",
-            "-e",
             "exported_pdu.src_port",
-            "-e",
             "exported_pdu.ipv4_dst",
-            "-e",
             "exported_pdu.dst_port",
-            "-e",
             "sip.Call-ID",
-            "-e",
             "frame.time_epoch",
         ],
-        capture_output=True,
-        text=True,
-        check=True,
     )
-    rows = [line.split("\t") for line in proc.stdout.splitlines()]
     assert len(rows) == len(ours) == len(expected_messages("tls12-aes128gcm-ems"))
     for row, obj in zip(rows, ours, strict=True):
         assert row[:5] == [

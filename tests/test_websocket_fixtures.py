@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from tests.fixtures import make_ws_captures, peers
 from tests.support.cli import payload_bytes, received, run
 from tests.support.groundtruth import GroundTruth, load_groundtruth
-from tests.support.oracle import packet_times
+from tests.support.oracle import packet_times, tshark_fields
 from tests.support.paths import FIXTURE_KEYS, FIXTURES
 
 WS_FIXTURES = FIXTURES.parent / "websocket"
@@ -142,25 +141,10 @@ def test_write_gives_a_pcap_that_tshark_reads_as_the_sip_sent(tmp_path):
         ["-r", str(WS_FIXTURES / "wss-tls13-keylog.pcap"), *key_arguments(truth), "-w", str(out)]
     )
     assert proc.returncode == 0, proc.stderr
-    shown = subprocess.run(
-        [
-            "tshark",
-            "-n",
-            "-r",
-            str(out),
-            "-Y",
-            "sip",
-            "-T",
-            "fields",
-            "-e",
-            "sip.Call-ID",
-            "-e",
-            "sip.CSeq",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
+    shown = [
+        "\t".join(row)
+        for row in tshark_fields(out, ["sip.Call-ID", "sip.CSeq"], display_filter="sip")
+    ]
     want = sorted(
         "\t".join(make_ws_captures.message_key(m.payload.decode())[1:]) for m in truth.messages
     )

@@ -15,6 +15,7 @@ import pytest
 from tests.support.cli import run
 from tests.support.collectors import StreamServer
 from tests.support.hep import chunk_value
+from tests.support.oracle import tshark_fields
 from tests.support.paths import FIXTURES
 from tests.test_workers_files import truth_arguments
 
@@ -120,27 +121,10 @@ def test_report_decryptable_capture_and_key_export(tmp_path: Path):
     # tshark decrypts the copy with no key: the same SIP messages from both
     sips = []
     for path in (decryptable_1, decryptable_2):
-        tshark = subprocess.run(
-            [
-                "tshark",
-                "-n",
-                "-r",
-                str(path),
-                "-Y",
-                "sip",
-                "-T",
-                "fields",
-                "-e",
-                "frame.time_epoch",
-                "-e",
-                "sip.Call-ID",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        rows = tshark_fields(
+            path, ["frame.time_epoch", "sip.Call-ID"], display_filter="sip", timeout=120
         )
-        assert tshark.returncode == 0, tshark.stderr
-        sips.append(Counter(tshark.stdout.splitlines()))
+        sips.append(Counter("\t".join(row) for row in rows))
     assert sips[1] == sips[0] and sum(sips[1].values()) > 0
 
 

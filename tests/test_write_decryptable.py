@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import stat
 import struct
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from captagent_tls.capture.files import CaptureReader
 from tests.support.cli import key_args, payload_bytes, received, run, run_json
 from tests.support.groundtruth import load_groundtruth, split_sip_stream
-from tests.support.oracle import tshark_decrypt, tshark_path
+from tests.support.oracle import tshark_decrypt, tshark_fields, tshark_path
 from tests.support.paths import FIXTURE_KEYS, FIXTURES, TESTS
 
 SHB, IDB, EPB, DSB = 0x0A0D0D0A, 1, 6, 10
@@ -84,31 +83,10 @@ def tshark_call_ids(path: Path, ports: list[int]) -> Counter[str]:
         for port in ports
         for arg in ("-d", f"tcp.port=={port},tls", "-d", f"tls.port=={port},sip")
     ]
-    out = subprocess.run(
-        [
-            tshark_path(),
-            "-n",
-            "-r",
-            str(path),
-            *decode,
-            "-Y",
-            "sip",
-            "-T",
-            "fields",
-            "-E",
-            "occurrence=a",
-            "-E",
-            "aggregator=|",
-            "-e",
-            "sip.Call-ID",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return Counter(
-        call_id for line in out.splitlines() if line.strip() for call_id in line.split("|")
+    rows = tshark_fields(
+        path, ["sip.Call-ID"], display_filter="sip", options=decode, aggregator="|"
     )
+    return Counter(call_id for (line,) in rows if line.strip() for call_id in line.split("|"))
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

@@ -383,33 +383,36 @@ def capture_time_range(
     return min(times), max(times)
 
 
+def tshark_fields(
+    pcap: str | os.PathLike[str],
+    fields: Sequence[str],
+    *,
+    display_filter: str | None = None,
+    options: Sequence[str] = (),
+    aggregator: str | None = None,
+    timeout: float = 300,
+) -> list[list[str]]:
+    """``tshark -T fields``: for every packet ``display_filter`` keeps, the values of
+    ``fields``; with ``aggregator``, each field's occurrences joined by it.  ``options`` go
+    before the filter (``-d``, ``-o``)."""
+    args = ["-n", "-r", os.fspath(pcap), *options]
+    if display_filter is not None:
+        args += ["-Y", display_filter]
+    args += ["-T", "fields"]
+    if aggregator is not None:
+        args += ["-E", "occurrence=a", "-E", f"aggregator={aggregator}"]
+    for name in fields:
+        args += ["-e", name]
+    return [line.split("\t") for line in _run_tshark(args, timeout).splitlines()]
+
+
 def packet_times(capture: Path) -> set[tuple[str, int, int]]:
     """(time in µs, source port, destination port) of every TCP packet with payload, by
     tshark: an independent reading of the capture."""
-    proc = subprocess.run(
-        [
-            "tshark",
-            "-n",
-            "-r",
-            str(capture),
-            "-Y",
-            "tcp.len > 0",
-            "-T",
-            "fields",
-            "-e",
-            "frame.time_epoch",
-            "-e",
-            "tcp.srcport",
-            "-e",
-            "tcp.dstport",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     times = set()
-    for line in proc.stdout.splitlines():
-        stamp, sport, dport = line.split("\t")
+    for stamp, sport, dport in tshark_fields(
+        capture, ["frame.time_epoch", "tcp.srcport", "tcp.dstport"], display_filter="tcp.len > 0"
+    ):
         seconds, _, fraction = stamp.partition(".")
         times.add((f"{seconds}.{(fraction + '000000')[:6]}", int(sport), int(dport)))
     return times
