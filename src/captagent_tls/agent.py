@@ -109,12 +109,15 @@ class Agent:
             self._stopping = True
 
     def _loop(self, wake: socket.socket) -> None:
-        capture_fd = self.capture.fileno()
+        capture = self.capture
         pipeline = self.pipeline
         next_tick = time.time_ns()
         next_stats = next_tick + self.stats_interval_ns
         while not self._stopping:
-            watched: list[int | socket.socket] = [capture_fd, wake]
+            capture_fd = capture.fileno()  # (None while the interface is down or gone)
+            watched: list[int | socket.socket] = [wake]
+            if capture_fd is not None:
+                watched.append(capture_fd)
             for listener in self.listeners:
                 watched.extend(listener.sockets())
             try:
@@ -125,7 +128,7 @@ class Agent:
             if wake.fileno() in ready_fds:
                 with contextlib.suppress(BlockingIOError):
                     wake.recv(4096)
-            if capture_fd in ready_fds:
+            if capture_fd is not None and capture_fd in ready_fds:
                 self._read_frames()
             added = sum(listener.handle(ready_fds) for listener in self.listeners)
             now = time.time_ns()
@@ -133,7 +136,8 @@ class Agent:
                 next_tick = now + TICK_NS // 5
                 added += sum(source.poll() for source in self.key_files)
                 pipeline.expire(now)
-                self.kernel = self.capture.stats()  # read here only: libpcap is not threadsafe
+                capture.maintain()  # a capture whose interface was lost is opened again
+                self.kernel = capture.stats()  # read here only: libpcap is not threadsafe
             if added:
                 pipeline.keys_added(now)
             if self._reload:
@@ -164,8 +168,9 @@ class Agent:
             self._read_waiting_keys()
             self._read_frames()
             self._read_waiting_keys()
-        except Exception:  # noqa: BLE001 - shutting down: never lose the final flush for this
-            log.exception("reading the last packets failed")
+        except Exception as exc:  # noqa: BLE001 - shutting down: never lose the final flush
+            log.error("reading the last packets failed: %s", exc)
+            log.debug("reading the last packets failed", exc_info=exc)
 
     def _read_waiting_keys(self) -> None:
         added = sum(source.poll() for source in self.key_files)

@@ -29,6 +29,8 @@ CATALOGUE: dict[str, Spec] = {
     "kernel_received_packets": Spec(C, "Packets the kernel received"),
     "kernel_dropped_packets": Spec(C, "Packets the kernel dropped (buffer full)"),
     "interface_dropped_packets": Spec(C, "Packets the interface dropped"),
+    "capture_reopens": Spec(C, "Times the capture was opened again after its interface was lost"),
+    "capture_blind_seconds": Spec(C, "Seconds without capture: the interface was down or gone"),
     "ip_fragments": Spec(C, "IP fragments, by what became of them", ("outcome",)),
     # TCP
     "tcp_segments": Spec(C, "TCP segments"),

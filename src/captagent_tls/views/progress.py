@@ -318,9 +318,11 @@ class LiveStatus:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last = (time.monotonic(), 0, 0)
+        self._blind = 0.0
 
     def text(self, now: float) -> str:
         counters = self.snapshot()
+        blind, self._blind = self._blind, counters.get("capture_blind_seconds")
         packets, messages = counters["packets"], counters["sip_messages"]
         then, frames_before, messages_before = self._last
         span = max(now - then, 1e-9)
@@ -339,6 +341,8 @@ class LiveStatus:
             parts.append(f"HEP queue {_count(counters.total('hep_queued'))}")
         parts.append(f"flows {_count(counters['active_flows'])}")
         parts.append(f"waiting for keys {_count(counters['tls_waiting_connections'])}")
+        if self._blind > blind:  # time without capture grew since the last line
+            parts.insert(0, "NO CAPTURE: the interface is down or gone")
         return " | ".join(parts)
 
     def start(self) -> None:

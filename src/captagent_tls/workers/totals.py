@@ -5,8 +5,9 @@ Most counters add up (each packet, flow and message is one worker's).  Some desc
 every worker holds or does alike, and adding them would multiply them by the number of
 workers: the key store and the followed key-log files (every worker holds every secret and
 reads every key-log file), the bounds every worker applies to itself (``sip_bound_bytes``),
-and with a capture file the IP fragments (every worker reassembles every fragmented datagram
-and keeps its own).  Those are the largest worker's figure.
+the loss of the interface that every worker's capture sees (``capture_*``), and with a
+capture file the IP fragments (every worker reassembles every fragmented datagram and keeps
+its own).  Those are the largest worker's figure.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ SHARED = frozenset(
         "key_log_connections_closed",
         "ip_fragments",
         "sip_bound_bytes",
+        # every worker's handle is lost and re-opened with the interface: how often and how
+        # long the agent was blind is the most any worker was
+        "capture_reopens",
+        "capture_blind_seconds",
     )
 )
 PER_WORKER = (
@@ -117,10 +122,9 @@ def _added(a: Any, b: Any) -> Any:
     return dataclasses.replace(a, **changes)
 
 
-def summary_lines(worker_states: Iterable[list[Any]]) -> list[str]:
-    """The HEP outputs' end-of-run lines for all workers together."""
-    from captagent_tls.sinks.hep import HepSink
-
+def merged_hep(worker_states: Iterable[list[Any]]) -> list[Any]:
+    """The HEP outputs' figures of all workers together, one per HEP output, shaped as the
+    sink is (``stats``, ``collectors``) for its end-of-run lines."""
     merged: list[Any] = []
     for states in worker_states:
         if not merged:
@@ -135,7 +139,25 @@ def summary_lines(worker_states: Iterable[list[Any]]) -> list[str]:
             total.stats = _added(total.stats, state.stats)
             for collector, other in zip(total.collectors, state.collectors, strict=False):
                 collector.stats = _added(collector.stats, other.stats)
-    lines: list[str] = []
-    for total in merged:
-        lines.extend(HepSink.summary_lines(total))
-    return lines
+    return merged
+
+
+class WorkersHep(Sink):
+    """Stands for the HEP outputs the workers ran, at the end of a run: their summary lines
+    and what they could not deliver."""
+
+    def __init__(self, worker_states: Iterable[list[Any]]):
+        self.merged = merged_hep(worker_states)
+
+    def emit(self, message: Any) -> None:  # pragma: no cover - never an output
+        raise NotImplementedError
+
+    def summary_lines(self, verbose: bool = False) -> list[str]:
+        from captagent_tls.sinks.hep import HepSink
+
+        return [line for total in self.merged for line in HepSink.summary_lines(total, verbose)]
+
+    def shortfall(self) -> str | None:
+        from captagent_tls.sinks.hep import HepSink
+
+        return "; ".join(filter(None, (HepSink.shortfall(total) for total in self.merged))) or None

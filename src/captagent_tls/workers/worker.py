@@ -48,9 +48,10 @@ from captagent_tls.sinks import OutputError, Sink
 from captagent_tls.tls.events import SessionSecret, TlsProblem
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore
+from captagent_tls.views.setup import console_wanted
 from captagent_tls.workers import usable_cores
 from captagent_tls.workers.channel import Channel, ChannelClosed
-from captagent_tls.workers.fanout import FanoutError, join_fanout
+from captagent_tls.workers.fanout import join_fanout
 from captagent_tls.workers.outputs import CONSOLE, JSON, PCAP, RecordingSink
 from captagent_tls.workers.shard import FileSharder
 from captagent_tls.workers.totals import sink_states
@@ -180,7 +181,7 @@ def build_outputs(spec: WorkerSpec) -> tuple[list[Sink], RecordingSink]:
         from captagent_tls.sinks.jsonl import JsonLinesSink
 
         recording.add(JSON, lambda tap: JsonLinesSink(cast(TextIO, tap)))
-    if args.console or not (args.hep or args.write or args.report or args.json):
+    if console_wanted(args):
         recording.add(CONSOLE, lambda tap: console_sink(cast(TextIO, tap), spec))
     recording.frames = bool(args.write_decryptable)
     recording.ready()
@@ -391,14 +392,16 @@ class Worker:
         from captagent_tls.keysources import KeyLogFile
 
         spec, args, keys = self.spec, self.spec.args, self.keys
+        # every handle the capture opens (again, after its interface was lost) joins the group
         capture = WatchedCapture(
-            args.interface, args.filter, args.promisc, args.snaplen, args.buffer_size
+            args.interface,
+            args.filter,
+            args.promisc,
+            args.snaplen,
+            args.buffer_size,
+            on_open=lambda fd: join_fanout(fd, spec.fanout_group),
         )
-        try:
-            join_fanout(capture.fileno(), spec.fanout_group)
-        except FanoutError:
-            capture.close()
-            raise
+        capture.name = f"{args.interface} (worker {spec.index})"
         if self.recording.frames:
             capture.recording = self.recording
         if args.user:
