@@ -19,7 +19,7 @@ from captagent_tls.views.colour import (
     colour_wanted,
 )
 from captagent_tls.views.console import BriefSink, ColourConsoleSink, printable
-from tests.support.cli import key_args, run, run_json
+from tests.support.cli import key_args, payload_bytes, run, run_json
 from tests.support.groundtruth import load_groundtruth
 from tests.support.paths import FIXTURE_KEYS, FIXTURES
 from tests.support.terminal import run_on_terminal
@@ -209,3 +209,98 @@ def test_brief_says_how_the_message_travelled(transport, version, shown):
     )
     line = BriefSink(Collect()).line(message)  # type: ignore[arg-type]
     assert line.endswith(f" OPTIONS              x {shown}\n"), line
+
+
+# -- hostile messages through every console mode ---------------------------------------------
+
+HOSTILE_HEADERS = (
+    "Subject: \x1b]0;owned window title\x07 and \x1b[2J\x1b[H a cleared screen\r\n"
+    "Via: SIP/2.0/TCP 10.0.0.1:40000;rport\r;received=6.6.6.6\r\n"  # a bare CR overwrites
+    "X-C1: \u009b31m CSI in one character, DEL \x7f, NUL \x00, bell \x07\r\n"
+    "X-Bidi: \u202egnirts desrever\u202c\r\n"
+)
+
+
+def hostile_capture(path) -> bytes:
+    """Plain SIP over TCP whose headers, body and Call-ID carry terminal control sequences;
+    returns the bytes of the INVITE as sent."""
+    from fuzz.capmodel import RawPacket, write_pcap
+    from tests.support.tlswriter import LINKTYPE_ETHERNET, TcpConversation
+
+    body = "v=0\r\ns=\x1b[31mred\x1b[0m\x1bc\r\n"
+    invite = (
+        "INVITE sip:bob@example.com SIP/2.0\r\n"
+        "Call-ID: evil\x1b[5m@example.com\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"{HOSTILE_HEADERS}"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(body.encode())}\r\n\r\n{body}"
+    ).encode()
+    answer = (
+        "SIP/2.0 200 OK\r\nCall-ID: evil\x1b[5m@example.com\r\nCSeq: 1 INVITE\r\n"
+        f"{HOSTILE_HEADERS}Content-Length: 0\r\n\r\n"
+    ).encode()
+    conversation = TcpConversation()
+    conversation.open()
+    conversation.send(0, invite)
+    conversation.send(1, answer)
+    conversation.close()
+    packets = [RawPacket(frame.ts_ns, bytes(frame.data)) for frame in conversation.frames]
+    path.write_bytes(write_pcap(LINKTYPE_ETHERNET, packets))
+    return invite
+
+
+def assert_drives_nothing(text: str) -> None:
+    """Only our colour codes, line ends (CR only before LF) and tabs: no other control
+    character, and the hostile ones are there as visible escapes."""
+    without_ours = SGR.sub("", text)
+    for index, char in enumerate(without_ours):
+        code = ord(char)
+        if char == "\r":
+            assert without_ours[index + 1 : index + 2] == "\n", repr(without_ours[index - 40 :])
+        elif code < 0x20 and char not in "\n\t" or 0x7F <= code < 0xA0 or char in "\u202e\u202c":
+            raise AssertionError(f"control U+{code:04X} reached the console: {without_ours!r}")
+    assert "\\x1b" in without_ours
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        [],
+        ["--color", "never"],
+        ["--color", "always"],
+        ["--brief"],
+        ["--brief", "--color", "always"],
+        ["--workers", "2"],
+        ["--workers", "2", "--color", "always"],
+        ["--workers", "2", "--brief", "--color", "always"],
+    ],
+    ids=lambda mode: " ".join(mode) or "default",
+)
+def test_hostile_control_sequences_never_reach_the_console(tmp_path, mode):
+    capture = tmp_path / "hostile.pcap"
+    hostile_capture(capture)
+    proc = run(["-r", capture, "-q", *mode], check=True)
+    assert proc.stdout.count("\\x1b") >= 2
+    assert_drives_nothing(proc.stdout)
+    assert_drives_nothing(proc.stdout + proc.stderr.replace("\\", "\\\\") + "\\x1b")
+    if "--brief" not in mode:
+        assert "rport\\x0d;received=6.6.6.6" in proc.stdout  # the bare CR, shown
+
+
+def test_hostile_control_sequences_on_a_terminal(tmp_path):
+    capture = tmp_path / "hostile.pcap"
+    hostile_capture(capture)
+    for extra in ([], ["--brief"], ["--color", "never"]):
+        shown = run_on_terminal(
+            ["-r", capture, "-q", "--no-progress", *extra], stdout_on_terminal=True
+        )
+        assert shown.returncode == 0
+        assert_drives_nothing(shown.terminal.replace("\r\n", "\n"))  # (the tty's own CR)
+
+
+def test_the_other_outputs_keep_the_exact_bytes(tmp_path):
+    capture = tmp_path / "hostile.pcap"
+    invite = hostile_capture(capture)
+    out = run_json(["-r", capture, "-q"])
+    assert payload_bytes(out[0]) == invite

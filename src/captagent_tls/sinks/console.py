@@ -1,13 +1,41 @@
-"""Console sink: one header line per message, then the message text."""
+"""Console sink: one header line per message, then the message text.
+
+The console is a terminal more often than not, and the message's bytes come from whoever
+sent them: an escape sequence could clear the screen, move the cursor, retitle the window,
+and a bare carriage return could overwrite the line with other text.  So every control
+character of a message is shown as a visible escape (``\\x1b``), as ``cat -v`` or ``less``
+would, whatever the colour setting and whether or not the output is a terminal: C0 controls
+(ESC among them) except tab and the line's own ending (LF, or CR LF), a CR that does not end a
+line, DEL, the C1 controls (a terminal may take U+009B as CSI), and the Unicode controls of
+text direction, which reorder what is shown.  Colour codes come only from the views.  JSON,
+``-w``, HEP and the report keep the exact bytes.
+"""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import TextIO
 
 from captagent_tls.message import Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import Sink, write_failed
+
+_UNSAFE = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """Text that cannot drive a terminal: its control characters shown as escapes."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(_escape, text)
 
 
 def format_time(ts_ns: int) -> str:
@@ -29,7 +57,7 @@ class ConsoleSink(Sink):
         if message.transport == "wss":
             security = f"WSS {security}"
         kind = "" if message.is_sip else f" [{len(message.payload)} bytes, not SIP]"
-        text = message.payload.decode("utf-8", "backslashreplace")
+        text = printable(message.payload.decode("utf-8", "backslashreplace"))
         if not text.endswith("\n"):
             text += "\n"
         try:

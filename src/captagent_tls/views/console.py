@@ -5,9 +5,8 @@ laid over its text, so the two can never drift apart: the header line takes the 
 its direction (client to server, server to client) with the TLS details dim, and the start
 line of a SIP message the colour of its kind (request, 1xx, 2xx, 3xx-6xx).
 
-Both views are meant for a terminal, so control characters that came off the wire (an
-escape sequence could retitle, recolour or clear the terminal) are shown escaped, as ``\\x1b``;
-tab, CR and LF stay as they are.
+Control characters that came off the wire are shown escaped, as in the plain view
+(:func:`captagent_tls.sinks.console.printable`): colour codes come only from here.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from typing import TextIO
 from captagent_tls.message import Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import Sink
-from captagent_tls.sinks.console import ConsoleSink
+from captagent_tls.sinks.console import ConsoleSink, printable
 from captagent_tls.sip.headers import summarize
 from captagent_tls.views.colour import (
     DIM,
@@ -29,16 +28,6 @@ from captagent_tls.views.colour import (
     paint,
     status_colour,
 )
-
-# C0 controls but tab, LF and CR; DEL; C1 controls (a terminal may take 0x9b as CSI)
-_CONTROLS = {
-    c: f"\\x{c:02x}" for c in (*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0))
-}
-
-
-def printable(text: str) -> str:
-    """Text that cannot drive the terminal: control characters shown escaped."""
-    return text.translate(_CONTROLS)
 
 
 def security_of(message: Message) -> str:
@@ -71,7 +60,7 @@ class ColourConsoleSink(Sink):
         text = plain.getvalue()
         plain.seek(0)
         plain.truncate()
-        self.out.write(colourize(message, printable(text)))
+        self.out.write(colourize(message, text))  # (the plain view escaped the message)
         if self.flush_each:
             self.out.flush()
 
