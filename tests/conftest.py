@@ -44,6 +44,7 @@ SLOW_MODULES = frozenset(
     (
         "test_capture_loss.py",
         "test_cli.py",
+        "test_cli_end_of_run.py",
         "test_conformance_corpus.py",
         "test_fixtures.py",
         "test_fuzz_regressions.py",

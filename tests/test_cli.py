@@ -51,7 +51,7 @@ def test_json_output_is_the_ground_truth():
 
 
 def test_console_output_and_stats():
-    proc = run(["-r", str(CAPTURE), "-k", str(KEY)])
+    proc = run(["-r", str(CAPTURE), "-k", str(KEY), "-v"])
     assert proc.returncode == 0
     headers = [line for line in proc.stdout.splitlines() if " UTC " in line]
     assert len(headers) == len(expected_messages("tls12-aes128gcm-ems"))
@@ -64,7 +64,9 @@ def test_console_output_and_stats():
 def test_stats_count_key_updates_and_alerts():
     # the fixture's client requests a KeyUpdate (the server answers) and the server sends one
     name = "keylog-tls13-keyupdate"
-    proc = run(["-r", FIXTURES / f"{name}.pcap", "--keylog", FIXTURES / f"{name}.keylog", "--json"])
+    proc = run(
+        ["-r", FIXTURES / f"{name}.pcap", "--keylog", FIXTURES / f"{name}.keylog", "--json", "-v"]
+    )
     assert proc.returncode == 0
     assert "TLS events: 2 alerts, 3 key updates," in proc.stderr
 

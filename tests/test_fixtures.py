@@ -33,7 +33,7 @@ def arguments(truth) -> list[str]:
 def run_fixture(capture: Path, truth) -> tuple[list[dict], str]:
     import json
 
-    proc = run(["-r", str(capture), "--json", *arguments(truth)])
+    proc = run(["-r", str(capture), "--json", "-v", *arguments(truth)])
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
 

@@ -225,6 +225,7 @@ def test_reading_a_file_waits_for_a_slow_collector_instead_of_dropping():
                 server.address,
                 "--hep-queue",
                 "2",
+                "-v",
             ]
         )
         assert proc.returncode == 0, proc.stderr

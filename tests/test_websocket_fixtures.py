@@ -46,7 +46,7 @@ def key_arguments(truth: GroundTruth) -> list[str]:
 
 
 def run_json(capture: Path, truth: GroundTruth, *extra: str) -> tuple[list[dict], str]:
-    proc = run(["-r", str(capture), "--json", *key_arguments(truth), *extra])
+    proc = run(["-r", str(capture), "--json", "-v", *key_arguments(truth), *extra])
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
 

@@ -46,7 +46,7 @@ def test_hep_from_each_worker_keeps_each_flows_order():
     runs = {}
     for workers in (1, 2):
         collector = StreamServer().start()
-        proc = agent("--hep", collector.address, "--workers", str(workers))
+        proc = agent("--hep", collector.address, "--workers", str(workers), "-v")
         packets = collector.wait_for_packets(MESSAGES)
         collector.stop()
         runs[workers] = (hep_flows(packets), proc.stderr)

@@ -96,7 +96,7 @@ class Collected:
 
 def test_merge_writes_in_time_order_up_to_the_lowest_watermark():
     out = Collected()
-    merger = Merger(Writers(out, None, None, None, None, flush_each=False), 2)  # type: ignore[arg-type]
+    merger = Merger(Writers(out, None, None, None, flush_each=False), 2)  # type: ignore[arg-type]
 
     def record(ts: int, text: str) -> tuple[int, tuple]:
         return (ts, (text, None, None, None, None))

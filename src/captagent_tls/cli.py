@@ -38,7 +38,7 @@ from captagent_tls.tls.keylog import KeyLogResult, load_key_log
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.rsa_pool import RSA_RELEASE_AFTER_FRAMES
 from captagent_tls.tls.tracker import HoldLimits
-from captagent_tls.views.setup import Views
+from captagent_tls.views.setup import Views, console_wanted
 
 EXIT_ERROR = 1
 OFFLINE_WAIT_FOR_ROOM_S = 30.0  # then a collector that does not take anything is given up
@@ -134,9 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_through=False,
             line_buffering=terminal,
         )
+    if args.read and args.interface:
+        parser.error("give a capture file (-r FILE) or an interface (-i IFACE), not both")
+    if not (args.read or args.interface):
+        parser.error("give a capture file (-r FILE) or an interface (-i IFACE)")
     try:
-        if bool(args.read) == bool(args.interface):
-            raise UserError("give a capture file (-r FILE) or an interface (-i IFACE)")
         return run_live(args) if args.interface else run_offline(args)
     except UserFacingError as exc:
         print(f"captagent-tls: error: {one_line(str(exc))}", file=sys.stderr)
@@ -227,6 +229,7 @@ class KeyLogExporter:
                 path,
             )
         self._written: OrderedDict[bytes, None] = OrderedDict()
+        self.lines = 0
 
     def write(self, secret: SessionSecret) -> None:
         if secret.source == "key log" or secret.client_random in self._written:
@@ -241,12 +244,19 @@ class KeyLogExporter:
             self.out.flush()
         except OSError as exc:
             raise write_failed(self.out, exc, self.path) from None
+        self.lines += 1
 
     def close(self) -> None:
         try:
             self.out.close()
         except OSError as exc:
             raise write_failed(self.out, exc, self.path) from None
+
+    def closing_line(self) -> str:
+        return (
+            f"exported key log: {self.path}: {self.lines} CLIENT_RANDOM lines added "
+            "(mode 0600: it holds secrets)"
+        )
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -283,7 +293,8 @@ def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink
         sinks.append(hep_sink(args, live))
     if args.write:
         try:
-            sinks.append(PcapFileSink(open(args.write, "wb"), flush_each=flush_each))  # noqa: SIM115
+            out = open(args.write, "wb")  # noqa: SIM115 - closed by the sink
+            sinks.append(PcapFileSink(out, flush_each=flush_each, path=args.write))
         except OSError as exc:
             raise UserError(f"cannot write {args.write}: {exc.strerror or exc}") from None
     report = views.report_sink()
@@ -291,7 +302,7 @@ def build_sinks(args: argparse.Namespace, live: bool, views: Views) -> list[Sink
         sinks.append(report)
     if args.json:
         sinks.append(JsonLinesSink(views.stdout, flush_each=flush_each))
-    if args.console or not sinks:
+    if console_wanted(args):
         sinks.append(views.console(flush_each=flush_each))
     return sinks
 
@@ -411,19 +422,7 @@ def run_offline(args: argparse.Namespace) -> int:
             f"{reader.truncated_at}); everything before the cut was processed",
             file=sys.stderr,
         )
-    if not args.quiet:
-        print(format_stats(snapshot(pipeline, sinks), sinks), file=sys.stderr)
-        for line in views.summary_lines():
-            print(f"captagent-tls: {line}", file=sys.stderr)
-    dropped = pipeline.stats.internal_errors
-    if dropped:
-        print(
-            f"captagent-tls: error: {dropped} flow{' was' if dropped == 1 else 's were'} "
-            "dropped after internal errors (see above)",
-            file=sys.stderr,
-        )
-        return EXIT_ERROR
-    return 0
+    return end_of_run(args, snapshot(pipeline, sinks), sinks, views, exporter)
 
 
 # -- live ------------------------------------------------------------------------------------
@@ -465,7 +464,8 @@ def run_live(args: argparse.Namespace) -> int:
         drop_privileges(args.user)
 
     def report() -> None:
-        log.warning("%s", format_stats(snapshot(pipeline, sinks, agent.kernel), sinks))
+        stats = snapshot(pipeline, sinks, agent.kernel)
+        log.warning("%s", format_stats(stats, sinks, verbose=args.verbose > 0))
 
     agent = Agent(
         capture,
@@ -487,10 +487,46 @@ def run_live(args: argparse.Namespace) -> int:
         finish(pipeline, sinks, exporter)
         views.close()
         reporter.flush()
+    return end_of_run(args, snapshot(pipeline, sinks, agent.kernel), sinks, views, exporter)
+
+
+def end_of_run(
+    args: argparse.Namespace,
+    counters: Counters,
+    sinks: Sequence[Sink],
+    views: Views,
+    exporter: KeyLogExporter | None,
+) -> int:
+    """The summary, a line for each file written, then the last line: whether every output
+    took everything.  Reading a file, an output that did not (HEP packets not delivered)
+    makes the exit status non-zero; a live agent says so and exits 0 (it was stopped)."""
+    out = sys.stderr
     if not args.quiet:
-        print(format_stats(snapshot(pipeline, sinks, agent.kernel), sinks), file=sys.stderr)
-        for line in views.summary_lines():
-            print(f"captagent-tls: {line}", file=sys.stderr)
+        print(format_stats(counters, sinks, verbose=args.verbose > 0), file=out)
+        closing = [line for sink in sinks if (line := sink.closing_line())]
+        closing += views.closing_lines()
+        if exporter is not None:
+            closing.append(exporter.closing_line())
+        for line in closing:
+            print(f"captagent-tls: {line}", file=out)
+    failures = [text for sink in sinks if (text := sink.shortfall())]
+    dropped = int(counters["internal_errors"])
+    if dropped:
+        failures.append(
+            f"{dropped} flow{' was' if dropped == 1 else 's were'} dropped after internal "
+            "errors (see above)"
+        )
+    if failures and (not args.interface or dropped):
+        print(f"captagent-tls: error: {'; '.join(failures)}", file=out)
+        return EXIT_ERROR
+    if failures:
+        print(f"captagent-tls: warning: {'; '.join(failures)}", file=out)
+    elif not args.quiet:
+        print(
+            f"captagent-tls: done: {counters['sip_messages']} SIP messages; every output "
+            "took everything",
+            file=out,
+        )
     return 0
 
 

@@ -97,108 +97,224 @@ def worker_lines(c: Counters) -> list[str]:
     ]
 
 
-def format_stats(counters: Counters, sinks: Iterable[Sink] = ()) -> str:
+def _shown(verbose: bool, *items: tuple[str, float]) -> list[str]:
+    """The items' texts: all of them with ``verbose``, else those whose value is not zero."""
+    return [text for text, value in items if verbose or value]
+
+
+def _group(prefix: str, texts: list[str]) -> list[str]:
+    return [prefix + ", ".join(texts)] if texts else []
+
+
+def format_stats(counters: Counters, sinks: Iterable[Sink] = (), verbose: bool = False) -> str:
     """The end-of-run (and periodic) summary: the counters for people, then what each output
-    has to say about itself."""
+    has to say about itself.  A counter that is zero says nothing unless ``verbose`` (-v):
+    the lines that are left read at a glance; packets read and SIP messages always show."""
     c = counters
+    v = verbose
     skipped = c.labelled("packets_skipped")
     fragments = c.labelled("ip_fragments")
     sessions = c.labelled("tls_sessions")
-    undecryptable = (
-        ", ".join(
-            f"{labels[0].replace('_', ' ')} {int(count)}"
-            for labels, count in sorted(sessions.items())
-            if labels[0] not in ("full", "resumed", "incomplete")
-        )
-        or "0"
-    )
-    records = {labels[0]: int(v) for labels, v in c.labelled("tls_records").items()}
-    events = {labels[0]: int(v) for labels, v in c.labelled("tls_events").items()}
-    websocket = {labels[0]: int(v) for labels, v in c.labelled("websocket").items()}
-    kernel = (
-        [
+    undecryptable = [
+        (f"{labels[0].replace('_', ' ')} {int(count)}", count)
+        for labels, count in sorted(sessions.items())
+        if labels[0] not in ("full", "resumed", "incomplete")
+    ]
+    records = {labels[0]: int(value) for labels, value in c.labelled("tls_records").items()}
+    events = {labels[0]: int(value) for labels, value in c.labelled("tls_events").items()}
+    websocket = {labels[0]: int(value) for labels, value in c.labelled("websocket").items()}
+    lines = ["--- captagent-tls stats ---"]
+    if "kernel_received_packets" in c.values:
+        kernel = [
             f"kernel: {c['kernel_received_packets']} packets received, "
-            f"{c['kernel_dropped_packets']} dropped, {c['interface_dropped_packets']} "
-            "dropped by the interface"
+            f"{c['kernel_dropped_packets']} dropped"
+            + (
+                f", {c['interface_dropped_packets']} dropped by the interface"
+                if v or c["interface_dropped_packets"]
+                else ""
+            )
         ]
-        if "kernel_received_packets" in c.values
-        else []
-    )
-    lines = [
-        "--- captagent-tls stats ---",
-        *kernel,
-        f"packets: {c['packets']} read, {c['tcp_segments']} TCP, "
-        f"{int(c.total('packets_skipped'))} skipped"
-        + (
-            f" ({', '.join(f'{k[0]} {int(v)}' for k, v in sorted(skipped.items()))})"
-            if skipped
-            else ""
-        )
-        + (
+        if v or c["capture_reopens"] or c.get("capture_blind_seconds"):
+            kernel.append(
+                f"capture re-opened {c['capture_reopens']} times after its interface was "
+                f"lost, {c.get('capture_blind_seconds'):.1f} s without capture"
+            )
+        lines.append("; ".join(kernel))
+    packets = [
+        f"{c['packets']} read",
+        *_shown(
+            v,
+            (f"{c['tcp_segments']} TCP", c["tcp_segments"]),
+            (
+                f"{int(c.total('packets_skipped'))} skipped"
+                + (
+                    f" ({', '.join(f'{k[0]} {int(n)}' for k, n in sorted(skipped.items()))})"
+                    if skipped
+                    else ""
+                ),
+                c.total("packets_skipped"),
+            ),
+        ),
+    ]
+    line = "packets: " + ", ".join(packets)
+    if fragments.get(("fragments",)):
+        line += (
             f"; IP fragments {int(fragments.get(('fragments',), 0))} "
             f"({int(fragments.get(('reassembled',), 0))} datagrams reassembled, "
             f"{int(fragments.get(('expired',), 0))} expired, "
             f"{int(fragments.get(('overflows',), 0))} over the cap)"
-            if fragments.get(("fragments",))
-            else ""
+        )
+    lines.append(line)
+    flows = [
+        *_group(
+            "",
+            _shown(
+                v,
+                (f"{c['flows']} TCP", c["flows"]),
+                (f"{c['tls_connections']} TLS", c["tls_connections"]),
+                (f"{c['non_tls_flows']} not TLS", c["non_tls_flows"]),
+            ),
         ),
-        f"flows: {c['flows']} TCP, {c['tls_connections']} TLS, {c['non_tls_flows']} not TLS; "
-        f"out of order {c['tcp_out_of_order']}, duplicates {c['tcp_duplicates']}, gaps "
-        f"{c['tcp_gaps']} ({c['tcp_gap_bytes']} bytes), buffer overflows "
-        f"{c['tcp_buffer_overflows']}; evicted: {c['flow_evictions']} flows, "
-        f"{c['flow_timeouts']} idle, {c['session_cache_evictions']} cached sessions",
-        f"TLS sessions: {int(sessions.get(('full',), 0))} full, "
-        f"{int(sessions.get(('resumed',), 0))} resumed, "
-        f"{int(sessions.get(('incomplete',), 0))} ended before any protected record, "
-        f"undecryptable: {undecryptable}",
-        f"TLS records: {records.get('decrypted', 0)} decrypted, "
-        f"{records.get('failed_authentication', 0)} failed authentication (dropped), "
-        f"{records.get('unproven_iv', 0)} with an unproven CBC IV (dropped), "
-        f"{records.get('no_keys', 0)} without keys, "
-        f"{records.get('expired_waiting_for_keys', 0)} dropped waiting for keys, "
-        f"{records.get('over_hold_cap', 0)} over the hold cap; Finished verified "
-        f"{int(c.get('tls_finished', 'verified'))}, failed {int(c.get('tls_finished', 'failed'))}",
-        f"TLS events: {events.get('alerts', 0)} alerts, {events.get('key_updates', 0)} key "
-        f"updates, early data {events.get('early_data_records', 0)} records decrypted / "
-        f"{events.get('early_data_skipped', 0)} skipped, {events.get('resyncs', 0)} resyncs "
-        f"after gaps, {events.get('framing_errors', 0)} framing errors, "
-        f"{events.get('handshake_errors', 0)} unreadable handshake messages, "
-        f"{events.get('handshakes_too_large', 0)} handshakes too large",
-        f"SIP messages: {c['sip_messages']} ({c['sip_messages_unencrypted']} unencrypted); "
-        f"other decrypted application data: {c['raw_chunks']} chunks, {c['raw_bytes']} bytes; "
-        f"unencrypted non-SIP TCP: {c['plain_other_bytes']} bytes (not passed on)",
-        f"SIP messages dropped: {int(c.get('sip_messages_dropped', 'message_size'))} over "
-        f"{int(c.get('sip_bound_bytes', 'message_size')) >> 10} KiB, "
-        f"{int(c.get('sip_messages_dropped', 'all_flows_held'))} while incomplete messages "
-        f"held {int(c.get('sip_bound_bytes', 'all_flows_held')) >> 20} MiB "
-        f"({c['sip_dropped_bytes']} bytes)",
-        *(
-            [
-                f"WebSocket: {websocket.get('upgrades', 0)} upgrades "
-                f"({websocket.get('sip_connections', 0)} SIP, "
-                f"{websocket.get('other_connections', 0)} other, {websocket.get('refused', 0)} "
-                f"refused), {websocket.get('picked_up', 0)} picked up mid-stream; "
-                f"{websocket.get('messages', 0)} messages ({websocket.get('inflated', 0)} "
-                f"inflated, {websocket.get('keepalives', 0)} keep-alives), "
-                f"{websocket.get('control_frames', 0)} control frames"
-            ]
-            if any(websocket.values())
-            else []
+        *_group(
+            "",
+            _shown(
+                v,
+                (f"out of order {c['tcp_out_of_order']}", c["tcp_out_of_order"]),
+                (f"duplicates {c['tcp_duplicates']}", c["tcp_duplicates"]),
+                (f"gaps {c['tcp_gaps']} ({c['tcp_gap_bytes']} bytes)", c["tcp_gaps"]),
+                (f"buffer overflows {c['tcp_buffer_overflows']}", c["tcp_buffer_overflows"]),
+            ),
         ),
-        f"key log: {c['key_log_secrets']} entries held, {c['key_log_evictions']} evicted (at "
-        f"most {c['key_log_max_secrets']}); "
-        f"lines from followed files and listeners: "
-        f"{int(c.get('key_log_lines', 'added'))} added, "
-        f"{int(c.get('key_log_lines', 'malformed'))} malformed; listener connections closed: "
-        f"{int(c.get('key_log_connections_closed', 'make_room'))} to make room, "
-        f"{int(c.get('key_log_connections_closed', 'idle'))} idle",
-        *(
-            [f"internal errors: {c['internal_errors']} flows dropped"]
-            if c["internal_errors"]
-            else []
+        *_group(
+            "evicted: ",
+            _shown(
+                v,
+                (f"{c['flow_evictions']} flows", c["flow_evictions"]),
+                (f"{c['flow_timeouts']} idle", c["flow_timeouts"]),
+                (f"{c['session_cache_evictions']} cached sessions", c["session_cache_evictions"]),
+            ),
         ),
-        *worker_lines(c),
     ]
+    if flows:
+        lines.append("flows: " + "; ".join(flows))
+    tls = _shown(
+        v,
+        (f"{int(sessions.get(('full',), 0))} full", sessions.get(("full",), 0)),
+        (f"{int(sessions.get(('resumed',), 0))} resumed", sessions.get(("resumed",), 0)),
+        (
+            f"{int(sessions.get(('incomplete',), 0))} ended before any protected record",
+            sessions.get(("incomplete",), 0),
+        ),
+    )
+    undecryptable_shown = _shown(v, *undecryptable)
+    if v or undecryptable_shown:
+        tls.append("undecryptable: " + (", ".join(undecryptable_shown) or "0"))
+    if tls:
+        lines.append("TLS sessions: " + ", ".join(tls))
+    record_parts = _shown(
+        v,
+        (f"{records.get('decrypted', 0)} decrypted", records.get("decrypted", 0)),
+        (
+            f"{records.get('failed_authentication', 0)} failed authentication (dropped)",
+            records.get("failed_authentication", 0),
+        ),
+        (
+            f"{records.get('unproven_iv', 0)} with an unproven CBC IV (dropped)",
+            records.get("unproven_iv", 0),
+        ),
+        (f"{records.get('no_keys', 0)} without keys", records.get("no_keys", 0)),
+        (
+            f"{records.get('expired_waiting_for_keys', 0)} dropped waiting for keys",
+            records.get("expired_waiting_for_keys", 0),
+        ),
+        (f"{records.get('over_hold_cap', 0)} over the hold cap", records.get("over_hold_cap", 0)),
+    )
+    finished = _group(
+        "Finished ",
+        _shown(
+            v,
+            (
+                f"verified {int(c.get('tls_finished', 'verified'))}",
+                c.get("tls_finished", "verified"),
+            ),
+            (f"failed {int(c.get('tls_finished', 'failed'))}", c.get("tls_finished", "failed")),
+        ),
+    )
+    if record_parts or finished:
+        lines.append("TLS records: " + "; ".join(_group("", record_parts) + finished))
+    early = (
+        f"early data {events.get('early_data_records', 0)} records decrypted / "
+        f"{events.get('early_data_skipped', 0)} skipped"
+    )
+    event_parts = _shown(
+        v,
+        (f"{events.get('alerts', 0)} alerts", events.get("alerts", 0)),
+        (f"{events.get('key_updates', 0)} key updates", events.get("key_updates", 0)),
+        (early, events.get("early_data_records", 0) + events.get("early_data_skipped", 0)),
+        (f"{events.get('resyncs', 0)} resyncs after gaps", events.get("resyncs", 0)),
+        (f"{events.get('framing_errors', 0)} framing errors", events.get("framing_errors", 0)),
+        (
+            f"{events.get('handshake_errors', 0)} unreadable handshake messages",
+            events.get("handshake_errors", 0),
+        ),
+        (
+            f"{events.get('handshakes_too_large', 0)} handshakes too large",
+            events.get("handshakes_too_large", 0),
+        ),
+    )
+    if event_parts:
+        lines.append("TLS events: " + ", ".join(event_parts))
+    sip = f"SIP messages: {c['sip_messages']}"
+    if v or c["sip_messages_unencrypted"]:
+        sip += f" ({c['sip_messages_unencrypted']} unencrypted)"
+    other = [
+        *_group(
+            "other decrypted application data: ",
+            [f"{c['raw_chunks']} chunks, {c['raw_bytes']} bytes"] if v or c["raw_chunks"] else [],
+        ),
+        *_group(
+            "unencrypted non-SIP TCP: ",
+            [f"{c['plain_other_bytes']} bytes (not passed on)"]
+            if v or c["plain_other_bytes"]
+            else [],
+        ),
+    ]
+    lines.append("; ".join([sip, *other]))
+    dropped_by_size = int(c.get("sip_messages_dropped", "message_size"))
+    dropped_by_total = int(c.get("sip_messages_dropped", "all_flows_held"))
+    if v or dropped_by_size or dropped_by_total:
+        lines.append(
+            f"SIP messages dropped: {dropped_by_size} over "
+            f"{int(c.get('sip_bound_bytes', 'message_size')) >> 10} KiB, "
+            f"{dropped_by_total} while incomplete messages "
+            f"held {int(c.get('sip_bound_bytes', 'all_flows_held')) >> 20} MiB "
+            f"({c['sip_dropped_bytes']} bytes)"
+        )
+    if any(websocket.values()):
+        lines.append(
+            f"WebSocket: {websocket.get('upgrades', 0)} upgrades "
+            f"({websocket.get('sip_connections', 0)} SIP, "
+            f"{websocket.get('other_connections', 0)} other, {websocket.get('refused', 0)} "
+            f"refused), {websocket.get('picked_up', 0)} picked up mid-stream; "
+            f"{websocket.get('messages', 0)} messages ({websocket.get('inflated', 0)} "
+            f"inflated, {websocket.get('keepalives', 0)} keep-alives), "
+            f"{websocket.get('control_frames', 0)} control frames"
+        )
+    key_lines = c.labelled("key_log_lines")
+    closed = c.labelled("key_log_connections_closed")
+    if v or c["key_log_secrets"] or any(key_lines.values()) or any(closed.values()):
+        lines.append(
+            f"key log: {c['key_log_secrets']} entries held, {c['key_log_evictions']} evicted "
+            f"(at most {c['key_log_max_secrets']}); "
+            f"lines from followed files and listeners: "
+            f"{int(c.get('key_log_lines', 'added'))} added, "
+            f"{int(c.get('key_log_lines', 'malformed'))} malformed; listener connections "
+            f"closed: {int(c.get('key_log_connections_closed', 'make_room'))} to make room, "
+            f"{int(c.get('key_log_connections_closed', 'idle'))} idle"
+        )
+    if c["internal_errors"]:
+        lines.append(f"internal errors: {c['internal_errors']} flows dropped")
+    lines.extend(worker_lines(c))
     for sink in sinks:
-        lines.extend(sink.summary_lines())
+        lines.extend(sink.summary_lines(verbose))
     return "\n".join(lines)

@@ -70,7 +70,7 @@ class Option:
 
 INPUT = "input (one of -r or -i)"
 KEYS = "keys"
-OUTPUTS = "outputs (default: the console)"
+OUTPUTS = "outputs (default: the console, which an output of the messages replaces)"
 AGENT = "running as an agent"
 TUNING = "tuning"
 VIEWS = "views"
@@ -275,7 +275,9 @@ TABLE: tuple[Option, ...] = (
         group=OUTPUTS,
         default=False,
         table="output",
-        help="print messages on the console even when another output is chosen",
+        help="print messages on the console too: --json, --hep, -w, --report and "
+        "--write-decryptable replace it otherwise, as tcpdump -w prints no packets (and an "
+        "agent shipping to HOMER should not write every message to its log)",
     ),
     Option(
         "hep",
@@ -560,7 +562,7 @@ TABLE: tuple[Option, ...] = (
         group=None,
         default=False,
         table="agent",
-        help="no stats summary at the end",
+        help="no stats summary and no closing lines at the end (a failure is still reported)",
     ),
     Option(
         "config",

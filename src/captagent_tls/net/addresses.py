@@ -25,8 +25,12 @@ def split_host_port(text: str) -> tuple[str, int]:
         port = rest[1:] if bracket and rest.startswith(":") else ""
     else:
         host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port:
         raise ValueError("expected HOST:PORT")
+    if not port.isascii() or not port.isdigit():
+        raise ValueError(f"port {port!r} is not a number")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {int(port)} is out of range (1 to 65535)")
     return host, int(port)
 
 

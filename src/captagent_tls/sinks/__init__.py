@@ -35,6 +35,15 @@ class Sink:
     def add_counters(self, counters: Counters) -> None:
         """Add what this output counts to a snapshot (see counters.py)."""
 
-    def summary_lines(self) -> list[str]:
-        """Lines for the end-of-run summary."""
+    def summary_lines(self, verbose: bool = False) -> list[str]:
+        """Lines for the end-of-run summary (``verbose``: figures that are zero too)."""
         return []
+
+    def closing_line(self) -> str | None:
+        """An output that writes a file: the file's name and what it holds, once closed."""
+        return None
+
+    def shortfall(self) -> str | None:
+        """What this output could not take (messages not delivered, ...); None when it took
+        everything.  Any shortfall makes a run that reads a file end with a failure."""
+        return None

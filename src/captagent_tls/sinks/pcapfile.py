@@ -53,9 +53,11 @@ def exported_pdu(message: Message) -> bytes:
 
 
 class PcapFileSink(Sink):
-    def __init__(self, out: BinaryIO, flush_each: bool = False):
+    def __init__(self, out: BinaryIO, flush_each: bool = False, path: str | None = None):
         self.out = out
+        self.path = path  # the file's name, for its closing line (None: a worker's tap)
         self.flush_each = flush_each
+        self.closed = False
         self.written = 0
         self.skipped_not_sip = 0
         self.skipped_too_large = 0
@@ -87,11 +89,24 @@ class PcapFileSink(Sink):
             raise write_failed(self.out, exc) from None
         self.written += 1
 
+    def write_packets(self, packets: list[bytes]) -> None:
+        """Records made elsewhere (by worker processes), written as they are."""
+        try:
+            self.out.write(b"".join(packets))
+            if self.flush_each:
+                self.out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise write_failed(self.out, exc, self.path) from None
+        self.written += len(packets)
+
     def close(self) -> None:
         try:
             self.out.close()
         except OSError as exc:
             raise write_failed(self.out, exc) from None
+        self.closed = True
         if self.skipped_too_large:
             log.warning(
                 "-w: %d SIP messages larger than %d bytes were not written (pcap "
@@ -99,3 +114,11 @@ class PcapFileSink(Sink):
                 self.skipped_too_large,
                 SNAPLEN,
             )
+
+    def closing_line(self) -> str | None:
+        if self.path is None or not self.closed:
+            return None
+        return (
+            f"pcap: {self.path}: {self.written} SIP messages, each one packet tagged as SIP "
+            "(Wireshark's exported PDUs)"
+        )

@@ -28,6 +28,16 @@ if TYPE_CHECKING:
     from captagent_tls.views.progress import FileProgress, LiveStatus, TerminalLine
 
 
+def console_wanted(args: argparse.Namespace) -> bool:
+    """Whether the console view is shown.  An output that takes the messages elsewhere
+    replaces it, as ``tcpdump -w`` and ``tshark -w`` print no packets: ``--json`` (it takes
+    standard output), ``--hep`` (an agent shipping to HOMER should not also write every
+    message to its log), ``-w``, ``--report`` and ``--write-decryptable``; ``--console``
+    keeps it.  ``--export-keylog`` writes secrets, not messages: the console stays."""
+    replaced = args.json or args.hep or args.write or args.report or args.write_decryptable
+    return bool(args.console or not replaced)
+
+
 class Views:
     """What the views options ask for, around one run (``live``: capturing from -i)."""
 
@@ -172,7 +182,8 @@ class Views:
             except OSError as exc:
                 raise OutputError(f"{self.writer.path}: {exc.strerror or exc}") from None
 
-    def summary_lines(self) -> list[str]:
+    def closing_lines(self) -> list[str]:
+        """The files the views wrote: each one's name and what it holds."""
         lines = []
         if self.report is not None and self.report.size:
             lines.append(self.report.summary_line())

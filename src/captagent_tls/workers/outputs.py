@@ -20,11 +20,14 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable
 from operator import itemgetter
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from captagent_tls.capture import Frame
 from captagent_tls.message import Message
 from captagent_tls.sinks import Sink, write_failed
+
+if TYPE_CHECKING:
+    from captagent_tls.sinks.pcapfile import PcapFileSink
 
 # slots of a record's parts
 JSON, CONSOLE, PCAP, REPORT, FRAME = range(5)
@@ -138,19 +141,16 @@ class Writers:
     def __init__(
         self,
         stdout: IO[str] | None,
-        pcap: IO[bytes] | None,
-        pcap_name: str | None,
+        pcap: PcapFileSink | None,
         report: Sink | None,
         frame: Callable[[Frame], None] | None,
         flush_each: bool,
     ):
         self.stdout = stdout
         self.pcap = pcap
-        self.pcap_name = pcap_name
         self.report = report
         self.frame = frame
         self.flush_each = flush_each
-        self.pcap_written = 0
 
     def write(self, records: list[Record]) -> None:
         text: list[str] = []
@@ -181,15 +181,7 @@ class Writers:
             except OSError as exc:
                 raise write_failed(self.stdout, exc) from None
         if binary and self.pcap is not None:
-            self.pcap_written += len(binary)
-            try:
-                self.pcap.write(b"".join(binary))
-                if self.flush_each:
-                    self.pcap.flush()
-            except BrokenPipeError:
-                raise
-            except OSError as exc:
-                raise write_failed(self.pcap, exc, self.pcap_name) from None
+            self.pcap.write_packets(binary)
 
 
 class Merger:

@@ -26,12 +26,11 @@ from typing import Any
 
 from captagent_tls.counters import Counters
 from captagent_tls.report import ProblemReporter
-from captagent_tls.sinks import Sink
 from captagent_tls.tls.keys import KeyStore
 from captagent_tls.workers.channel import Channel, ChannelClosed, channel_pair
 from captagent_tls.workers.fanout import group_id
 from captagent_tls.workers.outputs import Merger, Writers
-from captagent_tls.workers.totals import combine, only_counters, summary_lines
+from captagent_tls.workers.totals import WorkersHep, combine, only_counters
 from captagent_tls.workers.worker import LIVE_SLACK_NS, WorkerSpec, fork_worker
 
 log = logging.getLogger("captagent_tls")
@@ -42,19 +41,6 @@ READY_TIMEOUT_S = 60.0  # live workers that have not opened their capture by the
 RESTART_PAUSE_S = (1.0, 60.0)  # first and longest pause before a dead worker starts again
 YOUNG_S = 10.0  # a worker that dies younger than this makes the next pause longer
 REPLAY_KEY_TEXT = 16 << 20  # key-log text kept for workers started again (the latest)
-
-
-class HeldLines(Sink):
-    """Stands for the outputs the workers ran, in the end-of-run summary."""
-
-    def __init__(self, lines: list[str]):
-        self.lines = lines
-
-    def emit(self, message: Any) -> None:  # pragma: no cover - never an output
-        raise NotImplementedError
-
-    def summary_lines(self) -> list[str]:
-        return self.lines
 
 
 @dataclass
@@ -433,8 +419,8 @@ class Parent:
         counters.set("worker_restarts", self.restarts)
         return counters
 
-    def sinks_summary(self) -> HeldLines:
-        return HeldLines(summary_lines(slot.sink_states for slot in self.slots if slot.sink_states))
+    def sinks_summary(self) -> WorkersHep:
+        return WorkersHep(slot.sink_states for slot in self.slots if slot.sink_states)
 
 
 # -- the parent's outputs ------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from captagent_tls.counters import Counters
 from captagent_tls.report import ProblemReporter, format_stats
 from captagent_tls.sinks import OutputError, Sink
 from captagent_tls.tls.keys import KeyStore
+from captagent_tls.views.setup import console_wanted
 from captagent_tls.workers.outputs import Writers
 from captagent_tls.workers.parent import READY_TIMEOUT_S, Parent
 
@@ -38,19 +39,17 @@ def parent_outputs(args: argparse.Namespace, views: Any, live: bool) -> tuple[Wr
     pcap_sink = None
     if args.write:
         try:
-            pcap_sink = PcapFileSink(open(args.write, "wb"), flush_each=live)  # noqa: SIM115
+            pcap_sink = PcapFileSink(open(args.write, "wb"), flush_each=live, path=args.write)  # noqa: SIM115
         except OSError as exc:
             raise UserError(f"cannot write {args.write}: {exc.strerror or exc}") from None
         closing.append(pcap_sink)
     report = views.report_sink()
     if report is not None:
         closing.append(report)
-    console = args.console or not (args.hep or args.write or args.report or args.json)
-    stdout = views.stdout if (args.json or console) else None
+    stdout = views.stdout if (args.json or console_wanted(args)) else None
     writers = Writers(
         stdout,
-        pcap_sink.out if pcap_sink is not None else None,
-        args.write,
+        pcap_sink,
         report,
         views.writer.frame if views.writer is not None else None,
         flush_each=live,
@@ -91,14 +90,16 @@ def close_all(
         reporter.flush()
 
 
-def print_summary(
-    args: argparse.Namespace, parent: Parent, views: Any, closing: list[Sink]
-) -> None:
-    if args.quiet:
-        return
-    print(format_stats(parent.totals(), [parent.sinks_summary(), *closing]), file=sys.stderr)
-    for line in views.summary_lines():
-        print(f"captagent-tls: {line}", file=sys.stderr)
+def end_of_run(
+    args: argparse.Namespace, parent: Parent, views: Any, closing: list[Sink], exporter: Any
+) -> int:
+    """As without workers (the summary, the files written, the last line and the exit
+    status), with the totals of every worker and the HEP outputs they ran."""
+    from captagent_tls import cli
+
+    return cli.end_of_run(
+        args, parent.totals(), [parent.sinks_summary(), *closing], views, exporter
+    )
 
 
 # -- a capture file ----------------------------------------------------------------------------
@@ -180,18 +181,8 @@ def run_offline_workers(args: argparse.Namespace, workers: int) -> int:
             f"{notes['truncated_at']}); everything before the cut was processed",
             file=sys.stderr,
         )
-    print_summary(args, parent, views, closing)
-    if interrupted:
-        return 130
-    dropped = parent.totals()["internal_errors"]
-    if dropped:
-        print(
-            f"captagent-tls: error: {dropped} flow{' was' if dropped == 1 else 's were'} "
-            "dropped after internal errors (see above)",
-            file=sys.stderr,
-        )
-        return cli.EXIT_ERROR
-    return 0
+    status = end_of_run(args, parent, views, closing, exporter)
+    return 130 if interrupted else status
 
 
 # -- live --------------------------------------------------------------------------------------
@@ -282,7 +273,10 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
                 parent.restart_due()
                 if time.monotonic() >= next_stats:
                     next_stats = time.monotonic() + args.stats_interval
-                    log.warning("%s", format_stats(parent.totals(), [parent.sinks_summary()]))
+                    stats = format_stats(
+                        parent.totals(), [parent.sinks_summary()], verbose=args.verbose > 0
+                    )
+                    log.warning("%s", stats)
             if parent.failure is None:
                 parent.stop_workers()
             else:
@@ -298,8 +292,7 @@ def run_live_workers(args: argparse.Namespace, workers: int) -> int:
             close_all(views, writers, closing, exporter, reporter)
     if parent.failure is not None:
         raise cli.UserError(parent.failure)
-    print_summary(args, parent, views, closing)
-    return 0
+    return end_of_run(args, parent, views, closing, exporter)
 
 
 def start_metrics(address: str, totals: Callable[[], Counters]) -> None:

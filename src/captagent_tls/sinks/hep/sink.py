@@ -150,26 +150,62 @@ class HepSink(Sink):
             counters.set("hep_reconnects", c.reconnects, label)
             counters.set("hep_queued", c.queued, label)
 
-    def summary_lines(self) -> list[str]:
-        """The end-of-run summary: one line for the sink, one per collector."""
+    def summary_lines(self, verbose: bool = False) -> list[str]:
+        """The end-of-run summary: one line for the sink, one per collector (figures that
+        are zero only when ``verbose``).  (Also called with the workers' merged figures.)"""
         s = self.stats
+        skipped = [
+            f"{count} {why}"
+            for count, why in (
+                (s.skipped_not_sip, "not SIP"),
+                (s.skipped_short, "too short"),
+                (s.skipped_too_large, "too large"),
+            )
+            if verbose or count
+        ]
         lines = [
-            f"HEP: {s.packets} packets per collector; not sent: {s.skipped_not_sip} not "
-            f"SIP, {s.skipped_short} too short, {s.skipped_too_large} too large"
+            f"HEP: {s.packets} packets per collector"
+            + (f"; not sent: {', '.join(skipped)}" if skipped else "")
         ]
         for collector in self.collectors:
             c = collector.stats
-            line = f"HEP {collector.address}: {c.sent} sent"
-            if collector.scheme == "udp":
-                line += f", {c.send_errors} send errors"
-            else:
-                line += (
-                    f", {c.queued} still queued, {c.dropped} dropped (queue full), "
-                    f"{c.dropped_at_shutdown} dropped at shutdown, {c.resent} resent, "
-                    f"{c.reconnects} reconnects, {c.connect_failures} failed connection "
-                    f"attempts, {c.send_errors} broken connections"
-                )
+            figures: list[tuple[int, str]] = (
+                [(c.send_errors, "send errors")]
+                if collector.scheme == "udp"
+                else [
+                    (c.queued, "still queued"),
+                    (c.dropped, "dropped (queue full)"),
+                    (c.dropped_at_shutdown, "dropped at shutdown"),
+                    (c.resent, "resent"),
+                    (c.reconnects, "reconnects"),
+                    (c.connect_failures, "failed connection attempts"),
+                    (c.send_errors, "broken connections"),
+                ]
+            )
+            line = f"HEP {collector.address}: {c.sent} sent" + "".join(
+                f", {count} {what}" for count, what in figures if verbose or count
+            )
             if c.last_error:
                 line += f"; last error: {c.last_error}"
             lines.append(line)
         return lines
+
+    def shortfall(self) -> str | None:
+        """The collectors that did not get every packet: dropped (queue full, or still
+        queued at shutdown), or not sent (a UDP send error).  (Also called with the
+        workers' merged figures.)"""
+        short = []
+        for collector in self.collectors:
+            c = collector.stats
+            lost = (
+                c.dropped
+                + c.dropped_at_shutdown
+                + (c.send_errors if collector.scheme == "udp" else 0)
+            )
+            if lost:
+                why = f": {c.last_error}" if c.last_error else ""
+                short.append(
+                    f"HEP collector {collector.address} did not get {lost} of "
+                    f"{self.stats.packets} packets{why}"
+                )
+        return "; ".join(short) or None
