@@ -15,17 +15,15 @@ import resource
 import struct
 import sys
 import time
-from pathlib import Path
 
+from bench.paths import FIXTURES, KEY
 from captagent_tls.capture import Frame
 from captagent_tls.capture.files import CaptureReader
 from captagent_tls.keyfiles import load_rsa_keys
 from captagent_tls.pipeline import Pipeline, PipelineOptions
 from captagent_tls.tls.keys import KeyStore
 
-ROOT = Path(__file__).resolve().parents[1]
-CAPTURE = ROOT / "tests/fixtures/captures/tls12-aes128gcm-ems.pcap"
-KEY = ROOT / "tests/fixtures/keys/server-rsa2048.key"
+CAPTURE = FIXTURES / "captures" / "tls12-aes128gcm-ems.pcap"
 FIN = 0x01
 
 

@@ -20,8 +20,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-KEYS = REPO / "tests" / "fixtures" / "keys"
+from bench.paths import KEYS_DIR
 
 HANDSHAKES = r"""
 import ssl, sys, time
@@ -65,8 +64,8 @@ def run(env: dict[str, str], handshakes: int) -> float:
             sys.executable,
             "-c",
             HANDSHAKES,
-            str(KEYS / "server-rsa2048.crt"),
-            str(KEYS / "server-rsa2048.key"),
+            str(KEYS_DIR / "server-rsa2048.crt"),
+            str(KEYS_DIR / "server-rsa2048.key"),
             str(handshakes),
         ],
         env=env,

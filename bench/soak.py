@@ -29,32 +29,25 @@ Needs root and tcpreplay.  See bench/README.md, "Soak".
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import json
-import math
 import os
-import re
 import shlex
 import shutil
-import socket
 import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import live  # agent start/stop, catch-up, tcpreplay arguments
-from bench import run as bench  # captures, UDP drain, the agent command
+from bench import captures, replay, report, revision, stats
+from bench.collectors import HepStreamCounter, UdpDrain, free_port
+from bench.live_agent import capturing_argv, start_agent, stop_agent, wait_caught_up
+from bench.memory_curve import Sampler, summarize, summary_text, warmup_end
+from bench.paths import OUT
 
 WARMUP_MIN = 5.0
-FLAT_TOLERANCE = 0.02  # "no growth trend": the fitted growth after warm-up < 2 % of the mean
-FLAT_TOLERANCE_MIB = 2.0  # ... or less than 2 MiB, whichever is larger
 
 
 # --------------------------------------------------------------------------
@@ -131,279 +124,9 @@ class Template:
         return self.header + bytes(buf)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# --------------------------------------------------------------------------
-# the collector
-# --------------------------------------------------------------------------
-
-
-class HepStreamCounter:
-    """A HEP collector over TCP on 127.0.0.1 that counts the HEPv3 packets it receives."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.count = 0
-        self.bytes = 0
-        self.bad = 0  # streams that stopped being HEPv3
-        self.connections = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
-
-    @property
-    def address(self) -> str:
-        return f"tcp://127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, sock: socket.socket) -> None:
-        sock.settimeout(0.2)
-        buffer = bytearray()
-        with sock:
-            while not self._stop.is_set():
-                try:
-                    data = sock.recv(1 << 20)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                if not data:
-                    return
-                buffer += data
-                pos = 0
-                while len(buffer) - pos >= 6:
-                    total = int.from_bytes(buffer[pos + 4 : pos + 6], "big")
-                    if buffer[pos : pos + 4] != b"HEP3" or total < 6:
-                        self.bad += 1
-                        return
-                    if len(buffer) - pos < total:
-                        break
-                    pos += total
-                    self.count += 1
-                    self.bytes += total
-                del buffer[:pos]
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
-        for thread in self._threads:
-            thread.join(2)
-
-
-# --------------------------------------------------------------------------
-# sampling
-# --------------------------------------------------------------------------
-
-
-def proc_status_kib(pid: int, *fields: str) -> dict[str, int]:
-    """``VmRSS`` and friends from /proc/PID/status, in KiB."""
-    values: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name in fields:
-            values[name] = int(rest.split()[0])
-    return values
-
-
-_METRIC = re.compile(r"^(captagent_tls_\w+?)(?:\{[^}]*\})? (\S+)$", re.M)
-
-
-def scrape(address: str) -> dict[str, float]:
-    """The agent's metrics, summed over their labels."""
-    try:
-        text = urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read().decode()
-    except OSError:
-        return {}
-    values: dict[str, float] = {}
-    for name, value in _METRIC.findall(text):
-        values[name] = values.get(name, 0.0) + float(value)
-    return values
-
-
-COLUMNS = (
-    "t_s", "round", "rss_kib", "rss_anon_kib", "threads", "cpu_s", "packets", "sip_messages",
-    "hep_received", "active_flows", "session_cache_evictions", "tls_held_bytes", "hep_queued",
-    "kernel_dropped",
-)  # fmt: skip
-
-
-class Sampler:
-    """A thread that writes one CSV row every ``interval`` seconds."""
-
-    def __init__(
-        self, pid: int, metrics: str, path: Path, interval: float, received: Any, round_of: Any
-    ) -> None:
-        self.pid, self.metrics, self.interval = pid, metrics, interval
-        self.received, self.round_of = received, round_of
-        self.rows: list[dict[str, float]] = []
-        self.started = time.monotonic()
-        self._out = path.open("w", newline="")
-        self._csv = csv.DictWriter(self._out, COLUMNS)
-        self._csv.writeheader()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def sample(self) -> dict[str, float]:
-        status = proc_status_kib(self.pid, "VmRSS", "RssAnon", "Threads")
-        m = scrape(self.metrics)
-        row = {
-            "t_s": round(time.monotonic() - self.started, 1),
-            "round": self.round_of(),
-            "rss_kib": status.get("VmRSS", 0),
-            "rss_anon_kib": status.get("RssAnon", 0),
-            "threads": status.get("Threads", 0),
-            "cpu_s": round(live.proc_cpu_s(self.pid), 2),
-            "packets": m.get("captagent_tls_packets_total", -1),
-            "sip_messages": m.get("captagent_tls_sip_messages_total", -1),
-            "hep_received": self.received(),
-            "active_flows": m.get("captagent_tls_active_flows", -1),
-            "session_cache_evictions": m.get("captagent_tls_session_cache_evictions_total", -1),
-            "tls_held_bytes": m.get("captagent_tls_tls_held_bytes", -1),
-            "hep_queued": m.get("captagent_tls_hep_queued", -1),
-            "kernel_dropped": m.get("captagent_tls_kernel_dropped_packets_total", -1),
-        }
-        self.rows.append(row)
-        self._csv.writerow(row)
-        self._out.flush()
-        return row
-
-    def _loop(self) -> None:
-        n = 0
-        while True:
-            n += 1
-            if self._stop.wait(max(0.0, self.started + n * self.interval - time.monotonic())):
-                return
-            with contextlib.suppress(OSError, ValueError):  # the agent may just have exited
-                self.sample()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._out.close()
-
-
-# --------------------------------------------------------------------------
-# the curve
-# --------------------------------------------------------------------------
-
-
-def slope_per_10_min(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (seconds, MiB), in MiB per 10 minutes."""
-    if len(points) < 3:
-        return None
-    n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_v = sum(v for _, v in points) / n
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    if var == 0:
-        return None
-    cov = sum((t - mean_t) * (v - mean_v) for t, v in points)
-    return cov / var * 600.0
-
-
-def warmup_end(rows: list[dict[str, float]], minimum_s: float) -> float:
-    """The warm-up lasts ``minimum_s`` and at least until the TLS session cache is full (its
-    first eviction): until then the cache grows by design, up to --session-cache entries."""
-    full = next((r["t_s"] for r in rows if r["session_cache_evictions"] > 0), None)
-    return max(minimum_s, full) if full is not None else minimum_s
-
-
-def summarize(rows: list[dict[str, float]], warmup_s: float) -> dict[str, Any]:
-    points = [(r["t_s"], r["rss_kib"] / 1024.0) for r in rows if r["rss_kib"]]
-    if not points:
-        return {"samples": 0}
-    after = [p for p in points if p[0] >= warmup_s]
-    values = [v for _, v in points]
-    summary: dict[str, Any] = {
-        "samples": len(points),
-        "duration_s": points[-1][0],
-        "start_mib": round(points[0][1], 1),
-        "min_mib": round(min(values), 1),
-        "max_mib": round(max(values), 1),
-        "end_mib": round(points[-1][1], 1),
-        "slope_mib_per_10min": _round(slope_per_10_min(points)),
-        "warmup_s": warmup_s,
-        "samples_after_warmup": len(after),
-    }
-    if len(after) >= 3:
-        slope = slope_per_10_min(after)
-        span = after[-1][0] - after[0][0]
-        mean = sum(v for _, v in after) / len(after)
-        growth = (slope or 0.0) * span / 600.0
-        allowed = max(FLAT_TOLERANCE * mean, FLAT_TOLERANCE_MIB)
-        summary.update({
-            "after_warmup_start_mib": round(after[0][1], 1),
-            "after_warmup_min_mib": round(min(v for _, v in after), 1),
-            "after_warmup_max_mib": round(max(v for _, v in after), 1),
-            "after_warmup_mean_mib": round(mean, 1),
-            "slope_after_warmup_mib_per_10min": _round(slope),
-            "fitted_growth_after_warmup_mib": round(growth, 2),
-            "flat": abs(growth) < allowed,
-            "flat_criterion": f"|fitted growth after warm-up| < max({FLAT_TOLERANCE:.0%} of "
-                              f"the mean, {FLAT_TOLERANCE_MIB:g} MiB) = {allowed:.1f} MiB",
-        })  # fmt: skip
-    return summary
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else round(value, 2)
-
-
-def summary_text(s: dict[str, Any], facts: dict[str, Any]) -> str:
-    lines = [
-        f"captagent-tls soak: {facts['minutes']:g} min of {facts['pps']:,} packets/s "
-        f"({facts['rounds']} rounds of {facts['round_packets']:,} packets, "
-        f"{facts['round_messages']:,} SIP messages each) onto lo; HEP over {facts['hep']}",
-        f"  agent: {facts['agent']}",
-        f"  code: {facts['code']}; {facts['machine']}",
-    ]
-    if not s.get("samples"):
-        return "\n".join([*lines, "  no samples"])
-    lines += [
-        f"  RSS, {s['samples']} samples every {facts['sample_s']:g} s over "
-        f"{s['duration_s'] / 60:.1f} min: start {s['start_mib']} MiB, min {s['min_mib']}, "
-        f"max {s['max_mib']}, end {s['end_mib']}",
-        f"  slope (least squares): {s['slope_mib_per_10min']} MiB per 10 min over the whole run",
-    ]
-    if "slope_after_warmup_mib_per_10min" in s:
-        lines += [
-            f"  after the warm-up ({s['warmup_s'] / 60:.1f} min: at least "
-            f"{facts['warmup_min']:.1f} min, and until the TLS session cache was full): start "
-            f"{s['after_warmup_start_mib']} MiB, min {s['after_warmup_min_mib']}, max "
-            f"{s['after_warmup_max_mib']}, mean {s['after_warmup_mean_mib']}; slope "
-            f"{s['slope_after_warmup_mib_per_10min']} MiB per 10 min (fitted growth "
-            f"{s['fitted_growth_after_warmup_mib']} MiB)",
-            f"  memory {'FLAT' if s['flat'] else 'GROWS'}: {s['flat_criterion']}",
-        ]
-    lines += [f"  {line}" for line in facts["checks"]]
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
-
-_SENT = re.compile(r"^HEP \S+: (\d+) sent\b", re.M)
-_DROPPED = re.compile(r"(\d+) dropped \(queue full\)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--out",
         type=Path,
-        default=bench.ROOT / "bench" / "out",
+        default=OUT,
         help="captures and results (default bench/out, git-ignored)",
     )
     ap.add_argument("--minutes", type=float, help="how long to replay (default 30; --quick 3)")
@@ -444,23 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         help='more options for the agent, e.g. "--session-cache 1000"',
     )
     args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        raise SystemExit("live capture and tcpreplay need root")
-    if shutil.which("tcpreplay") is None:
-        raise SystemExit("tcpreplay not found")
+    replay.check_prerequisites()
     if args.pps < 1 or args.sample_s <= 0:
         raise SystemExit("--pps and --sample-s must be positive")
     minutes = args.minutes if args.minutes is not None else (3.0 if args.quick else 30.0)
     warmup_min = min(args.warmup_min if args.warmup_min is not None else WARMUP_MIN, minutes / 3)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    prefix = "quick-" if args.quick else ""
-    sizes = bench.QUICK if args.quick else bench.FULL
-    rev = bench.export_rev(args.rev, out / "rev-src") if args.rev else None
+    sizes, prefix = captures.sizes_and_prefix(args.quick)
+    rev = revision.use_rev(args.rev, out)
 
     record_port = free_port()
     truths = [
-        bench.make_capture(
+        captures.make_capture(
             out, f"{prefix}soak-{kind}", kind, sizes[kind], reuse=True, port=record_port
         )[0]
         for kind in ("bulk", "handshakes")
@@ -469,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(server_ports) != 1:
         raise SystemExit(f"the captures use several server ports: {sorted(server_ports)}")
     template = Template.load(
-        [bench.capture_paths(out, f"{prefix}soak-{kind}")[0] for kind in ("bulk", "handshakes")],
+        [captures.capture_paths(out, f"{prefix}soak-{kind}")[0] for kind in ("bulk", "handshakes")],
         server_ports.pop(),
     )
     round_messages = sum(len(gt["messages"]) for gt in truths)
@@ -477,16 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     del truths
 
     port = free_port()
-    collector: Any = HepStreamCounter() if args.hep == "tcp" else bench.UdpDrain()
+    collector: Any = HepStreamCounter() if args.hep == "tcp" else UdpDrain()
     hep_address = collector.address if args.hep == "tcp" else f"udp://127.0.0.1:{collector.port}"
 
     def received() -> int:
         return int(collector.count if args.hep == "tcp" else collector.hep3)
 
     metrics = f"127.0.0.1:{free_port()}"
-    agent_argv = [*bench.agent_cmd(), "-i", "lo", "-f", f"tcp port {port}",
-                  "-k", str(bench.KEY), "--hep", hep_address, "--metrics", metrics,
-                  "-v", "--stats-interval", "3600", *shlex.split(args.agent_args)]  # fmt: skip
+    agent_argv = [
+        *capturing_argv(port, hep_address, "--metrics", metrics),
+        *shlex.split(args.agent_args),
+    ]
     csv_path = out / f"{prefix}soak-rss.csv"
     summary_path = out / f"{prefix}soak-summary.txt"
     results_path = out / f"{prefix}soak-results.json"
@@ -504,15 +224,15 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="soak-", dir=out))
     failures: list[str] = []
     try:
-        agent, startup_s = live.start_agent(agent_argv, err)
+        agent, startup_s = start_agent(agent_argv, err)
         sampler = Sampler(agent.pid, metrics, csv_path, args.sample_s, received, lambda: rounds)
         sampler.sample()
         started = time.monotonic()
         current = workdir / "round.pcap"
         current.write_bytes(template.round(0, port))
         while True:
-            replay = subprocess.Popen(
-                live.replay_argv(current, str(args.pps)),
+            tcpreplay = subprocess.Popen(
+                replay.replay_argv(current, str(args.pps)),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
@@ -520,13 +240,13 @@ def main(argv: list[str] | None = None) -> int:
             upcoming = None
             if time.monotonic() - started + round_packets / args.pps < minutes * 60:
                 upcoming = template.round(rounds + 1, port)  # made while this one plays
-            output = replay.communicate()[0].decode("utf-8", "replace")
-            sent = live._REPLAY.search(output)
-            if replay.returncode != 0 or not sent or int(sent.group(1)) != round_packets:
-                raise RuntimeError(f"tcpreplay failed ({replay.returncode}):\n{output[-2000:]}")
+            output = tcpreplay.communicate()[0].decode("utf-8", "replace")
+            sent = replay.replayed(output)
+            if tcpreplay.returncode != 0 or not sent or sent[0] != round_packets:
+                raise RuntimeError(f"tcpreplay failed ({tcpreplay.returncode}):\n{output[-2000:]}")
             rounds += 1
             if agent.poll() is not None:
-                raise bench.WrongOutput(
+                raise stats.WrongOutput(
                     f"the agent exited ({agent.returncode}) during round "
                     f"{rounds}:\n" + Path(err.name).read_text()[-3000:]
                 )
@@ -540,17 +260,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"{row['rss_kib'] / 1024:.1f} MiB, {received():,} HEP received",
                     flush=True,
                 )
-        live.wait_caught_up(agent.pid, received)
+        wait_caught_up(agent.pid, received)
         sampler.sample()
         sampler.close()
-        live.stop_agent(agent)
+        stop_agent(agent)
         if hasattr(collector, "settle"):
             collector.settle(0.5)
         else:
             time.sleep(0.5)
         stderr = Path(err.name).read_text(errors="replace")
         if agent.returncode != 0:
-            raise bench.WrongOutput(f"agent exit status {agent.returncode}:\n{stderr[-3000:]}")
+            raise stats.WrongOutput(f"agent exit status {agent.returncode}:\n{stderr[-3000:]}")
     finally:
         if sampler is not None:
             sampler.close()
@@ -561,11 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         err.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    kernel = live._KERNEL.search(stderr)
-    k_drop = int(kernel.group(2)) + int(kernel.group(3)) if kernel else -1
-    sip = bench.stat_sip(bench.Run(0, 0, 0, 0, 0, stderr))
-    hep_sent = sum(int(x) for x in _SENT.findall(stderr))
-    hep_dropped = sum(int(x) for x in _DROPPED.findall(stderr))
+    kernel = stats.kernel(stderr)
+    k_drop = kernel[1] + kernel[2] if kernel else -1
+    sip = stats.sip_messages(stderr)
+    hep_sent = stats.hep_sent_total(stderr)
+    hep_dropped = stats.hep_dropped_total(stderr)
     got = received()
     expected = rounds * round_messages
     checks = [
@@ -584,34 +304,28 @@ def main(argv: list[str] | None = None) -> int:
     checks += [f"PROBLEM: {f}" for f in failures]
 
     summary = summarize(sampler.rows, warmup_end(sampler.rows, warmup_min * 60))
-    src = bench.source_info()
+    src = revision.source(rev)
     facts = {
         "minutes": minutes, "pps": args.pps, "rounds": rounds, "round_packets": round_packets,
         "round_messages": round_messages, "hep": args.hep, "sample_s": args.sample_s,
         "warmup_min": warmup_min,
         "agent": " ".join(agent_argv), "startup_s": startup_s, "checks": checks,
-        "code": f"src/ of git revision {rev[:12]}" if rev else f"commit {src['commit']}" + (
-            f" + uncommitted changes in {len(src['src_changes'])} src files"
-            if src["src_changes"] else ""),
+        "code": revision.describe(src),
         "machine": f"{os.cpu_count()} CPUs, load at end "
                    f"{', '.join(f'{x:.2f}' for x in os.getloadavg())}",
     }  # fmt: skip
     text = summary_text(summary, facts)
     summary_path.write_text(text + "\n")
-    results_path.write_text(json.dumps({
+    report.write_results(results_path, {
         "summary": summary, **{k: v for k, v in facts.items() if k != "checks"},
         "checks": checks, "failures": failures, "kernel_dropped": k_drop, "sip_messages": sip,
         "hep_sent": hep_sent, "hep_received": got, "expected_messages": expected,
-        "machine_info": bench.machine_info(), "source": {"rev": rev[:12]} if rev else src,
-        "stats": stderr[stderr.find("--- captagent-tls stats ---"):].strip(),
-    }, indent=1) + "\n")  # fmt: skip
+        "machine_info": report.machine_info(), "source": src, "stats": stats.stats_block(stderr),
+    })  # fmt: skip
     print()
     print(text)
     print(f"  curve in {csv_path}; summary in {summary_path}")
-    if failures:
-        print("\nFAILED (wrong output):\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    return report.exit_status(failures)
 
 
 if __name__ == "__main__":

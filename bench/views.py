@@ -27,32 +27,19 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.paths import KEY, OUT, ROOT
+from bench.processes import spawn_and_reap
+from bench.revision import export_src
 from tests.support.browser import FLAGS as BROWSER_FLAGS
-
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "bench" / "out"
-KEY = ROOT / "tests" / "fixtures" / "keys" / "server-rsa2048.key"
 
 
 @dataclass
 class Timing:
     wall_s: float
     cpu_s: float
-
-
-def export_src(rev: str, dest: Path) -> Path:
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest / "src"
 
 
 def run_once(args: list[str], src: Path, stderr_on_terminal: bool = False) -> Timing:
@@ -72,22 +59,19 @@ def run_once(args: list[str], src: Path, stderr_on_terminal: bool = False) -> Ti
         drained = threading.Thread(target=drain, daemon=True)
         drained.start()
     with open(os.devnull, "wb") as devnull, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
+        code, wall, usage = spawn_and_reap(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=devnull,
             stderr=slave if stderr_on_terminal else err,
             env=env,
         )
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
         if stderr_on_terminal:
             os.close(slave)
             if drained is not None:
                 drained.join(5)
             os.close(master)
-        if os.waitstatus_to_exitcode(status) != 0:
+        if code != 0:
             err.seek(0)
             raise SystemExit(f"{' '.join(args)} failed:\n{err.read().decode()[-2000:]}")
     return Timing(wall, usage.ru_utime + usage.ru_stime)

@@ -3,7 +3,8 @@
 Two levels: for any target, delta debugging over the input bytes (drop ever smaller chunks,
 then lower bytes towards zero); for the pipeline target, the mutated capture itself is then
 reduced packet by packet (``minimize_capture``), which is what goes into
-tests/data/regressions.  "The same way" is the finding's signature (:mod:`fuzz.findings`).
+tests/data/regressions.  "The same way" is the finding's signature (:mod:`fuzz.findings`);
+the delta debugging itself is :mod:`fuzz.delta_debugging`.
 
     python -m fuzz.run minimize TARGET FINDING_FOLDER
 """
@@ -12,10 +13,10 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from fuzz import findings
+from fuzz.delta_debugging import ddmin
 
 
 def signature_of(target: str, data: bytes) -> str | None:
@@ -32,58 +33,6 @@ def signature_of(target: str, data: bytes) -> str | None:
                 context = "?"
         return findings.from_exception(target, exc, data, context).signature
     return None
-
-
-def ddmin(data: bytes, fails: Callable[[bytes], bool], budget: int = 4000) -> bytes:
-    """Delta debugging over bytes: remove chunks, halving their size, while ``fails``."""
-    tries = 0
-    chunk = max(1, len(data) // 2)
-    while chunk >= 1 and tries < budget:
-        at = 0
-        changed = False
-        while at < len(data) and tries < budget:
-            candidate = data[:at] + data[at + chunk :]
-            tries += 1
-            if candidate != data and fails(candidate):
-                data = candidate
-                changed = True
-            else:
-                at += chunk
-        if not changed:
-            chunk //= 2
-    # then make the bytes left as small as they can be
-    for at in range(len(data)):
-        for value in (0, 1, data[at] // 2):
-            if tries >= budget or value >= data[at]:
-                continue
-            candidate = data[:at] + bytes([value]) + data[at + 1 :]
-            tries += 1
-            if fails(candidate):
-                data = candidate
-                break
-    return data
-
-
-def minimize_list(
-    items: list[bytes], fails: Callable[[list[bytes]], bool], budget: int = 2000
-) -> list[bytes]:
-    """Delta debugging over a list (of packets)."""
-    tries = 0
-    chunk = max(1, len(items) // 2)
-    while chunk >= 1 and tries < budget:
-        at = 0
-        changed = False
-        while at < len(items) and tries < budget:
-            candidate = items[:at] + items[at + chunk :]
-            tries += 1
-            if candidate and fails(candidate):
-                items = candidate
-                changed = True
-            else:
-                at += chunk
-        if not changed:
-            chunk //= 2
-    return items
 
 
 def minimize_input(target: str, data: bytes) -> bytes:

@@ -35,6 +35,7 @@ from captagent_tls.tls.events import SessionSecret
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore
 from fuzz import mutate
+from fuzz.delta_debugging import minimize_list
 from fuzz.oracle import OracleFailure, check_messages, received, wire_pieces
 from fuzz.paths import REPO
 
@@ -196,7 +197,6 @@ def minimize_capture(mutated: mutate.Mutated) -> mutate.Mutated:
     """Drop the packets of a failing classic pcap capture that it does not need to fail the
     same way (delta debugging over packets); other formats are returned as they are."""
     from fuzz import capmodel
-    from fuzz.minimize import minimize_list
 
     wanted = capture_signature(mutated)
     if wanted is None or mutated.suffix != ".pcap":
