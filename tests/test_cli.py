@@ -550,7 +550,8 @@ def test_shared_reproducers_end_in_one_line():
 
 
 def test_key_hold_options_reach_the_hold_limits():
-    from captagent_tls.cli import build_parser, pipeline_options
+    from captagent_tls.assembly.pipeline import pipeline_options
+    from captagent_tls.cli import build_parser
 
     def hold(*argv: str):
         limits = pipeline_options(build_parser().parse_args(["-r", "x", *argv]), True).hold
@@ -634,7 +635,7 @@ def test_an_output_that_cannot_be_written_is_one_line(args):
 
 
 def test_exported_key_log_is_private_and_its_memory_bounded(tmp_path, monkeypatch):
-    from captagent_tls.cli import KeyLogExporter
+    from captagent_tls.assembly.keys import KeyLogExporter
     from captagent_tls.tls.events import SessionSecret
 
     path = tmp_path / "exported.keys"

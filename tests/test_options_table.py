@@ -43,6 +43,25 @@ def test_every_argument_of_the_parser_is_a_row_and_every_row_an_argument() -> No
             assert getattr(action.type, "option", None) == row.dest
 
 
+def test_the_typed_settings_name_every_row_with_the_type_of_its_kind() -> None:
+    from captagent_tls.config.settings import Settings
+
+    annotations = dict(Settings.__annotations__)
+    for row in TABLE:
+        expected = {
+            "string": "str | None" if row.default is None else "str",
+            "boolean": "bool",
+            "integer": "int",
+            "number": "float",
+            "size": "int",
+            "list": "list[str]",
+            "choice": "str",
+            "count or auto": "int | str",
+        }[row.kind]
+        assert annotations.pop(row.dest, None) == expected, row.dest
+    assert annotations == {}  # nothing that is not a row
+
+
 def test_the_file_keys_are_the_rows_with_a_table() -> None:
     assert set(OPTIONS) == {row.dest for row in TABLE if row.table}
     # a configuration file names neither itself nor another one

@@ -79,7 +79,7 @@ def test_auto_takes_every_usable_core_for_a_large_file_and_one_for_a_small_one(
         ("-", False, "auto", 1),
     ):
         args = argparse.Namespace(read=str(path), workers=wanted)
-        assert workers.workers_for(args, live) == expected, (path, live, wanted)
+        assert workers.workers_for(args, str(path), live) == expected, (path, live, wanted)
 
 
 class Collected:

@@ -48,3 +48,18 @@ def serve_metrics(address: str, collector: AgentCollector) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     start_http_server(port, addr=host, registry=registry)
+
+
+def start_metrics(address: str, snapshot: Callable[[], Counters]) -> None:
+    """``--metrics HOST:PORT``: serve what ``snapshot`` says; a one-line error otherwise."""
+    import logging
+
+    from captagent_tls.errors import UserError
+
+    try:
+        serve_metrics(address, AgentCollector(snapshot))
+    except (OSError, ValueError) as exc:
+        raise UserError(
+            f"cannot serve metrics on {address}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    logging.getLogger("captagent_tls").info("metrics on http://%s/metrics", address)

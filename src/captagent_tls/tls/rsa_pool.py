@@ -20,13 +20,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from typing import TYPE_CHECKING
 
 from captagent_tls.tls.keys import RsaKey
-
-if TYPE_CHECKING:
-    from captagent_tls.tls.state import ConnectionState
-
 
 # While decryptions are pending, the interpreter hands the GIL over this often.  A pool thread
 # needs the GIL back after each decryption (to return its result and start the next one), and
@@ -49,9 +44,9 @@ class RsaJob:
 
     __slots__ = ("future", "owner", "done")
 
-    def __init__(self, future: Future[list[bytes | None]], owner: ConnectionState):
+    def __init__(self, future: Future[list[bytes | None]], owner: object):
         self.future = future
-        self.owner = owner
+        self.owner = owner  # who submitted it (a connection): the pool never looks at it
         self.done = False  # handed over to the capture loop: its connection may take it
 
     def result(self) -> list[bytes | None]:
@@ -100,7 +95,7 @@ class RsaPool:
         # jobs done and not yet taken up by the capture loop (appended by the pool's threads)
         self.completed: deque[RsaJob] = deque()
 
-    def submit(self, owner: ConnectionState, keys: Sequence[RsaKey], encrypted: bytes) -> RsaJob:
+    def submit(self, owner: object, keys: Sequence[RsaKey], encrypted: bytes) -> RsaJob:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="rsa")
         job = RsaJob(self._executor.submit(_decrypt_all, tuple(keys), encrypted), owner)

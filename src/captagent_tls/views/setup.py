@@ -7,13 +7,13 @@ closes it after the outputs.  Nothing here changes what the pipeline does.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from captagent_tls.capture import Frame
 from captagent_tls.capture.live import LiveCapture
+from captagent_tls.config.settings import Settings
 from captagent_tls.counters import Counters
 from captagent_tls.sinks import OutputError, Sink
 from captagent_tls.tls.events import SessionSecret
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from captagent_tls.views.progress import FileProgress, LiveStatus, TerminalLine
 
 
-def console_wanted(args: argparse.Namespace) -> bool:
+def console_wanted(args: Settings) -> bool:
     """Whether the console view is shown.  An output that takes the messages elsewhere
     replaces it, as ``tcpdump -w`` and ``tshark -w`` print no packets: ``--json`` (it takes
     standard output), ``--hep`` (an agent shipping to HOMER should not also write every
@@ -43,7 +43,7 @@ class Views:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        args: Settings,
         live: bool,
         stdout: TextIO | None = None,
         stderr: TextIO | None = None,
@@ -138,13 +138,13 @@ class Views:
         capture.writer = self.writer
         return capture
 
-    def frames(self, reader: CaptureReader, pipeline: Pipeline) -> Iterable[Frame]:
+    def frames(self, reader: CaptureReader, pipeline: Pipeline, path: str) -> Iterable[Frame]:
         """A capture file's frames, with a progress bar when one is shown."""
         if self.line is None:
             return reader
         from captagent_tls.views.progress import FileProgress
 
-        self.progress = FileProgress(self.line, self.args.read, reader, pipeline)
+        self.progress = FileProgress(self.line, path, reader, pipeline)
         return self.progress.frames(reader)
 
     def start_status(self, snapshot: Callable[[], Counters]) -> None:

@@ -28,9 +28,12 @@ command line's files and is sent the key-log lines the parent received.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from captagent_tls.config.settings import Settings
 
 log = logging.getLogger("captagent_tls")
 
@@ -46,11 +49,11 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def workers_for(args: argparse.Namespace, live: bool) -> int:
+def workers_for(args: Settings, source: str, live: bool) -> int:
     """How many workers this run gets: ``--workers N``, or for ``auto`` the cores this
     process may use (one for a small file, or for standard input)."""
     wanted = getattr(args, "workers", 1)
-    if not live and args.read == "-":
+    if not live and source == "-":
         if wanted != "auto" and wanted > 1:
             log.warning(
                 "--workers %d: standard input can be read only once, so one process reads it",
@@ -62,7 +65,7 @@ def workers_for(args: argparse.Namespace, live: bool) -> int:
     cores = usable_cores()
     if not live and cores > 1:
         try:
-            if os.path.getsize(args.read) < AUTO_MIN_FILE_BYTES:
+            if os.path.getsize(source) < AUTO_MIN_FILE_BYTES:
                 return 1
         except OSError:
             return 1  # the run says what is wrong with the file

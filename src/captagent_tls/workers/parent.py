@@ -9,7 +9,6 @@ minute); meanwhile the kernel spreads its flows over the other workers' sockets.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -24,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from captagent_tls.config.settings import Settings
 from captagent_tls.counters import Counters
 from captagent_tls.report import ProblemReporter
 from captagent_tls.tls.keys import KeyStore
@@ -81,7 +81,8 @@ def describe_status(status: int | None) -> str:
 class Parent:
     def __init__(
         self,
-        args: argparse.Namespace,
+        settings: Settings,
+        source: str,
         workers: int,
         live: bool,
         keys: KeyStore,
@@ -90,7 +91,7 @@ class Parent:
         on_secret: Callable[[Any], None] | None,
         keys_may_arrive: bool,
     ):
-        self.args = args
+        self.settings = settings
         self.workers = workers
         self.live = live
         self.keys = keys
@@ -112,9 +113,10 @@ class Parent:
         self.spec = WorkerSpec(
             index=0,
             workers=workers,
-            args=args,
+            settings=settings,
+            source=source,
             live=live,
-            colour=colour_wanted(args.color, sys.stdout),
+            colour=colour_wanted(settings.color, sys.stdout),
             forward_secrets=on_secret is not None,
             keys_may_arrive=keys_may_arrive,
             fanout_group=group_id(os.getpid()),

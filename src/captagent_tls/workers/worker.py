@@ -28,7 +28,6 @@ every packet before ``ts``, so a session resumed before it that no worker had wi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -39,12 +38,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TextIO, cast
 
+from captagent_tls.assembly.keys import load_rsa_key_files
+from captagent_tls.assembly.outputs import finish, hep_sink
+from captagent_tls.assembly.pipeline import pipeline_options, snapshot
+from captagent_tls.assembly.process import drop_privileges
 from captagent_tls.capture import CaptureError, Frame
 from captagent_tls.capture.live import KernelStats, LiveCapture
+from captagent_tls.config.settings import Settings
 from captagent_tls.counters import Counters
-from captagent_tls.errors import UserFacingError
+from captagent_tls.errors import UserFacingError, one_line
 from captagent_tls.pipeline import Pipeline
-from captagent_tls.sinks import OutputError, Sink
+from captagent_tls.sinks import Sink
 from captagent_tls.tls.events import SessionSecret, TlsProblem
 from captagent_tls.tls.keylog import load_key_log
 from captagent_tls.tls.keys import KeyStore
@@ -72,7 +76,8 @@ PROBLEMS_REMEMBERED = 10_000  # (kind, server) pairs each worker has already for
 class WorkerSpec:
     index: int
     workers: int
-    args: argparse.Namespace
+    settings: Settings
+    source: str  # the capture file, or the interface
     live: bool
     colour: bool  # the console view is coloured (decided by the parent, which owns stdout)
     forward_secrets: bool  # the parent writes session secrets (export, decryptable capture)
@@ -164,13 +169,11 @@ def from_parent(message: tuple[Any, ...], keys: KeyStore, pipeline: Pipeline) ->
 
 def build_outputs(spec: WorkerSpec) -> tuple[list[Sink], RecordingSink]:
     """The worker's outputs: HEP, and the recording of those the parent writes (the same
-    choice of outputs as ``cli.build_sinks``)."""
-    from captagent_tls import cli
-
-    args = spec.args
+    choice of outputs as ``assembly.outputs.build_sinks``)."""
+    args = spec.settings
     sinks: list[Sink] = []
     if args.hep:
-        sinks.append(cli.hep_sink(args, spec.live, warn=spec.index == 0))
+        sinks.append(hep_sink(args, spec.live, warn=spec.index == 0))
     recording = RecordingSink()
     if args.write:
         from captagent_tls.sinks.pcapfile import PcapFileSink
@@ -191,25 +194,23 @@ def build_outputs(spec: WorkerSpec) -> tuple[list[Sink], RecordingSink]:
 
 
 def console_sink(out: TextIO, spec: WorkerSpec) -> Sink:
-    if not (spec.colour or spec.args.brief):
+    if not (spec.colour or spec.settings.brief):
         from captagent_tls.sinks.console import ConsoleSink
 
         return ConsoleSink(out)
     from captagent_tls.views.console import console_view
 
-    return console_view(out, False, spec.colour, spec.args.brief)
+    return console_view(out, False, spec.colour, spec.settings.brief)
 
 
 class Worker:
     def __init__(self, spec: WorkerSpec, keys: KeyStore, channel: Channel):
-        from captagent_tls import cli
-
         self.spec = spec
         self.keys = keys
         self.channel = channel
         self.sinks, self.recording = build_outputs(spec)
         self.problems = ProblemForwarder(channel)
-        options = cli.pipeline_options(spec.args, spec.keys_may_arrive, live=spec.live)
+        options = pipeline_options(spec.settings, spec.keys_may_arrive, live=spec.live)
         # RSA off the packet path uses the cores the capture loop does not; with workers, the
         # cores are theirs: threads only for the cores left over per worker
         options.rsa_threads = max(0, usable_cores() // spec.workers - 1)
@@ -240,9 +241,7 @@ class Worker:
         self.channel.send(("secret", secret._replace(flow=cast(Any, None))))  # (no Flow)
 
     def snapshot(self) -> Counters:
-        from captagent_tls import cli
-
-        counters = cli.snapshot(self.pipeline, self.sinks, self.kernel)
+        counters = snapshot(self.pipeline, self.sinks, self.kernel)
         usage = resource.getrusage(resource.RUSAGE_SELF)
         counters.set("worker_cpu_seconds", round(usage.ru_utime + usage.ru_stime, 3), "self")
         if self.foreign_fragments:
@@ -282,20 +281,8 @@ class Worker:
         return last_ts if held is None else min(last_ts, held)
 
     def finish(self) -> None:
-        """As ``cli.finish``: deliver what is complete and close the outputs (all of them,
-        even when one fails); then the first failure."""
-        steps: list[Callable[[], None]] = [
-            self.pipeline.finish,
-            *(sink.close for sink in self.sinks),
-        ]
-        failure: BaseException | None = None
-        for step in steps:
-            try:
-                step()
-            except OutputError as exc:
-                failure = failure or exc
-        if failure is not None:
-            raise failure
+        """Deliver what is complete and close the outputs, as a run in one process does."""
+        finish(self.pipeline.finish, self.sinks)
 
     def done(self, notes: dict[str, Any]) -> None:
         self.send_records(float("inf"), float("inf"), force=True)
@@ -307,7 +294,7 @@ class Worker:
         from captagent_tls.capture.bpf import FrameFilter
         from captagent_tls.capture.files import CaptureReader
 
-        spec, pipeline, args = self.spec, self.pipeline, self.spec.args
+        spec, pipeline, args = self.spec, self.pipeline, self.spec.settings
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent tells us (SIGTERM)
         signal.signal(signal.SIGTERM, self._stop)
         sharder = FileSharder(spec.workers, spec.index)
@@ -318,7 +305,7 @@ class Worker:
             if load_key_log(text.decode("utf-8", "replace"), self.keys).added:
                 pipeline.keys_added()
 
-        reader = CaptureReader(args.read, on_secrets=secrets_in_stream)
+        reader = CaptureReader(spec.source, on_secrets=secrets_in_stream)
         feed, index, workers = pipeline.frame, spec.index, spec.workers
         deal = sharder.dealer()
         mine_without_connection = workers + index
@@ -387,25 +374,24 @@ class Worker:
     # -- live ------------------------------------------------------------------------------
 
     def run_live(self) -> None:
-        from captagent_tls import cli
         from captagent_tls.agent import Agent
         from captagent_tls.keysources import KeyLogFile
 
-        spec, args, keys = self.spec, self.spec.args, self.keys
+        spec, args, keys = self.spec, self.spec.settings, self.keys
         # every handle the capture opens (again, after its interface was lost) joins the group
         capture = WatchedCapture(
-            args.interface,
+            spec.source,
             args.filter,
             args.promisc,
             args.snaplen,
             args.buffer_size,
             on_open=lambda fd: join_fanout(fd, spec.fanout_group),
         )
-        capture.name = f"{args.interface} (worker {spec.index})"
+        capture.name = f"{spec.source} (worker {spec.index})"
         if self.recording.frames:
             capture.recording = self.recording
         if args.user:
-            cli.drop_privileges(args.user)
+            drop_privileges(args.user)
         key_files = [KeyLogFile(path, keys) for path in args.keylog]
         for source in key_files:
             source.poll()
@@ -436,7 +422,7 @@ class Worker:
             self.pipeline,
             key_files,
             [ParentKeys(self.channel, keys, stop, self.pipeline)],
-            reload_keys=lambda: cli.load_rsa_key_files(args, keys, live=True),
+            reload_keys=lambda: load_rsa_key_files(args, keys, live=True),
             stats_interval_s=86_400,
             report_stats=None,
             on_turn=turn,
@@ -452,8 +438,6 @@ class Worker:
 
 def run_worker(spec: WorkerSpec, keys: KeyStore, channel: Channel) -> int:
     """A worker's life; its exit status."""
-    from captagent_tls.cli import one_line
-
     try:
         worker = Worker(spec, keys, channel)
         if spec.live:
