@@ -12,6 +12,7 @@ import os
 import struct
 import tracemalloc
 import zlib
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,6 +31,7 @@ from captagent_tls.websocket.handshake import (
     parse_request,
     parse_response,
 )
+from captagent_tls.websocket.stage import WebSocketStage
 from tests.support.tlswriter import TcpConversation
 
 websockets_frames = pytest.importorskip("websockets.frames")
@@ -522,7 +524,9 @@ def run_pipeline(frames: list[Frame]):
     for f in frames:
         pipeline.frame(f)
     pipeline.finish()
-    return sink.messages, problems, pipeline.stats
+    [websocket] = [s for s in pipeline.stream_stages if isinstance(s, WebSocketStage)]
+    stats = SimpleNamespace(**vars(pipeline.stats), websocket=websocket.stats)
+    return sink.messages, problems, stats
 
 
 def test_plain_ws_through_the_pipeline():

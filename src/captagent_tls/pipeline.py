@@ -1,6 +1,9 @@
-"""Wire the stages together: frames -> TCP -> TLS -> SIP -> sinks.
+"""Wire the stages together: frames -> TCP -> TLS -> application stages -> sinks.
 
-The same pipeline serves capture files and live capture; only the frame source differs.
+The same pipeline serves capture files and live capture; only the frame source differs.  The
+application stages (SIP framing, WebSocket, ...) are registered (:mod:`captagent_tls.registry`)
+and reached through one interface (:mod:`captagent_tls.stage`): the pipeline chooses once per
+flow direction who takes its bytes, and has no branch of its own for any of them.
 
 No packet can end it: an unexpected exception while one flow is handled is caught here, at
 the flow's boundary, counted and reported with the flow, and that flow's state is dropped;
@@ -23,15 +26,10 @@ from captagent_tls.net.ip import Defragmenter
 from captagent_tls.net.packet import Datagram, Fragment, Segment, Skip, decode
 from captagent_tls.net.tcp import Event as NetEvent
 from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpReassembler
+from captagent_tls.registry import datagram_stages, stream_stages
 from captagent_tls.sinks import OutputError, Sink
-from captagent_tls.sip.framing import (
-    MAX_HELD_BYTES,
-    MAX_MESSAGE_BYTES,
-    SipBudget,
-    SipFramer,
-    Unit,
-    frame_datagram,
-)
+from captagent_tls.sip.framing import MAX_HELD_BYTES, MAX_MESSAGE_BYTES, SipBudget
+from captagent_tls.stage import DatagramStage, StreamConsumer, StreamStage, Units
 from captagent_tls.tls.events import (
     PLAINTEXT,
     AppData,
@@ -46,8 +44,6 @@ from captagent_tls.tls.keys import KeyStore
 from captagent_tls.tls.problems import Notice
 from captagent_tls.tls.rsa_pool import RSA_RELEASE_AFTER_FRAMES, RsaPool
 from captagent_tls.tls.tracker import HoldLimits, TlsTracker
-from captagent_tls.websocket import START_BYTES as WEBSOCKET_START
-from captagent_tls.websocket import WebSocketSession, WebSocketStats, looks_like_start
 
 log = logging.getLogger("captagent_tls")
 
@@ -78,7 +74,6 @@ class PipelineStats:
     raw_bytes: int = 0
     plain_other_bytes: int = 0  # unencrypted TCP that is not SIP: not passed on
     internal_errors: int = 0  # flows dropped after an unexpected exception
-    websocket: WebSocketStats = field(default_factory=WebSocketStats)
 
 
 TRANSPORTS = {
@@ -120,10 +115,14 @@ class Pipeline:
         self.sinks = sinks
         self.on_problem = on_problem
         self.stats = PipelineStats()
-        self._framers: dict[tuple[Flow, int], SipFramer] = {}
-        self._websockets: dict[Flow, WebSocketSession] = {}
         self.sip_budget = SipBudget(options.max_sip_held_bytes, options.max_sip_message_bytes)
-        self._spare_framer = SipFramer(self.sip_budget)
+        # the application stages, in the order they are asked (captagent_tls.registry)
+        self.stream_stages: list[StreamStage] = stream_stages(self.sip_budget)
+        self.datagram_stages: list[DatagramStage] = datagram_stages()
+        # who takes each flow direction's bytes now (a direction between messages has none)
+        self._consumers: dict[tuple[Flow, int], StreamConsumer] = {}
+        # consumers a connection-wide one took over from: closed when the connection ends
+        self._retired: dict[Flow, list[tuple[int, StreamConsumer]]] = {}
         self.defrag = Defragmenter()
         # with worker processes reading one file, each reassembles every fragmented datagram
         # and keeps those that are its own (captagent_tls.workers.shard)
@@ -190,8 +189,10 @@ class Pipeline:
             ("plain_other_bytes", stats.plain_other_bytes),
         ):
             c.set(name, value)
-        self.sip_budget.add_counters(c)
-        stats.websocket.add_counters(c)
+        for stage in self.stream_stages:
+            stage.add_counters(c)
+        for datagram_stage in self.datagram_stages:
+            datagram_stage.add_counters(c)
         return c
 
     def _rsa_done(self, ts: int) -> None:
@@ -310,11 +311,8 @@ class Pipeline:
         if flow is not None:
             self.tcp.discard(flow)
             self.tls.discard(flow)
-            for direction in (0, 1):
-                framer = self._framers.pop((flow, direction), None)
-                if framer is not None:
-                    framer.flush()  # (gives back what it held to the shared budget)
-            self._websockets.pop(flow, None)
+            for _, consumer in self._flow_consumers(flow):
+                consumer.discard()  # (gives back what it held to the shared bounds)
         if self.on_problem is not None:
             self.on_problem(
                 TlsProblem(
@@ -339,116 +337,134 @@ class Pipeline:
             self._tls_events(tls.closed(event.flow, event.ts_ns))
 
     def _datagram(self, datagram: Datagram, ts: int) -> None:
-        unit = frame_datagram(bytes(datagram.payload))
-        if unit is None:
-            skipped = self.stats.skipped
-            skipped["UDP, not SIP"] = skipped.get("UDP, not SIP", 0) + 1
-            return
-        self.stats.sip_messages += 1
-        self.stats.plain_sip_messages += 1
-        is_request = not unit.data.startswith(b"SIP/2.0 ")
-        self._emit(
-            Message(
-                ts,
-                (datagram.src, datagram.sport),
-                (datagram.dst, datagram.dport),
-                "udp",
-                unit.data,
-                unit.call_id,
-                True,
-                is_request,
-                "",
-                "",
-            )
-        )
+        for stage in self.datagram_stages:
+            messages = stage.datagram(datagram, ts)
+            if messages is not None:
+                stats = self.stats
+                for message in messages:
+                    stats.sip_messages += 1
+                    stats.plain_sip_messages += 1
+                    self._emit(message)
+                return
+        skipped = self.stats.skipped
+        skipped["UDP, not SIP"] = skipped.get("UDP, not SIP", 0) + 1
 
     def _tls_events(self, events: list[TlsEvent]) -> None:
-        framers = self._framers
+        consumers = self._consumers
         for event in events:
             if type(event) is AppData:
-                if self._websockets and event.flow in self._websockets:
-                    self._websocket(event)
-                    continue
                 key = (event.flow, event.direction)
-                framer = framers.get(key)
-                data = event.data
-                if framer is None:
-                    # a direction between messages keeps no SIP state (idle sessions cost
-                    # nothing): a spare framer frames what arrives, and stays with the
-                    # direction only when it has to hold something
-                    if data[0] in WEBSOCKET_START and self._websocket(event):
-                        continue
-                    framer = self._spare_framer
-                    units = framer.feed(data)
-                    if framer.idle:
-                        framer.started = False  # as a new one would be
-                    else:
-                        framers[key] = framer
-                        self._spare_framer = SipFramer(self.sip_budget)
-                else:
-                    units = framer.feed(data)
-                    if framer.idle:
-                        del framers[key]
-                if units:
-                    self._deliver(
-                        event.flow,
-                        event.direction,
-                        units,
-                        event.ts_ns,
-                        event.info,
-                        event.from_client,
-                    )
-                continue
-            if self._websockets and self._websocket(event):
-                continue
-            if type(event) is AppGap:
-                framer = self._framers.get((event.flow, event.direction))
-                if framer is not None:
-                    self._deliver(
-                        event.flow,
-                        event.direction,
-                        framer.gap(),
-                        event.ts_ns,
-                        event.info,
-                        event.from_client,
-                    )
+                consumer = consumers.get(key)
+                if consumer is None:
+                    self._start(event)
+                    continue
+                units = consumer.data(event)
+                if consumer.idle:
+                    del consumers[key]
+                if units or consumer.problems:
+                    tls_client = event.direction if event.from_client else 1 - event.direction
+                    self._hand_out(consumer, event.flow, units, event.ts_ns, event.info, tls_client)
+            elif type(event) is AppGap:
+                consumer = consumers.get((event.flow, event.direction))
+                if consumer is not None:
+                    tls_client = event.direction if event.from_client else 1 - event.direction
+                    units = consumer.gap(event)
+                    self._hand_out(consumer, event.flow, units, event.ts_ns, event.info, tls_client)
             elif type(event) is TlsProblem:
                 if self.on_problem is not None:
                     self.on_problem(event)
             elif type(event) is SessionSecret and self.on_secret is not None:
                 self.on_secret(event)
             elif type(event) is ConnectionDone:
-                flow = event.flow
-                for direction in (0, 1):
-                    framer = self._framers.pop((flow, direction), None)
-                    if framer is not None:
-                        self._deliver(
+                for direction, consumer in self._flow_consumers(event.flow):
+                    units = consumer.close(direction, event)
+                    self._hand_out(
+                        consumer, event.flow, units, event.ts_ns, event.info, event.client_direction
+                    )
+
+    def _start(self, event: AppData) -> None:
+        """A direction without a consumer has bytes: the first stage that takes them."""
+        for stage in self.stream_stages:
+            started = stage.start(event)
+            if started is not None:
+                break
+        else:  # (the last stage, SIP framing, takes anything)
+            return
+        units, consumer = started
+        tls_client = event.direction if event.from_client else 1 - event.direction
+        if consumer is None:
+            if units:
+                self._deliver(event.flow, units, event.ts_ns, event.info, tls_client)
+            return
+        flow, consumers = event.flow, self._consumers
+        if stage.both_directions:
+            for direction in (0, 1):
+                earlier = consumers.get((flow, direction))
+                if earlier is not None:  # (SIP framing held part of a message there)
+                    self._retired.setdefault(flow, []).append((direction, earlier))
+                consumers[flow, direction] = consumer
+        else:
+            consumers[flow, event.direction] = consumer
+        self._hand_out(consumer, flow, units, event.ts_ns, event.info, tls_client)
+
+    def _flow_consumers(self, flow: Flow) -> list[tuple[int, StreamConsumer]]:
+        """A flow's consumers, taken away: the connection-wide one first, then each
+        direction's in order (with those a connection-wide one took over from)."""
+        consumers = self._consumers
+        found: list[tuple[int, StreamConsumer]] = []
+        for direction in (0, 1):
+            consumer = consumers.pop((flow, direction), None)
+            if consumer is not None and all(consumer is not c for _, c in found):
+                found.append((direction, consumer))
+        if self._retired:
+            found.extend(sorted(self._retired.pop(flow, ()), key=lambda item: item[0]))
+        return found
+
+    def _hand_out(
+        self,
+        consumer: StreamConsumer,
+        flow: Flow,
+        units: Units,
+        ts: int,
+        info: TlsInfo,
+        tls_client: int,
+    ) -> None:
+        """A consumer's units become messages; its problems are reported."""
+        if units:
+            client = consumer.client_direction(tls_client)
+            self._deliver(flow, units, ts, info, client, consumer.websocket)
+        problems = consumer.problems
+        if problems:
+            if self.on_problem is not None:
+                client = consumer.problem_client(tls_client)
+                server = flow.describe(client)
+                for kind, detail in problems:
+                    self.on_problem(
+                        TlsProblem(
                             flow,
-                            direction,
-                            framer.flush(),
-                            event.ts_ns,
-                            event.info,
-                            direction == event.client_direction,
+                            kind,
+                            f"{consumer.label} {server}: {detail}",
+                            ts,
+                            format_endpoint(flow.endpoint(1 - client)),
                         )
+                    )
+            problems.clear()
 
     def _deliver(
         self,
         flow: Flow,
-        direction: int,
-        units: list[Unit],
+        units: Units,
         ts: int,
         info: TlsInfo,
-        from_client: bool,
+        client: int,
         websocket: bool = False,
     ) -> None:
-        if not units:
-            return
+        """Units become messages (``client``: the client's direction)."""
         plain = info is PLAINTEXT
         transport = TRANSPORTS[websocket, plain]
         version, suite = info.version, info.cipher_suite
-        src, dst = flow.endpoint(direction), flow.endpoint(1 - direction)
         stats = self.stats
-        for unit in units:
+        for direction, unit in units:
             if unit.is_sip:
                 stats.sip_messages += 1
                 if plain:
@@ -462,13 +478,13 @@ class Pipeline:
             self._emit(
                 Message(
                     ts,
-                    src,
-                    dst,
+                    flow.endpoint(direction),
+                    flow.endpoint(1 - direction),
                     transport,
                     unit.data,
                     unit.call_id,
                     unit.is_sip,
-                    from_client,
+                    direction == client,
                     version,
                     suite,
                 )
@@ -482,78 +498,3 @@ class Pipeline:
                 raise
             except Exception as exc:  # not the packet's fault: it concerns every flow
                 raise OutputError(f"an output failed: {type(exc).__name__}: {exc}") from exc
-
-    # -- SIP over WebSocket (RFC 7118) ------------------------------------------------------
-
-    def _websocket(self, event: TlsEvent) -> bool:
-        """Application bytes of a WebSocket connection (or of its HTTP upgrade) go to its
-        session instead of SIP stream framing.  True when the event was taken care of."""
-        kind = type(event)
-        if kind is AppData:
-            assert isinstance(event, AppData)
-            flow, direction = event.flow, event.direction
-            session = self._websockets.get(flow)
-            if session is None:
-                if (flow, direction) in self._framers:
-                    return False  # a stream already being framed as SIP
-                start = looks_like_start(event.data)
-                if not start:
-                    return False
-                session = self._websockets[flow] = WebSocketSession(
-                    self.stats.websocket, direction, start, event.data, sip_budget=self.sip_budget
-                )
-            client = direction if event.from_client else 1 - direction
-            self._websocket_units(
-                session, flow, session.feed(direction, event.data), event.ts_ns, event.info, client
-            )
-            return True
-        if kind is AppGap:
-            assert isinstance(event, AppGap)
-            session = self._websockets.get(event.flow)
-            if session is None:
-                return False
-            client = event.direction if event.from_client else 1 - event.direction
-            self._websocket_units(
-                session, event.flow, session.gap(event.direction), event.ts_ns, event.info, client
-            )
-            return True
-        if kind is ConnectionDone and self._websockets:
-            assert isinstance(event, ConnectionDone)
-            session = self._websockets.pop(event.flow, None)
-            if session is not None:
-                self._websocket_units(
-                    session,
-                    event.flow,
-                    session.close(),
-                    event.ts_ns,
-                    event.info,
-                    event.client_direction,
-                )
-        return False  # (the rest of ConnectionDone is done by the caller)
-
-    def _websocket_units(
-        self,
-        session: WebSocketSession,
-        flow: Flow,
-        units: list[tuple[int, Unit]],
-        ts: int,
-        info: TlsInfo,
-        tls_client: int,
-    ) -> None:
-        websocket = session.websocket
-        client = session.client_dir if websocket else tls_client  # WebSocket: the side masking
-        for direction, unit in units:
-            self._deliver(flow, direction, [unit], ts, info, direction == client, websocket)
-        if session.problems and self.on_problem is not None:
-            server = flow.describe(session.client_dir)
-            for kind, detail in session.problems:
-                self.on_problem(
-                    TlsProblem(
-                        flow,
-                        kind,
-                        f"WebSocket {server}: {detail}",
-                        ts,
-                        format_endpoint(flow.endpoint(1 - session.client_dir)),
-                    )
-                )
-        session.problems.clear()
