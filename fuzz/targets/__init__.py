@@ -24,4 +24,8 @@ TARGETS: dict[str, float] = {
     "sip": 1.0,  # sip/framing.py SipFramer and frame_datagram
     "keylog": 0.5,  # tls/keylog.py load_key_log
     "config": 1.0,  # config/ load_native (TOML) and load_captagent (XML)
+    "sdp": 0.5,  # media/sdp.py parse_sdp and sdp_of_sip
+    "rtcp": 0.5,  # media/rtcp.py parse_compound and hep_json
+    "srtcp": 1.0,  # media/srtp.py SRTCP/SRTP protect, unprotect, tamper, replay
+    "dtls": 0.5,  # media/dtls.py DtlsTracker and DTLS-SRTP keys
 }

@@ -1,0 +1,731 @@
+"""Media correlation: which call a UDP datagram belongs to, its RTP statistics, and its RTCP,
+decrypted and authenticated.  Sans-IO: ``MediaTracker`` is fed decrypted SIP messages
+(``sip``) and UDP datagrams (``datagram``) with their capture times, and returns events.
+
+From the SDP of each call (offer and answer per Call-ID, updated by re-INVITE, UPDATE, early
+media and late offers) it maps media endpoints -- the ``c=`` address with the ``m=`` port and
+the RTCP port (``a=rtcp`` or port + 1, or the RTP port with ``a=rtcp-mux``), and the same
+ports at the address the SIP message came from, for peers behind NAT (as heplify does) -- to
+(call, the side whose SDP it is, media line).  A datagram is looked up by its source (a peer
+sends from where it receives: symmetric RTP), else by its destination (then the sender is the
+other side of the call); once an RTP stream has been seen, by source and SSRC, which is the
+whole per-packet cost: the header's first 12 bytes, one dict lookup, the statistics update.
+
+Keys: each side's ``a=crypto`` protects what that side sends (RFC 4568 §6.1); the answer's tag
+picks the offer's line, and until the answer is seen every offered line is a candidate.  Keys
+from a new offer or answer (a re-INVITE that re-keys) are tried first, and replace the old
+ones from the first packet they authenticate.  DTLS-SRTP keys (RFC 5764) come from the DTLS
+handshake on the media 5-tuple and the key log (``dtls.py``).  Nothing that fails
+authentication is emitted; every outcome is counted (``counts``).
+
+Bounded: calls (oldest evicted), media endpoints, streams per call and in all, SRTP contexts
+per media line; a call's media ends ``bye_grace`` after its BYE or CANCEL, or after
+``idle_timeout`` without SIP or media.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import NamedTuple
+
+from captagent_tls.media import dtls as dtls_mod
+from captagent_tls.media.rtcp import RtcpError, RtcpPacket, parse_compound
+from captagent_tls.media.rtp import RtpStats, RtpStream
+from captagent_tls.media.sdp import Crypto, Media, SessionDescription, parse_sdp, sdp_of_sip
+from captagent_tls.media.srtp import SrtpContext, SrtpError
+from captagent_tls.message import Endpoint, Message
+from captagent_tls.sip.headers import summarize
+from captagent_tls.tls.keys import KeyStore
+
+SECOND = 1_000_000_000
+MAX_CALLS = 10_000
+MAX_STREAMS_PER_CALL = 32
+MAX_STREAMS = 100_000
+MAX_ENDPOINTS = 100_000
+MAX_CONTEXTS = 4  # keys in use per sender and media line (old ones kept while in flight)
+MAX_PENDING = 16  # offered keys not yet proven, per sender and media line
+MAX_SIDES = 8  # SIP parties (tags) per call: both ends and a few forks
+MAX_HELD_RTCP = 16  # SRTCP per call waiting for the SDP of its sender (early media)
+RTCP_HOLD_NS = 5 * SECOND  # how long it may wait
+BYE_GRACE_NS = 5 * SECOND
+IDLE_TIMEOUT_NS = 300 * SECOND
+EXPIRY_EVERY_NS = SECOND
+
+_RTP = struct.Struct("!HII")  # sequence, timestamp, SSRC (after the first two bytes)
+
+# what an RTCP datagram became: ``MediaTracker.counts["rtcp_" + outcome]``
+RTCP_OUTCOMES = (
+    "reported",  # decrypted (or plain), parsed and emitted
+    "no_call",  # no media endpoint of any call
+    "no_keys",  # SRTP media whose keys are not known (yet)
+    "auth_failed",  # no key of the sender authenticates it
+    "replay",  # authenticated before: a duplicate
+    "unknown_mki",  # an MKI that selects no key
+    "malformed",  # not a valid SRTCP packet, or not valid RTCP inside
+    "held",  # to a call's endpoint from a side whose SDP is not seen yet: held, tried later
+    "held_expired",  # held, and the sender's SDP did not come in time
+    "held_dropped",  # no room to hold it
+)
+
+
+class RtcpReport(NamedTuple):
+    """One compound RTCP packet of a call: authenticated when it came as SRTCP."""
+
+    ts_ns: int
+    src: Endpoint
+    dst: Endpoint
+    call_id: str
+    packets: tuple[RtcpPacket, ...]
+    plaintext: bytes  # the RTCP compound (decrypted)
+    srtcp: bool  # came protected (SRTCP) rather than as plain RTCP
+
+
+class StreamReport(NamedTuple):
+    src: Endpoint
+    dst: Endpoint
+    stats: RtpStats
+
+
+class MediaEnded(NamedTuple):
+    """A call's media state was dropped: the RTP statistics of its streams."""
+
+    ts_ns: int
+    call_id: str
+    reason: str  # "bye", "idle" or "evicted"
+    streams: tuple[StreamReport, ...]
+
+
+MediaEvent = RtcpReport | MediaEnded
+NO_EVENTS: tuple[MediaEvent, ...] = ()
+
+
+@lru_cache(maxsize=4096)
+def packed_address(text: str) -> bytes | None:
+    """An SDP address as the capture has it (4 or 16 bytes); None for a name, an invalid or
+    an unspecified address (0.0.0.0 is an old-style hold, RFC 3264 §8.4)."""
+    try:
+        address = ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+    if address.is_unspecified:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.packed
+    return address.packed
+
+
+def tag_of(name_addr: str) -> str:
+    """The ``tag`` parameter of a From or To value (RFC 3261 §19.3), "" without one."""
+    end = name_addr.rfind(">")
+    for param in name_addr[end + 1 :].split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "tag":
+            return value.strip()
+    return ""
+
+
+class Keyring:
+    """The SRTP contexts of one sender on one media line: ``pending`` (offered, not yet
+    proven) are tried before ``current`` (in use); the first pending one that authenticates
+    becomes the only current one."""
+
+    __slots__ = ("current", "pending")
+
+    def __init__(self) -> None:
+        self.current: list[SrtpContext] = []
+        self.pending: list[SrtpContext] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.current or self.pending)
+
+    def _known(self, context: SrtpContext) -> SrtpContext | None:
+        for held in (*self.pending, *self.current):
+            if held.identity == context.identity:
+                return held
+        return None
+
+    def offer(self, contexts: Sequence[SrtpContext]) -> None:
+        """New candidates.  A key already in use stays as it is (its replay state too)."""
+        fresh = []
+        for context in contexts[:MAX_PENDING]:
+            known = self._known(context)
+            if known is not None and known in self.current:
+                continue
+            fresh.append(known or context)
+        self.pending = fresh
+
+    def select(self, context: SrtpContext) -> None:
+        """The answer chose this key: the other candidates go."""
+        known = self._known(context)
+        if known is not None and known in self.current:
+            self.pending = []
+        else:
+            self.pending = [known or context]
+
+    def _run(self, packet: bytes, rtcp: bool) -> bytes:
+        reasons = []
+        for group in (self.pending, self.current):
+            for context in group:
+                try:
+                    plain = (
+                        context.unprotect_rtcp(packet) if rtcp else context.unprotect_rtp(packet)
+                    )
+                except SrtpError as error:
+                    reasons.append(error.reason)
+                    continue
+                if group is self.pending:
+                    self.current = [context]
+                    self.pending = []
+                return plain
+        for reason in (SrtpError.REPLAY, SrtpError.MALFORMED, SrtpError.UNKNOWN_MKI):
+            if reason in reasons:
+                raise SrtpError(reason)
+        raise SrtpError(SrtpError.AUTH)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        return self._run(packet, True)
+
+    def unprotect_rtp(self, packet: bytes) -> bytes:
+        return self._run(packet, False)
+
+
+class _Side:
+    """One SIP party of a call (one tag): its latest SDP and the keys it sends with."""
+
+    __slots__ = ("tag", "sip_address", "sdp", "rings")
+
+    def __init__(self, tag: str, sip_address: bytes) -> None:
+        self.tag = tag
+        self.sip_address = sip_address
+        self.sdp: SessionDescription | None = None
+        self.rings: list[Keyring] = []
+
+    def media(self, index: int) -> Media | None:
+        if self.sdp is None or index >= len(self.sdp.media):
+            return None
+        return self.sdp.media[index]
+
+    def ring(self, index: int) -> Keyring:
+        while len(self.rings) <= index:
+            self.rings.append(Keyring())
+        return self.rings[index]
+
+
+class _Stream:
+    __slots__ = ("call", "sender", "index", "rtp", "rates", "src", "dst")
+
+    def __init__(
+        self,
+        call: _Call,
+        sender: str,
+        index: int,
+        rtp: RtpStream,
+        rates: dict[int, int],
+        src: Endpoint,
+        dst: Endpoint,
+    ) -> None:
+        self.call = call
+        self.sender = sender
+        self.index = index
+        self.rtp = rtp
+        self.rates = rates
+        self.src = src
+        self.dst = dst
+
+
+class _Call:
+    __slots__ = (
+        "call_id",
+        "sides",
+        "offerer",
+        "peers",
+        "endpoints",
+        "streams",
+        "ended_ns",
+        "last_ns",
+        "answered",
+        "held",
+    )
+
+    def __init__(self, call_id: str, now_ns: int) -> None:
+        self.call_id = call_id
+        self.sides: dict[str, _Side] = {}
+        self.offerer: str | None = None  # the side whose offer waits for its answer
+        self.peers: dict[str, str] = {}
+        self.endpoints: set[Endpoint] = set()
+        self.streams: dict[tuple[bytes, int, int], _Stream] = {}
+        self.ended_ns: int | None = None
+        self.last_ns = now_ns
+        self.answered = False
+        # SRTCP that came before its sender's SDP: (capture time, source, destination, bytes)
+        self.held: list[tuple[int, Endpoint, Endpoint, bytes]] = []
+
+    def side(self, tag: str, sip_address: bytes) -> _Side | None:
+        """The side of a tag, made if new; None past MAX_SIDES (forks beyond a few)."""
+        side = self.sides.get(tag)
+        if side is None:
+            if len(self.sides) >= MAX_SIDES:
+                return None
+            side = self.sides[tag] = _Side(tag, sip_address)
+        side.sip_address = sip_address
+        return side
+
+    def last_activity(self) -> int:
+        latest = self.last_ns
+        for stream in self.streams.values():
+            if stream.rtp.last_ns > latest:
+                latest = stream.rtp.last_ns
+        return latest
+
+
+class MediaTracker:
+    """Calls' media, from their SIP and their UDP datagrams.  See the module's description."""
+
+    def __init__(
+        self,
+        keys: KeyStore | None = None,
+        *,
+        max_calls: int = MAX_CALLS,
+        max_streams_per_call: int = MAX_STREAMS_PER_CALL,
+        max_streams: int = MAX_STREAMS,
+        max_endpoints: int = MAX_ENDPOINTS,
+        bye_grace_ns: int = BYE_GRACE_NS,
+        idle_timeout_ns: int = IDLE_TIMEOUT_NS,
+        nat_fallback: bool = True,
+    ) -> None:
+        self.keys = keys
+        self.max_calls = max_calls
+        self.max_streams_per_call = max_streams_per_call
+        self.max_streams = max_streams
+        self.max_endpoints = max_endpoints
+        self.bye_grace_ns = bye_grace_ns
+        self.idle_timeout_ns = idle_timeout_ns
+        self.nat_fallback = nat_fallback
+        self._calls: OrderedDict[str, _Call] = OrderedDict()
+        self._endpoints: dict[Endpoint, tuple[_Call, str, int]] = {}
+        self._streams: dict[tuple[bytes, int, int], _Stream] = {}
+        self._dtls = dtls_mod.DtlsTracker()
+        # DTLS-SRTP keys per association: (client, server, client random) -> (client, server)
+        self._dtls_rings: dict[tuple[Endpoint, Endpoint, bytes], tuple[Keyring, Keyring]] = {}
+        self._next_expiry = 0
+        self.counts: dict[str, int] = {}
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    @property
+    def calls(self) -> int:
+        return len(self._calls)
+
+    @property
+    def endpoints(self) -> int:
+        return len(self._endpoints)
+
+    @property
+    def streams(self) -> int:
+        return len(self._streams)
+
+    def call_ids(self) -> list[str]:
+        return list(self._calls)
+
+    def stream_reports(self, call_id: str) -> list[StreamReport]:
+        call = self._calls.get(call_id)
+        if call is None:
+            return []
+        return [StreamReport(s.src, s.dst, s.rtp.stats()) for s in call.streams.values()]
+
+    # -- SIP -----------------------------------------------------------------------------
+
+    def sip(self, message: Message) -> tuple[MediaEvent, ...]:
+        """A decrypted (or plain) SIP message: its SDP, if any, updates its call's media.
+        The events are those of calls that ended (an eviction, or expiry by capture time)."""
+        if not message.is_sip or not message.call_id:
+            return NO_EVENTS
+        events = self._maybe_expire(message.ts_ns)
+        self._sip(message, events)
+        return tuple(events)
+
+    def _sip(self, message: Message, events: list[MediaEvent]) -> None:
+        assert message.call_id is not None
+        summary = summarize(message.payload)
+        if not summary.method and not summary.status:
+            return
+        call_id = message.call_id
+        call = self._calls.get(call_id)
+        if summary.method in ("BYE", "CANCEL"):
+            if call is not None:
+                call.ended_ns = call.ended_ns or message.ts_ns
+            return
+        if (
+            call is not None
+            and summary.status >= 300
+            and summary.cseq_method == "INVITE"
+            and not call.answered
+        ):
+            call.ended_ns = call.ended_ns or message.ts_ns  # the call never came up
+        body = sdp_of_sip(message.payload)
+        if body is None:
+            if call is not None:
+                call.last_ns = message.ts_ns
+            return
+        sdp = parse_sdp(body)
+        if not sdp.media:
+            return
+        if call is None:
+            call = self._new_call(call_id, message.ts_ns, events)
+        else:
+            self._calls.move_to_end(call_id)
+        call.last_ns = message.ts_ns
+        sender_value = summary.from_ if summary.method else summary.to
+        tag = tag_of(sender_value) or ("c" if message.from_client else "s")
+        side = call.side(tag, message.src[0])
+        if side is None:
+            self._count("sides_capped")
+            return
+        if call.offerer is not None and call.offerer != side.tag:
+            self._answer(call, side, sdp)
+        elif side.sdp == sdp:
+            # the same description again (a 200 OK repeating the 183's answer, RFC 3264 §8):
+            # nothing new is offered
+            for index, media in enumerate(sdp.media):
+                self._register(call, side, index, media)
+        elif summary.method == "ACK":
+            self._count("sdp_unexpected")  # an ACK carries an answer only (RFC 3261 §13.2.1)
+        else:
+            self._offer(call, side, sdp)
+        if call.held:
+            events.extend(self._release(call, message.ts_ns))
+
+    def _release(self, call: _Call, now_ns: int) -> list[MediaEvent]:
+        """Try the held SRTCP of a call again, now that more of its SDP is known."""
+        held, call.held = call.held, []
+        out: list[MediaEvent] = []
+        for ts_ns, src, dst, payload in held:
+            if now_ns - ts_ns > RTCP_HOLD_NS:
+                self._count("rtcp_held_expired")
+                continue
+            out.extend(self._rtcp(ts_ns, src, dst, payload))
+        return out
+
+    def _new_call(self, call_id: str, now_ns: int, events: list[MediaEvent]) -> _Call:
+        if len(self._calls) >= self.max_calls:
+            _, oldest = self._calls.popitem(last=False)
+            self._count("calls_evicted")
+            events.append(self._drop_call(oldest, now_ns, "evicted"))
+        call = self._calls[call_id] = _Call(call_id, now_ns)
+        self._count("calls")
+        return call
+
+    def _offer(self, call: _Call, side: _Side, sdp: SessionDescription) -> None:
+        side.sdp = sdp
+        call.offerer = side.tag
+        for index, media in enumerate(sdp.media):
+            self._register(call, side, index, media)
+            contexts = self._contexts(media)
+            if contexts:
+                side.ring(index).offer(contexts)
+
+    def _answer(self, call: _Call, side: _Side, sdp: SessionDescription) -> None:
+        offerer_tag = call.offerer
+        assert offerer_tag is not None
+        offerer = call.sides[offerer_tag]
+        side.sdp = sdp
+        call.offerer = None
+        call.answered = True
+        call.peers[offerer.tag] = side.tag
+        call.peers[side.tag] = offerer.tag
+        for index, media in enumerate(sdp.media):
+            self._register(call, side, index, media)
+            if not media.crypto:
+                continue
+            chosen = media.crypto[0]
+            contexts = self._contexts(media, lines=(chosen,))
+            if contexts:
+                side.ring(index).offer(contexts)
+                side.ring(index).select(contexts[0])
+            offered = offerer.media(index)
+            line = offered.crypto_by_tag(chosen.tag) if offered is not None else None
+            if line is not None:
+                mine = self._contexts(offered, lines=(line,)) if offered is not None else []
+                if mine:
+                    offerer.ring(index).select(mine[0])
+
+    def _contexts(self, media: Media, lines: Iterable[Crypto] | None = None) -> list[SrtpContext]:
+        out = []
+        for line in media.crypto if lines is None else lines:
+            try:
+                out.append(SrtpContext.from_sdes(line))
+            except SrtpError:
+                self._count("sdes_unsupported")
+        return out
+
+    def _register(self, call: _Call, side: _Side, index: int, media: Media) -> None:
+        if media.port == 0:
+            return  # rejected or disabled
+        value = (call, side.tag, index)
+        wanted: list[Endpoint] = []
+        rtp_address = packed_address(media.address) if media.address else None
+        rtcp_address = packed_address(media.rtcp_address) if media.rtcp_address else None
+        if rtp_address is not None:
+            wanted.append((rtp_address, media.port))
+        if rtcp_address is not None and not media.rtcp_mux:
+            wanted.append((rtcp_address, media.rtcp_port))
+        if self.nat_fallback and side.sip_address not in (rtp_address, rtcp_address):
+            wanted.append((side.sip_address, media.port))
+            if not media.rtcp_mux:
+                wanted.append((side.sip_address, media.rtcp_port))
+        for endpoint in wanted:
+            held = self._endpoints.get(endpoint)
+            if held is None and len(self._endpoints) >= self.max_endpoints:
+                self._count("endpoints_capped")
+                continue
+            if held is not None and held[0] is not call:
+                held[0].endpoints.discard(endpoint)
+                self._count("endpoints_reassigned")
+            self._endpoints[endpoint] = value
+            call.endpoints.add(endpoint)
+
+    # -- datagrams -----------------------------------------------------------------------
+
+    def datagram(
+        self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes | memoryview
+    ) -> tuple[MediaEvent, ...]:
+        """One UDP datagram: RTP (statistics), RTCP or SRTCP (a report), DTLS (keys).  The
+        events: an RTCP report, after those of calls that ended by capture time."""
+        if ts_ns >= self._next_expiry:
+            events = self._maybe_expire(ts_ns)
+            if events:
+                return (*events, *self._datagram(ts_ns, src, dst, payload))
+        return self._datagram(ts_ns, src, dst, payload)
+
+    def _datagram(
+        self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes | memoryview
+    ) -> tuple[MediaEvent, ...]:
+        if len(payload) < 12:
+            self._count("not_media")
+            return NO_EVENTS
+        first = payload[0]
+        if first & 0xC0 == 0x80:
+            second = payload[1]
+            if 192 <= second <= 223:  # RFC 5761 §4: RTCP packet types 192-223
+                return self._rtcp(ts_ns, src, dst, bytes(payload))
+            seq, timestamp, ssrc = _RTP.unpack_from(payload, 2)
+            stream = self._streams.get((src[0], src[1], ssrc))
+            if stream is not None:
+                stream.rtp.update(seq, timestamp, ts_ns, stream.rates.get(second & 0x7F, 0))
+                return NO_EVENTS
+            self._new_stream(ts_ns, src, dst, ssrc, seq, timestamp, second & 0x7F)
+            return NO_EVENTS
+        if 20 <= first <= 63:
+            self._dtls_datagram(ts_ns, src, dst, bytes(payload))
+        elif first < 4:
+            self._count("stun")
+        else:
+            self._count("not_media")
+        return NO_EVENTS
+
+    def _lookup(self, src: Endpoint, dst: Endpoint) -> tuple[_Call, str, int, str] | None:
+        """(call, the sending side's tag, media line, the receiving side's tag) of a
+        datagram; a tag is "" when that side is not known."""
+        entry = self._endpoints.get(src)
+        if entry is not None:
+            call, sender, index = entry
+            return call, sender, index, call.peers.get(sender, "")
+        entry = self._endpoints.get(dst)
+        if entry is None:
+            return None
+        call, receiver, index = entry
+        sender = call.peers.get(receiver, "")
+        if not sender:
+            # no answer yet: the sender is the other side we know, if there is exactly one
+            others = [tag for tag in call.sides if tag != receiver]
+            if len(others) == 1:
+                sender = others[0]
+        return call, sender, index, receiver
+
+    def _new_stream(
+        self,
+        ts_ns: int,
+        src: Endpoint,
+        dst: Endpoint,
+        ssrc: int,
+        seq: int,
+        timestamp: int,
+        payload_type: int,
+    ) -> None:
+        found = self._lookup(src, dst)
+        if found is None:
+            self._count("rtp_no_call")
+            return
+        call, sender, index, receiver = found
+        if len(call.streams) >= self.max_streams_per_call or len(self._streams) >= self.max_streams:
+            self._count("streams_capped")
+            return
+        rates = self._rates(call, receiver or call.peers.get(sender, ""), sender, index)
+        rtp = RtpStream(ssrc, seq, ts_ns)
+        rtp.update(seq, timestamp, ts_ns, rates.get(payload_type, 0))
+        stream = _Stream(call, sender, index, rtp, rates, src, dst)
+        key = (src[0], src[1], ssrc)
+        self._streams[key] = stream
+        call.streams[key] = stream
+        self._count("rtp_streams")
+
+    @staticmethod
+    def _rates(call: _Call, receiver: str, sender: str, index: int) -> dict[int, int]:
+        """Clock rates by payload type: the receiver's numbering wins (RFC 3264 §5.1: an SDP
+        says what its author wants to receive)."""
+        rates: dict[int, int] = {}
+        for tag in (sender, receiver):
+            side = call.sides.get(tag) if tag else None
+            media = side.media(index) if side is not None else None
+            if media is None:
+                continue
+            for fmt in media.formats:
+                if fmt.isdigit() and len(fmt) <= 3:
+                    rate = media.clock_rate(int(fmt))
+                    if rate:
+                        rates[int(fmt)] = rate
+        return rates
+
+    def _rtcp(
+        self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes
+    ) -> tuple[MediaEvent, ...]:
+        found = self._lookup(src, dst)
+        if found is None:
+            self._count("rtcp_no_call")
+            return NO_EVENTS
+        call, sender_tag, index, receiver_tag = found
+        sender = call.sides.get(sender_tag) if sender_tag else None
+        media = sender.media(index) if sender is not None else None
+        if media is None:
+            receiver = call.sides.get(receiver_tag) if receiver_tag else None
+            media = receiver.media(index) if receiver is not None else None
+        if media is None:
+            self._count("rtcp_no_call")
+            return NO_EVENTS
+        secure = media.secure
+        if secure and sender is None and not media.dtls:
+            # from the side whose SDP (and keys) the capture has not shown yet: early media
+            if len(call.held) < MAX_HELD_RTCP:
+                call.held.append((ts_ns, src, dst, payload))
+                self._count("rtcp_held")
+            else:
+                self._count("rtcp_held_dropped")
+            return NO_EVENTS
+        if secure:
+            ring = self._ring(src, dst, sender, index, media)
+            if not ring:
+                self._count("rtcp_no_keys")
+                return NO_EVENTS
+            try:
+                plain = ring.unprotect_rtcp(payload)
+            except SrtpError as error:
+                self._count(f"rtcp_{error.reason}")
+                return NO_EVENTS
+        else:
+            plain = payload
+        try:
+            packets = parse_compound(plain)
+        except RtcpError:
+            self._count("rtcp_malformed")
+            return NO_EVENTS
+        self._count("rtcp_reported")
+        return (RtcpReport(ts_ns, src, dst, call.call_id, packets, plain, secure),)
+
+    def _ring(
+        self, src: Endpoint, dst: Endpoint, sender: _Side | None, index: int, media: Media
+    ) -> Keyring | None:
+        if media.dtls or (sender is not None and not sender.rings and not media.crypto):
+            ring = self._dtls_ring(src, dst)
+            if ring is not None:
+                return ring
+        if sender is None or index >= len(sender.rings):
+            return None
+        return sender.rings[index]
+
+    # -- DTLS-SRTP -----------------------------------------------------------------------
+
+    def _dtls_datagram(self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes) -> None:
+        if src not in self._endpoints and dst not in self._endpoints:
+            self._count("dtls_no_call")
+            return
+        self._count("dtls_datagrams")
+        if self._dtls.datagram(src, dst, payload, ts_ns) is not None:
+            self._count("dtls_handshakes")
+
+    def _dtls_ring(self, src: Endpoint, dst: Endpoint) -> Keyring | None:
+        association = self._dtls.association(src, dst)
+        if association is None or not association.complete:
+            return None
+        key = (association.client, association.server, association.client_random)
+        rings = self._dtls_rings.get(key)
+        if rings is None:
+            if self.keys is None:
+                return None
+            materials = dtls_mod.candidate_materials(association, self.keys)
+            if not materials:
+                return None
+            client, server = Keyring(), Keyring()
+            client.offer([SrtpContext(m.suite, m.client) for m in materials])
+            server.offer([SrtpContext(m.suite, m.server) for m in materials])
+            if len(self._dtls_rings) >= self.max_calls:
+                del self._dtls_rings[next(iter(self._dtls_rings))]
+            rings = self._dtls_rings[key] = (client, server)
+        return rings[0] if src == association.client else rings[1]
+
+    # -- expiry --------------------------------------------------------------------------
+
+    def _maybe_expire(self, now_ns: int) -> list[MediaEvent]:
+        if now_ns < self._next_expiry:
+            return []
+        self._next_expiry = now_ns + EXPIRY_EVERY_NS
+        return self.expire(now_ns)
+
+    def expire(self, now_ns: int) -> list[MediaEvent]:
+        """End the media of calls past their BYE grace or idle timeout."""
+        events: list[MediaEvent] = []
+        for call in list(self._calls.values()):
+            if call.ended_ns is not None and now_ns - call.ended_ns >= self.bye_grace_ns:
+                reason = "bye"
+            elif now_ns - call.last_activity() >= self.idle_timeout_ns:
+                reason = "idle"
+            else:
+                continue
+            del self._calls[call.call_id]
+            self._count(f"calls_ended_{reason}")
+            events.append(self._drop_call(call, now_ns, reason))
+        if events:
+            self._dtls.expire(now_ns - self.idle_timeout_ns)
+        return events
+
+    def _drop_call(self, call: _Call, now_ns: int, reason: str) -> MediaEnded:
+        if call.held:
+            self._count("rtcp_held_expired", len(call.held))
+            call.held = []
+        for endpoint in call.endpoints:
+            held = self._endpoints.get(endpoint)
+            if held is not None and held[0] is call:
+                del self._endpoints[endpoint]
+        reports = []
+        for key, stream in call.streams.items():
+            if self._streams.get(key) is stream:
+                del self._streams[key]
+            reports.append(StreamReport(stream.src, stream.dst, stream.rtp.stats()))
+        ends = call.endpoints
+        for ring_key in [k for k in self._dtls_rings if k[0] in ends or k[1] in ends]:
+            del self._dtls_rings[ring_key]
+        return MediaEnded(now_ns, call.call_id, reason, tuple(reports))
+
+    def flush(self, now_ns: int) -> list[MediaEvent]:
+        """End of input: every call's media ends (reason "idle")."""
+        events: list[MediaEvent] = []
+        for call in list(self._calls.values()):
+            del self._calls[call.call_id]
+            events.append(self._drop_call(call, now_ns, "idle"))
+        return events
