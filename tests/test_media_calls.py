@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from captagent_tls.media import calls as calls_mod
+from captagent_tls.media import keyring as keyring_mod
 from captagent_tls.media.calls import MediaEnded, MediaTracker, RtcpReport, packed_address, tag_of
 from captagent_tls.media.rtcp import ReceiverReport, SenderReport, parse_compound
 from captagent_tls.media.srtp import SUITES, MasterKey, SrtpContext
@@ -194,6 +195,14 @@ def test_rtcp_of_no_call_and_srtp_without_keys():
     tracker.sip(invite(0.0, "nokeys", sdp(A, 4000)))  # RTP/SAVP, keys by other means
     assert tracker.datagram(S, ep(A, 4001), ep(B, 1), sr(1)) == ()
     assert tracker.counts["rtcp_no_call"] == 1 and tracker.counts["rtcp_no_keys"] == 1
+    # SIP captured before them may still be undecrypted: the same wait instead
+    assert tracker.datagram(S, ep("192.0.2.9", 1), ep("192.0.2.8", 2), sr(1), False) == ()
+    assert tracker.datagram(S + 1, ep(A, 4001), ep(B, 1), sr(1), False) == ()
+    assert tracker.counts["rtcp_no_call"] == 1 and tracker.counts["rtcp_no_keys"] == 1
+    assert tracker.oldest_waiting_ts() == S
+    tracker.settle(S + 2)  # every SIP message captured before them has been seen
+    assert tracker.counts["rtcp_no_call"] == 2 and tracker.counts["rtcp_no_keys"] == 2
+    assert tracker.oldest_waiting_ts() is None
 
 
 def test_plain_rtcp_of_an_avp_call_is_reported_unauthenticated():
@@ -504,13 +513,13 @@ def test_helpers():
 
 
 def test_keyring_prefers_proven_keys_and_bounds_candidates():
-    ring = calls_mod.Keyring()
+    ring = keyring_mod.Keyring()
     contexts = [
         SrtpContext(SUITES["AES_CM_128_HMAC_SHA1_80"], MasterKey(bytes([i]) * 16, bytes(14)))
         for i in range(20)
     ]
     ring.offer(contexts)
-    assert len(ring.pending) == calls_mod.MAX_PENDING and not ring.current
+    assert len(ring.pending) == keyring_mod.MAX_PENDING and not ring.current
     packet = contexts[3].protect_rtcp(sr(1), 1)
     assert parse_compound(ring.unprotect_rtcp(packet))[0].ssrc == 1  # type: ignore[union-attr]
     assert ring.current == [contexts[3]] and ring.pending == []

@@ -74,6 +74,15 @@ CATALOGUE: dict[str, Spec] = {
         G, "The SIP size bounds: one message, all flows' incomplete messages together", ("bound",)
     ),
     "websocket": Spec(C, "SIP over WebSocket, by what was seen", ("kind",)),
+    # media (RTP, RTCP and SRTCP of the calls whose SDP was seen)
+    "media_rtcp": Spec(C, "RTCP and SRTCP datagrams by what became of them", ("outcome",)),
+    "media_rtp_streams": Spec(C, "RTP streams (SSRCs) by what became of them", ("outcome",)),
+    "media_calls": Spec(C, "Calls with media, by what happened to them", ("event",)),
+    "media_dtls": Spec(C, "DTLS on media ports (DTLS-SRTP keys)", ("kind",)),
+    "media_events": Spec(C, "Other media events by kind", ("kind",)),
+    "media_calls_active": Spec(G, "Calls whose media is followed now"),
+    "media_rtp_streams_active": Spec(G, "RTP streams followed now"),
+    "media_waiting": Spec(G, "RTCP and DTLS datagrams waiting for their call's SIP"),
     # keys
     "key_log_secrets": Spec(G, "Key-log secrets held"),
     "key_log_max_secrets": Spec(G, "Key-log secrets held at most (the oldest go first)"),

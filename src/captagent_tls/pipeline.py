@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from captagent_tls.capture import Frame
 from captagent_tls.counters import Counters
+from captagent_tls.media.reports import MediaEnded, RtcpReport
 from captagent_tls.message import Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.net.ip import Defragmenter
@@ -29,7 +30,7 @@ from captagent_tls.net.tcp import Flow, FlowClosed, StreamData, StreamGap, TcpRe
 from captagent_tls.registry import datagram_stages, stream_stages
 from captagent_tls.sinks import OutputError, Sink
 from captagent_tls.sip.framing import MAX_HELD_BYTES, MAX_MESSAGE_BYTES, SipBudget
-from captagent_tls.stage import DatagramStage, StreamConsumer, StreamStage, Units
+from captagent_tls.stage import DatagramStage, Outputs, StreamConsumer, StreamStage, Units
 from captagent_tls.tls.events import (
     PLAINTEXT,
     AppData,
@@ -62,6 +63,7 @@ class PipelineOptions:
     rsa_release_after: int | None = RSA_RELEASE_AFTER_FRAMES
     max_sip_message_bytes: int = MAX_MESSAGE_BYTES  # one incomplete SIP message, per direction
     max_sip_held_bytes: int = MAX_HELD_BYTES  # all incomplete SIP messages together
+    media: bool = True  # the media stage: RTP, RTCP and SRTCP of the calls' SDP
 
 
 @dataclass
@@ -118,7 +120,13 @@ class Pipeline:
         self.sip_budget = SipBudget(options.max_sip_held_bytes, options.max_sip_message_bytes)
         # the application stages, in the order they are asked (captagent_tls.registry)
         self.stream_stages: list[StreamStage] = stream_stages(self.sip_budget)
-        self.datagram_stages: list[DatagramStage] = datagram_stages()
+        self.datagram_stages: list[DatagramStage] = datagram_stages(keys, options.media)
+        # stages shown every SIP message emitted (the media stage reads the SDP)
+        self._observers = [stage for stage in self.datagram_stages if stage.observes]
+        self._settle_next = 0  # capture time at which held media is looked at again
+        # False with worker processes: another worker may frame SIP that a datagram here
+        # waits for (the parent says when it has all come: settle_media)
+        self.sip_settled = True
         # who takes each flow direction's bytes now (a direction between messages has none)
         self._consumers: dict[tuple[Flow, int], StreamConsumer] = {}
         # consumers a connection-wide one took over from: closed when the connection ends
@@ -161,6 +169,8 @@ class Pipeline:
             if ts >= self._next_tick:
                 self._next_tick = ts + 1_000_000_000
                 self._expire_held(ts)
+                if self._observers:
+                    self._settle(ts)
         try:
             events = self.tcp.segment(segment, ts)
         except Exception as exc:
@@ -209,19 +219,27 @@ class Pipeline:
             self._rsa_done(self._last_ts)
 
     def finish(self) -> None:
-        """End of input: flush held-back bytes, close every flow, deliver what is complete."""
+        """End of input: flush held-back bytes, close every flow, deliver what is complete;
+        then the datagram stages decide what they hold (every SIP message is out)."""
         self.settle_rsa()
         self._net_events(self.tcp.flush(self._last_ts))
         self.settle_rsa()
         for conn in self.tls.waiting():
             self._guarded(conn.flow, self.tls.give_up, conn, self._last_ts)
+        for observer in self._observers:
+            self._outputs(observer.finish(self._last_ts))
 
     def expire(self, now_ns: int) -> None:
-        """Time passes without packets (live capture): idle flows and held records expire."""
+        """Time passes without packets (live capture): idle flows and held records expire,
+        and so do calls' media."""
         if self._rsa_completed:
             self._rsa_done(now_ns)
         self._net_events(self.tcp.expire(now_ns))
         self._expire_held(now_ns)
+        for observer in self._observers:
+            self._outputs(observer.expire(now_ns))
+        if self._observers:
+            self._settle(now_ns)
 
     def keys_added(self, ts_ns: int | None = None) -> None:
         """Secrets were added to the key store: decrypt what was waiting for them."""
@@ -273,6 +291,16 @@ class Pipeline:
             held = conn.held
             if held is not None and (oldest is None or held.since < oldest):
                 oldest = held.since
+        return oldest
+
+    def oldest_output_ts(self) -> int | None:
+        """The earliest capture time an output may still come with: records held for keys,
+        and media held for its call."""
+        oldest = self.oldest_held_ts()
+        for observer in self._observers:
+            waiting = observer.oldest_waiting_ts()
+            if waiting is not None and (oldest is None or waiting < oldest):
+                oldest = waiting
         return oldest
 
     def _expire_held(self, now_ns: int) -> None:
@@ -337,17 +365,39 @@ class Pipeline:
             self._tls_events(tls.closed(event.flow, event.ts_ns))
 
     def _datagram(self, datagram: Datagram, ts: int) -> None:
+        if ts >= self._settle_next and self._observers:
+            self._settle_next = ts + 1_000_000_000
+            self._settle(ts)
+        # (records held for keys may still hold SIP captured before this datagram)
+        settled = not self.tls.waiting_connections and self.sip_settled
         for stage in self.datagram_stages:
-            messages = stage.datagram(datagram, ts)
-            if messages is not None:
-                stats = self.stats
-                for message in messages:
-                    stats.sip_messages += 1
-                    stats.plain_sip_messages += 1
-                    self._emit(message)
+            outputs = stage.datagram(datagram, ts, settled)
+            if outputs is not None:
+                if outputs:
+                    self._outputs(outputs)
                 return
         skipped = self.stats.skipped
         skipped["UDP, not SIP"] = skipped.get("UDP, not SIP", 0) + 1
+
+    def _outputs(self, outputs: Outputs) -> None:
+        """What a datagram stage hands out: SIP messages (over UDP), and the media stage's
+        RTCP reports and media summaries."""
+        stats = self.stats
+        for output in outputs:
+            if isinstance(output, Message):
+                stats.sip_messages += 1
+                stats.plain_sip_messages += 1
+                self._emit(output)
+            else:
+                self._emit_media(output)
+
+    def _settle(self, now_ns: int) -> None:
+        """Media held for a call that is not known yet is decided once every SIP message
+        captured before it has been emitted: all but those in records still held for keys."""
+        held = self.oldest_held_ts()
+        watermark = now_ns if held is None else min(now_ns, held)
+        for observer in self._observers:
+            self._outputs(observer.settle(watermark))
 
     def _tls_events(self, events: list[TlsEvent]) -> None:
         consumers = self._consumers
@@ -497,4 +547,18 @@ class Pipeline:
             except (OutputError, BrokenPipeError):
                 raise
             except Exception as exc:  # not the packet's fault: it concerns every flow
+                raise OutputError(f"an output failed: {type(exc).__name__}: {exc}") from exc
+        if self._observers and message.is_sip:
+            for observer in self._observers:
+                outputs = observer.observe(message)
+                if outputs:
+                    self._outputs(outputs)
+
+    def _emit_media(self, event: RtcpReport | MediaEnded) -> None:
+        for sink in self.sinks:
+            try:
+                sink.emit_media(event)
+            except (OutputError, BrokenPipeError):
+                raise
+            except Exception as exc:
                 raise OutputError(f"an output failed: {type(exc).__name__}: {exc}") from exc

@@ -4,9 +4,11 @@ here."""
 
 from __future__ import annotations
 
+from captagent_tls.media.stage import MediaStage
 from captagent_tls.sip.framing import SipBudget
 from captagent_tls.sip.stage import SipDatagramStage, SipStreamStage
 from captagent_tls.stage import DatagramStage, StreamStage
+from captagent_tls.tls.keys import KeyStore
 from captagent_tls.websocket.stage import WebSocketStage
 
 
@@ -17,6 +19,9 @@ def stream_stages(sip_budget: SipBudget) -> list[StreamStage]:
     return [WebSocketStage(sip_budget), SipStreamStage(sip_budget)]
 
 
-def datagram_stages() -> list[DatagramStage]:
-    """Who takes a UDP datagram: SIP over UDP."""
-    return [SipDatagramStage()]
+def datagram_stages(keys: KeyStore, media: bool = True) -> list[DatagramStage]:
+    """Who takes a UDP datagram: SIP over UDP (a start line), then, unless media is off,
+    the media stage: RTP, RTCP, SRTCP and DTLS at the endpoints the calls' SDP named."""
+    if not media:
+        return [SipDatagramStage()]
+    return [SipDatagramStage(), MediaStage(keys)]

@@ -300,6 +300,7 @@ def format_stats(counters: Counters, sinks: Iterable[Sink] = (), verbose: bool =
             f"inflated, {websocket.get('keepalives', 0)} keep-alives), "
             f"{websocket.get('control_frames', 0)} control frames"
         )
+    lines.extend(_media_lines(c, v))
     key_lines = c.labelled("key_log_lines")
     closed = c.labelled("key_log_connections_closed")
     if v or c["key_log_secrets"] or any(key_lines.values()) or any(closed.values()):
@@ -318,3 +319,37 @@ def format_stats(counters: Counters, sinks: Iterable[Sink] = (), verbose: bool =
     for sink in sinks:
         lines.extend(sink.summary_lines(verbose))
     return "\n".join(lines)
+
+
+def _media_lines(c: Counters, verbose: bool) -> list[str]:
+    """Calls' media: RTCP reports and what else became of RTCP, RTP streams, calls."""
+    rtcp = {labels[0]: int(value) for labels, value in c.labelled("media_rtcp").items()}
+    streams = {labels[0]: int(value) for labels, value in c.labelled("media_rtp_streams").items()}
+    calls = {labels[0]: int(value) for labels, value in c.labelled("media_calls").items()}
+    dtls = {labels[0]: int(value) for labels, value in c.labelled("media_dtls").items()}
+    if not (any(rtcp.values()) or any(streams.values()) or any(calls.values()) or verbose):
+        return []
+    rtcp_parts = [
+        f"{count} {why.replace('_', ' ')}"
+        for why, count in sorted(rtcp.items(), key=lambda item: item[0] != "reported")
+        if verbose or count
+    ]
+    parts = [
+        f"media: {calls.get('started', 0)} calls with SDP",
+        "RTCP " + (", ".join(rtcp_parts) or "0"),
+        "RTP streams "
+        + (
+            ", ".join(
+                f"{count} {why.replace('_', ' ')}"
+                for why, count in sorted(streams.items())
+                if verbose or count
+            )
+            or "0"
+        ),
+    ]
+    if verbose or any(dtls.values()):
+        parts.append(
+            "DTLS "
+            + ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(dtls.items()))
+        )
+    return ["; ".join(parts)]

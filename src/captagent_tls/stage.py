@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from captagent_tls.counters import Counters
+from captagent_tls.media.reports import MediaEnded, RtcpReport
 from captagent_tls.message import Message
 from captagent_tls.net.packet import Datagram
 from captagent_tls.sip.framing import Unit
@@ -34,6 +35,9 @@ from captagent_tls.tls.events import AppData, AppGap, ConnectionDone
 
 #: units handed out, each with the direction it travelled in
 Units = list[tuple[int, Unit]]
+#: what a datagram stage hands out: messages, and the media stage's RTCP reports and the
+#: RTP statistics of calls whose media ended
+Outputs = list[Message | RtcpReport | MediaEnded]
 
 
 class StreamConsumer(Protocol):
@@ -89,7 +93,54 @@ class StreamStage(Protocol):
 
 
 class DatagramStage(Protocol):
-    def datagram(self, datagram: Datagram, ts_ns: int) -> list[Message] | None:
-        """None when the datagram is not this stage's; otherwise what it made of it."""
+    """Takes UDP datagrams; it may also watch the SIP messages the pipeline emits (the media
+    stage learns calls from their SDP) and hold what it cannot place yet."""
+
+    observes: bool  # the pipeline shows it every SIP message it emits (``observe``)
+
+    def datagram(self, datagram: Datagram, ts_ns: int, settled: bool) -> Outputs | None:
+        """None when the datagram is not this stage's; otherwise what it made of it.
+        ``settled``: every SIP message captured before it has been emitted (none is held
+        for keys); a stage may wait for one otherwise."""
+
+    def observe(self, message: Message) -> Outputs:
+        """A SIP message the pipeline emitted; what that lets the stage hand out."""
+
+    def settle(self, watermark_ns: int) -> Outputs:
+        """Every message captured before ``watermark_ns`` has been emitted: what waited for
+        one can be decided."""
+
+    def oldest_waiting_ts(self) -> int | None:
+        """The capture time of the oldest thing held (an output may still come with it)."""
+
+    def expire(self, now_ns: int) -> Outputs:
+        """Time passes without datagrams (live capture)."""
+
+    def finish(self, now_ns: int) -> Outputs:
+        """The end of the input: everything held is decided."""
 
     def add_counters(self, counters: Counters) -> None: ...
+
+
+class DatagramStageBase:
+    """What a datagram stage that holds nothing and watches no message does for the hooks."""
+
+    observes = False  # (True: the pipeline shows it every SIP message it emits)
+
+    def observe(self, message: Message) -> Outputs:
+        return []
+
+    def settle(self, watermark_ns: int) -> Outputs:
+        return []
+
+    def oldest_waiting_ts(self) -> int | None:
+        return None
+
+    def expire(self, now_ns: int) -> Outputs:
+        return []
+
+    def finish(self, now_ns: int) -> Outputs:
+        return []
+
+    def add_counters(self, counters: Counters) -> None:
+        pass

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from captagent_tls.capture import Frame
 from captagent_tls.capture.files import CaptureReader
@@ -22,9 +23,13 @@ from captagent_tls.tls.keys import KeyStore
 class Collected:
     messages: list[Message] = field(default_factory=list)
     problems: list[TlsProblem] = field(default_factory=list)
+    media: list[Any] = field(default_factory=list)  # RTCP reports, calls' media summaries
 
     def emit(self, message: Message) -> None:
         self.messages.append(message)
+
+    def emit_media(self, event: Any) -> None:
+        self.media.append(event)
 
     def close(self) -> None:
         pass

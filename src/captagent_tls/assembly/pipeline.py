@@ -34,6 +34,7 @@ def pipeline_options(
         # live, RSA results are taken up as soon as they are ready; reading a file, at a
         # frame fixed by the capture, so that every run gives the same output
         rsa_release_after=None if live else RSA_RELEASE_AFTER_FRAMES,
+        media=settings.media,
     )
 
 

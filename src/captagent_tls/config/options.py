@@ -70,6 +70,7 @@ class Option:
 
 INPUT = "input (one of -r or -i)"
 KEYS = "keys"
+MEDIA = "media (RTP, RTCP and SRTCP of the calls)"
 OUTPUTS = "outputs (default: the console, which an output of the messages replaces)"
 AGENT = "running as an agent"
 TUNING = "tuning"
@@ -553,6 +554,33 @@ TABLE: tuple[Option, ...] = (
         help="write the captured packets with the secrets of every session decrypted, so "
         "that Wireshark and tshark decrypt the file with no key. The file holds "
         "secrets: it is created with mode 0600",
+    ),
+    # -- media -------------------------------------------------------------------------------
+    Option(
+        "media",
+        ("--media",),
+        BOOL,
+        group=MEDIA,
+        default=True,
+        table="media",
+        key="enabled",
+        help="follow the calls' media (default: yes; --no-media turns it off): RTP "
+        "statistics, and RTCP and SRTCP reports sent as HEP type 5 with the Call-ID, on the "
+        "address:port pairs the decrypted SDP names. The capture filter decides whether media "
+        "reaches the agent (e.g. -f 'tcp port 5061 or udp portrange 10000-20000')",
+    ),
+    Option(
+        "media_pcap",
+        ("--media-pcap",),
+        STR,
+        group=MEDIA,
+        metavar="FILE",
+        table="media",
+        key="pcap",
+        path=True,
+        help="write the calls' RTP and RTCP with their payloads decrypted to a pcap file that "
+        "Wireshark plays; off by default (audio is content); the file is created with mode "
+        "0600",
     ),
     # -- the first section of --help -------------------------------------------------------
     Option(

@@ -60,6 +60,9 @@ class Settings(Protocol):
     brief: bool
     report: str | None
     write_decryptable: str | None
+    # media
+    media: bool
+    media_pcap: str | None
     # the first section of --help
     quiet: bool
     config: str | None

@@ -28,15 +28,17 @@ from __future__ import annotations
 import ipaddress
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import NamedTuple
 
 from captagent_tls.media import dtls as dtls_mod
-from captagent_tls.media.rtcp import RtcpError, RtcpPacket, parse_compound
-from captagent_tls.media.rtp import RtpStats, RtpStream
+from captagent_tls.media.keyring import Keyring
+from captagent_tls.media.reports import MediaEnded, MediaEvent, RtcpReport, StreamReport
+from captagent_tls.media.rtcp import RtcpError, hep_json, parse_compound
+from captagent_tls.media.rtp import RtpStream
 from captagent_tls.media.sdp import Crypto, Media, SessionDescription, parse_sdp, sdp_of_sip
 from captagent_tls.media.srtp import SrtpContext, SrtpError
+from captagent_tls.media.unclaimed import Unclaimed, Waiting
 from captagent_tls.message import Endpoint, Message
 from captagent_tls.sip.headers import summarize
 from captagent_tls.tls.keys import KeyStore
@@ -47,13 +49,14 @@ MAX_STREAMS_PER_CALL = 32
 MAX_STREAMS = 100_000
 MAX_ENDPOINTS = 100_000
 MAX_CONTEXTS = 4  # keys in use per sender and media line (old ones kept while in flight)
-MAX_PENDING = 16  # offered keys not yet proven, per sender and media line
 MAX_SIDES = 8  # SIP parties (tags) per call: both ends and a few forks
 MAX_HELD_RTCP = 16  # SRTCP per call waiting for the SDP of its sender (early media)
 RTCP_HOLD_NS = 5 * SECOND  # how long it may wait
 BYE_GRACE_NS = 5 * SECOND
 IDLE_TIMEOUT_NS = 300 * SECOND
 EXPIRY_EVERY_NS = SECOND
+
+NO_EVENTS: tuple[MediaEvent, ...] = ()
 
 _RTP = struct.Struct("!HII")  # sequence, timestamp, SSRC (after the first two bytes)
 
@@ -70,37 +73,6 @@ RTCP_OUTCOMES = (
     "held_expired",  # held, and the sender's SDP did not come in time
     "held_dropped",  # no room to hold it
 )
-
-
-class RtcpReport(NamedTuple):
-    """One compound RTCP packet of a call: authenticated when it came as SRTCP."""
-
-    ts_ns: int
-    src: Endpoint
-    dst: Endpoint
-    call_id: str
-    packets: tuple[RtcpPacket, ...]
-    plaintext: bytes  # the RTCP compound (decrypted)
-    srtcp: bool  # came protected (SRTCP) rather than as plain RTCP
-
-
-class StreamReport(NamedTuple):
-    src: Endpoint
-    dst: Endpoint
-    stats: RtpStats
-
-
-class MediaEnded(NamedTuple):
-    """A call's media state was dropped: the RTP statistics of its streams."""
-
-    ts_ns: int
-    call_id: str
-    reason: str  # "bye", "idle" or "evicted"
-    streams: tuple[StreamReport, ...]
-
-
-MediaEvent = RtcpReport | MediaEnded
-NO_EVENTS: tuple[MediaEvent, ...] = ()
 
 
 @lru_cache(maxsize=4096)
@@ -126,71 +98,6 @@ def tag_of(name_addr: str) -> str:
         if name.strip().lower() == "tag":
             return value.strip()
     return ""
-
-
-class Keyring:
-    """The SRTP contexts of one sender on one media line: ``pending`` (offered, not yet
-    proven) are tried before ``current`` (in use); the first pending one that authenticates
-    becomes the only current one."""
-
-    __slots__ = ("current", "pending")
-
-    def __init__(self) -> None:
-        self.current: list[SrtpContext] = []
-        self.pending: list[SrtpContext] = []
-
-    def __bool__(self) -> bool:
-        return bool(self.current or self.pending)
-
-    def _known(self, context: SrtpContext) -> SrtpContext | None:
-        for held in (*self.pending, *self.current):
-            if held.identity == context.identity:
-                return held
-        return None
-
-    def offer(self, contexts: Sequence[SrtpContext]) -> None:
-        """New candidates.  A key already in use stays as it is (its replay state too)."""
-        fresh = []
-        for context in contexts[:MAX_PENDING]:
-            known = self._known(context)
-            if known is not None and known in self.current:
-                continue
-            fresh.append(known or context)
-        self.pending = fresh
-
-    def select(self, context: SrtpContext) -> None:
-        """The answer chose this key: the other candidates go."""
-        known = self._known(context)
-        if known is not None and known in self.current:
-            self.pending = []
-        else:
-            self.pending = [known or context]
-
-    def _run(self, packet: bytes, rtcp: bool) -> bytes:
-        reasons = []
-        for group in (self.pending, self.current):
-            for context in group:
-                try:
-                    plain = (
-                        context.unprotect_rtcp(packet) if rtcp else context.unprotect_rtp(packet)
-                    )
-                except SrtpError as error:
-                    reasons.append(error.reason)
-                    continue
-                if group is self.pending:
-                    self.current = [context]
-                    self.pending = []
-                return plain
-        for reason in (SrtpError.REPLAY, SrtpError.MALFORMED, SrtpError.UNKNOWN_MKI):
-            if reason in reasons:
-                raise SrtpError(reason)
-        raise SrtpError(SrtpError.AUTH)
-
-    def unprotect_rtcp(self, packet: bytes) -> bytes:
-        return self._run(packet, True)
-
-    def unprotect_rtp(self, packet: bytes) -> bytes:
-        return self._run(packet, False)
 
 
 class _Side:
@@ -313,6 +220,7 @@ class MediaTracker:
         self._dtls_rings: dict[tuple[Endpoint, Endpoint, bytes], tuple[Keyring, Keyring]] = {}
         self._next_expiry = 0
         self.counts: dict[str, int] = {}
+        self.unclaimed = Unclaimed()  # media that came before the SIP naming it
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -330,6 +238,9 @@ class MediaTracker:
     @property
     def streams(self) -> int:
         return len(self._streams)
+
+    def knows(self, call_id: str) -> bool:
+        return call_id in self._calls
 
     def call_ids(self) -> list[str]:
         return list(self._calls)
@@ -401,6 +312,8 @@ class MediaTracker:
             self._offer(call, side, sdp)
         if call.held:
             events.extend(self._release(call, message.ts_ns))
+        if self.unclaimed:
+            events.extend(self._claim(call))
 
     def _release(self, call: _Call, now_ns: int) -> list[MediaEvent]:
         """Try the held SRTCP of a call again, now that more of its SDP is known."""
@@ -410,7 +323,7 @@ class MediaTracker:
             if now_ns - ts_ns > RTCP_HOLD_NS:
                 self._count("rtcp_held_expired")
                 continue
-            out.extend(self._rtcp(ts_ns, src, dst, payload))
+            out.extend(self._rtcp(ts_ns, src, dst, payload, False))
         return out
 
     def _new_call(self, call_id: str, now_ns: int, events: list[MediaEvent]) -> _Call:
@@ -494,18 +407,30 @@ class MediaTracker:
     # -- datagrams -----------------------------------------------------------------------
 
     def datagram(
-        self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes | memoryview
+        self,
+        ts_ns: int,
+        src: Endpoint,
+        dst: Endpoint,
+        payload: bytes | memoryview,
+        settled: bool = True,
     ) -> tuple[MediaEvent, ...]:
         """One UDP datagram: RTP (statistics), RTCP or SRTCP (a report), DTLS (keys).  The
-        events: an RTCP report, after those of calls that ended by capture time."""
+        events: an RTCP report, after those of calls that ended by capture time.
+        ``settled``: every SIP message captured before it has been seen; otherwise RTCP that
+        no call claims, or that no key of its call opens yet, waits (unclaimed.py)."""
         if ts_ns >= self._next_expiry:
             events = self._maybe_expire(ts_ns)
             if events:
-                return (*events, *self._datagram(ts_ns, src, dst, payload))
-        return self._datagram(ts_ns, src, dst, payload)
+                return (*events, *self._datagram(ts_ns, src, dst, payload, settled))
+        return self._datagram(ts_ns, src, dst, payload, settled)
 
     def _datagram(
-        self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes | memoryview
+        self,
+        ts_ns: int,
+        src: Endpoint,
+        dst: Endpoint,
+        payload: bytes | memoryview,
+        settled: bool,
     ) -> tuple[MediaEvent, ...]:
         if len(payload) < 12:
             self._count("not_media")
@@ -514,16 +439,21 @@ class MediaTracker:
         if first & 0xC0 == 0x80:
             second = payload[1]
             if 192 <= second <= 223:  # RFC 5761 §4: RTCP packet types 192-223
-                return self._rtcp(ts_ns, src, dst, bytes(payload))
+                return self._rtcp(ts_ns, src, dst, bytes(payload), settled)
             seq, timestamp, ssrc = _RTP.unpack_from(payload, 2)
-            stream = self._streams.get((src[0], src[1], ssrc))
+            key = (src[0], src[1], ssrc)
+            stream = self._streams.get(key)
             if stream is not None:
                 stream.rtp.update(seq, timestamp, ts_ns, stream.rates.get(second & 0x7F, 0))
+                return NO_EVENTS
+            provisional = self.unclaimed.streams.get(key)
+            if provisional is not None:  # (no clock rate yet: jitter starts once claimed)
+                provisional.rtp.update(seq, timestamp, ts_ns)
                 return NO_EVENTS
             self._new_stream(ts_ns, src, dst, ssrc, seq, timestamp, second & 0x7F)
             return NO_EVENTS
         if 20 <= first <= 63:
-            self._dtls_datagram(ts_ns, src, dst, bytes(payload))
+            self._dtls_datagram(ts_ns, src, dst, bytes(payload), settled)
         elif first < 4:
             self._count("stun")
         else:
@@ -560,21 +490,37 @@ class MediaTracker:
         payload_type: int,
     ) -> None:
         found = self._lookup(src, dst)
+        rtp = RtpStream(ssrc, seq, ts_ns)
         if found is None:
-            self._count("rtp_no_call")
+            rtp.update(seq, timestamp, ts_ns)
+            pushed = self.unclaimed.stream((src[0], src[1], ssrc), dst, rtp, payload_type)
+            if pushed is not None:
+                self._count("rtp_no_call")
             return
+        stream = self._follow(found, src, dst, ssrc, rtp)
+        if stream is not None:
+            rtp.update(seq, timestamp, ts_ns, stream.rates.get(payload_type, 0))
+
+    def _follow(
+        self,
+        found: tuple[_Call, str, int, str],
+        src: Endpoint,
+        dst: Endpoint,
+        ssrc: int,
+        rtp: RtpStream,
+    ) -> _Stream | None:
+        """Follow an RTP stream of a call (new, or followed provisionally so far)."""
         call, sender, index, receiver = found
         if len(call.streams) >= self.max_streams_per_call or len(self._streams) >= self.max_streams:
             self._count("streams_capped")
-            return
+            return None
         rates = self._rates(call, receiver or call.peers.get(sender, ""), sender, index)
-        rtp = RtpStream(ssrc, seq, ts_ns)
-        rtp.update(seq, timestamp, ts_ns, rates.get(payload_type, 0))
         stream = _Stream(call, sender, index, rtp, rates, src, dst)
         key = (src[0], src[1], ssrc)
         self._streams[key] = stream
         call.streams[key] = stream
         self._count("rtp_streams")
+        return stream
 
     @staticmethod
     def _rates(call: _Call, receiver: str, sender: str, index: int) -> dict[int, int]:
@@ -594,11 +540,11 @@ class MediaTracker:
         return rates
 
     def _rtcp(
-        self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes
+        self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes, settled: bool
     ) -> tuple[MediaEvent, ...]:
         found = self._lookup(src, dst)
         if found is None:
-            self._count("rtcp_no_call")
+            self._undecided(Waiting(ts_ns, src, dst, payload, True, "no_call"), settled)
             return NO_EVENTS
         call, sender_tag, index, receiver_tag = found
         sender = call.sides.get(sender_tag) if sender_tag else None
@@ -621,12 +567,17 @@ class MediaTracker:
         if secure:
             ring = self._ring(src, dst, sender, index, media)
             if not ring:
-                self._count("rtcp_no_keys")
+                self._undecided(Waiting(ts_ns, src, dst, payload, True, "no_keys"), settled)
                 return NO_EVENTS
             try:
                 plain = ring.unprotect_rtcp(payload)
             except SrtpError as error:
-                self._count(f"rtcp_{error.reason}")
+                if error.reason in (SrtpError.AUTH, SrtpError.UNKNOWN_MKI):
+                    # the keys that open it may be in SIP not decrypted yet (a re-INVITE)
+                    waiting = Waiting(ts_ns, src, dst, payload, True, error.reason)
+                    self._undecided(waiting, settled)
+                else:
+                    self._count(f"rtcp_{error.reason}")
                 return NO_EVENTS
         else:
             plain = payload
@@ -636,7 +587,10 @@ class MediaTracker:
             self._count("rtcp_malformed")
             return NO_EVENTS
         self._count("rtcp_reported")
-        return (RtcpReport(ts_ns, src, dst, call.call_id, packets, plain, secure),)
+        report = RtcpReport(
+            ts_ns, src, dst, call.call_id, packets, plain, secure, hep_json(packets)
+        )
+        return (report,)
 
     def _ring(
         self, src: Endpoint, dst: Endpoint, sender: _Side | None, index: int, media: Media
@@ -651,9 +605,11 @@ class MediaTracker:
 
     # -- DTLS-SRTP -----------------------------------------------------------------------
 
-    def _dtls_datagram(self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes) -> None:
+    def _dtls_datagram(
+        self, ts_ns: int, src: Endpoint, dst: Endpoint, payload: bytes, settled: bool = True
+    ) -> None:
         if src not in self._endpoints and dst not in self._endpoints:
-            self._count("dtls_no_call")
+            self._undecided(Waiting(ts_ns, src, dst, payload, False, "no_call"), settled)
             return
         self._count("dtls_datagrams")
         if self._dtls.datagram(src, dst, payload, ts_ns) is not None:
@@ -678,6 +634,55 @@ class MediaTracker:
                 del self._dtls_rings[next(iter(self._dtls_rings))]
             rings = self._dtls_rings[key] = (client, server)
         return rings[0] if src == association.client else rings[1]
+
+    # -- media that came before its SIP -----------------------------------------------
+
+    def _undecided(self, waiting: Waiting, settled: bool) -> None:
+        """A datagram no call claims, or no key of its call opens: given up when every SIP
+        message captured before it has been seen, else kept until then (unclaimed.py)."""
+        if settled:
+            self._give_up(waiting)
+            return
+        for pushed in self.unclaimed.hold(waiting):
+            self._give_up(pushed)
+
+    def _give_up(self, waiting: Waiting) -> None:
+        self._count(f"{'rtcp' if waiting.rtcp else 'dtls'}_{waiting.reason}")
+
+    def _claim(self, call: _Call) -> list[MediaEvent]:
+        """The waiting datagrams and provisional streams at the endpoints of a call whose SDP
+        just came, handled again in the order they came (still undecided: the rest of the
+        SIP may also be to come)."""
+        known = self._endpoints
+        events: list[MediaEvent] = []
+        for waiting in self.unclaimed.take(call.endpoints):
+            ts_ns, src, dst, payload = waiting.ts_ns, waiting.src, waiting.dst, waiting.payload
+            if waiting.rtcp:
+                events.extend(self._rtcp(ts_ns, src, dst, payload, False))
+            else:
+                self._dtls_datagram(ts_ns, src, dst, payload, False)
+        streams = self.unclaimed.streams
+        for key, provisional in list(streams.items()):
+            src = (key[0], key[1])
+            if src not in known and provisional.dst not in known:
+                continue
+            del streams[key]
+            found = self._lookup(src, provisional.dst)
+            if found is not None:
+                self._follow(found, src, provisional.dst, key[2], provisional.rtp)
+        return events
+
+    def settle(self, watermark_ns: int) -> None:
+        """Every SIP message captured before ``watermark_ns`` has been seen: the datagrams
+        waiting since before it belong to no call."""
+        for waiting in self.unclaimed.settle(watermark_ns):
+            self._give_up(waiting)
+
+    def oldest_waiting_ts(self) -> int | None:
+        """The capture time of the oldest datagram waiting for its call (a report may
+        still come with it)."""
+        held = self.unclaimed.held
+        return held[0].ts_ns if held else None
 
     # -- expiry --------------------------------------------------------------------------
 
@@ -723,7 +728,12 @@ class MediaTracker:
         return MediaEnded(now_ns, call.call_id, reason, tuple(reports))
 
     def flush(self, now_ns: int) -> list[MediaEvent]:
-        """End of input: every call's media ends (reason "idle")."""
+        """End of input: what waits for a call belongs to none; every call's media ends
+        (reason "idle")."""
+        for waiting in self.unclaimed.settle(now_ns + 1):
+            self._give_up(waiting)
+        self._count("rtp_no_call", len(self.unclaimed.streams))
+        self.unclaimed.streams.clear()
         events: list[MediaEvent] = []
         for call in list(self._calls.values()):
             del self._calls[call.call_id]

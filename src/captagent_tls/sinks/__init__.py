@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from captagent_tls.counters import Counters
 from captagent_tls.errors import UserFacingError
 from captagent_tls.message import Message
+
+if TYPE_CHECKING:
+    from captagent_tls.media.reports import MediaEnded, RtcpReport
 
 
 class OutputError(UserFacingError):
@@ -28,6 +31,10 @@ class Sink:
 
     def emit(self, message: Message) -> None:
         raise NotImplementedError
+
+    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+        """An RTCP report of a call, or the RTP statistics of a call whose media ended;
+        outputs that show media say so (the default shows nothing)."""
 
     def close(self) -> None:
         """Flush and let go of what the output holds."""

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from captagent_tls.message import Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import Sink, write_failed
+
+if TYPE_CHECKING:
+    from captagent_tls.media.reports import MediaEnded, RtcpReport
 
 _UNSAFE = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)"
@@ -69,6 +72,33 @@ class ConsoleSink(Sink):
                 self.out.flush()
         except BrokenPipeError:
             raise  # the reader went away (| head): not an error
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
+
+    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+        """An RTCP report: a header line as a message's, then its packets in one line; a call
+        whose media ended: a line per RTP stream."""
+        from captagent_tls.media.reports import RtcpReport
+        from captagent_tls.media.text import rtcp_line, stream_line
+
+        if isinstance(event, RtcpReport):
+            kind = "SRTCP" if event.srtcp else "RTCP"
+            text = (
+                f"{format_time(event.ts_ns)} UTC {format_endpoint(event.src)} -> "
+                f"{format_endpoint(event.dst)} {kind} call {event.call_id}\n"
+                f"{rtcp_line(event.packets)}\n\n"
+            )
+        else:
+            when = format_time(event.ts_ns)
+            text = f"{when} UTC media of call {event.call_id} ended ({event.reason})\n"
+            text += "".join(stream_line(s.src, s.dst, s.stats) + "\n" for s in event.streams)
+            text += "\n"
+        try:
+            self.out.write(printable(text))
+            if self.flush_each:
+                self.out.flush()
+        except BrokenPipeError:
+            raise
         except OSError as exc:
             raise write_failed(self.out, exc) from None
 

@@ -3,17 +3,26 @@
 Fields: ts (seconds, microsecond precision, as HEP carries it), src_ip, src_port, dst_ip,
 dst_port, transport ("udp", "tcp", "tls", "ws", "wss"), direction, tls_version, cipher_suite,
 kind ("sip" or "raw"), call_id, and payload, or payload_b64 when the bytes are not UTF-8.
+
+Media too: an RTCP report of a call is ``kind: "rtcp"`` with its addresses, ``call_id``,
+``srtcp`` (it came protected) and ``rtcp``, the report as HEP type 5 carries it (heplify's
+fields); when a call's media ends, ``kind: "media"`` gives ``call_id``, ``reason`` ("bye",
+"idle", "evicted") and each RTP stream's statistics in ``streams``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from captagent_tls.message import Message
+from captagent_tls.message import Endpoint, Message
 from captagent_tls.net.addresses import ip_text
 from captagent_tls.sinks import Sink, write_failed
+
+if TYPE_CHECKING:
+    from captagent_tls.media.reports import MediaEnded, RtcpReport
+    from captagent_tls.media.rtp import RtpStats
 
 # ASCII-only output: no line separators (U+2028) or encodings to trip over in consumers
 _string = json.encoder.encode_basestring_ascii
@@ -76,6 +85,32 @@ class JsonLinesSink(Sink):
         except OSError as exc:
             raise write_failed(self.out, exc) from None
 
+    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+        from captagent_tls.media.reports import RtcpReport
+
+        seconds, nanos = divmod(event.ts_ns, 1_000_000_000)
+        if isinstance(event, RtcpReport):
+            line = (
+                f'{{"ts": {seconds}.{nanos // 1000:06d}, {_addresses(event.src, event.dst)}, '
+                f'"transport": "udp", "kind": "rtcp", "call_id": {_string(event.call_id)}, '
+                f'"srtcp": {"true" if event.srtcp else "false"}, "rtcp": {event.json}}}\n'
+            )
+        else:
+            streams = ", ".join(_stream(s.src, s.dst, s.stats) for s in event.streams)
+            line = (
+                f'{{"ts": {seconds}.{nanos // 1000:06d}, "kind": "media", '
+                f'"call_id": {_string(event.call_id)}, "reason": "{event.reason}", '
+                f'"streams": [{streams}]}}\n'
+            )
+        try:
+            self.out.write(line)
+            if self.flush_each:
+                self.out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise write_failed(self.out, exc) from None
+
     def close(self) -> None:
         try:
             self.out.flush()
@@ -83,3 +118,20 @@ class JsonLinesSink(Sink):
             raise
         except OSError as exc:
             raise write_failed(self.out, exc) from None
+
+
+def _addresses(src: Endpoint, dst: Endpoint) -> str:
+    return (
+        f'"src_ip": "{ip_text(src[0])}", "src_port": {src[1]}, '
+        f'"dst_ip": "{ip_text(dst[0])}", "dst_port": {dst[1]}'
+    )
+
+
+def _stream(src: Endpoint, dst: Endpoint, stats: RtpStats) -> str:
+    return (
+        f"{{{_addresses(src, dst)}, "
+        f'"ssrc": {stats.ssrc}, "packets": {stats.packets}, "expected": {stats.expected}, '
+        f'"lost": {stats.lost}, "gaps": {stats.gaps}, "duplicates": {stats.duplicates}, '
+        f'"jitter": {stats.jitter:.3f}, "jitter_ms": {stats.jitter_ms:.3f}, '
+        f'"clock_rate": {stats.clock_rate}}}'
+    )

@@ -9,7 +9,7 @@ from captagent_tls.counters import Counters
 from captagent_tls.message import Message
 from captagent_tls.net.packet import Datagram
 from captagent_tls.sip.framing import SipBudget, SipFramer, frame_datagram
-from captagent_tls.stage import Units
+from captagent_tls.stage import DatagramStageBase, Outputs, Units
 from captagent_tls.tls.events import AppData, AppGap, ConnectionDone
 
 
@@ -66,10 +66,10 @@ class SipStreamStage:
         self.budget.add_counters(counters)
 
 
-class SipDatagramStage:
+class SipDatagramStage(DatagramStageBase):
     """SIP over UDP: a datagram carries one message (RFC 3261 §18.3)."""
 
-    def datagram(self, datagram: Datagram, ts_ns: int) -> list[Message] | None:
+    def datagram(self, datagram: Datagram, ts_ns: int, settled: bool) -> Outputs | None:
         unit = frame_datagram(bytes(datagram.payload))
         if unit is None:
             return None
@@ -88,6 +88,3 @@ class SipDatagramStage:
                 "",
             )
         ]
-
-    def add_counters(self, counters: Counters) -> None:
-        pass

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import io
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from captagent_tls.message import Message
+
+if TYPE_CHECKING:
+    from captagent_tls.media.reports import MediaEnded, RtcpReport
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink, printable
@@ -61,6 +64,17 @@ class ColourConsoleSink(Sink):
         plain.seek(0)
         plain.truncate()
         self.out.write(colourize(message, text))  # (the plain view escaped the message)
+        if self.flush_each:
+            self.out.flush()
+
+    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+        plain = self._plain_text
+        self._plain.emit_media(event)
+        text = plain.getvalue()
+        plain.seek(0)
+        plain.truncate()
+        header, _, rest = text.partition("\n")
+        self.out.write(f"{paint(NOT_SIP, header)}\n{rest}")
         if self.flush_each:
             self.out.flush()
 
@@ -131,6 +145,32 @@ class BriefSink(Sink):
 
     def emit(self, message: Message) -> None:
         self.out.write(self.line(message))
+        if self.flush_each:
+            self.out.flush()
+
+    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+        """An RTCP report as one line (its packet types where a message has its method); a
+        call whose media ended as one line per RTP stream."""
+        from captagent_tls.media.reports import RtcpReport
+        from captagent_tls.media.text import rtcp_label, stream_line
+
+        when = _time_of_day(event.ts_ns)
+        if isinstance(event, RtcpReport):
+            src = format_endpoint(event.src).ljust(21)
+            dst = format_endpoint(event.dst).ljust(21)
+            label = rtcp_label(event.packets)
+            kind = "SRTCP" if event.srtcp else "RTCP"
+            line = f"{when} {src} -> {dst} {label:<20} {event.call_id} {kind}"
+            lines = [printable(line)]
+        else:
+            lines = [
+                printable(f"{when} {stream_line(s.src, s.dst, s.stats)} {event.call_id}")
+                for s in event.streams
+            ]
+        text = "".join(
+            (f"{NOT_SIP}{line}{RESET}" if self.colour else line) + "\n" for line in lines
+        )
+        self.out.write(text)
         if self.flush_each:
             self.out.flush()
 

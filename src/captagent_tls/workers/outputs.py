@@ -27,6 +27,7 @@ from captagent_tls.message import Message
 from captagent_tls.sinks import Sink, write_failed
 
 if TYPE_CHECKING:
+    from captagent_tls.media.reports import MediaEnded, RtcpReport
     from captagent_tls.sinks.pcapfile import PcapFileSink
 
 # slots of a record's parts
@@ -117,6 +118,17 @@ class RecordingSink(Sink):
             parts[REPORT] = message
         self.records.append((message.ts_ns, tuple(parts)))
 
+    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+        """An RTCP report or a call's media summary, recorded as a message is."""
+        parts: list[Any] = [None] * SLOTS
+        for slot, sink, tap, empty in self._taps:
+            sink.emit_media(event)
+            parts[slot] = tap.take(empty)
+        if self.report:
+            parts[REPORT] = event
+        if any(part is not None for part in parts):
+            self.records.append((event.ts_ns, tuple(parts)))
+
     def frame(self, frame: Frame) -> None:
         """A frame for the decryptable capture (``--write-decryptable``)."""
         self.records.append(
@@ -168,7 +180,10 @@ class Writers:
             if pcap_bytes is not None:
                 binary.append(pcap_bytes)
             if message is not None and report is not None:
-                report.emit(message)
+                if isinstance(message, Message):
+                    report.emit(message)
+                else:
+                    report.emit_media(message)
             if raw is not None and frame is not None:
                 frame(Frame(ts, raw[0], raw[1]))
         if text and self.stdout is not None:

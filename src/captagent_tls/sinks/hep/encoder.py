@@ -1,4 +1,8 @@
-"""HEPv3 (HOMER Encapsulation Protocol) encoding: one SIP message per packet, sans-IO.
+"""HEPv3 (HOMER Encapsulation Protocol) encoding: one SIP message per packet, sans-IO; and
+one RTCP report per packet (protocol type 5: the report as JSON, as captagent and heplify send
+it, with the call's Call-ID in the correlation chunk 0x0011, before the payload: HOMER's QoS
+search matches it to the Call-ID of the call's SIP, and Kamailio's sipcapture stores RTCP
+only when it is there).
 
 A packet is ``HEP3``, its 16-bit total length, then chunks of (vendor 0, type, length, value).
 """
@@ -7,9 +11,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from captagent_tls.message import Message
+from captagent_tls.message import Endpoint, Message
 from captagent_tls.sinks.hep.addresses import HepConfigError
+
+if TYPE_CHECKING:
+    from captagent_tls.media.reports import RtcpReport
 
 HEP_MAGIC = b"HEP3"
 CHUNK_IP_FAMILY = 0x0001
@@ -33,6 +41,7 @@ CHUNK_NODE_NAME = 0x0013
 FAMILY_IPV4 = 2
 FAMILY_IPV6 = 10
 PROTO_TYPE_SIP = 1
+PROTO_TYPE_RTCP_JSON = 5
 IP_PROTO_TLS = 22  # what Kamailio's and FreeSWITCH's HEP say for SIP over TLS (and WS, WSS)
 MIN_SIP_PAYLOAD = 33  # heplify-server drops SIP payloads of 32 bytes or less
 MAX_HEP_PACKET = 0xFFFF
@@ -73,10 +82,7 @@ class HepEncoder:
         if not 0 <= options.capture_id <= 0xFFFFFFFF or not 0 <= options.ip_proto_tls <= 255:
             raise HepConfigError("HEP capture id must fit in 32 bits and the IP protocol in 8")
         try:
-            static = [
-                _chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_SIP])),
-                _chunk(CHUNK_CAPTURE_ID, options.capture_id.to_bytes(4, "big")),
-            ]
+            static = [_chunk(CHUNK_CAPTURE_ID, options.capture_id.to_bytes(4, "big"))]
             if options.password:
                 static.append(_chunk(CHUNK_AUTH_KEY, options.password.encode()))
             if options.node_name:
@@ -87,19 +93,21 @@ class HepEncoder:
                 f"in a HEP chunk ({MAX_CHUNK_VALUE} bytes)"
             ) from None
         self._static = b"".join(static)
+        self._sip_static = _chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_SIP])) + self._static
+        self._rtcp_static = _chunk(CHUNK_PROTO_TYPE, bytes([PROTO_TYPE_RTCP_JSON])) + self._static
         self._addresses: dict[tuple[tuple[bytes, int], tuple[bytes, int], str], bytes] = {}
         # Kamailio's siptrace sends SIP over TLS, WS and WSS all with IP protocol 22
         # (IPPROTO_IDP, "fake proto type"): so do we, with --hep-ip-proto for all three
         tls = options.ip_proto_tls
         self._ip_protos = {"udp": 17, "tcp": 6, "tls": tls, "ws": tls, "wss": tls}
 
-    def _address_chunks(self, message: Message) -> bytes:
-        key = (message.src, message.dst, message.transport)
+    def _address_chunks(self, src: Endpoint, dst: Endpoint, transport: str) -> bytes:
+        key = (src, dst, transport)
         chunks = self._addresses.get(key)
         if chunks is None:
-            (src_addr, src_port), (dst_addr, dst_port) = message.src, message.dst
+            (src_addr, src_port), (dst_addr, dst_port) = src, dst
             ipv6 = len(src_addr) == 16
-            ip_proto = self._ip_protos.get(message.transport, 6)
+            ip_proto = self._ip_protos.get(transport, 6)
             chunks = b"".join(
                 (
                     _chunk(CHUNK_IP_FAMILY, bytes([FAMILY_IPV6 if ipv6 else FAMILY_IPV4])),
@@ -119,17 +127,39 @@ class HepEncoder:
         payload = message.payload
         if len(payload) > MAX_HEP_PACKET:
             raise HepTooLarge(f"payload of {len(payload)} bytes does not fit in HEPv3")
-        seconds, micros = divmod(message.ts_ns // 1000, 1_000_000)
         correlation = b""
         if self.options.correlation_id and message.call_id:
             # a Call-ID from the wire: bytes that are not UTF-8 grew threefold when decoded,
             # so a chunk may not hold it (HepTooLarge: the message is counted as too large)
             correlation = _chunk(CHUNK_CORRELATION_ID, message.call_id.encode())
+        return self._packet(
+            self._address_chunks(message.src, message.dst, message.transport),
+            message.ts_ns,
+            self._sip_static,
+            correlation,
+            payload,
+        )
+
+    def encode_rtcp(self, report: RtcpReport) -> bytes:
+        """An RTCP report of a call as HEP type 5: its JSON, the Call-ID to correlate."""
+        return self._packet(
+            self._address_chunks(report.src, report.dst, "udp"),
+            report.ts_ns,
+            self._rtcp_static,
+            _chunk(CHUNK_CORRELATION_ID, report.call_id.encode()),
+            report.json.encode(),
+        )
+
+    @staticmethod
+    def _packet(
+        addresses: bytes, ts_ns: int, static: bytes, correlation: bytes, payload: bytes
+    ) -> bytes:
+        seconds, micros = divmod(ts_ns // 1000, 1_000_000)
         body = b"".join(
             (
-                self._address_chunks(message),
+                addresses,
                 _time_chunks(0, CHUNK_TS_SEC, 10, seconds, 0, CHUNK_TS_USEC, 10, micros),
-                self._static,
+                static,
                 correlation,
                 _chunk_header(0, CHUNK_PAYLOAD, 6 + len(payload)),
                 payload,

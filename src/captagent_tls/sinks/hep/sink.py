@@ -10,9 +10,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from captagent_tls.counters import Counters
 from captagent_tls.message import Message
+
+if TYPE_CHECKING:
+    from captagent_tls.media.reports import MediaEnded, RtcpReport
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.hep.addresses import CollectorAddressError, HepConfigError, parse_collector
 from captagent_tls.sinks.hep.collector import Collector
@@ -59,6 +63,7 @@ class HepSinkStats:
     skipped_not_sip: int = 0
     skipped_short: int = 0
     skipped_too_large: int = 0
+    rtcp_packets: int = 0  # RTCP reports encoded as HEP type 5 and handed to every collector
 
 
 class HepSink(Sink):
@@ -124,6 +129,21 @@ class HepSink(Sink):
         for offer in self._offers:
             offer(packet)
 
+    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+        """An RTCP report goes out as HEP type 5 (RTP statistics have no HEP form here)."""
+        from captagent_tls.media.reports import RtcpReport
+
+        if not isinstance(event, RtcpReport):
+            return
+        try:
+            packet = self.encoder.encode_rtcp(event)
+        except HepTooLarge:
+            self.stats.skipped_too_large += 1
+            return
+        self.stats.rtcp_packets += 1
+        for offer in self._offers:
+            offer(packet)
+
     def close(self, timeout: float | None = None) -> None:
         """Flush and close every collector within ``timeout`` (default ``close_timeout``)."""
         if self._closed:
@@ -138,6 +158,7 @@ class HepSink(Sink):
     def add_counters(self, counters: Counters) -> None:
         s = self.stats
         counters.set("hep_packets", s.packets, "made")
+        counters.set("hep_packets", s.rtcp_packets, "rtcp_made")
         counters.set("hep_packets", s.skipped_not_sip, "not_sip")
         counters.set("hep_packets", s.skipped_short, "too_short")
         counters.set("hep_packets", s.skipped_too_large, "too_large")
@@ -163,8 +184,9 @@ class HepSink(Sink):
             )
             if verbose or count
         ]
+        rtcp = f" (and {s.rtcp_packets} RTCP reports)" if verbose or s.rtcp_packets else ""
         lines = [
-            f"HEP: {s.packets} packets per collector"
+            f"HEP: {s.packets} packets per collector{rtcp}"
             + (f"; not sent: {', '.join(skipped)}" if skipped else "")
         ]
         for collector in self.collectors:
@@ -204,8 +226,8 @@ class HepSink(Sink):
             )
             if lost:
                 why = f": {c.last_error}" if c.last_error else ""
+                made = self.stats.packets + self.stats.rtcp_packets
                 short.append(
-                    f"HEP collector {collector.address} did not get {lost} of "
-                    f"{self.stats.packets} packets{why}"
+                    f"HEP collector {collector.address} did not get {lost} of {made} packets{why}"
                 )
         return "; ".join(short) or None
