@@ -358,8 +358,8 @@ def test_rtp_statistics_from_headers_alone():
         assert tracker.datagram(arrival, ep(A, 4000), ep(B, 5000), rtp(seq, seq * 160, ssrc)) == ()
     (report,) = tracker.stream_reports("call-1")
     stats = report.stats
-    # RFC 3550 A.1: the first packet is the probation packet, base is the second
-    assert (stats.packets, stats.expected, stats.lost, stats.gaps) == (9, 11, 2, 2)
+    # counted from the first packet (RFC 3550 A.1's probation packet included)
+    assert (stats.packets, stats.expected, stats.lost, stats.gaps) == (10, 12, 2, 2)
     assert stats.clock_rate == 8000
     # A.8 by hand: transit changes by +40 units at 10 and -40 at 11, zero elsewhere
     jitter = 0.0
@@ -386,7 +386,7 @@ def test_after_the_first_packet_rtp_costs_one_lookup(monkeypatch):
     monkeypatch.setattr(tracker, "_new_stream", no_lookup)
     for seq in range(2, 500):
         tracker.datagram(S + seq * 20_000_000, ep(A, 4000), ep(B, 5000), rtp(seq, seq * 160, 5))
-    assert tracker.stream_reports("call-1")[0].stats.packets == 498
+    assert tracker.stream_reports("call-1")[0].stats.packets == 499
 
 
 def test_bye_ends_the_media_after_the_grace_with_the_rtp_statistics():
@@ -401,7 +401,7 @@ def test_bye_ends_the_media_after_the_grace_with_the_rtp_statistics():
     assert late.call_id == "call-1"  # within the grace: the last RTCP still counts
     events = tracker.datagram(7 * S + 1, ep(A, 4001), ep(B, 5001), sender.protect_rtcp(sr(1)))
     assert isinstance(events[0], MediaEnded) and events[0].reason == "bye"
-    assert events[0].call_id == "call-1" and events[0].streams[0].stats.packets == 4
+    assert events[0].call_id == "call-1" and events[0].streams[0].stats.packets == 5
     assert len(events) == 1 and tracker.calls == 0 and tracker.endpoints == 0
     assert tracker.streams == 0 and tracker.counts["rtcp_no_call"] == 1
 

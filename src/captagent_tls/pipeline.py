@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from captagent_tls.capture import Frame
 from captagent_tls.counters import Counters
-from captagent_tls.media.reports import MediaEnded, RtcpReport
+from captagent_tls.media.reports import MediaEvent
 from captagent_tls.message import Message
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.net.ip import Defragmenter
@@ -64,6 +64,7 @@ class PipelineOptions:
     max_sip_message_bytes: int = MAX_MESSAGE_BYTES  # one incomplete SIP message, per direction
     max_sip_held_bytes: int = MAX_HELD_BYTES  # all incomplete SIP messages together
     media: bool = True  # the media stage: RTP, RTCP and SRTCP of the calls' SDP
+    decrypt_rtp: bool = False  # --media-pcap: RTP payloads decrypted for that file only
 
 
 @dataclass
@@ -120,13 +121,17 @@ class Pipeline:
         self.sip_budget = SipBudget(options.max_sip_held_bytes, options.max_sip_message_bytes)
         # the application stages, in the order they are asked (captagent_tls.registry)
         self.stream_stages: list[StreamStage] = stream_stages(self.sip_budget)
-        self.datagram_stages: list[DatagramStage] = datagram_stages(keys, options.media)
+        self.datagram_stages: list[DatagramStage] = datagram_stages(
+            keys, options.media, options.decrypt_rtp
+        )
         # stages shown every SIP message emitted (the media stage reads the SDP)
         self._observers = [stage for stage in self.datagram_stages if stage.observes]
         self._settle_next = 0  # capture time at which held media is looked at again
         # False with worker processes: another worker may frame SIP that a datagram here
-        # waits for (the parent says when it has all come: settle_media)
+        # waits for (the parent says how far it has all come: settle_media)
         self.sip_settled = True
+        self.sip_watermark: float = float("inf")
+        self._announce_sip: Callable[[Message], None] | None = None
         # who takes each flow direction's bytes now (a direction between messages has none)
         self._consumers: dict[tuple[Flow, int], StreamConsumer] = {}
         # consumers a connection-wide one took over from: closed when the connection ends
@@ -221,11 +226,20 @@ class Pipeline:
     def finish(self) -> None:
         """End of input: flush held-back bytes, close every flow, deliver what is complete;
         then the datagram stages decide what they hold (every SIP message is out)."""
+        self.finish_streams()
+        self.finish_datagrams()
+
+    def finish_streams(self) -> None:
+        """End of input for the TCP and TLS stages: every SIP message they hold goes out."""
         self.settle_rsa()
         self._net_events(self.tcp.flush(self._last_ts))
         self.settle_rsa()
         for conn in self.tls.waiting():
             self._guarded(conn.flow, self.tls.give_up, conn, self._last_ts)
+
+    def finish_datagrams(self) -> None:
+        """End of input for the datagram stages: what they hold is decided (with worker
+        processes, once every worker's SIP is out: :meth:`settle_media` with infinity)."""
         for observer in self._observers:
             self._outputs(observer.finish(self._last_ts))
 
@@ -272,6 +286,29 @@ class Pipeline:
         self.tls.sessions.store(master, session_id, ticket, announce=False)
         for conn in self.tls.waiting():
             self._guarded(conn.flow, self.tls.retry, conn, self._last_ts)
+
+    def share_media(self, announce: Callable[[Message], None]) -> None:
+        """Worker processes: the SIP messages media may need (its SDP, its BYE) go to
+        ``announce`` for the other workers, and what waits for SIP waits for the parent's
+        word (:meth:`settle_media`): another worker may frame it."""
+        if self._observers:
+            self._announce_sip = announce
+            self.sip_settled = False
+            self.sip_watermark = float("-inf")
+
+    def media_shared(self, message: Message) -> None:
+        """A SIP message another worker framed, for the media stage."""
+        for observer in self._observers:
+            outputs = observer.observe(message)
+            if outputs:
+                self._outputs(outputs)
+
+    def settle_media(self, watermark_ns: float) -> None:
+        """Every worker has emitted every SIP message captured before ``watermark_ns``."""
+        if watermark_ns > self.sip_watermark:
+            self.sip_watermark = watermark_ns
+            if self._observers:
+                self._settle(self._last_ts if watermark_ns == float("inf") else int(watermark_ns))
 
     def settle_sessions(self, progress_ns: int) -> None:
         """Every worker has read every packet before ``progress_ns``: records held since
@@ -393,7 +430,12 @@ class Pipeline:
 
     def _settle(self, now_ns: int) -> None:
         """Media held for a call that is not known yet is decided once every SIP message
-        captured before it has been emitted: all but those in records still held for keys."""
+        captured before it has been emitted: all but those in records still held for keys
+        (and, with worker processes, all but those the other workers may still frame)."""
+        if self.sip_watermark < now_ns:
+            if self.sip_watermark == float("-inf"):
+                return  # (no word from the parent yet)
+            now_ns = int(self.sip_watermark)
         held = self.oldest_held_ts()
         watermark = now_ns if held is None else min(now_ns, held)
         for observer in self._observers:
@@ -553,8 +595,12 @@ class Pipeline:
                 outputs = observer.observe(message)
                 if outputs:
                     self._outputs(outputs)
+            if self._announce_sip is not None and any(
+                observer.shares(message) for observer in self._observers
+            ):
+                self._announce_sip(message)
 
-    def _emit_media(self, event: RtcpReport | MediaEnded) -> None:
+    def _emit_media(self, event: MediaEvent) -> None:
         for sink in self.sinks:
             try:
                 sink.emit_media(event)

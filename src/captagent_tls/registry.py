@@ -19,9 +19,11 @@ def stream_stages(sip_budget: SipBudget) -> list[StreamStage]:
     return [WebSocketStage(sip_budget), SipStreamStage(sip_budget)]
 
 
-def datagram_stages(keys: KeyStore, media: bool = True) -> list[DatagramStage]:
+def datagram_stages(
+    keys: KeyStore, media: bool = True, decrypt_rtp: bool = False
+) -> list[DatagramStage]:
     """Who takes a UDP datagram: SIP over UDP (a start line), then, unless media is off,
     the media stage: RTP, RTCP, SRTCP and DTLS at the endpoints the calls' SDP named."""
     if not media:
         return [SipDatagramStage()]
-    return [SipDatagramStage(), MediaStage(keys)]
+    return [SipDatagramStage(), MediaStage(keys, decrypt_rtp)]

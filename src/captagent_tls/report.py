@@ -327,6 +327,8 @@ def _media_lines(c: Counters, verbose: bool) -> list[str]:
     streams = {labels[0]: int(value) for labels, value in c.labelled("media_rtp_streams").items()}
     calls = {labels[0]: int(value) for labels, value in c.labelled("media_calls").items()}
     dtls = {labels[0]: int(value) for labels, value in c.labelled("media_dtls").items()}
+    if "media_calls_active" not in c.values:
+        return []  # (no media seen, or media off)
     if not (any(rtcp.values()) or any(streams.values()) or any(calls.values()) or verbose):
         return []
     rtcp_parts = [
@@ -350,6 +352,11 @@ def _media_lines(c: Counters, verbose: bool) -> list[str]:
     if verbose or any(dtls.values()):
         parts.append(
             "DTLS "
-            + ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(dtls.items()))
+            + (
+                ", ".join(
+                    f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(dtls.items())
+                )
+                or "0"
+            )
         )
     return ["; ".join(parts)]

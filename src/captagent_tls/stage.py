@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from captagent_tls.counters import Counters
-from captagent_tls.media.reports import MediaEnded, RtcpReport
+from captagent_tls.media.reports import MediaEvent
 from captagent_tls.message import Message
 from captagent_tls.net.packet import Datagram
 from captagent_tls.sip.framing import Unit
@@ -37,7 +37,7 @@ from captagent_tls.tls.events import AppData, AppGap, ConnectionDone
 Units = list[tuple[int, Unit]]
 #: what a datagram stage hands out: messages, and the media stage's RTCP reports and the
 #: RTP statistics of calls whose media ended
-Outputs = list[Message | RtcpReport | MediaEnded]
+Outputs = list[Message | MediaEvent]
 
 
 class StreamConsumer(Protocol):
@@ -106,6 +106,9 @@ class DatagramStage(Protocol):
     def observe(self, message: Message) -> Outputs:
         """A SIP message the pipeline emitted; what that lets the stage hand out."""
 
+    def shares(self, message: Message) -> bool:
+        """With worker processes: does the stage in every other worker need this message?"""
+
     def settle(self, watermark_ns: int) -> Outputs:
         """Every message captured before ``watermark_ns`` has been emitted: what waited for
         one can be decided."""
@@ -129,6 +132,9 @@ class DatagramStageBase:
 
     def observe(self, message: Message) -> Outputs:
         return []
+
+    def shares(self, message: Message) -> bool:
+        return False
 
     def settle(self, watermark_ns: int) -> Outputs:
         return []

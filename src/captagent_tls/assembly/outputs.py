@@ -61,6 +61,17 @@ def pcap_file_sink(settings: Settings, flush_each: bool) -> PcapFileSink | None:
     return PcapFileSink(out, flush_each=flush_each, path=settings.write)
 
 
+def media_pcap_sink(settings: Settings, flush_each: bool) -> Sink | None:
+    """``--media-pcap FILE``: the calls' RTP and RTCP, decrypted (mode 0600)."""
+    if not settings.media_pcap:
+        return None
+    if not settings.media:
+        raise UserError("--media-pcap needs the media stage: drop --no-media")
+    from captagent_tls.sinks.media_pcap import MediaPcapSink
+
+    return MediaPcapSink(settings.media_pcap, flush_each)
+
+
 def build_sinks(settings: Settings, live: bool, views: Views) -> list[Sink]:
     sinks: list[Sink] = []
     # each message reaches the file or pipe as it comes when packets come as they are sent
@@ -70,6 +81,9 @@ def build_sinks(settings: Settings, live: bool, views: Views) -> list[Sink]:
     pcap = pcap_file_sink(settings, flush_each)
     if pcap is not None:
         sinks.append(pcap)
+    media = media_pcap_sink(settings, flush_each)
+    if media is not None:
+        sinks.append(media)
     report = views.report_sink()
     if report is not None:
         sinks.append(report)

@@ -35,6 +35,7 @@ def pipeline_options(
         # frame fixed by the capture, so that every run gives the same output
         rsa_release_after=None if live else RSA_RELEASE_AFTER_FRAMES,
         media=settings.media,
+        decrypt_rtp=bool(settings.media and settings.media_pcap),
     )
 
 

@@ -33,12 +33,18 @@ from functools import lru_cache
 
 from captagent_tls.media import dtls as dtls_mod
 from captagent_tls.media.keyring import Keyring
-from captagent_tls.media.reports import MediaEnded, MediaEvent, RtcpReport, StreamReport
+from captagent_tls.media.reports import (
+    DecryptedRtp,
+    MediaEnded,
+    MediaEvent,
+    RtcpReport,
+    StreamReport,
+)
 from captagent_tls.media.rtcp import RtcpError, hep_json, parse_compound
 from captagent_tls.media.rtp import RtpStream
 from captagent_tls.media.sdp import Crypto, Media, SessionDescription, parse_sdp, sdp_of_sip
 from captagent_tls.media.srtp import SrtpContext, SrtpError
-from captagent_tls.media.unclaimed import Unclaimed, Waiting
+from captagent_tls.media.unclaimed import Arrival, Provisional, Unclaimed, Waiting
 from captagent_tls.message import Endpoint, Message
 from captagent_tls.sip.headers import summarize
 from captagent_tls.tls.keys import KeyStore
@@ -122,8 +128,11 @@ class _Side:
         return self.rings[index]
 
 
+MAX_PENDING_RTP = 512  # --media-pcap: packets of a stream kept until its sender is known
+
+
 class _Stream:
-    __slots__ = ("call", "sender", "index", "rtp", "rates", "src", "dst")
+    __slots__ = ("call", "sender", "index", "rtp", "rates", "src", "dst", "pending")
 
     def __init__(
         self,
@@ -142,6 +151,8 @@ class _Stream:
         self.rates = rates
         self.src = src
         self.dst = dst
+        # --media-pcap: packets that came before the sender's SDP (its keys): (time, bytes)
+        self.pending: list[tuple[int, bytes]] = []
 
 
 class _Call:
@@ -203,8 +214,10 @@ class MediaTracker:
         bye_grace_ns: int = BYE_GRACE_NS,
         idle_timeout_ns: int = IDLE_TIMEOUT_NS,
         nat_fallback: bool = True,
+        decrypt_rtp: bool = False,
     ) -> None:
         self.keys = keys
+        self.decrypt_rtp = decrypt_rtp  # --media-pcap: RTP payloads decrypted (else never)
         self.max_calls = max_calls
         self.max_streams_per_call = max_streams_per_call
         self.max_streams = max_streams
@@ -314,6 +327,8 @@ class MediaTracker:
             events.extend(self._release(call, message.ts_ns))
         if self.unclaimed:
             events.extend(self._claim(call))
+        if self.decrypt_rtp:
+            events.extend(self._decrypt_pending(call))
 
     def _release(self, call: _Call, now_ns: int) -> list[MediaEvent]:
         """Try the held SRTCP of a call again, now that more of its SDP is known."""
@@ -445,13 +460,17 @@ class MediaTracker:
             stream = self._streams.get(key)
             if stream is not None:
                 stream.rtp.update(seq, timestamp, ts_ns, stream.rates.get(second & 0x7F, 0))
+                if self.decrypt_rtp:
+                    return self._decrypted_rtp(ts_ns, src, dst, stream, bytes(payload))
                 return NO_EVENTS
             provisional = self.unclaimed.streams.get(key)
-            if provisional is not None:  # (no clock rate yet: jitter starts once claimed)
+            if provisional is not None:  # (no clock rate yet: replayed once claimed)
                 provisional.rtp.update(seq, timestamp, ts_ns)
+                packet = bytes(payload) if self.decrypt_rtp else None
+                arrival = Arrival(seq, timestamp, ts_ns, second & 0x7F, packet)
+                self.unclaimed.arrived(provisional, arrival)
                 return NO_EVENTS
-            self._new_stream(ts_ns, src, dst, ssrc, seq, timestamp, second & 0x7F)
-            return NO_EVENTS
+            return self._new_stream(ts_ns, src, dst, ssrc, seq, timestamp, payload)
         if 20 <= first <= 63:
             self._dtls_datagram(ts_ns, src, dst, bytes(payload), settled)
         elif first < 4:
@@ -459,6 +478,50 @@ class MediaTracker:
         else:
             self._count("not_media")
         return NO_EVENTS
+
+    def _decrypted_rtp(
+        self, ts_ns: int, src: Endpoint, dst: Endpoint, stream: _Stream, packet: bytes
+    ) -> tuple[MediaEvent, ...]:
+        """--media-pcap: the packet with its payload decrypted, when its keys open it (plain
+        RTP of an RTP/AVP line as it is); nothing that does not authenticate.  A packet whose
+        sender's SDP is not known yet waits for it (bounded)."""
+        call = stream.call
+        if not stream.sender:
+            found = self._lookup(stream.src, stream.dst)
+            if found is not None and found[0] is call and found[1]:
+                stream.sender = found[1]
+        sender = call.sides.get(stream.sender) if stream.sender else None
+        media = sender.media(stream.index) if sender is not None else None
+        if media is None:
+            if len(stream.pending) < MAX_PENDING_RTP:
+                stream.pending.append((ts_ns, packet))
+            else:
+                self._count("rtp_not_decrypted")
+            return NO_EVENTS
+        if not media.secure:
+            return (DecryptedRtp(ts_ns, src, dst, packet, call.call_id),)
+        ring = self._ring(src, dst, sender, stream.index, media)
+        try:
+            if not ring:
+                raise SrtpError(SrtpError.AUTH)
+            plain = ring.unprotect_rtp(packet)
+        except SrtpError:
+            self._count("rtp_not_decrypted")
+            return NO_EVENTS
+        return (DecryptedRtp(ts_ns, src, dst, plain, call.call_id),)
+
+    def _decrypt_pending(self, call: _Call) -> list[MediaEvent]:
+        """--media-pcap: the packets of a call's streams that waited for their sender's SDP,
+        now that more of it is known."""
+        events: list[MediaEvent] = []
+        for stream in call.streams.values():
+            if stream.pending:
+                pending, stream.pending = stream.pending, []
+                for ts_ns, packet in pending:
+                    events.extend(
+                        self._decrypted_rtp(ts_ns, stream.src, stream.dst, stream, packet)
+                    )
+        return events
 
     def _lookup(self, src: Endpoint, dst: Endpoint) -> tuple[_Call, str, int, str] | None:
         """(call, the sending side's tag, media line, the receiving side's tag) of a
@@ -487,19 +550,28 @@ class MediaTracker:
         ssrc: int,
         seq: int,
         timestamp: int,
-        payload_type: int,
-    ) -> None:
+        payload: bytes | memoryview,
+    ) -> tuple[MediaEvent, ...]:
         found = self._lookup(src, dst)
         rtp = RtpStream(ssrc, seq, ts_ns)
+        payload_type = payload[1] & 0x7F
         if found is None:
             rtp.update(seq, timestamp, ts_ns)
-            pushed = self.unclaimed.stream((src[0], src[1], ssrc), dst, rtp, payload_type)
+            provisional, pushed = self.unclaimed.stream((src[0], src[1], ssrc), dst, rtp)
+            packet = bytes(payload) if self.decrypt_rtp else None
+            self.unclaimed.arrived(
+                provisional, Arrival(seq, timestamp, ts_ns, payload_type, packet)
+            )
             if pushed is not None:
                 self._count("rtp_no_call")
-            return
+            return NO_EVENTS
         stream = self._follow(found, src, dst, ssrc, rtp)
-        if stream is not None:
-            rtp.update(seq, timestamp, ts_ns, stream.rates.get(payload_type, 0))
+        if stream is None:
+            return NO_EVENTS
+        rtp.update(seq, timestamp, ts_ns, stream.rates.get(payload_type, 0))
+        if self.decrypt_rtp:
+            return self._decrypted_rtp(ts_ns, src, dst, stream, bytes(payload))
+        return NO_EVENTS
 
     def _follow(
         self,
@@ -661,15 +733,42 @@ class MediaTracker:
                 events.extend(self._rtcp(ts_ns, src, dst, payload, False))
             else:
                 self._dtls_datagram(ts_ns, src, dst, payload, False)
-        streams = self.unclaimed.streams
-        for key, provisional in list(streams.items()):
-            src = (key[0], key[1])
-            if src not in known and provisional.dst not in known:
+        unclaimed = self.unclaimed
+        for key, provisional in list(unclaimed.streams.items()):
+            src, dst = (key[0], key[1]), provisional.dst
+            if src not in known and dst not in known:
                 continue
-            del streams[key]
-            found = self._lookup(src, provisional.dst)
+            unclaimed.forget(key)
+            found = self._lookup(src, dst)
             if found is not None:
-                self._follow(found, src, provisional.dst, key[2], provisional.rtp)
+                events.extend(self._adopt(found, src, dst, key[2], provisional))
+        return events
+
+    def _adopt(
+        self,
+        found: tuple[_Call, str, int, str],
+        src: Endpoint,
+        dst: Endpoint,
+        ssrc: int,
+        provisional: Provisional,
+    ) -> list[MediaEvent]:
+        """A stream followed before its call was known: its packets are replayed now that
+        the call's SDP gives their clock rate (jitter) and keys (--media-pcap)."""
+        arrivals = provisional.arrivals
+        if not provisional.complete or not arrivals:
+            self._follow(found, src, dst, ssrc, provisional.rtp)
+            return []
+        first = arrivals[0]
+        rtp = RtpStream(ssrc, first.seq, first.ts_ns)
+        stream = self._follow(found, src, dst, ssrc, rtp)
+        if stream is None:
+            return []
+        events: list[MediaEvent] = []
+        for arrival in arrivals:
+            rate = stream.rates.get(arrival.payload_type, 0)
+            rtp.update(arrival.seq, arrival.timestamp, arrival.ts_ns, rate)
+            if arrival.packet is not None:
+                events.extend(self._decrypted_rtp(arrival.ts_ns, src, dst, stream, arrival.packet))
         return events
 
     def settle(self, watermark_ns: int) -> None:
@@ -732,8 +831,9 @@ class MediaTracker:
         (reason "idle")."""
         for waiting in self.unclaimed.settle(now_ns + 1):
             self._give_up(waiting)
-        self._count("rtp_no_call", len(self.unclaimed.streams))
-        self.unclaimed.streams.clear()
+        for key in list(self.unclaimed.streams):
+            self.unclaimed.forget(key)
+            self._count("rtp_no_call")
         events: list[MediaEvent] = []
         for call in list(self._calls.values()):
             del self._calls[call.call_id]

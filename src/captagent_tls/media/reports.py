@@ -40,5 +40,15 @@ class MediaEnded(NamedTuple):
     streams: tuple[StreamReport, ...]
 
 
-MediaEvent = RtcpReport | MediaEnded
-NO_EVENTS: tuple[MediaEvent, ...] = ()
+class DecryptedRtp(NamedTuple):
+    """An RTP packet of a call with its payload decrypted (and authenticated): made only for
+    --media-pcap (audio is content: nothing else sees it)."""
+
+    ts_ns: int
+    src: Endpoint
+    dst: Endpoint
+    packet: bytes  # the RTP header and the decrypted payload
+    call_id: str
+
+
+MediaEvent = RtcpReport | MediaEnded | DecryptedRtp

@@ -77,7 +77,7 @@ class RtpStats(NamedTuple):
     """A snapshot of one stream's reception statistics."""
 
     ssrc: int
-    packets: int  # received and counted (RFC 3550 A.1: after probation)
+    packets: int  # every packet of the stream seen (duplicates too)
     expected: int
     lost: int  # expected - received: negative when duplicates outnumber losses
     gaps: int  # forward jumps in the sequence (each a run of one or more missing packets)
@@ -101,6 +101,8 @@ class RtpStream:
         "bad_seq",
         "probation",
         "received",
+        "seen",
+        "before_base",
         "gaps",
         "duplicates",
         "transit",
@@ -113,6 +115,8 @@ class RtpStream:
 
     def __init__(self, ssrc: int, seq: int, now_ns: int, clock_rate: int = 0) -> None:
         self.ssrc = ssrc
+        self.seen = 0  # every packet (A.1's ``received`` leaves out the probation packets)
+        self.before_base = 0  # the run of probation packets A.1 leaves out, just before base
         self.cycles = 0
         self.received = 0
         self.gaps = 0
@@ -137,6 +141,7 @@ class RtpStream:
     def update(self, seq: int, timestamp: int, now_ns: int, clock_rate: int = 0) -> bool:
         """One packet: True when it counts (RFC 3550 A.1 ``update_seq``)."""
         self.last_ns = now_ns
+        self.seen += 1
         if clock_rate:
             self._jitter(timestamp, now_ns, clock_rate)
         udelta = (seq - self.max_seq) & 0xFFFF
@@ -148,9 +153,11 @@ class RtpStream:
                     self._init_seq(seq)
                     self.received += 1
                     return True
+                self.before_base += 1
             else:
                 self.probation = MIN_SEQUENTIAL - 1
                 self.max_seq = seq
+                self.before_base = 1
             return False
         if udelta < MAX_DROPOUT:
             if udelta == 0:
@@ -197,13 +204,15 @@ class RtpStream:
         return self.extended_max_seq - self.base_seq + 1
 
     def stats(self) -> RtpStats:
-        expected = self.expected
+        """Counted from the stream's first packet: A.1's figures, with the probation packets
+        just before its base, which were in sequence, added to what was expected."""
+        expected = self.expected + self.before_base if not self.probation else self.seen
         jitter_ms = self.jitter * 1000.0 / self.clock_rate if self.clock_rate else 0.0
         return RtpStats(
             self.ssrc,
-            self.received,
+            self.seen,
             expected,
-            expected - self.received,
+            expected - self.received - self.before_base if not self.probation else 0,
             self.gaps,
             self.duplicates,
             self.jitter,

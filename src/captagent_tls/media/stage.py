@@ -17,7 +17,7 @@ import re
 from typing import TYPE_CHECKING
 
 from captagent_tls.counters import Counters
-from captagent_tls.media.reports import MediaEnded, RtcpReport
+from captagent_tls.media.reports import MediaEnded, MediaEvent
 from captagent_tls.message import Message
 from captagent_tls.net.packet import Datagram
 from captagent_tls.stage import Outputs
@@ -52,6 +52,7 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "sdp_unexpected": ("media_events", "sdp_unexpected"),
     "stun": ("media_events", "stun"),
     "not_media": ("media_events", "not_media"),
+    "rtp_not_decrypted": ("media_events", "rtp_not_decrypted"),
 }
 
 
@@ -74,8 +75,9 @@ class MediaStage:
 
     observes = True  # (the pipeline shows it every SIP message it emits)
 
-    def __init__(self, keys: KeyStore):
+    def __init__(self, keys: KeyStore, decrypt_rtp: bool = False):
         self.keys = keys
+        self.decrypt_rtp = decrypt_rtp  # --media-pcap
         self._tracker: MediaTracker | None = None
 
     @property
@@ -83,7 +85,7 @@ class MediaStage:
         if self._tracker is None:
             from captagent_tls.media.calls import MediaTracker
 
-            self._tracker = MediaTracker(self.keys)
+            self._tracker = MediaTracker(self.keys, decrypt_rtp=self.decrypt_rtp)
         return self._tracker
 
     def datagram(self, datagram: Datagram, ts_ns: int, settled: bool) -> Outputs | None:
@@ -108,10 +110,21 @@ class MediaStage:
             return []
         return self._outputs(self.tracker.sip(message))
 
+    def shares(self, message: Message) -> bool:
+        """What a call's media in another worker needs: its SDP, and the messages that end
+        it (BYE, CANCEL, a failure of the INVITE)."""
+        payload = message.payload
+        return bool(
+            _SDP_BODY.search(payload)
+            or payload.startswith((b"BYE ", b"CANCEL "))
+            or (payload.startswith(b"SIP/2.0 ") and payload[8:9] in b"3456")
+        )
+
     @staticmethod
-    def _outputs(events: tuple[RtcpReport | MediaEnded, ...]) -> Outputs:
-        """What goes out: RTCP reports, and the media summary of calls that had media."""
-        return [e for e in events if isinstance(e, RtcpReport) or e.streams]
+    def _outputs(events: tuple[MediaEvent, ...]) -> Outputs:
+        """What goes out: RTCP reports (decrypted RTP too, for --media-pcap), and the media
+        summary of calls that had media."""
+        return [e for e in events if not isinstance(e, MediaEnded) or e.streams]
 
     def settle(self, watermark_ns: int) -> Outputs:
         if self._tracker is not None:

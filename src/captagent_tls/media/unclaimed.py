@@ -23,6 +23,8 @@ from captagent_tls.message import Endpoint
 MAX_HELD = 4096  # RTCP and DTLS datagrams waiting for their call
 MAX_HELD_BYTES = 4 << 20
 MAX_PROVISIONAL = 4096  # RTP streams followed before their call is known
+MAX_ARRIVALS = 1024  # per provisional stream: packets remembered to replay once claimed
+MAX_ARRIVALS_TOTAL = 65_536  # and in all
 
 
 class Waiting(NamedTuple):
@@ -34,22 +36,38 @@ class Waiting(NamedTuple):
     reason: str  # what it is if nothing changes: "no_call", "no_keys", "auth_failed"...
 
 
-class Provisional(NamedTuple):
-    dst: Endpoint
-    rtp: RtpStream
+class Arrival(NamedTuple):
+    seq: int
+    timestamp: int
+    ts_ns: int
     payload_type: int
+    packet: bytes | None  # kept only when RTP is to be decrypted (--media-pcap)
+
+
+class Provisional:
+    """An RTP stream before its call: its counts so far, and its first packets, to be
+    replayed once the call's SDP gives their clock rate (jitter) and keys."""
+
+    __slots__ = ("dst", "rtp", "arrivals", "complete")
+
+    def __init__(self, dst: Endpoint, rtp: RtpStream) -> None:
+        self.dst = dst
+        self.rtp = rtp  # counts every packet, without a clock rate
+        self.arrivals: list[Arrival] = []
+        self.complete = True  # every packet is in arrivals
 
 
 class Unclaimed:
     """Datagrams and RTP streams no call has claimed yet, oldest first."""
 
-    __slots__ = ("held", "held_bytes", "streams")
+    __slots__ = ("held", "held_bytes", "streams", "arrivals")
 
     def __init__(self) -> None:
         self.held: deque[Waiting] = deque()
         self.held_bytes = 0
         # (source address, source port, SSRC) -> the stream so far
         self.streams: OrderedDict[tuple[bytes, int, int], Provisional] = OrderedDict()
+        self.arrivals = 0  # remembered in all the provisional streams
 
     def __bool__(self) -> bool:
         return bool(self.held or self.streams)
@@ -92,10 +110,27 @@ class Unclaimed:
         return out
 
     def stream(
-        self, key: tuple[bytes, int, int], dst: Endpoint, rtp: RtpStream, payload_type: int
-    ) -> Provisional | None:
-        """Follow a stream provisionally; the one the bound pushes out, if any."""
-        self.streams[key] = Provisional(dst, rtp, payload_type)
+        self, key: tuple[bytes, int, int], dst: Endpoint, rtp: RtpStream
+    ) -> tuple[Provisional, Provisional | None]:
+        """Follow a stream provisionally: it, and the one the bound pushes out, if any."""
+        provisional = self.streams[key] = Provisional(dst, rtp)
         if len(self.streams) > MAX_PROVISIONAL:
-            return self.streams.popitem(last=False)[1]
-        return None
+            return provisional, self.forget(next(iter(self.streams)))
+        return provisional, None
+
+    def arrived(self, provisional: Provisional, arrival: Arrival) -> None:
+        """A packet of a provisional stream (already counted in its RtpStream)."""
+        if not provisional.complete:
+            return
+        if len(provisional.arrivals) >= MAX_ARRIVALS or self.arrivals >= MAX_ARRIVALS_TOTAL:
+            provisional.complete = False  # (replayed from its counts: jitter from the claim)
+            self.arrivals -= len(provisional.arrivals)
+            provisional.arrivals = []
+            return
+        provisional.arrivals.append(arrival)
+        self.arrivals += 1
+
+    def forget(self, key: tuple[bytes, int, int]) -> Provisional:
+        provisional = self.streams.pop(key)
+        self.arrivals -= len(provisional.arrivals)
+        return provisional

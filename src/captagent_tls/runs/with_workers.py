@@ -13,7 +13,7 @@ import logging
 import signal
 import time
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from captagent_tls.agent import wake_on_signals
 from captagent_tls.assembly.keys import (
@@ -23,7 +23,7 @@ from captagent_tls.assembly.keys import (
     load_key_log_files,
     load_rsa_key_files,
 )
-from captagent_tls.assembly.outputs import close_all, pcap_file_sink
+from captagent_tls.assembly.outputs import close_all, media_pcap_sink, pcap_file_sink
 from captagent_tls.assembly.process import drop_privileges
 from captagent_tls.capture import CaptureError
 from captagent_tls.config.settings import Settings
@@ -37,6 +37,9 @@ from captagent_tls.views.setup import Views, console_wanted
 from captagent_tls.workers.outputs import Writers
 from captagent_tls.workers.parent import READY_TIMEOUT_S, Parent
 
+if TYPE_CHECKING:
+    from captagent_tls.sinks.media_pcap import MediaPcapSink
+
 log = logging.getLogger("captagent_tls")
 
 
@@ -46,6 +49,9 @@ def parent_outputs(settings: Settings, views: Views, live: bool) -> tuple[Writer
     pcap_sink = pcap_file_sink(settings, flush_each=live)
     if pcap_sink is not None:
         closing.append(pcap_sink)
+    media = media_pcap_sink(settings, flush_each=live)
+    if media is not None:
+        closing.append(media)
     report = views.report_sink()
     if report is not None:
         closing.append(report)
@@ -56,6 +62,7 @@ def parent_outputs(settings: Settings, views: Views, live: bool) -> tuple[Writer
         report,
         views.writer.frame if views.writer is not None else None,
         flush_each=live,
+        media=cast("MediaPcapSink | None", media),
     )
     return writers, closing
 

@@ -9,7 +9,7 @@ from captagent_tls.errors import UserFacingError
 from captagent_tls.message import Message
 
 if TYPE_CHECKING:
-    from captagent_tls.media.reports import MediaEnded, RtcpReport
+    from captagent_tls.media.reports import MediaEvent
 
 
 class OutputError(UserFacingError):
@@ -32,9 +32,10 @@ class Sink:
     def emit(self, message: Message) -> None:
         raise NotImplementedError
 
-    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
-        """An RTCP report of a call, or the RTP statistics of a call whose media ended;
-        outputs that show media say so (the default shows nothing)."""
+    def emit_media(self, event: MediaEvent) -> None:
+        """An RTCP report of a call, the RTP statistics of a call whose media ended, or (for
+        --media-pcap only) a decrypted RTP packet; outputs that show media say so (the
+        default shows nothing)."""
 
     def close(self) -> None:
         """Flush and let go of what the output holds."""

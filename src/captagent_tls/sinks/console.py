@@ -22,7 +22,7 @@ from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import Sink, write_failed
 
 if TYPE_CHECKING:
-    from captagent_tls.media.reports import MediaEnded, RtcpReport
+    from captagent_tls.media.reports import MediaEvent
 
 _UNSAFE = re.compile(
     "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]|\r(?!\n)"
@@ -75,10 +75,10 @@ class ConsoleSink(Sink):
         except OSError as exc:
             raise write_failed(self.out, exc) from None
 
-    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+    def emit_media(self, event: MediaEvent) -> None:
         """An RTCP report: a header line as a message's, then its packets in one line; a call
         whose media ended: a line per RTP stream."""
-        from captagent_tls.media.reports import RtcpReport
+        from captagent_tls.media.reports import MediaEnded, RtcpReport
         from captagent_tls.media.text import rtcp_line, stream_line
 
         if isinstance(event, RtcpReport):
@@ -88,11 +88,13 @@ class ConsoleSink(Sink):
                 f"{format_endpoint(event.dst)} {kind} call {event.call_id}\n"
                 f"{rtcp_line(event.packets)}\n\n"
             )
-        else:
+        elif isinstance(event, MediaEnded):
             when = format_time(event.ts_ns)
             text = f"{when} UTC media of call {event.call_id} ended ({event.reason})\n"
             text += "".join(stream_line(s.src, s.dst, s.stats) + "\n" for s in event.streams)
             text += "\n"
+        else:
+            return  # (decrypted RTP is for --media-pcap only)
         try:
             self.out.write(printable(text))
             if self.flush_each:

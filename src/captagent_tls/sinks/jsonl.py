@@ -21,7 +21,7 @@ from captagent_tls.net.addresses import ip_text
 from captagent_tls.sinks import Sink, write_failed
 
 if TYPE_CHECKING:
-    from captagent_tls.media.reports import MediaEnded, RtcpReport
+    from captagent_tls.media.reports import MediaEvent
     from captagent_tls.media.rtp import RtpStats
 
 # ASCII-only output: no line separators (U+2028) or encodings to trip over in consumers
@@ -85,8 +85,8 @@ class JsonLinesSink(Sink):
         except OSError as exc:
             raise write_failed(self.out, exc) from None
 
-    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
-        from captagent_tls.media.reports import RtcpReport
+    def emit_media(self, event: MediaEvent) -> None:
+        from captagent_tls.media.reports import MediaEnded, RtcpReport
 
         seconds, nanos = divmod(event.ts_ns, 1_000_000_000)
         if isinstance(event, RtcpReport):
@@ -95,13 +95,15 @@ class JsonLinesSink(Sink):
                 f'"transport": "udp", "kind": "rtcp", "call_id": {_string(event.call_id)}, '
                 f'"srtcp": {"true" if event.srtcp else "false"}, "rtcp": {event.json}}}\n'
             )
-        else:
+        elif isinstance(event, MediaEnded):
             streams = ", ".join(_stream(s.src, s.dst, s.stats) for s in event.streams)
             line = (
                 f'{{"ts": {seconds}.{nanos // 1000:06d}, "kind": "media", '
                 f'"call_id": {_string(event.call_id)}, "reason": "{event.reason}", '
                 f'"streams": [{streams}]}}\n'
             )
+        else:
+            return  # (decrypted RTP is for --media-pcap only)
         try:
             self.out.write(line)
             if self.flush_each:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TextIO
 from captagent_tls.message import Message
 
 if TYPE_CHECKING:
-    from captagent_tls.media.reports import MediaEnded, RtcpReport
+    from captagent_tls.media.reports import MediaEvent
 from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.console import ConsoleSink, printable
@@ -67,12 +67,14 @@ class ColourConsoleSink(Sink):
         if self.flush_each:
             self.out.flush()
 
-    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+    def emit_media(self, event: MediaEvent) -> None:
         plain = self._plain_text
         self._plain.emit_media(event)
         text = plain.getvalue()
         plain.seek(0)
         plain.truncate()
+        if not text:
+            return  # (decrypted RTP is for --media-pcap only)
         header, _, rest = text.partition("\n")
         self.out.write(f"{paint(NOT_SIP, header)}\n{rest}")
         if self.flush_each:
@@ -148,10 +150,10 @@ class BriefSink(Sink):
         if self.flush_each:
             self.out.flush()
 
-    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+    def emit_media(self, event: MediaEvent) -> None:
         """An RTCP report as one line (its packet types where a message has its method); a
         call whose media ended as one line per RTP stream."""
-        from captagent_tls.media.reports import RtcpReport
+        from captagent_tls.media.reports import MediaEnded, RtcpReport
         from captagent_tls.media.text import rtcp_label, stream_line
 
         when = _time_of_day(event.ts_ns)
@@ -162,11 +164,13 @@ class BriefSink(Sink):
             kind = "SRTCP" if event.srtcp else "RTCP"
             line = f"{when} {src} -> {dst} {label:<20} {event.call_id} {kind}"
             lines = [printable(line)]
-        else:
+        elif isinstance(event, MediaEnded):
             lines = [
                 printable(f"{when} {stream_line(s.src, s.dst, s.stats)} {event.call_id}")
                 for s in event.streams
             ]
+        else:
+            return  # (decrypted RTP is for --media-pcap only)
         text = "".join(
             (f"{NOT_SIP}{line}{RESET}" if self.colour else line) + "\n" for line in lines
         )

@@ -27,20 +27,22 @@ from captagent_tls.message import Message
 from captagent_tls.sinks import Sink, write_failed
 
 if TYPE_CHECKING:
-    from captagent_tls.media.reports import MediaEnded, RtcpReport
+    from captagent_tls.media.reports import MediaEvent
+    from captagent_tls.sinks.media_pcap import MediaPcapSink
     from captagent_tls.sinks.pcapfile import PcapFileSink
 
 # slots of a record's parts
-JSON, CONSOLE, PCAP, REPORT, FRAME = range(5)
-SLOTS = 5
+JSON, CONSOLE, PCAP, REPORT, FRAME, MEDIA = range(6)
+SLOTS = 6
 NOTHING = (None,) * SLOTS
 # a record's parts with one output's value in its slot
 _SHAPES: tuple[Callable[[Any], tuple[Any, ...]], ...] = (
-    lambda v: (v, None, None, None, None),
-    lambda v: (None, v, None, None, None),
-    lambda v: (None, None, v, None, None),
-    lambda v: (None, None, None, v, None),
-    lambda v: (None, None, None, None, v),
+    lambda v: (v, None, None, None, None, None),
+    lambda v: (None, v, None, None, None, None),
+    lambda v: (None, None, v, None, None, None),
+    lambda v: (None, None, None, v, None, None),
+    lambda v: (None, None, None, None, v, None),
+    lambda v: (None, None, None, None, None, v),
 )
 
 Record = tuple[int, tuple[Any, ...]]  # (capture time in ns, parts)
@@ -80,6 +82,7 @@ class RecordingSink(Sink):
         self._taps: list[tuple[int, Sink, Tap, str | bytes]] = []
         self.report = False
         self.frames = False
+        self.media_pcap = False  # --media-pcap: decrypted RTP and RTCP, as pcap records
 
     def add(self, slot: int, make: Callable[[Tap], Sink], binary: bool = False) -> Sink:
         """Record the output ``make(tap)`` (e.g. a JsonLinesSink) in ``slot``."""
@@ -92,7 +95,7 @@ class RecordingSink(Sink):
     @property
     def records_messages(self) -> bool:
         """Some output the parent writes wants the messages (with HEP alone, none does)."""
-        return bool(self._taps) or self.report
+        return bool(self._taps) or self.report or self.media_pcap
 
     def ready(self) -> None:
         """The outputs are all added: with one output and no report (the common case, e.g.
@@ -118,21 +121,34 @@ class RecordingSink(Sink):
             parts[REPORT] = message
         self.records.append((message.ts_ns, tuple(parts)))
 
-    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
-        """An RTCP report or a call's media summary, recorded as a message is."""
+    def emit_media(self, event: MediaEvent) -> None:
+        """An RTCP report or a call's media summary, recorded as a message is; a decrypted
+        RTP packet only for --media-pcap."""
+        from captagent_tls.media.reports import DecryptedRtp, RtcpReport
+        from captagent_tls.sinks.media_pcap import MediaPcapSink
+
         parts: list[Any] = [None] * SLOTS
-        for slot, sink, tap, empty in self._taps:
-            sink.emit_media(event)
-            parts[slot] = tap.take(empty)
-        if self.report:
-            parts[REPORT] = event
+        rtp = isinstance(event, DecryptedRtp)
+        if self.media_pcap:
+            if isinstance(event, DecryptedRtp):
+                record = MediaPcapSink.record(event.ts_ns, event.src, event.dst, event.packet)
+                parts[MEDIA] = (record, True)
+            elif isinstance(event, RtcpReport):
+                record = MediaPcapSink.record(event.ts_ns, event.src, event.dst, event.plaintext)
+                parts[MEDIA] = (record, False)
+        if not rtp:
+            for slot, sink, tap, empty in self._taps:
+                sink.emit_media(event)
+                parts[slot] = tap.take(empty)
+            if self.report:
+                parts[REPORT] = event
         if any(part is not None for part in parts):
             self.records.append((event.ts_ns, tuple(parts)))
 
     def frame(self, frame: Frame) -> None:
         """A frame for the decryptable capture (``--write-decryptable``)."""
         self.records.append(
-            (frame.ts_ns, (None, None, None, None, (frame.linktype, bytes(frame.data))))
+            (frame.ts_ns, (None, None, None, None, (frame.linktype, bytes(frame.data)), None))
         )
 
     def take(self) -> list[Record]:
@@ -157,9 +173,11 @@ class Writers:
         report: Sink | None,
         frame: Callable[[Frame], None] | None,
         flush_each: bool,
+        media: MediaPcapSink | None = None,
     ):
         self.stdout = stdout
         self.pcap = pcap
+        self.media = media
         self.report = report
         self.frame = frame
         self.flush_each = flush_each
@@ -167,12 +185,15 @@ class Writers:
     def write(self, records: list[Record]) -> None:
         text: list[str] = []
         binary: list[bytes] = []
-        report, frame = self.report, self.frame
-        if self.pcap is None and report is None and frame is None:  # text only: the short way
+        report, frame, media = self.report, self.frame, self.media
+        if self.pcap is None and report is None and frame is None and media is None:
+            # text only: the short way
             text = [part for _, parts in records for part in parts[:2] if part is not None]
             records = []
         for ts, parts in records:
-            json_text, console_text, pcap_bytes, message, raw = parts
+            json_text, console_text, pcap_bytes, message, raw, decrypted = parts
+            if decrypted is not None and media is not None:
+                media.write_records([decrypted[0]], int(decrypted[1]), int(not decrypted[1]))
             if json_text is not None:
                 text.append(json_text)
             if console_text is not None:

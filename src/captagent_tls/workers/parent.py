@@ -63,6 +63,8 @@ class Slot:
     read: tuple[int, int, int] = (0, 0, 0)  # file position, frames, SIP messages (a file)
     waiting: bool = False  # records wait for a session another worker may have
     told: float = 0.0  # the progress it was last told
+    # every SIP message it will emit has a later capture time (-inf: it has not said yet)
+    sip_watermark: float = float("-inf")
 
 
 def describe_status(status: int | None) -> str:
@@ -106,6 +108,7 @@ class Parent:
         self.stopping = False
         self.listener_stats: Callable[[], Any] | None = None
         self.bar: Any = None  # a file's progress bar (views.progress.WorkersFileProgress)
+        self.media_settled = float("-inf")  # what the workers were last told
         self.key_text: deque[str] = deque()
         self.key_text_size = 0
         from captagent_tls.views.colour import colour_wanted
@@ -212,10 +215,10 @@ class Parent:
         kind = message[0]
         if kind == "out":
             self.merger.add(slot.index, message[1], message[2])
-            slot.progress, slot.waiting = message[3], message[4]
+            slot.progress, slot.waiting, slot.sip_watermark = message[3], message[4], message[6]
             if message[5] is not None:
                 slot.read = message[5]
-        elif kind == "session":
+        elif kind in ("session", "sip"):
             for other in self.running():
                 if other is not slot and other.channel is not None:
                     with contextlib.suppress(ChannelClosed):
@@ -326,6 +329,7 @@ class Parent:
             if slot.channel in ready:
                 self.receive(slot)
         self.tell_progress()
+        self.tell_media_settled()
         self.merger.write_ready()
         if self.bar is not None:
             reads = [slot.read for slot in self.slots]
@@ -356,6 +360,21 @@ class Parent:
                     assert slot.channel is not None
                     with contextlib.suppress(ChannelClosed):
                         slot.channel.send(("progress", progress))
+
+    def tell_media_settled(self) -> None:
+        """Every worker hears how far every worker's SIP messages are out: media waiting for
+        its call's SDP (framed perhaps by another worker) can then be decided."""
+        settled = min(
+            (slot.sip_watermark for slot in self.running() if not slot.done),
+            default=float("inf"),
+        )
+        if settled <= self.media_settled:
+            return
+        self.media_settled = settled
+        for slot in self.running():
+            assert slot.channel is not None
+            with contextlib.suppress(ChannelClosed):
+                slot.channel.send(("media_settled", settled))
 
     def signal_workers(self, signum: int) -> None:
         for slot in self.running():

@@ -33,6 +33,7 @@ import logging
 import os
 import resource
 import signal
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from captagent_tls.capture.live import KernelStats, LiveCapture
 from captagent_tls.config.settings import Settings
 from captagent_tls.counters import Counters
 from captagent_tls.errors import UserFacingError, one_line
+from captagent_tls.message import Message
 from captagent_tls.pipeline import Pipeline
 from captagent_tls.sinks import Sink
 from captagent_tls.tls.events import SessionSecret, TlsProblem
@@ -70,6 +72,7 @@ LIVE_SLACK_NS = 100_000_000
 SEND_INTERVAL_NS = 50_000_000  # a live worker sends its records (and watermark) this often...
 SEND_RECORDS = 512  # ...or when this many wait
 PROBLEMS_REMEMBERED = 10_000  # (kind, server) pairs each worker has already forwarded
+MEDIA_WAIT_S = 10.0  # at the end: the longest a worker waits for the others' SIP
 
 
 @dataclass
@@ -164,6 +167,10 @@ def from_parent(message: tuple[Any, ...], keys: KeyStore, pipeline: Pipeline) ->
         pipeline.session_shared(*message[1:])
     elif kind == "progress":
         pipeline.settle_sessions(message[1])
+    elif kind == "sip":
+        pipeline.media_shared(message[1])
+    elif kind == "media_settled":
+        pipeline.settle_media(message[1])
     return 0
 
 
@@ -187,6 +194,7 @@ def build_outputs(spec: WorkerSpec) -> tuple[list[Sink], RecordingSink]:
     if console_wanted(args):
         recording.add(CONSOLE, lambda tap: console_sink(cast(TextIO, tap), spec))
     recording.frames = bool(args.write_decryptable)
+    recording.media_pcap = bool(args.media and args.media_pcap)
     recording.ready()
     if recording.records_messages:
         sinks.append(recording)
@@ -222,10 +230,12 @@ class Worker:
             on_secret=self._secret if spec.forward_secrets else None,
         )
         self.pipeline.share_sessions(self._announce_session)
+        self.pipeline.share_media(self._announce_sip)
         self.foreign_fragments = 0  # fragments fed here that another worker counts
         self.kernel: KernelStats | None = None
         self.stopping = False
-        self._last_sent = (-1.0, -1.0)
+        self._last_sent = (-1.0, -1.0, -1.0)
+        self.media_settled = float("-inf")  # every worker's SIP before this is out
         # a file's worker: (position in the file, frames read, SIP messages) for the bar
         self.read: Callable[[], tuple[int, int, int]] | None = None
         self.progress = 0.0  # every worker has read every packet before this (the parent says)
@@ -233,6 +243,9 @@ class Worker:
 
     def _announce_session(self, master: bytes, session_id: bytes, ticket: bytes) -> None:
         self.channel.send(("session", master, session_id, ticket))
+
+    def _announce_sip(self, message: Message) -> None:
+        self.channel.send(("sip", message))
 
     def waiting_for_sessions(self) -> bool:
         return bool(self.pipeline.tls.waiting_connections) and not self.spec.keys_may_arrive
@@ -249,19 +262,28 @@ class Worker:
         return counters
 
     def send_records(self, watermark: float, progress: float, force: bool = False) -> None:
+        """``watermark``: the earliest capture time a SIP message may still come out with;
+        the records' own watermark is earlier still when media waits for its call."""
         records = self.recording.take()
         waiting = self.waiting_for_sessions()
-        if records or force or waiting or (watermark, progress) != self._last_sent:
-            self._last_sent = (watermark, progress)
+        media = self.pipeline.oldest_output_ts()
+        outputs = watermark if media is None else min(watermark, media)
+        if records or force or waiting or (outputs, progress, watermark) != self._last_sent:
+            self._last_sent = (outputs, progress, watermark)
             read = self.read() if self.read is not None else None
-            self.channel.send(("out", records, watermark, progress, waiting, read))
+            self.channel.send(("out", records, outputs, progress, waiting, read, watermark))
 
     def from_parent(self) -> None:
         """Take what the parent sent (a file's worker looks between batches of frames)."""
         for message in self.channel.receive():
-            if message[0] == "progress":
-                self.progress = message[1]
+            self._note(message)
             from_parent(message, self.keys, self.pipeline)
+
+    def _note(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "progress":
+            self.progress = message[1]
+        elif message[0] == "media_settled":
+            self.media_settled = message[1]
 
     def wait_for_sessions(self) -> None:
         """At the end of a file: records wait for sessions other workers may still cache;
@@ -272,8 +294,7 @@ class Worker:
             self.send_records(self._watermark(float("inf")), float("inf"))
             select.select([self.channel], [], [])
             for message in self.channel.receive():
-                if message[0] == "progress":
-                    self.progress = message[1]
+                self._note(message)
                 from_parent(message, self.keys, self.pipeline)
 
     def _watermark(self, last_ts: float) -> float:
@@ -281,8 +302,35 @@ class Worker:
         return last_ts if held is None else min(last_ts, held)
 
     def finish(self) -> None:
-        """Deliver what is complete and close the outputs, as a run in one process does."""
-        finish(self.pipeline.finish, self.sinks)
+        """Deliver what is complete and close the outputs, as a run in one process does;
+        media waits for every worker's SIP first."""
+        finish(self._finish_pipeline, self.sinks)
+
+    def _finish_pipeline(self) -> None:
+        self.pipeline.finish_streams()
+        self.wait_for_media()
+        self.pipeline.finish_datagrams()
+
+    def wait_for_media(self) -> None:
+        """Every SIP message of this worker is out: say so, and take what the parent sends
+        until every worker's is (media here may wait for another's SDP)."""
+        import select
+
+        if self.pipeline.sip_settled:
+            return  # (media is off)
+        deadline = time.monotonic() + MEDIA_WAIT_S
+        self.send_records(float("inf"), float("inf"), force=True)
+        while self.media_settled != float("inf") and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.channel], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                messages = self.channel.receive()
+            except ChannelClosed:
+                return
+            for message in messages:
+                self._note(message)
+                from_parent(message, self.keys, self.pipeline)
 
     def done(self, notes: dict[str, Any]) -> None:
         self.send_records(float("inf"), float("inf"), force=True)

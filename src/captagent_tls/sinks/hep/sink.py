@@ -16,7 +16,7 @@ from captagent_tls.counters import Counters
 from captagent_tls.message import Message
 
 if TYPE_CHECKING:
-    from captagent_tls.media.reports import MediaEnded, RtcpReport
+    from captagent_tls.media.reports import MediaEvent
 from captagent_tls.sinks import Sink
 from captagent_tls.sinks.hep.addresses import CollectorAddressError, HepConfigError, parse_collector
 from captagent_tls.sinks.hep.collector import Collector
@@ -129,7 +129,7 @@ class HepSink(Sink):
         for offer in self._offers:
             offer(packet)
 
-    def emit_media(self, event: RtcpReport | MediaEnded) -> None:
+    def emit_media(self, event: MediaEvent) -> None:
         """An RTCP report goes out as HEP type 5 (RTP statistics have no HEP form here)."""
         from captagent_tls.media.reports import RtcpReport
 
