@@ -314,3 +314,23 @@ def wire_rtp(pcap: Path, ports: set[int]) -> dict[int, list[bytes]]:
             if payload[1] & 0x7F < 64:
                 found.setdefault(int.from_bytes(payload[8:12], "big"), []).append(payload)
     return found
+
+
+def test_the_report_shows_each_streams_loss_and_jitter(tmp_path):
+    from tests.support.browser import chromium_path, dump_dom, read_page
+
+    try:
+        chromium_path()
+    except Exception as exc:  # noqa: BLE001 - no browser here
+        pytest.skip(str(exc))
+    name = "sdes-aes128-80"
+    path = tmp_path / "calls.html"
+    run([*key_args(name), "--report", str(path)], check=True)
+    call_id = truth(name)["calls"][0]["call_id"]
+    page = read_page(dump_dom(path, f"call={call_id}"))
+    assert "media" not in page.hidden
+    text = page.texts["media-rows"]
+    for stream in truth(name)["rtp"]:
+        assert f"{stream['ssrc']:08x}" in text and stream["src"] in text
+    sent = {r["src"] for r in truth(name)["rtcp"]}
+    assert len(sent) == 2 and "0.0" in text  # both sides' RTCP reported no loss

@@ -255,6 +255,12 @@ class MediaTracker:
     def knows(self, call_id: str) -> bool:
         return call_id in self._calls
 
+    def touch(self, call_id: str, ts_ns: int) -> None:
+        """A SIP message of a known call that changes nothing of its media: it is active."""
+        call = self._calls.get(call_id)
+        if call is not None and ts_ns > call.last_ns:
+            call.last_ns = ts_ns
+
     def call_ids(self) -> list[str]:
         return list(self._calls)
 

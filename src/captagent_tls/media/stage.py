@@ -7,13 +7,19 @@ by the address:port pairs that calls' SDP announced (``calls.py``).  Media whose
 known yet waits (``unclaimed.py``) until the pipeline says every SIP message captured before
 it has been emitted (``settle``): the pipeline tells, because it knows what it still holds.
 
-The tracker, and with it SRTP, SDP and DTLS (and pyca/cryptography), is imported on the first
-datagram or SDP: a run without media pays nothing at start-up.
+Until the first media datagram, the stage is dormant: the SIP messages that carry SDP (and the
+later ones of their calls) are only kept, bounded, and replayed into the tracker when media
+comes.  So a capture or a capture filter without media costs SIP a search per message, not
+the parsing of every SDP; and the tracker, and with it SRTP, SDP and DTLS (and
+pyca/cryptography), is imported then: a run without media pays nothing at start-up.  Awake,
+a message without SDP costs a dictionary lookup unless it can end its call (BYE, CANCEL, a
+failure).
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import TYPE_CHECKING
 
 from captagent_tls.counters import Counters
@@ -58,6 +64,20 @@ COUNTERS: dict[str, tuple[str, str]] = {
 
 STUN_COOKIE = b"\x21\x12\xa4\x42"  # RFC 5389 §6
 _SDP_BODY = re.compile(rb"application/sdp", re.IGNORECASE)
+# a message that may end its call's media: a BYE or CANCEL, a response of 300 or more
+_ENDS = re.compile(rb"(?:BYE|CANCEL) |SIP/2\.0 [3-6]")
+DORMANT_MESSAGES = 50_000  # SIP messages kept for media before any media came
+DORMANT_BYTES = 64 << 20
+
+
+def has_sdp(payload: bytes) -> bool:
+    """A body of type application/sdp (any case; the usual spelling found without a
+    regular expression)."""
+    if b"application/sdp" in payload:
+        return True
+    return (b"/sdp" in payload or b"/SDP" in payload or b"/Sdp" in payload) and bool(
+        _SDP_BODY.search(payload)
+    )
 
 
 def looks_like_media(payload: bytes | memoryview) -> bool:
@@ -79,6 +99,11 @@ class MediaStage:
         self.keys = keys
         self.decrypt_rtp = decrypt_rtp  # --media-pcap
         self._tracker: MediaTracker | None = None
+        # before any media: the messages media may need, in order, and their calls' counts
+        self._dormant: deque[Message] = deque()
+        self._dormant_bytes = 0
+        self._dormant_calls: dict[str, int] = {}
+        self.dormant_dropped = 0
 
     @property
     def tracker(self) -> MediaTracker:
@@ -92,30 +117,66 @@ class MediaStage:
         payload = datagram.payload
         if not looks_like_media(payload):
             return None
+        outputs = self._wake() if self._tracker is None else []
         events = self.tracker.datagram(
             ts_ns, (datagram.src, datagram.sport), (datagram.dst, datagram.dport), payload, settled
         )
-        return self._outputs(events) if events else []
+        return outputs + self._outputs(events) if events else outputs
+
+    def _wake(self) -> Outputs:
+        """The first media datagram: the SIP kept so far goes to the tracker, in order."""
+        tracker = self.tracker
+        outputs: Outputs = []
+        dormant = self._dormant
+        while dormant:
+            outputs += self._outputs(tracker.sip(dormant.popleft()))
+        self._dormant_calls.clear()
+        self._dormant_bytes = 0
+        return outputs
+
+    def _keep(self, message: Message, call_id: str) -> None:
+        """Dormant: keep a message media may need (FIFO, bounded)."""
+        dormant, calls = self._dormant, self._dormant_calls
+        dormant.append(message)
+        calls[call_id] = calls.get(call_id, 0) + 1
+        self._dormant_bytes += len(message.payload)
+        while len(dormant) > DORMANT_MESSAGES or self._dormant_bytes > DORMANT_BYTES:
+            dropped = dormant.popleft()
+            self.dormant_dropped += 1
+            self._dormant_bytes -= len(dropped.payload)
+            left = calls[dropped.call_id or ""] - 1
+            if left:
+                calls[dropped.call_id or ""] = left
+            else:
+                del calls[dropped.call_id or ""]
 
     def observe(self, message: Message) -> Outputs:
-        """Only what can change a call's media is read: a message with SDP, or any message
-        of a call already known (its BYE, a failure); the rest costs a search."""
+        """Only what can change a call's media is read: a message with SDP, or one that
+        may end a call already known (BYE, CANCEL, a failure); another message of a known
+        call only marks it active; the rest costs a search."""
         call_id = message.call_id
         if not message.is_sip or not call_id:
             return []
         tracker = self._tracker
-        if (tracker is None or not tracker.knows(call_id)) and not _SDP_BODY.search(
-            message.payload
-        ):
+        payload = message.payload
+        if tracker is None:  # dormant: no media yet
+            if has_sdp(payload) or (call_id in self._dormant_calls and _ENDS.match(payload)):
+                self._keep(message, call_id)
             return []
-        return self._outputs(self.tracker.sip(message))
+        if not tracker.knows(call_id):
+            if not has_sdp(payload):
+                return []
+        elif not _ENDS.match(payload) and not has_sdp(payload):
+            tracker.touch(call_id, message.ts_ns)
+            return []
+        return self._outputs(tracker.sip(message))
 
     def shares(self, message: Message) -> bool:
         """What a call's media in another worker needs: its SDP, and the messages that end
         it (BYE, CANCEL, a failure of the INVITE)."""
         payload = message.payload
         return bool(
-            _SDP_BODY.search(payload)
+            has_sdp(payload)
             or payload.startswith((b"BYE ", b"CANCEL "))
             or (payload.startswith(b"SIP/2.0 ") and payload[8:9] in b"3456")
         )

@@ -17,7 +17,7 @@
   const calls = parse("calls").map((c, index) => ({
     index, callId: c[0], from: c[1], to: c[2], first: c[3], last: c[4], status: c[5],
     reason: c[6], messages: c[7], transport: c[8], tlsVersion: c[9], suite: c[10],
-    method: c[11],
+    method: c[11], media: c[12] || [],
   }));
   const callsById = new Map();
   for (const call of calls) {
@@ -259,12 +259,35 @@
       ladder.appendChild(group);
     });
     byId("ladder-box").replaceChildren(ladder);
+    renderMedia(call);
     byId("ladder-box").dataset.drawnMs = String(Math.round(performance.now() - started));
     byId("message-box").hidden = true;
     if (state.msg !== null && state.msg < messages.length) {
       // a link to a message opens it as a click on its arrow would
       ladder.querySelectorAll("g.arrow")[state.msg].dispatchEvent(new MouseEvent("click"));
     }
+  }
+
+  // each RTP stream of the call: [source, destination, SSRC, packets, lost, jitter ms,
+  // RTCP reports about it, the largest fraction lost they gave (%), their last jitter]
+  function renderMedia(call) {
+    const rows = [];
+    const unknown = (v) => (v < 0 ? "?" : String(v));
+    for (const s of call.media) {
+      const tr = document.createElement("tr");
+      const cells = [s[2].toString(16).padStart(8, "0"),
+        s[0] < 0 ? "?" : endpoints[s[0]], s[1] < 0 ? "?" : endpoints[s[1]],
+        unknown(s[3]), unknown(s[4]), unknown(s[5]), String(s[6]),
+        s[6] ? String(s[7]) : "", s[6] ? unknown(s[8]) : ""];
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      rows.push(tr);
+    }
+    byId("media-rows").replaceChildren(...rows);
+    byId("media").hidden = rows.length === 0;
   }
 
   function showMessage(messages, i) {

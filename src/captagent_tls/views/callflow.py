@@ -28,7 +28,7 @@ import json
 import os
 import tempfile
 from importlib import resources
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from captagent_tls import __version__
 from captagent_tls.message import Endpoint, Message
@@ -36,9 +36,15 @@ from captagent_tls.net.addresses import format_endpoint
 from captagent_tls.sinks import OutputError, Sink
 from captagent_tls.sip.headers import address_of, summarize
 
+if TYPE_CHECKING:
+    from captagent_tls.media.reports import MediaEvent
+
 MAX_CALLS = 200_000
 SPOOL_BUFFER = 1 << 20
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+MAX_STREAMS_SHOWN = 32  # RTP streams listed per call
 
 
 class ReportError(OutputError):
@@ -63,6 +69,7 @@ class _Call:
         "cseq",
         "provisional",
         "provisional_reason",
+        "media",
     )
 
     def __init__(self, index: int, call_id: str, ts_us: int):
@@ -78,6 +85,10 @@ class _Call:
         self.transport = self.tls_version = self.cipher_suite = ""
         self.method = ""  # of the call's first request (the one its status answers)
         self.cseq = -1
+        # its RTP streams by SSRC: [source, destination (endpoint indexes, -1 unknown), SSRC,
+        # packets, lost, jitter ms (from the RTP headers), RTCP reports about it, the largest
+        # fraction lost (%) and the last jitter (timestamp units) they gave]
+        self.media: dict[int, list[int | float]] = {}
 
     def row(self) -> list[object]:
         status, reason = (
@@ -98,6 +109,7 @@ class _Call:
             self.tls_version,
             self.cipher_suite,
             self.method,
+            list(self.media.values()),
         ]
 
 
@@ -184,6 +196,40 @@ class CallFlowReport(Sink):
         self._spool.write(("" if self._first else ",") + _json_for_html(_dumps(record)) + "\n")
         self._first = False
         self.messages += 1
+
+    def emit_media(self, event: MediaEvent) -> None:
+        """A call's streams: the RTP statistics when its media ends, and what the RTCP
+        reports of the other side said about each stream."""
+        from captagent_tls.media.reports import MediaEnded, RtcpReport
+        from captagent_tls.media.rtcp import ReceiverReport, SenderReport
+
+        call = self._calls.get(event.call_id)
+        if call is None:
+            return
+        if isinstance(event, MediaEnded):
+            for stream in event.streams:
+                stats = stream.stats
+                entry = self._stream(call, stats.ssrc)
+                entry[0], entry[1] = self._endpoint(stream.src), self._endpoint(stream.dst)
+                entry[3], entry[4] = stats.packets, stats.lost
+                entry[5] = round(stats.jitter_ms, 2) if stats.clock_rate else -1
+        elif isinstance(event, RtcpReport):
+            for packet in event.packets:
+                if isinstance(packet, SenderReport | ReceiverReport):
+                    for block in packet.reports:
+                        entry = self._stream(call, block.ssrc)
+                        entry[6] = int(entry[6]) + 1
+                        entry[7] = max(entry[7], round(block.fraction_lost * 100 / 256, 1))
+                        entry[8] = block.jitter
+
+    @staticmethod
+    def _stream(call: _Call, ssrc: int) -> list[int | float]:
+        entry = call.media.get(ssrc)
+        if entry is None:
+            if len(call.media) >= MAX_STREAMS_SHOWN:
+                return [0] * 9  # (shown nowhere)
+            entry = call.media[ssrc] = [-1, -1, ssrc, -1, -1, -1, 0, 0, -1]
+        return entry
 
     @property
     def calls(self) -> int:
