@@ -41,7 +41,7 @@ from typing import Any, BinaryIO, TextIO, cast
 
 from captagent_tls.assembly.keys import load_rsa_key_files
 from captagent_tls.assembly.outputs import finish, hep_sink
-from captagent_tls.assembly.pipeline import pipeline_options, snapshot
+from captagent_tls.assembly.pipeline import build_pipeline, pipeline_options, snapshot
 from captagent_tls.assembly.process import drop_privileges
 from captagent_tls.capture import CaptureError, Frame
 from captagent_tls.capture.live import KernelStats, LiveCapture
@@ -222,7 +222,7 @@ class Worker:
         # RSA off the packet path uses the cores the capture loop does not; with workers, the
         # cores are theirs: threads only for the cores left over per worker
         options.rsa_threads = max(0, usable_cores() // spec.workers - 1)
-        self.pipeline = Pipeline(
+        self.pipeline = build_pipeline(
             keys,
             self.sinks,
             self.problems.report,
