@@ -70,7 +70,10 @@ class SipDatagramStage(DatagramStageBase):
     """SIP over UDP: a datagram carries one message (RFC 3261 §18.3)."""
 
     def datagram(self, datagram: Datagram, ts_ns: int, settled: bool) -> Outputs | None:
-        unit = frame_datagram(bytes(datagram.payload))
+        payload = datagram.payload
+        if not payload or not 0x41 <= payload[0] & 0xDF <= 0x5A:
+            return None  # (a start line begins with a letter: RTP, DTLS, STUN do not)
+        unit = frame_datagram(bytes(payload))
         if unit is None:
             return None
         is_request = not unit.data.startswith(b"SIP/2.0 ")
