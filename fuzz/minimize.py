@@ -1,7 +1,7 @@
 """Shrink a failing input while it keeps failing the same way.
 
 Two levels: for any target, delta debugging over the input bytes (drop ever smaller chunks,
-then lower bytes towards zero); for the pipeline target, the mutated capture itself is then
+then lower bytes towards zero); for the pipeline and media targets, the mutated capture is then
 reduced packet by packet (``minimize_capture``), which is what goes into
 tests/data/regressions.  "The same way" is the finding's signature (:mod:`fuzz.findings`);
 the delta debugging itself is :mod:`fuzz.delta_debugging`.
@@ -47,11 +47,17 @@ def minimize_finding(target: str, folder: Path) -> int:
     small = minimize_input(target, data)
     (folder / "input.min.bin").write_bytes(small)
     print(f"{folder}: {len(data)} -> {len(small)} bytes (input.min.bin)")
-    if target == "pipeline":
+    if target in ("pipeline", "media"):
         from fuzz import mutate
-        from fuzz.targets.pipeline import minimize_capture
 
-        reduced = minimize_capture(mutate.mutate(small))
+        if target == "pipeline":
+            from fuzz.targets.pipeline import minimize_capture
+
+            reduced = minimize_capture(mutate.mutate(small))
+        else:
+            from fuzz.targets import media
+
+            reduced = media.minimize_capture(media.mutated(small))
         (folder / f"capture.min{reduced.suffix}").write_bytes(reduced.data)
         print(
             f"{folder}: capture reduced to {len(reduced.data)} bytes (capture.min{reduced.suffix})"

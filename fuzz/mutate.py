@@ -24,9 +24,13 @@ exactly the messages sent).  Every mutation is a pure function of the input byte
 from __future__ import annotations
 
 import gzip
+import re
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -35,7 +39,6 @@ from fuzz import capmodel, tlsmap
 from fuzz.bytesource import ByteSource
 from fuzz.paths import FIXTURE_KEYS, FIXTURES
 from fuzz.truth import SentStreams, load_sent_streams
-from tests.support.groundtruth import GroundTruth
 
 MAX_OPERATIONS = 8
 
@@ -144,10 +147,14 @@ class Seed:
     packets: list[capmodel.RawPacket]
     infos: list[PacketInfo]
     conns: list[Conn]
-    truth: GroundTruth
+    truth: Any  # GroundTruth; a media fixture's MediaTruth (fuzz/mediatruth.py)
     sent: SentStreams
     key_paths: list[Path]
     keylog: str | None
+    # media fixtures: the SIP messages of the TLS connection, and (connection, direction,
+    # record field, index in sip_texts or -1) for each of its records (fuzz/mediatruth.py)
+    sip_texts: list[bytes] = field(default_factory=list)
+    sip_records: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 def _seq_delta(a: int, b: int) -> int:
@@ -195,9 +202,25 @@ def load_key(path: Path) -> rsa.RSAPrivateKey:
 
 
 def load_seed(json_path: Path) -> Seed:
-    capture = json_path.with_suffix(".pcap")
-    linktype, packets = capmodel.read_pcap(capture.read_bytes())
     truth, sent = load_sent_streams(json_path)
+    keylog = truth.keylog.read_text(encoding="utf-8", errors="replace") if truth.keylog else None
+    return load_capture(
+        json_path.stem, json_path.with_suffix(".pcap"), truth, sent, list(truth.keys), keylog
+    )
+
+
+def load_capture(
+    name: str,
+    capture: Path,
+    truth: Any,
+    sent: SentStreams,
+    key_paths: list[Path],
+    keylog: str | None,
+) -> Seed:
+    """A seed from a classic pcap capture: its packets, and the TCP streams with every
+    packet's place in them.  ``truth`` is the fixture's ground truth (a ``GroundTruth``, or a
+    media fixture's: fuzz/mediatruth.py); ``sent`` what its TLS peers sent."""
+    linktype, packets = capmodel.read_pcap(capture.read_bytes())
     infos = [PacketInfo(capmodel.parse_layout(linktype, p.data)) for p in packets]
 
     # connections: the client is the side that sent a SYN without ACK, else the first sender
@@ -275,21 +298,9 @@ def load_seed(json_path: Path) -> Seed:
         if lay.flags & capmodel.TCP_ACK and (info.conn, 1 - info.direction) in isns:
             info.ack = peer.point(_seq_delta(lay.ack, peer.isn))
 
-    for path in truth.keys:
+    for path in key_paths:
         load_key(path)  # once, now: a bad fixture key fails here, not in a fuzz input
-    keylog = truth.keylog.read_text(encoding="utf-8", errors="replace") if truth.keylog else None
-    return Seed(
-        json_path.stem,
-        capture,
-        linktype,
-        packets,
-        infos,
-        conns,
-        truth,
-        sent,
-        list(truth.keys),
-        keylog,
-    )
+    return Seed(name, capture, linktype, packets, infos, conns, truth, sent, key_paths, keylog)
 
 
 @cache
@@ -319,6 +330,10 @@ class Work:
     key_paths: list[Path] = field(default_factory=list)
     keylog: str | None = None
     operations: list[str] = field(default_factory=list)  # for the finding's description
+    # media: the SIP messages, edited, that replace the TLS connection (None: left as it is)
+    sip_texts: list[bytes] | None = None
+    # media: (Call-ID or None, plaintext) of SRTCP the program protected with a real key
+    forged_rtcp: list[tuple[str | None, bytes]] = field(default_factory=list)
 
     def rsa_keys_loaded(self) -> list[rsa.RSAPrivateKey]:
         return [load_key(path) for path in self.key_paths]
@@ -342,6 +357,8 @@ class Mutated:
     key_paths: list[Path]  # RSA keys, in the order given
     keylog: str | None  # passed as --keylog (None: none, or it is inside the file)
     operations: list[str]
+    sip_texts: list[bytes] | None = None  # media: the SIP in plaintext instead of TLS
+    forged_rtcp: list[tuple[str | None, bytes]] = field(default_factory=list)
 
     @property
     def rsa_keys(self) -> list[rsa.RSAPrivateKey]:
@@ -725,6 +742,554 @@ OTHER_OPS = (op_format, op_file, op_keys)
 ALL_OPS = STREAM_OPS + PACKET_OPS + OTHER_OPS
 
 
+# -------------------------------------------------------------------- media fixtures
+
+Op = Callable[[Work, ByteSource], None]
+
+SDP_PROTOS = (
+    b"RTP/AVP",
+    b"RTP/SAVP",
+    b"RTP/SAVPF",
+    b"RTP/AVPF",
+    b"UDP/TLS/RTP/SAVPF",
+    b"UDP/TLS/RTP/SAVP",
+    b"TCP/RTP/AVP",
+    b"udp",
+    b"",
+)
+SDP_PORTS = (b"0", b"1", b"65535", b"65536", b"99999", b"-1", b"abc", b"", b"30000/2")
+SDP_ADDRESSES = (
+    b"IN IP4 0.0.0.0",
+    b"IN IP4 127.0.0.2",
+    b"IN IP4 127.0.0.1/127",
+    b"IN IP6 ::1",
+    b"IN IP6 ::ffff:127.0.0.1",
+    b"IN IP4 ::1",
+    b"IN IP6 127.0.0.1",
+    b"IN IP4 example.com",
+    b"IN IP4 256.1.1.1",
+    b"IN IP4",
+)
+SDES_SUITES = (
+    b"AES_CM_128_HMAC_SHA1_80",
+    b"AES_CM_128_HMAC_SHA1_32",
+    b"AES_192_CM_HMAC_SHA1_80",
+    b"AES_256_CM_HMAC_SHA1_32",
+    b"NULL_HMAC_SHA1_80",
+    b"NULL_HMAC_SHA1_32",
+    b"AEAD_AES_128_GCM",
+    b"AEAD_AES_256_GCM",
+    b"F8_128_HMAC_SHA1_80",
+    b"AES_128_CM_HMAC_SHA1_80",
+)
+SDES_PARAMS = (
+    b" UNENCRYPTED_SRTCP",
+    b" UNENCRYPTED_SRTP",
+    b" UNAUTHENTICATED_SRTP",
+    b" KDR=1",
+    b" KDR=24",
+    b" KDR=0",
+    b" FEC_ORDER=FEC_SRTP",
+    b" WSH=64",
+    b" WSH=0",
+    b"|2^20",
+    b"|2^48|7:4",
+    b"|1:4",
+    b"|0:0",
+    b"|4294967296:4",
+)
+SDP_ATTRIBUTES = (
+    b"a=rtcp-mux",
+    b"a=rtcp:0",
+    b"a=rtcp:30001",
+    b"a=rtcp:30001 IN IP4 127.0.0.1",
+    b"a=rtcp:70000 IN IP6 ::1",
+    b"a=rtcp:",
+    b"a=setup:active",
+    b"a=setup:passive",
+    b"a=inactive",
+    b"a=sendonly",
+    b"a=rtpmap:0 PCMU/0",
+    b"a=rtpmap:0 PCMU/4294967296",
+    b"a=rtpmap:96 opus/48000/2",
+    b"a=fingerprint:sha-256 00",
+    b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:",
+    b"m=audio 0 RTP/AVP 0",
+    b"m=video 30002 RTP/SAVP 96",
+    b"c=IN IP4 127.0.0.1",
+)
+START_LINES = (
+    b"INVITE sip:bob@127.0.0.1 SIP/2.0",
+    b"UPDATE sip:bob@127.0.0.1 SIP/2.0",
+    b"ACK sip:bob@127.0.0.1 SIP/2.0",
+    b"PRACK sip:bob@127.0.0.1 SIP/2.0",
+    b"BYE sip:bob@127.0.0.1 SIP/2.0",
+    b"CANCEL sip:bob@127.0.0.1 SIP/2.0",
+    b"SIP/2.0 200 OK",
+    b"SIP/2.0 183 Session Progress",
+    b"SIP/2.0 180 Ringing",
+    b"SIP/2.0 486 Busy Here",
+    b"SIP/2.0 100 Trying",
+)
+_CONTENT_LENGTH = re.compile(rb"(?im)^(content-length|l)[ \t]*:[ \t]*\d*")
+
+
+def _sdp_line_edit(src: ByteSource, line: bytes, others: list[bytes]) -> tuple[bytes, str]:
+    """A changed SDP line: a field of an m=, c= or a=crypto line, or any line's bytes."""
+    kind = src.below(4)
+    if line.startswith(b"m=") and kind < 3:
+        parts = line.split(b" ")
+        if kind == 0 and len(parts) > 2:
+            parts[2] = src.choice(SDP_PROTOS)
+            return b" ".join(parts), "m= protocol"
+        if len(parts) > 1:
+            port = parts[1]
+            if port.isdigit() and src.flag():
+                parts[1] = str(int(port) + src.choice((1, -1, 2, 7, 100))).encode()
+            else:
+                parts[1] = src.choice(SDP_PORTS)
+            return b" ".join(parts), "m= port"
+    if line.startswith(b"c=") and kind < 3:
+        return b"c=" + src.choice(SDP_ADDRESSES), "c= address"
+    if line.startswith(b"a=crypto:") and kind < 3:
+        head, _, rest = line.partition(b" ")
+        suite, _, params = rest.partition(b" ")
+        how = src.below(5)
+        if how == 0:
+            return head + b" " + src.choice(SDES_SUITES) + b" " + params, "crypto suite"
+        if how == 1:
+            return line + src.choice(SDES_PARAMS), "crypto parameter"
+        if how == 2:
+            tag = src.choice((b"0", b"2", b"9", b"4294967296", b"x"))
+            return b"a=crypto:" + tag + b" " + rest, "crypto tag"
+        if how == 3 and b"inline:" in params:
+            at = params.index(b"inline:") + 7 + src.below(40)
+            if at < len(params):
+                value = src.choice(b"A/+=|:0x ")
+                params = params[:at] + bytes([value]) + params[at + 1 :]
+            return head + b" " + suite + b" " + params, "crypto key"
+        if others:
+            return src.choice(others), "crypto line of another SDP"
+    if line and kind == 3:
+        at = src.below(len(line))
+        return line[:at] + bytes([src.uint(1)]) + line[at + 1 :], f"byte {at}"
+    return line + src.choice(SDES_PARAMS), "appended"
+
+
+def op_sdp(work: Work, src: ByteSource) -> None:
+    """Edit a SIP message of a media fixture: an SDP line changed, dropped, duplicated,
+    moved, added, or taken from another SDP of the capture; the start line or a tag.  The
+    fixture's TLS connection is then replaced by its SIP messages in plaintext."""
+    seed = work.seed
+    if not seed.sip_records:
+        return
+    if work.sip_texts is None:
+        work.sip_texts = list(seed.sip_texts)
+    texts = work.sip_texts
+    with_sdp = [i for i, t in enumerate(texts) if b"\r\n\r\nv=" in t]
+    index = src.choice(with_sdp) if with_sdp and src.below(4) else src.below(len(texts))
+    head, sep, body = texts[index].partition(b"\r\n\r\n")
+    lines = body.split(b"\r\n")
+    end = lines.pop() if lines and lines[-1] == b"" else None
+    every = [
+        line
+        for i, t in enumerate(texts)
+        if i != index
+        for line in t.partition(b"\r\n\r\n")[2].split(b"\r\n")
+        if line
+    ]
+    how = src.below(10)
+    at = src.below(len(lines)) if lines else 0
+    if how == 0 and lines:
+        del lines[at]
+        what = f"SDP line {at} dropped"
+    elif how == 1 and lines:
+        lines.insert(src.below(len(lines) + 1), lines[at])
+        what = f"SDP line {at} duplicated"
+    elif how == 2 and lines:
+        line = lines.pop(at)
+        lines.insert(src.below(len(lines) + 1), line)
+        what = f"SDP line {at} moved"
+    elif how == 3:
+        new = src.choice(every) if every and src.flag() else src.choice(SDP_ATTRIBUTES)
+        lines.insert(src.below(len(lines) + 1), new)
+        what = f"SDP line added: {new[:40]!r}"
+    elif how == 4 and lines and every:
+        lines[at] = src.choice(every)
+        what = f"SDP line {at} replaced by a line of another message"
+    elif how == 5:
+        start, crlf, rest = head.partition(b"\r\n")
+        head = src.choice(START_LINES) + crlf + rest
+        what = "start line changed"
+    elif how == 6:
+        header = src.choice((b"From", b"To", b"f", b"t"))
+        pattern = re.compile(rb"(?im)^(" + header + rb")[ \t]*:(.*)$")
+        match = pattern.search(head)
+        if match:
+            value = match.group(2)
+            tag = src.choice((b";tag=x", b"", b";tag=" + value[-6:].strip(), b";tag=c"))
+            value = re.sub(rb";tag=[^;\r\n]*", b"", value) + tag
+            head = head[: match.start(2)] + value + head[match.end(2) :]
+        what = f"{header.decode()} tag changed"
+    else:
+        if lines:
+            # mostly the lines that decide the media: m=, c=, a=crypto, a=rtcp
+            aimed = [
+                i for i, line in enumerate(lines) if line[:3] in (b"m=", b"c=", b"a=c", b"a=r")
+            ]
+            if aimed and src.below(4):
+                at = src.choice(aimed)
+            lines[at], what = _sdp_line_edit(
+                src, lines[at], [line for line in every if line.startswith(b"a=crypto:")]
+            )
+            what = f"SDP line {at}: {what}"
+        else:
+            lines = [src.choice(SDP_ATTRIBUTES)]
+            what = "an SDP line where there was none"
+    if end is not None:
+        lines.append(end)
+    body = b"\r\n".join(lines)
+    if sep:
+        head = _CONTENT_LENGTH.sub(lambda m: m.group(1) + b": " + str(len(body)).encode(), head)
+    texts[index] = head + sep + body
+    work.operations.append(f"SIP message {index}: {what}")
+
+
+def _plain_sip(work: Work) -> None:
+    """The TLS connection of a media fixture becomes its SIP messages (``work.sip_texts``)
+    in plaintext: each record that carried a message carries it in clear, in the same
+    segments; the other records (handshake, alerts, tickets) are gone."""
+    assert work.sip_texts is not None
+    seed = work.seed
+    for conn, direction, index, message in seed.sip_records:
+        buf, points = work.stream(conn, direction)
+        a, b = seed.conns[conn].directions[direction].field_points[index]
+        text = work.sip_texts[message] if message >= 0 else b""
+        _replace(buf, points, points[a], points[b], text)
+    work.operations.append("SIP in plaintext instead of TLS")
+
+
+def _udp(work: Work, index: int) -> tuple[capmodel.Layout, bytes] | None:
+    data = work.packets[index][1]
+    lay = capmodel.parse_layout(work.seed.linktype, data)
+    if lay is None or lay.protocol != 17:
+        return None
+    return lay, data[lay.payload : lay.end]
+
+
+def _datagrams(work: Work, kind: str = "") -> list[int]:
+    """Indices of the UDP packets (``kind``: "rtcp" or "rtp", by the second byte)."""
+    found = []
+    for i in range(len(work.packets)):
+        udp = _udp(work, i)
+        if udp is None or len(udp[1]) < 8:
+            continue
+        payload = udp[1]
+        is_rtcp = payload[0] >> 6 == 2 and 192 <= payload[1] <= 223
+        if not kind or (kind == "rtcp") == is_rtcp and payload[0] >> 6 == 2:
+            found.append(i)
+    return found
+
+
+def _set_payload(work: Work, index: int, payload: bytes) -> None:
+    ts, data, info = work.packets[index]
+    lay = capmodel.parse_layout(work.seed.linktype, data)
+    assert lay is not None
+    work.packets[index] = (ts, capmodel.rebuild(data, lay, payload), info)
+
+
+def _compound_headers(payload: bytes | bytearray) -> list[int]:
+    """Offsets of the RTCP headers of a compound, walked by their lengths."""
+    found = []
+    pos = 0
+    while pos + 4 <= len(payload):
+        found.append(pos)
+        pos += 4 + 4 * struct.unpack_from("!H", payload, pos + 2)[0]
+    return found
+
+
+def _rtcp_lie(src: ByteSource, plain: bytearray) -> str:
+    """Lie in an RTCP compound: a length, a count, a type, padding, the version, a byte."""
+    headers = _compound_headers(plain) or [0]
+    at = src.choice(headers)
+    if at + 4 > len(plain):
+        return "nothing"
+    how = src.below(7)
+    if how == 0:
+        length = struct.unpack_from("!H", plain, at + 2)[0]
+        value = src.choice((length + 1, length - 1, 0, 0xFFFF, length * 2, 1, length + 64))
+        struct.pack_into("!H", plain, at + 2, value & 0xFFFF)
+        return f"length at {at} -> {value & 0xFFFF}"
+    if how == 1:
+        count = src.choice((0, 31, 1, 2, (plain[at] & 0x1F) + 1, (plain[at] & 0x1F) - 1)) & 0x1F
+        plain[at] = (plain[at] & 0xE0) | count
+        return f"count at {at} -> {count}"
+    if how == 2:
+        plain[at + 1] = src.choice((200, 201, 202, 203, 204, 205, 206, 207, 192, 223, 0, 255))
+        return f"type at {at} -> {plain[at + 1]}"
+    if how == 3:
+        plain[at] |= 0x20
+        if src.flag():
+            plain[-1] = src.choice((0, 1, 4, 255, len(plain) & 0xFF))
+        return f"padding at {at}"
+    if how == 4:
+        plain[at] = (plain[at] & 0x3F) | (src.below(4) << 6)
+        return f"version at {at}"
+    if how == 5:
+        pos = src.below(len(plain))
+        plain[pos] = src.choice((0, 1, 0x7F, 0x80, 0xFF, src.uint(1)))
+        return f"byte {pos}"
+    end = len(plain)
+    pos = min(end, at + 4 * (1 + src.below(8)))
+    del plain[pos:]
+    if src.flag():
+        plain += src.sized_bytes(64)
+    return f"cut at {pos}"
+
+
+def op_datagram(work: Work, src: ByteSource) -> None:
+    """Damage a UDP datagram: a bit of its payload (anywhere, the RTP/RTCP header, or the
+    SRTCP index, MKI and tag at its end), an RTCP header's length, count or type (clear in
+    SRTCP), its length, its ports; or another datagram's payload in its place."""
+    candidates = _datagrams(work)
+    if not candidates:
+        return
+    i = src.choice(candidates)
+    udp = _udp(work, i)
+    assert udp is not None
+    lay, payload = udp
+    data = bytearray(payload)
+    n = len(data)
+    how = src.below(9)
+    if how == 8:
+        # a pause in the capture from this packet on: BYE grace, idle calls, held media
+        pause = src.choice((2, 6, 301, 3600)) * 1_000_000_000
+        work.packets[i:] = [(ts + pause, d, info) for ts, d, info in work.packets[i:]]
+        work.operations.append(f"packet {i} and the rest: {pause // 1_000_000_000} s later")
+        return
+    if how == 0:
+        at = src.below(n)
+        data[at] ^= 1 << src.below(8)
+        what = f"bit flipped at {at}"
+    elif how == 1:
+        at = n - 1 - src.below(min(24, n))
+        data[at] ^= 1 << src.below(8)
+        what = f"trailer bit flipped at {at} (tag, MKI, E/index)"
+    elif how == 2:
+        at = src.below(min(12, n))
+        data[at] ^= 1 << src.below(8)
+        what = f"header bit flipped at {at}"
+    elif how == 3:
+        what = "RTCP " + _rtcp_lie(src, data)
+    elif how == 4:
+        keep = src.below(n + 1)
+        del data[keep:]
+        what = f"cut to {keep} bytes"
+    elif how == 5:
+        data += src.sized_bytes(40) or b"\0"
+        what = "bytes appended"
+    elif how == 6:
+        j = src.choice(candidates)
+        other = _udp(work, j)
+        assert other is not None
+        data = bytearray(other[1])
+        what = f"payload of packet {j}"
+    else:  # 7
+        ports = bytearray(work.packets[i][1])
+        sport, dport = lay.sport, lay.dport
+        j = src.choice(candidates)
+        other = _udp(work, j)
+        assert other is not None
+        choice = src.below(5)
+        if choice == 0:
+            dport = (dport + src.choice((1, -1, 2))) & 0xFFFF
+        elif choice == 1:
+            sport = (sport + src.choice((1, -1, 2))) & 0xFFFF
+        elif choice == 2:
+            sport, dport = dport, sport
+        elif choice == 3:
+            sport, dport = other[0].sport, other[0].dport
+        else:
+            dport = other[0].dport
+        struct.pack_into("!HH", ports, lay.l4, sport, dport)
+        ts, _, info = work.packets[i]
+        work.packets[i] = (ts, bytes(ports), info)
+        work.operations.append(f"packet {i}: UDP ports -> {sport}, {dport}")
+        return
+    _set_payload(work, i, bytes(data))
+    work.operations.append(f"packet {i}: {what}")
+
+
+def srtp_oracle_context(context: Any) -> Any:
+    from tests.support import srtcp_oracle
+
+    return srtcp_oracle.SrtcpContext(
+        context.suite,
+        context.master,
+        mki_len=len(context.mki),
+        unencrypted_srtcp=context.unencrypted_srtcp,
+    )
+
+
+def op_forge_srtcp(work: Work, src: ByteSource) -> None:
+    """An SRTCP packet of the capture whose plaintext lies (a length, a count, a type,
+    padding, a cut, bytes), protected again with the key that protected it (with its
+    index, or another): authenticated lies, as a peer with the keys could send.  Kept in
+    ``work.forged_rtcp`` for the oracle (they were sent, in a way)."""
+    truth = work.seed.truth
+    sent = [r for r in getattr(truth, "rtcp", ()) if r.context is not None]
+    if not sent:
+        return
+    wires = {r.wire: r for r in sent}
+    candidates = [i for i in _datagrams(work, "rtcp") if _udp(work, i)[1] in wires]  # type: ignore[index]
+    if not candidates:
+        return
+    i = src.choice(candidates)
+    record = wires[_udp(work, i)[1]]  # type: ignore[index]
+    plain = bytearray(record.plaintext)
+    what = _rtcp_lie(src, plain)
+    if len(plain) < 8:
+        plain = plain.ljust(8, b"\0")
+    index = record.index or 0
+    if src.flag():
+        index = src.choice((index + 1, index + 1000, 0x7FFFFFFF, 0, src.uint(4) & 0x7FFFFFFF))
+    encrypt = record.encrypted if src.below(4) else not record.encrypted
+    context = truth.contexts[record.context]
+    wire = srtp_oracle_context(context).protect_rtcp(
+        bytes(plain), index, encrypt=encrypt, mki=context.mki
+    )
+    if src.flag():
+        _set_payload(work, i, wire)
+        where = "instead"
+    else:
+        ts, data, info = work.packets[i]
+        work.packets.insert(i + 1, (ts + 1000, data, info))
+        _set_payload(work, i + 1, wire)
+        where = "after it"
+    work.forged_rtcp.append((record.call_id, bytes(plain)))
+    work.operations.append(f"packet {i}: SRTCP forged with its key ({what}, index {index}) {where}")
+
+
+def _open_srtp(truth: Any, src_text: str, packet: bytes) -> tuple[Any, Any, int, bytes] | None:
+    """(context, srtcp_oracle context, ROC, plaintext) of an SRTP packet of the capture."""
+    from tests.support import srtcp_oracle
+
+    ssrc = int.from_bytes(packet[8:12], "big")
+    for name in truth.rtp_contexts.get((src_text, ssrc), ()):
+        context = truth.contexts[name]
+        if context.suite is None:
+            continue
+        oracle = srtp_oracle_context(context)
+        for roc in (0, 1):
+            try:
+                return context, oracle, roc, oracle.unprotect_rtp(packet, roc)
+            except (srtcp_oracle.AuthError, ValueError, struct.error, IndexError):
+                continue
+    return None
+
+
+def _endpoint_text(address: bytes, port: int) -> str:
+    import ipaddress
+
+    host = str(ipaddress.ip_address(address))
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def op_forge_srtp(work: Work, src: ByteSource) -> None:
+    """An SRTP packet of the capture whose RTP header lies (CSRC count, extension, padding,
+    payload type, sequence number, SSRC) or whose payload is cut, protected again with its
+    key: what --media-pcap decrypts must still be what the wire carries."""
+    truth = work.seed.truth
+    if not getattr(truth, "rtp_contexts", None):
+        return
+    candidates = _datagrams(work, "rtp")
+    if not candidates:
+        return
+    i = src.choice(candidates)
+    lay, payload = _udp(work, i)  # type: ignore[misc]
+    opened = _open_srtp(truth, _endpoint_text(lay.src, lay.sport), payload)
+    if opened is None:
+        return
+    context, oracle, roc, plain_bytes = opened
+    plain = bytearray(plain_bytes)
+    how = src.below(8)
+    if how == 0:
+        count = 1 + src.below(15)
+        plain[0] = (plain[0] & 0xF0) | count
+        if src.flag():
+            plain[12:12] = bytes(4 * count)
+        what = f"CSRC count {count}"
+    elif how == 1:
+        plain[0] |= 0x10
+        words = src.choice((0, 1, 2, 0xFFFF))
+        at = 12 + 4 * (plain[0] & 0x0F)
+        plain[at:at] = b"\xbe\xde" + struct.pack("!H", words) + bytes(4 * min(words, 2))
+        what = f"extension of {words} words"
+    elif how == 2:
+        plain[0] |= 0x20
+        plain[-1] = src.choice((0, 1, 4, 255, len(plain) & 0xFF))
+        what = f"padding {plain[-1]}"
+    elif how == 3:
+        plain[1] = (plain[1] & 0x80) | src.choice((0, 8, 72, 73, 76, 77, 96, 127))
+        what = f"payload type {plain[1] & 0x7F}"
+    elif how == 4:
+        seq = struct.unpack_from("!H", plain, 2)[0]
+        new = (seq + src.choice((1, -1, 32768, 3000))) & 0xFFFF
+        struct.pack_into("!H", plain, 2, new)
+        what = f"sequence number {new}"
+    elif how == 5:
+        struct.pack_into("!I", plain, 8, src.uint(4))
+        what = "SSRC"
+    elif how == 6:
+        del plain[12 + src.below(max(1, len(plain) - 12)) :]
+        what = f"cut to {len(plain)} bytes"
+    else:
+        struct.pack_into("!I", plain, 4, src.uint(4))
+        what = "timestamp"
+    try:
+        wire = oracle.protect_rtp(bytes(plain), roc, mki=context.mki)
+    except (ValueError, struct.error, IndexError):
+        return
+    _set_payload(work, i, wire)
+    work.operations.append(f"packet {i}: SRTP forged with its key ({what})")
+
+
+# the media target leaves most of the TLS to the pipeline target: one opcode in five is TLS
+MEDIA_STREAM_OPS = (op_ciphertext, op_records, op_stream_bytes, op_field)
+MEDIA_PACKET_OPS = (op_packets, op_packets) + (op_datagram,) * 4
+MEDIA_PACKET_OPS += (op_forge_srtcp, op_forge_srtcp, op_forge_srtp, op_forge_srtp)
+MEDIA_SIP_OPS = (op_sdp,) * 4
+MEDIA_OPS = MEDIA_STREAM_OPS + MEDIA_PACKET_OPS + OTHER_OPS + MEDIA_SIP_OPS
+
+
+def mutate_media(data: bytes, all_seeds: Sequence[Seed]) -> Mutated:
+    """A program over the media fixtures (``all_seeds``: fuzz/mediatruth.py): the same
+    operations as :func:`mutate` (fewer aimed at the TLS handshake), and those on the SIP
+    texts and the UDP datagrams above."""
+    return run_program(
+        data,
+        all_seeds,
+        MEDIA_OPS,
+        STREAM_OPS,
+        MEDIA_PACKET_OPS,
+        MEDIA_SIP_OPS,
+    )
+
+
+def media_seed_programs(count: int) -> list[bytes]:
+    """A starting corpus for the media fixtures: each unchanged, and each operation once,
+    on fixtures taken in turn."""
+    out = [bytes([index]) for index in range(count)]
+    for op in range(len(MEDIA_OPS)):
+        for variant in range(2):
+            index = (op * 5 + variant * 11) % count
+            out.append(
+                bytes([index, 0, op, 12])
+                + bytes([(index * 7 + op * 13 + variant * 29 + k * 3) & 0xFF for k in range(12)])
+            )
+    return out
+
+
 def _file_bytes(work: Work, raw: list[capmodel.RawPacket]) -> tuple[bytes, str, bool]:
     """(file content, suffix, whether the key log went into the file)."""
     seed = work.seed
@@ -761,8 +1326,23 @@ def _file_bytes(work: Work, raw: list[capmodel.RawPacket]) -> tuple[bytes, str, 
 
 def mutate(data: bytes) -> Mutated:
     """Run a program: the mutated capture file and its keys."""
+    return run_program(data, seeds(), ALL_OPS, STREAM_OPS, PACKET_OPS)
+
+
+def run_program(
+    data: bytes,
+    all_seeds: Sequence[Seed],
+    ops: Sequence[Op],
+    stream_ops: Sequence[Op],
+    packet_ops: Sequence[Op],
+    sip_ops: Sequence[Op] = (),
+) -> Mutated:
+    """Run a program over ``all_seeds`` with the opcodes ``ops``.  Each operation acts at the
+    level of the group it is in, groups applied in this order: ``sip_ops`` (the SIP texts of
+    a media fixture, which then replace its TLS connection in plaintext), ``stream_ops``,
+    ``packet_ops`` (after the streams are cut back into packets), then the rest (file, keys).
+    """
     src = ByteSource(data)
-    all_seeds = seeds()
     seed = all_seeds[src.below(len(all_seeds))]
     work = Work(seed, key_paths=list(seed.key_paths), keylog=seed.keylog)
     # the connections kept: all, or the first few (a resumed session needs the earlier
@@ -771,19 +1351,22 @@ def mutate(data: bytes) -> Mutated:
     if 0 < keep < len(seed.conns):
         work.connections = keep
         work.operations.append(f"only the first {keep} of {len(seed.conns)} connections")
-    stream_ops, packet_ops, other_ops = [], [], []
-    while src.remaining and len(stream_ops) + len(packet_ops) + len(other_ops) < MAX_OPERATIONS:
-        op = ALL_OPS[src.below(len(ALL_OPS))]
+    groups: tuple[list[tuple[Op, ByteSource]], ...] = ([], [], [], [])
+    count = 0
+    while src.remaining and count < MAX_OPERATIONS:
+        op = ops[src.below(len(ops))]
         operands = ByteSource(src.sized_bytes(48))  # each operation reads its own bytes
-        (stream_ops if op in STREAM_OPS else packet_ops if op in PACKET_OPS else other_ops).append(
-            (op, operands)
-        )
-    for op, operands in stream_ops:
+        group = 0 if op in sip_ops else 1 if op in stream_ops else 2 if op in packet_ops else 3
+        groups[group].append((op, operands))
+        count += 1
+    for op, operands in groups[0]:
+        op(work, operands)
+    if work.sip_texts is not None:
+        _plain_sip(work)
+    for op, operands in groups[1]:
         op(work, operands)
     _rebuild_packets(work)
-    for op, operands in packet_ops:
-        op(work, operands)
-    for op, operands in other_ops:
+    for op, operands in groups[2] + groups[3]:
         op(work, operands)
     raw = [capmodel.RawPacket(ts, d) for ts, d, _ in work.packets]
     content, suffix, keylog_in_file = _file_bytes(work, raw)
@@ -794,6 +1377,8 @@ def mutate(data: bytes) -> Mutated:
         work.key_paths,
         None if keylog_in_file else work.keylog,
         work.operations,
+        work.sip_texts,
+        work.forged_rtcp,
     )
 
 

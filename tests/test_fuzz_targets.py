@@ -221,3 +221,174 @@ def test_the_runner_runs_a_target_and_reports_its_inputs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "records" in proc.stdout and " 300 inputs" in proc.stdout
     assert "Done 300 runs" in (tmp_path / "logs" / "records.log").read_text()
+
+
+# ------------------------------------------------------------------- the media target
+
+
+def _media_seed(name: str) -> tuple[int, mutate.Seed]:
+    from fuzz.mediatruth import media_seeds
+
+    return next((i, s) for i, s in enumerate(media_seeds()) if s.name == name)
+
+
+def test_the_media_target_gives_exactly_the_reports_sent_for_every_unchanged_fixture():
+    from fuzz.mediatruth import media_seeds
+    from fuzz.targets import media
+
+    assert len(media_seeds()) >= 20
+    for index in range(len(media_seeds())):
+        media.one_input(bytes([index]))
+
+
+def test_media_sip_in_plaintext_instead_of_tls_gives_the_same_reports():
+    """Every record of a media fixture's TLS connection is matched to the SIP message it
+    carries; replaced by those messages in clear, the capture gives the same reports."""
+    from fuzz.mediatruth import media_seeds
+    from fuzz.targets import media
+
+    def plaintext(work: mutate.Work, src: ByteSource) -> None:
+        work.sip_texts = list(work.seed.sip_texts)
+
+    seeds = media_seeds()
+    for index in (0, 4, 19):
+        seed = seeds[index]
+        assert sum(r[3] >= 0 for r in seed.sip_records) == len(seed.sip_texts)
+        program = bytes([index, 0, 0, 0])
+        result = mutate.run_program(program, seeds, (plaintext,), (), (), (plaintext,))
+        assert result.sip_texts == seed.sip_texts and b"\r\nCall-ID: " in result.data
+        result.operations.clear()  # (so that check compares the reports with the truth)
+        path = media.scratch_dir() / "plaintext.pcap"
+        path.write_bytes(result.data)
+        media.check(result, path)
+
+
+def test_each_media_operation_changes_the_capture():
+    from fuzz.targets import media
+
+    index, seed = _media_seed("sdes-aes128-80")
+    original = media.mutated(bytes([index])).data
+    for op in range(len(mutate.MEDIA_OPS)):
+        for variant in range(16):
+            operands = bytes((variant * 37 + k * 11 + 3) & 0xFF for k in range(16))
+            result = media.mutated(bytes([index, 0, op, len(operands)]) + operands)
+            if result.data != original or result.key_paths != seed.key_paths:
+                break
+        else:
+            pytest.fail(f"operation {op} ({mutate.MEDIA_OPS[op].__name__}) changed nothing")
+
+
+def test_media_inputs_pass_and_replay_the_same():
+    from fuzz.targets import media
+
+    seeds = media.seeds()
+    for data in seeds[::7]:
+        assert len(data) <= media.MAX_LEN
+        media.one_input(data)
+        assert media.mutated(data).data == media.mutated(data).data
+
+
+def _report(truth, plaintext: bytes, srtcp: bool = True, call_id: str | None = None):
+    from captagent_tls.media.reports import RtcpReport
+
+    sent = next(r for r in truth.rtcp if r.call_id)
+    return RtcpReport(
+        0,
+        _endpoint(sent.src),
+        _endpoint(sent.dst),
+        call_id or sent.call_id,
+        (),
+        plaintext,
+        srtcp,
+        "{}",
+    )
+
+
+def _endpoint(text: str) -> tuple[bytes, int]:
+    import ipaddress
+
+    host, port = text.rsplit(":", 1)
+    return ipaddress.ip_address(host).packed, int(port)
+
+
+def test_the_media_oracle_rejects_what_was_never_sent_under_the_keys():
+    from captagent_tls.media.reports import DecryptedRtp, MediaEnded, StreamReport
+    from captagent_tls.media.rtp import RtpStream
+    from fuzz.oracle import check_media
+
+    _, seed = _media_seed("sdes-aes128-80")
+    truth = seed.truth
+    sent = next(r for r in truth.rtcp if r.call_id and r.context)
+    src, dst = _endpoint(sent.src), _endpoint(sent.dst)
+    pieces = {(src, dst): [sent.wire]}
+
+    def check(events, **kw):
+        check_media(events, truth, lambda: pieces, **kw)
+
+    good = _report(truth, sent.plaintext)
+    check([good])
+    for events, rule in (
+        ([_report(truth, sent.plaintext[:-4])], "srtcp-invented"),
+        ([_report(truth, sent.wire)], "srtcp-invented"),
+        ([good, good], "srtcp-replayed"),
+        ([_report(truth, sent.plaintext, call_id="other")], "media-call-id"),
+        ([_report(truth, sent.wire, srtcp=False)], "plain-rtcp-in-srtp-call"),
+        ([_report(truth, sent.plaintext, srtcp=False)], "rtcp-not-on-wire"),
+    ):
+        with pytest.raises(OracleFailure, match=rule):
+            check(events)
+    # SDP the mutation changed: plain RTCP in a call it made plain, and what a NULL suite's
+    # tag proves (the datagram itself) are right; a plaintext never sent still is not
+    sip = [(sent.call_id, b"INVITE x SIP/2.0\r\n\r\nv=0\r\nm=audio 1 RTP/AVP 0\r\n")]
+    check([_report(truth, sent.wire, srtcp=False)], sip=sip)
+    check([_report(truth, sent.wire[:-14])], sip=sip)
+    with pytest.raises(OracleFailure, match="srtcp-invented"):
+        check([_report(truth, sent.plaintext[:-4])], sip=sip)
+    # a plaintext the mutation protected with a real key was sent, in a way
+    forged = sent.plaintext + b"\0\0\0\0"
+    check([_report(truth, forged)], forged=[(sent.call_id, forged)])
+    # decrypted RTP: the wire's header, the wire's length less the tag, what it decrypts to
+    rtp_wire = bytes.fromhex("8000000100000000") + b"\x00\x00\x00\x07" + bytes(30)
+    pieces[(src, dst)].append(rtp_wire)
+    plain = rtp_wire[:-10]
+    rtp = DecryptedRtp(0, src, dst, plain, sent.call_id)
+    check([rtp], open_srtp=lambda s, d: plain)
+    with pytest.raises(OracleFailure, match="rtp-not-authentic"):
+        check([rtp], open_srtp=lambda s, d: None)
+    with pytest.raises(OracleFailure, match="rtp-replayed"):
+        check([rtp, rtp], open_srtp=lambda s, d: plain)
+    for bad in (rtp_wire, rtp_wire[:-4], b"\x81" + plain[1:]):
+        with pytest.raises(OracleFailure, match="rtp-not-on-wire"):
+            check([rtp._replace(packet=bad)])
+    # RTP statistics never count more packets than the capture carries
+    stream = RtpStream(7, 1, 0)
+    stream.update(1, 0, 0)
+    ended = MediaEnded(0, sent.call_id, "idle", (StreamReport(src, dst, stream.stats()),))
+    check([ended])
+    stream.update(2, 160, 1)
+    with pytest.raises(OracleFailure, match="rtp-count"):
+        check([MediaEnded(0, sent.call_id, "idle", (StreamReport(src, dst, stream.stats()),))])
+
+
+def test_the_media_target_sees_ciphertext_reported_and_internal_errors(monkeypatch):
+    from captagent_tls.media import calls, srtp
+    from fuzz.targets import media
+
+    index, _ = _media_seed("sdes-aes128-80")
+    unprotect = srtp.SrtpContext.unprotect_rtcp
+
+    def changed(self, packet):  # type: ignore[no-untyped-def]
+        plain = unprotect(self, packet)
+        return plain[:12] + bytes([plain[12] ^ 1]) + plain[13:]  # (an NTP timestamp bit)
+
+    monkeypatch.setattr(srtp.SrtpContext, "unprotect_rtcp", changed)
+    with pytest.raises(OracleFailure, match="srtcp-invented"):
+        media.one_input(bytes([index]))
+    monkeypatch.setattr(srtp.SrtpContext, "unprotect_rtcp", unprotect)
+
+    def broken(self, *args):  # type: ignore[no-untyped-def]
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(calls.MediaTracker, "_rtcp", broken)
+    with pytest.raises(KeyError, match="a bug"):  # caught by the pipeline, raised again
+        media.one_input(bytes([index]))

@@ -571,3 +571,27 @@ def test_a_repeated_answer_is_no_offer_and_a_later_reinvite_is_one():
     caller = libsrtp("AES_CM_128_HMAC_SHA1_80", key_b64(60))
     (report,) = tracker.datagram(2 * S, ep(A, 4001), ep(B, 5001), caller.protect_rtcp(sr(1)))
     assert report.call_id == "repeat"
+
+
+def test_decrypted_rtp_that_waited_keeps_the_destination_of_each_packet():
+    """--media-pcap: RTP that came before its call's SDP (a provisional stream) or before its
+    sender's (pending keys) is written once they come, each packet with the destination it
+    was sent to, not that of its stream's first packet (found by the media fuzz target: one
+    datagram's port moved, every packet of its stream was written to that port)."""
+    from captagent_tls.media.reports import DecryptedRtp
+
+    tracker = MediaTracker(decrypt_rtp=True)
+    # before any SDP: the first packet goes to 5002, the rest to 5000
+    sent = [(ep(B, 5002 if seq == 1 else 5000), rtp(seq, seq * 160, 0xA)) for seq in (1, 2, 3)]
+    for seq, (dst, packet) in enumerate(sent):
+        assert tracker.datagram(S + seq, ep(A, 4000), dst, packet) == ()
+    events = tracker.sip(invite(2.0, "plain", sdp(A, 4000, proto="RTP/AVP")))
+    events += tracker.sip(ok(2.1, "plain", sdp(B, 5000, proto="RTP/AVP")))
+    assert [(e.dst, e.packet) for e in events if isinstance(e, DecryptedRtp)] == sent
+    # the offer is known, not the answer: the callee's packets wait for its SDP
+    tracker.sip(invite(3.0, "late", sdp(A, 4100, proto="RTP/AVP")))
+    sent = [(ep(A, 4102 if seq == 1 else 4100), rtp(seq, seq * 160, 0xB)) for seq in (1, 2)]
+    for seq, (dst, packet) in enumerate(sent):
+        assert tracker.datagram(4 * S + seq, ep(B, 5100), dst, packet) == ()
+    events = tracker.sip(ok(4.5, "late", sdp(B, 5100, proto="RTP/AVP")))
+    assert [(e.dst, e.packet) for e in events if isinstance(e, DecryptedRtp)] == sent

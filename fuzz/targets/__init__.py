@@ -28,4 +28,5 @@ TARGETS: dict[str, float] = {
     "rtcp": 0.5,  # media/rtcp.py parse_compound and hep_json
     "srtcp": 1.0,  # media/srtp.py SRTCP/SRTP protect, unprotect, tamper, replay
     "dtls": 0.5,  # media/dtls.py DtlsTracker and DTLS-SRTP keys
+    "media": 1.0,  # the whole offline path on mutated media fixture captures (SRTP calls)
 }

@@ -81,12 +81,25 @@ def scratch_dir() -> Path:
 
 def run(path: str, mutated: mutate.Mutated) -> list[Message]:
     """The product on one capture file, wired as ``cli.run_offline`` wires it."""
+    sink = CollectingSink()
+    run_capture(path, mutated, sink)
+    return sink.messages
+
+
+def run_capture(
+    path: str,
+    mutated: mutate.Mutated,
+    sink: CollectingSink,
+    options: PipelineOptions | None = None,
+    pipeline_class: type[Pipeline] = Pipeline,
+) -> Pipeline | None:
+    """:func:`run` with a given sink, options and pipeline class (the media target's);
+    returns the pipeline that ran (None when the file could not be opened)."""
     keys = KeyStore()
     for private_key, key_path in zip(mutated.rsa_keys, mutated.key_paths, strict=True):
         keys.add_rsa_key(private_key, str(key_path))
     if mutated.keylog is not None:
         load_key_log(mutated.keylog, keys)
-    sink = CollectingSink()
     problems = io.StringIO()
     secrets: list[SessionSecret] = []
 
@@ -99,9 +112,13 @@ def run(path: str, mutated: mutate.Mutated) -> list[Message]:
                 for _ in reader:
                     pass
     except CaptureError:
-        return sink.messages  # one clear line and exit 1, before any output
-    pipeline = Pipeline(
-        keys, [sink], ProblemReporter(problems).report, PipelineOptions(), on_secret=secrets.append
+        return None  # one clear line and exit 1, before any output
+    pipeline = pipeline_class(
+        keys,
+        [sink],
+        ProblemReporter(problems).report,
+        options or PipelineOptions(),
+        on_secret=secrets.append,
     )
 
     def in_stream(text: bytes) -> None:
@@ -120,7 +137,7 @@ def run(path: str, mutated: mutate.Mutated) -> list[Message]:
     except CaptureError:
         pass  # the command line reports it in one line, after delivering what was read
     format_stats(pipeline.counters(), [sink])
-    return sink.messages
+    return pipeline
 
 
 def prepare(data: bytes) -> tuple[mutate.Mutated, Path]:

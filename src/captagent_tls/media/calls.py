@@ -151,8 +151,9 @@ class _Stream:
         self.rates = rates
         self.src = src
         self.dst = dst
-        # --media-pcap: packets that came before the sender's SDP (its keys): (time, bytes)
-        self.pending: list[tuple[int, bytes]] = []
+        # --media-pcap: packets that came before the sender's SDP (its keys): (time, where
+        # each went, bytes); a stream is its source's and SSRC's, its packets may go elsewhere
+        self.pending: list[tuple[int, Endpoint, bytes]] = []
 
 
 class _Call:
@@ -473,7 +474,7 @@ class MediaTracker:
             if provisional is not None:  # (no clock rate yet: replayed once claimed)
                 provisional.rtp.update(seq, timestamp, ts_ns)
                 packet = bytes(payload) if self.decrypt_rtp else None
-                arrival = Arrival(seq, timestamp, ts_ns, second & 0x7F, packet)
+                arrival = Arrival(seq, timestamp, ts_ns, second & 0x7F, packet, dst)
                 self.unclaimed.arrived(provisional, arrival)
                 return NO_EVENTS
             return self._new_stream(ts_ns, src, dst, ssrc, seq, timestamp, payload)
@@ -500,7 +501,7 @@ class MediaTracker:
         media = sender.media(stream.index) if sender is not None else None
         if media is None:
             if len(stream.pending) < MAX_PENDING_RTP:
-                stream.pending.append((ts_ns, packet))
+                stream.pending.append((ts_ns, dst, packet))
             else:
                 self._count("rtp_not_decrypted")
             return NO_EVENTS
@@ -523,10 +524,8 @@ class MediaTracker:
         for stream in call.streams.values():
             if stream.pending:
                 pending, stream.pending = stream.pending, []
-                for ts_ns, packet in pending:
-                    events.extend(
-                        self._decrypted_rtp(ts_ns, stream.src, stream.dst, stream, packet)
-                    )
+                for ts_ns, dst, packet in pending:
+                    events.extend(self._decrypted_rtp(ts_ns, stream.src, dst, stream, packet))
         return events
 
     def _lookup(self, src: Endpoint, dst: Endpoint) -> tuple[_Call, str, int, str] | None:
@@ -566,7 +565,7 @@ class MediaTracker:
             provisional, pushed = self.unclaimed.stream((src[0], src[1], ssrc), dst, rtp)
             packet = bytes(payload) if self.decrypt_rtp else None
             self.unclaimed.arrived(
-                provisional, Arrival(seq, timestamp, ts_ns, payload_type, packet)
+                provisional, Arrival(seq, timestamp, ts_ns, payload_type, packet, dst)
             )
             if pushed is not None:
                 self._count("rtp_no_call")
@@ -774,7 +773,8 @@ class MediaTracker:
             rate = stream.rates.get(arrival.payload_type, 0)
             rtp.update(arrival.seq, arrival.timestamp, arrival.ts_ns, rate)
             if arrival.packet is not None:
-                events.extend(self._decrypted_rtp(arrival.ts_ns, src, dst, stream, arrival.packet))
+                to = arrival.dst or dst  # (where this packet went)
+                events.extend(self._decrypted_rtp(arrival.ts_ns, src, to, stream, arrival.packet))
         return events
 
     def settle(self, watermark_ns: int) -> None:

@@ -42,6 +42,7 @@ class Arrival(NamedTuple):
     ts_ns: int
     payload_type: int
     packet: bytes | None  # kept only when RTP is to be decrypted (--media-pcap)
+    dst: Endpoint | None = None  # where that packet went (a stream's packets may differ)
 
 
 class Provisional:
