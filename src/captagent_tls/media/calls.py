@@ -25,13 +25,19 @@ per media line; a call's media ends ``bye_grace`` after its BYE or CANCEL, or af
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from collections import OrderedDict
 from collections.abc import Iterable
-from functools import lru_cache
 
 from captagent_tls.media import dtls as dtls_mod
+from captagent_tls.media.call_state import (
+    MAX_PENDING_RTP,
+    Call,
+    Side,
+    Stream,
+    packed_address,
+    tag_of,
+)
 from captagent_tls.media.keyring import Keyring
 from captagent_tls.media.reports import (
     DecryptedRtp,
@@ -55,7 +61,6 @@ MAX_STREAMS_PER_CALL = 32
 MAX_STREAMS = 100_000
 MAX_ENDPOINTS = 100_000
 MAX_CONTEXTS = 4  # keys in use per sender and media line (old ones kept while in flight)
-MAX_SIDES = 8  # SIP parties (tags) per call: both ends and a few forks
 MAX_HELD_RTCP = 16  # SRTCP per call waiting for the SDP of its sender (early media)
 RTCP_HOLD_NS = 5 * SECOND  # how long it may wait
 BYE_GRACE_NS = 5 * SECOND
@@ -79,126 +84,6 @@ RTCP_OUTCOMES = (
     "held_expired",  # held, and the sender's SDP did not come in time
     "held_dropped",  # no room to hold it
 )
-
-
-@lru_cache(maxsize=4096)
-def packed_address(text: str) -> bytes | None:
-    """An SDP address as the capture has it (4 or 16 bytes); None for a name, an invalid or
-    an unspecified address (0.0.0.0 is an old-style hold, RFC 3264 §8.4)."""
-    try:
-        address = ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return None
-    if address.is_unspecified:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.packed
-    return address.packed
-
-
-def tag_of(name_addr: str) -> str:
-    """The ``tag`` parameter of a From or To value (RFC 3261 §19.3), "" without one."""
-    end = name_addr.rfind(">")
-    for param in name_addr[end + 1 :].split(";")[1:]:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "tag":
-            return value.strip()
-    return ""
-
-
-class _Side:
-    """One SIP party of a call (one tag): its latest SDP and the keys it sends with."""
-
-    __slots__ = ("tag", "sip_address", "sdp", "rings")
-
-    def __init__(self, tag: str, sip_address: bytes) -> None:
-        self.tag = tag
-        self.sip_address = sip_address
-        self.sdp: SessionDescription | None = None
-        self.rings: list[Keyring] = []
-
-    def media(self, index: int) -> Media | None:
-        if self.sdp is None or index >= len(self.sdp.media):
-            return None
-        return self.sdp.media[index]
-
-    def ring(self, index: int) -> Keyring:
-        while len(self.rings) <= index:
-            self.rings.append(Keyring())
-        return self.rings[index]
-
-
-MAX_PENDING_RTP = 512  # --media-pcap: packets of a stream kept until its sender is known
-
-
-class _Stream:
-    __slots__ = ("call", "sender", "index", "rtp", "rates", "src", "dst", "pending")
-
-    def __init__(
-        self,
-        call: _Call,
-        sender: str,
-        index: int,
-        rtp: RtpStream,
-        rates: dict[int, int],
-        src: Endpoint,
-        dst: Endpoint,
-    ) -> None:
-        self.call = call
-        self.sender = sender
-        self.index = index
-        self.rtp = rtp
-        self.rates = rates
-        self.src = src
-        self.dst = dst
-        # --media-pcap: packets that came before the sender's SDP (its keys): (time, where
-        # each went, bytes); a stream is its source's and SSRC's, its packets may go elsewhere
-        self.pending: list[tuple[int, Endpoint, bytes]] = []
-
-
-class _Call:
-    __slots__ = (
-        "call_id",
-        "sides",
-        "offerer",
-        "peers",
-        "endpoints",
-        "streams",
-        "ended_ns",
-        "last_ns",
-        "answered",
-        "held",
-    )
-
-    def __init__(self, call_id: str, now_ns: int) -> None:
-        self.call_id = call_id
-        self.sides: dict[str, _Side] = {}
-        self.offerer: str | None = None  # the side whose offer waits for its answer
-        self.peers: dict[str, str] = {}
-        self.endpoints: set[Endpoint] = set()
-        self.streams: dict[tuple[bytes, int, int], _Stream] = {}
-        self.ended_ns: int | None = None
-        self.last_ns = now_ns
-        self.answered = False
-        # SRTCP that came before its sender's SDP: (capture time, source, destination, bytes)
-        self.held: list[tuple[int, Endpoint, Endpoint, bytes]] = []
-
-    def side(self, tag: str, sip_address: bytes) -> _Side | None:
-        """The side of a tag, made if new; None past MAX_SIDES (forks beyond a few)."""
-        side = self.sides.get(tag)
-        if side is None:
-            if len(self.sides) >= MAX_SIDES:
-                return None
-            side = self.sides[tag] = _Side(tag, sip_address)
-        side.sip_address = sip_address
-        return side
-
-    def last_activity(self) -> int:
-        latest = self.last_ns
-        for stream in self.streams.values():
-            if stream.rtp.last_ns > latest:
-                latest = stream.rtp.last_ns
-        return latest
 
 
 class MediaTracker:
@@ -226,9 +111,9 @@ class MediaTracker:
         self.bye_grace_ns = bye_grace_ns
         self.idle_timeout_ns = idle_timeout_ns
         self.nat_fallback = nat_fallback
-        self._calls: OrderedDict[str, _Call] = OrderedDict()
-        self._endpoints: dict[Endpoint, tuple[_Call, str, int]] = {}
-        self._streams: dict[tuple[bytes, int, int], _Stream] = {}
+        self._calls: OrderedDict[str, Call] = OrderedDict()
+        self._endpoints: dict[Endpoint, tuple[Call, str, int]] = {}
+        self._streams: dict[tuple[bytes, int, int], Stream] = {}
         self._dtls = dtls_mod.DtlsTracker()
         # DTLS-SRTP keys per association: (client, server, client random) -> (client, server)
         self._dtls_rings: dict[tuple[Endpoint, Endpoint, bytes], tuple[Keyring, Keyring]] = {}
@@ -337,7 +222,7 @@ class MediaTracker:
         if self.decrypt_rtp:
             events.extend(self._decrypt_pending(call))
 
-    def _release(self, call: _Call, now_ns: int) -> list[MediaEvent]:
+    def _release(self, call: Call, now_ns: int) -> list[MediaEvent]:
         """Try the held SRTCP of a call again, now that more of its SDP is known."""
         held, call.held = call.held, []
         out: list[MediaEvent] = []
@@ -348,16 +233,16 @@ class MediaTracker:
             out.extend(self._rtcp(ts_ns, src, dst, payload, False))
         return out
 
-    def _new_call(self, call_id: str, now_ns: int, events: list[MediaEvent]) -> _Call:
+    def _new_call(self, call_id: str, now_ns: int, events: list[MediaEvent]) -> Call:
         if len(self._calls) >= self.max_calls:
             _, oldest = self._calls.popitem(last=False)
             self._count("calls_evicted")
             events.append(self._drop_call(oldest, now_ns, "evicted"))
-        call = self._calls[call_id] = _Call(call_id, now_ns)
+        call = self._calls[call_id] = Call(call_id, now_ns)
         self._count("calls")
         return call
 
-    def _offer(self, call: _Call, side: _Side, sdp: SessionDescription) -> None:
+    def _offer(self, call: Call, side: Side, sdp: SessionDescription) -> None:
         side.sdp = sdp
         call.offerer = side.tag
         for index, media in enumerate(sdp.media):
@@ -366,7 +251,7 @@ class MediaTracker:
             if contexts:
                 side.ring(index).offer(contexts)
 
-    def _answer(self, call: _Call, side: _Side, sdp: SessionDescription) -> None:
+    def _answer(self, call: Call, side: Side, sdp: SessionDescription) -> None:
         offerer_tag = call.offerer
         assert offerer_tag is not None
         offerer = call.sides[offerer_tag]
@@ -400,7 +285,7 @@ class MediaTracker:
                 self._count("sdes_unsupported")
         return out
 
-    def _register(self, call: _Call, side: _Side, index: int, media: Media) -> None:
+    def _register(self, call: Call, side: Side, index: int, media: Media) -> None:
         if media.port == 0:
             return  # rejected or disabled
         value = (call, side.tag, index)
@@ -487,7 +372,7 @@ class MediaTracker:
         return NO_EVENTS
 
     def _decrypted_rtp(
-        self, ts_ns: int, src: Endpoint, dst: Endpoint, stream: _Stream, packet: bytes
+        self, ts_ns: int, src: Endpoint, dst: Endpoint, stream: Stream, packet: bytes
     ) -> tuple[MediaEvent, ...]:
         """--media-pcap: the packet with its payload decrypted, when its keys open it (plain
         RTP of an RTP/AVP line as it is); nothing that does not authenticate.  A packet whose
@@ -517,7 +402,7 @@ class MediaTracker:
             return NO_EVENTS
         return (DecryptedRtp(ts_ns, src, dst, plain, call.call_id),)
 
-    def _decrypt_pending(self, call: _Call) -> list[MediaEvent]:
+    def _decrypt_pending(self, call: Call) -> list[MediaEvent]:
         """--media-pcap: the packets of a call's streams that waited for their sender's SDP,
         now that more of it is known."""
         events: list[MediaEvent] = []
@@ -528,7 +413,7 @@ class MediaTracker:
                     events.extend(self._decrypted_rtp(ts_ns, stream.src, dst, stream, packet))
         return events
 
-    def _lookup(self, src: Endpoint, dst: Endpoint) -> tuple[_Call, str, int, str] | None:
+    def _lookup(self, src: Endpoint, dst: Endpoint) -> tuple[Call, str, int, str] | None:
         """(call, the sending side's tag, media line, the receiving side's tag) of a
         datagram; a tag is "" when that side is not known."""
         entry = self._endpoints.get(src)
@@ -580,19 +465,19 @@ class MediaTracker:
 
     def _follow(
         self,
-        found: tuple[_Call, str, int, str],
+        found: tuple[Call, str, int, str],
         src: Endpoint,
         dst: Endpoint,
         ssrc: int,
         rtp: RtpStream,
-    ) -> _Stream | None:
+    ) -> Stream | None:
         """Follow an RTP stream of a call (new, or followed provisionally so far)."""
         call, sender, index, receiver = found
         if len(call.streams) >= self.max_streams_per_call or len(self._streams) >= self.max_streams:
             self._count("streams_capped")
             return None
         rates = self._rates(call, receiver or call.peers.get(sender, ""), sender, index)
-        stream = _Stream(call, sender, index, rtp, rates, src, dst)
+        stream = Stream(call, sender, index, rtp, rates, src, dst)
         key = (src[0], src[1], ssrc)
         self._streams[key] = stream
         call.streams[key] = stream
@@ -600,7 +485,7 @@ class MediaTracker:
         return stream
 
     @staticmethod
-    def _rates(call: _Call, receiver: str, sender: str, index: int) -> dict[int, int]:
+    def _rates(call: Call, receiver: str, sender: str, index: int) -> dict[int, int]:
         """Clock rates by payload type: the receiver's numbering wins (RFC 3264 §5.1: an SDP
         says what its author wants to receive)."""
         rates: dict[int, int] = {}
@@ -670,7 +555,7 @@ class MediaTracker:
         return (report,)
 
     def _ring(
-        self, src: Endpoint, dst: Endpoint, sender: _Side | None, index: int, media: Media
+        self, src: Endpoint, dst: Endpoint, sender: Side | None, index: int, media: Media
     ) -> Keyring | None:
         if media.dtls or (sender is not None and not sender.rings and not media.crypto):
             ring = self._dtls_ring(src, dst)
@@ -726,7 +611,7 @@ class MediaTracker:
     def _give_up(self, waiting: Waiting) -> None:
         self._count(f"{'rtcp' if waiting.rtcp else 'dtls'}_{waiting.reason}")
 
-    def _claim(self, call: _Call) -> list[MediaEvent]:
+    def _claim(self, call: Call) -> list[MediaEvent]:
         """The waiting datagrams and provisional streams at the endpoints of a call whose SDP
         just came, handled again in the order they came (still undecided: the rest of the
         SIP may also be to come)."""
@@ -751,7 +636,7 @@ class MediaTracker:
 
     def _adopt(
         self,
-        found: tuple[_Call, str, int, str],
+        found: tuple[Call, str, int, str],
         src: Endpoint,
         dst: Endpoint,
         ssrc: int,
@@ -814,7 +699,7 @@ class MediaTracker:
             self._dtls.expire(now_ns - self.idle_timeout_ns)
         return events
 
-    def _drop_call(self, call: _Call, now_ns: int, reason: str) -> MediaEnded:
+    def _drop_call(self, call: Call, now_ns: int, reason: str) -> MediaEnded:
         if call.held:
             self._count("rtcp_held_expired", len(call.held))
             call.held = []
